@@ -1,0 +1,76 @@
+-- rserv catalog. Runs first in CREATE EXTENSION, with search_path set to the extension's
+-- schema, so every name below lands there. The seed's names are kept; types are modern.
+
+-- This node's identity: a slave remembers which master it follows and refuses another.
+CREATE TABLE _rserv_node_ (
+    node_id  uuid        NOT NULL DEFAULT gen_random_uuid(),
+    created  timestamptz NOT NULL DEFAULT now(),
+    singleton bool       NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton)
+);
+INSERT INTO _rserv_node_ DEFAULT VALUES;
+
+-- Slaves known to this master, each with its own confirmed progress in _rserv_sync_.
+CREATE TABLE _rserv_servers_ (
+    server   int4        PRIMARY KEY,
+    host     text,
+    port     int4,
+    dbase    text,
+    created  timestamptz NOT NULL DEFAULT now(),
+    -- bumped by every prepare: two prepares for one slave whose snapshots would be out of
+    -- order collide here and one fails with a serialization error instead
+    last_prepare int8
+);
+
+-- Master: replicated tables. key = row identity columns; watched = columns whose change makes
+-- an UPDATE worth logging (NULL: all columns).
+CREATE TABLE _rserv_tables_ (
+    reloid   oid         PRIMARY KEY,
+    tname    text        NOT NULL,
+    cname    text,
+    key      name[]      NOT NULL,
+    watched  name[],
+    added    timestamptz NOT NULL DEFAULT now()
+);
+
+-- Master: the change log, one row per changed row identity. No index on purpose: the capture
+-- trigger appends with heap_insert (no index maintenance), prepare reads it in one scan.
+-- logid = the writer's top-level 64-bit transaction id (xid8 as int8, never wraps).
+-- key = identity values as canonical text, one element per key column; NULL = TRUNCATE.
+CREATE TABLE _rserv_log_ (
+    reloid   oid         NOT NULL,
+    logid    int8        NOT NULL,
+    deleted  bool        NOT NULL,
+    key      text[]
+);
+
+CREATE SEQUENCE _rserv_sync_seq_;
+
+-- Master: one row per prepared change set. status 0 = prepared, 1 = applied on the slave
+-- (confirmed). minid/maxid/active = xmin/xmax/in-progress xids of the snapshot it was read at.
+CREATE TABLE _rserv_sync_ (
+    server   int4        NOT NULL,
+    syncid   int8        NOT NULL,
+    synctime timestamptz NOT NULL DEFAULT now(),
+    status   int4        NOT NULL DEFAULT 0,
+    minid    int8        NOT NULL,
+    maxid    int8        NOT NULL,
+    active   int8[]      NOT NULL,
+    PRIMARY KEY (server, syncid)
+);
+
+-- Slave: tables this database receives, with the identity the master must send.
+CREATE TABLE _rserv_slave_tables_ (
+    reloid   oid         PRIMARY KEY,
+    tname    text        NOT NULL,
+    cname    text,
+    key      name[]      NOT NULL,
+    added    timestamptz NOT NULL DEFAULT now()
+);
+
+-- Slave: the last change set applied (one row), and from which master.
+CREATE TABLE _rserv_slave_sync_ (
+    syncid   int8        NOT NULL,
+    synctime timestamptz NOT NULL DEFAULT now(),
+    master   uuid        NOT NULL,
+    singleton bool       NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton)
+);

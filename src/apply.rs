@@ -1,0 +1,285 @@
+//! Apply on the slave: one transaction per change set.
+//!
+//! `replicate` calls, in one slave transaction: `rserv_apply_begin()` (locks, checks the sync
+//! id and the master, records the new sync id), then per section `rserv_apply_stage()` (checks
+//! the table and returns the COPY command that loads the section's rows into a staging table),
+//! the COPY itself, and `rserv_apply_merge()` (set-based DELETE + INSERT into the real table),
+//! then COMMIT. Any error anywhere rolls the whole change set back.
+
+use crate::common::{
+    drop_temp_table, ext_schema, ext_version, fail, qualified, quote_ident,
+    set_canonical_settings_local, set_local, table_columns, SpiOrFail,
+};
+use crate::registry::slave_table;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `rserv.allow_slave_writes`: let this session write to slave tables.
+pub static ALLOW_SLAVE_WRITES: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+pub fn register_gucs() {
+    GucRegistry::define_bool_guc(
+        c"rserv.allow_slave_writes",
+        c"Allow local writes to tables this database receives from an rserv master.",
+        c"Off by default: local writes make a slave differ from its master.",
+        &ALLOW_SLAVE_WRITES,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// Top-level transaction that called rserv_apply_begin(); stage and merge require it.
+static APPLYING_XACT: AtomicU64 = AtomicU64::new(0);
+
+fn current_xact() -> u64 {
+    // SAFETY: plain read of the backend's transaction state
+    unsafe { pg_sys::GetTopFullTransactionIdIfAny().value }
+}
+
+fn require_apply_begun() {
+    let x = current_xact();
+    if x == 0 || APPLYING_XACT.load(Ordering::Relaxed) != x {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "rserv: call rserv_apply_begin() first, in the same transaction",
+            "",
+        );
+    }
+}
+
+/// Last change set applied on this slave (the seed's GetSyncID); NULL if none yet.
+#[pg_extern(stable)]
+fn rserv_slave_sync_id() -> Option<i64> {
+    let s = ext_schema();
+    Spi::get_one::<i64>(&format!("SELECT syncid FROM {s}._rserv_slave_sync_"))
+        .or_fail("reading _rserv_slave_sync_")
+}
+
+/// Master node id this slave follows; NULL before the first apply.
+#[pg_extern(stable)]
+fn rserv_slave_master_id() -> Option<String> {
+    let s = ext_schema();
+    Spi::get_one::<String>(&format!("SELECT master::text FROM {s}._rserv_slave_sync_"))
+        .or_fail("reading _rserv_slave_sync_")
+}
+
+/// Start applying change set `syncid` from master `master` (its rserv_node_id()) running rserv
+/// `version`. Returns false when this slave already has that change set or a newer one: the
+/// caller rolls back, nothing else is done (an old or repeated change set is a no-op).
+/// Concurrent appliers on one slave queue here: the second sees the first's sync id.
+#[pg_extern(volatile)]
+fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
+    let s = ext_schema();
+    let own = ext_version();
+    if own != version {
+        fail(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("rserv: the master runs rserv {version} but this slave runs rserv {own}"),
+            "install the same rserv version on both and run ALTER EXTENSION rserv UPDATE",
+        );
+    }
+    Spi::run(&format!(
+        "LOCK TABLE {s}._rserv_slave_sync_ IN EXCLUSIVE MODE"
+    ))
+    .or_fail("locking _rserv_slave_sync_");
+    let current = Spi::connect(|client| {
+        let tab = client.select(
+            &format!("SELECT syncid, master::text FROM {s}._rserv_slave_sync_"),
+            None,
+            &[],
+        )?;
+        let mut out = None;
+        for r in tab {
+            out = Some((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("reading _rserv_slave_sync_");
+    if let Some((applied, from)) = &current {
+        if from != &master {
+            fail(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("rserv: this slave follows master {from}, but the change set comes from master {master}"),
+                "replicate each slave from one master only; to switch masters, reset the slave: DELETE FROM _rserv_slave_sync_ (after making its tables equal to the new master)",
+            );
+        }
+        if *applied >= syncid {
+            notice!(
+                "rserv: slave is already at change set {}; change set {} skipped",
+                applied,
+                syncid
+            );
+            return false;
+        }
+    }
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master) VALUES ($1, now(), $2::uuid) \
+             ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime"
+        ),
+        &[syncid.into(), master.into()],
+    )
+    .or_fail("recording the sync id");
+    // Replica mode: user triggers and foreign keys of the slave do not fire for replicated
+    // rows (as in built-in logical replication); the change set as a whole is consistent.
+    set_local("session_replication_role", "replica");
+    set_canonical_settings_local();
+    APPLYING_XACT.store(current_xact(), Ordering::Relaxed);
+    true
+}
+
+struct Target {
+    table: String,
+    key: Vec<String>,
+    columns: Vec<String>,
+}
+
+/// Check a section against this slave's registration and columns, by name.
+fn resolve_target(schema: &str, name: &str, columns: &[String], key: &[String]) -> Target {
+    let table = qualified(schema, name);
+    let Some((reloid, slave_key)) = slave_table(schema, name) else {
+        fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "rserv: table {table} is replicated by the master but not registered on this slave"
+            ),
+            format!(
+                "on the slave, create the table and run: SELECT rserv_slave_add_table('{table}')"
+            ),
+        );
+    };
+    let mut a = slave_key.clone();
+    let mut b = key.to_vec();
+    a.sort();
+    b.sort();
+    if a != b {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!(
+                "rserv: table {table} has identity ({}) on the master but ({}) on this slave",
+                key.join(", "),
+                slave_key.join(", ")
+            ),
+            "register the table with the same key on both sides",
+        );
+    }
+    let cols = table_columns(reloid);
+    for c in columns {
+        match cols.iter().find(|x| &x.name == c) {
+            None => fail(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("rserv: column \"{c}\" of table {table} is sent by the master but does not exist on this slave"),
+                format!("add the column on the slave: ALTER TABLE {table} ADD COLUMN {} ...", quote_ident(c)),
+            ),
+            Some(x) if x.generated => fail(
+                PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+                format!("rserv: column \"{c}\" of table {table} is generated on this slave but not on the master"),
+                "define the column the same way on both sides",
+            ),
+            Some(_) => {}
+        }
+    }
+    Target {
+        table,
+        key: key.to_vec(),
+        columns: columns.to_vec(),
+    }
+}
+
+fn ident_list(cols: &[String]) -> String {
+    cols.iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prepare one section of the change set. TRUNCATE is carried out at once and returns NULL;
+/// DELETE and UPDATE create the staging table and return the COPY command that fills it.
+#[pg_extern(volatile)]
+fn rserv_apply_stage(
+    section: &str,
+    schema_name: &str,
+    table_name: &str,
+    columns: Vec<String>,
+    key_columns: Vec<String>,
+) -> Option<String> {
+    require_apply_begun();
+    let t = resolve_target(schema_name, table_name, &columns, &key_columns);
+    match section {
+        "TRUNCATE" => {
+            // DELETE, not TRUNCATE: in replica mode it leaves referencing slave tables alone,
+            // and the change set's own sections bring those to the master's state.
+            Spi::run(&format!("DELETE FROM ONLY {}", t.table)).or_fail("emptying the table");
+            None
+        }
+        "DELETE" | "UPDATE" => {
+            drop_temp_table("_rserv_stage_");
+            Spi::run(&format!(
+                "CREATE TEMP TABLE _rserv_stage_ ON COMMIT DROP AS SELECT {} FROM ONLY {} WITH NO DATA",
+                ident_list(&t.columns),
+                t.table
+            ))
+            .or_fail("creating the staging table");
+            Some(format!(
+                "COPY pg_temp._rserv_stage_ ({}) FROM STDIN",
+                ident_list(&t.columns)
+            ))
+        }
+        other => fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("rserv: unknown change set section \"{other}\""),
+            "sections are TRUNCATE, DELETE and UPDATE",
+        ),
+    }
+}
+
+/// Merge the staged section into its table: rows whose identity is staged are deleted, then
+/// (UPDATE) the staged rows are inserted. Deleting every changed identity before inserting
+/// means unique constraints never see a transient duplicate, whatever order the master
+/// changed rows in. Returns the number of rows deleted + inserted.
+#[pg_extern(volatile)]
+fn rserv_apply_merge(
+    section: &str,
+    schema_name: &str,
+    table_name: &str,
+    columns: Vec<String>,
+    key_columns: Vec<String>,
+) -> i64 {
+    require_apply_begun();
+    if section == "TRUNCATE" {
+        return 0;
+    }
+    let t = resolve_target(schema_name, table_name, &columns, &key_columns);
+    let matches: Vec<String> = t
+        .key
+        .iter()
+        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
+        .collect();
+    let deleted = Spi::get_one::<i64>(&format!(
+        "WITH d AS (DELETE FROM ONLY {} AS t USING pg_temp._rserv_stage_ AS s WHERE {} RETURNING 1) \
+         SELECT count(*) FROM d",
+        t.table,
+        matches.join(" AND ")
+    ))
+    .or_fail("deleting changed rows")
+    .unwrap_or(0);
+    let inserted = if section == "UPDATE" {
+        Spi::get_one::<i64>(&format!(
+            "WITH i AS (INSERT INTO {0} ({1}) OVERRIDING SYSTEM VALUE \
+             SELECT {1} FROM pg_temp._rserv_stage_ RETURNING 1) SELECT count(*) FROM i",
+            t.table,
+            ident_list(&t.columns)
+        ))
+        .or_fail("inserting changed rows")
+        .unwrap_or(0)
+    } else {
+        0
+    };
+    Spi::run("DROP TABLE pg_temp._rserv_stage_").or_fail("dropping the staging table");
+    deleted + inserted
+}

@@ -1,0 +1,336 @@
+//! Capture: the `_rserv_log_()` trigger on master tables and `_rserv_debug_()`.
+//!
+//! The trigger is the only rserv code on the users' write path, so it does as little as
+//! possible: it encodes the row identity and appends one row to `_rserv_log_` with
+//! `heap_insert` (no SPI, no planner, no index, no permission check on the log), so ordinary
+//! users of a replicated table need no rights on rserv's catalog.
+//!
+//! Trigger arguments, set by `rserv_add_table()`: the number of key columns, the key column
+//! names, then the watched column names (none: every column is watched).
+
+use crate::common::{fail, CanonicalOutput};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+static DEBUG_LEVEL: AtomicI32 = AtomicI32::new(0);
+
+/// Set this session's debug level and return the previous one. At a level above 0 the
+/// capture trigger reports every log row it writes (NOTICE); at 2 and above, also updates it
+/// skipped because no watched column changed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _rserv_debug_(level: i32) -> i32 {
+    DEBUG_LEVEL.swap(level, Ordering::Relaxed)
+}
+
+fn debug_level() -> i32 {
+    DEBUG_LEVEL.load(Ordering::Relaxed)
+}
+
+struct Config {
+    keys: Vec<i32>,
+    /// attnums; empty = all columns
+    watched: Vec<i32>,
+}
+
+/// Resolve the trigger's column names to attribute numbers of the table as it is now, so a
+/// dropped or renamed key column is reported instead of logging garbage.
+unsafe fn parse_config(trigger: &PgTrigger, tupdesc: pg_sys::TupleDesc, table: &str) -> Config {
+    let args = match trigger.extra_args() {
+        Ok(a) => a,
+        Err(e) => fail(
+            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            format!("_rserv_log_: cannot read trigger arguments: {e}"),
+            "",
+        ),
+    };
+    let nkeys: usize = match args.first().and_then(|n| n.parse().ok()) {
+        Some(n) if n >= 1 && n < args.len() => n,
+        _ => fail(
+            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            format!("_rserv_log_: trigger on table {table} has invalid arguments"),
+            format!("re-register the table: SELECT rserv_add_table('{table}')"),
+        ),
+    };
+    let attnum = |name: &String| -> i32 {
+        let cname = match std::ffi::CString::new(name.as_str()) {
+            Ok(c) => c,
+            Err(_) => fail(
+                PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+                "_rserv_log_: column name with NUL byte",
+                "",
+            ),
+        };
+        let n = pg_sys::SPI_fnumber(tupdesc, cname.as_ptr());
+        if n <= 0 {
+            fail(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "_rserv_log_: column \"{name}\" registered for replication no longer exists in table {table}"
+                ),
+                format!(
+                    "run SELECT rserv_remove_table('{table}') and register the table again with rserv_add_table()"
+                ),
+            );
+        }
+        n
+    };
+    Config {
+        keys: args[1..=nkeys].iter().map(attnum).collect(),
+        watched: args[nkeys + 1..].iter().map(attnum).collect(),
+    }
+}
+
+/// Identity of one row as canonical text, one element per key column.
+unsafe fn key_text(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    keys: &[i32],
+    table: &str,
+) -> Vec<String> {
+    let _canonical = CanonicalOutput::enter();
+    keys.iter()
+        .map(|&attnum| {
+            let mut isnull = false;
+            let datum = pg_sys::SPI_getbinval(tuple, tupdesc, attnum, &mut isnull);
+            if isnull {
+                let name = CStr::from_ptr(pg_sys::SPI_fname(tupdesc, attnum)).to_string_lossy();
+                fail(
+                    PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                    format!("_rserv_log_: key column \"{name}\" of table {table} is NULL"),
+                    "rows of a replicated table need a non-NULL identity",
+                );
+            }
+            let typoid = pg_sys::SPI_gettypeid(tupdesc, attnum);
+            let mut out_fn = pg_sys::InvalidOid;
+            let mut is_varlena = false;
+            pg_sys::getTypeOutputInfo(typoid, &mut out_fn, &mut is_varlena);
+            let text = pg_sys::OidOutputFunctionCall(out_fn, datum);
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        })
+        .collect()
+}
+
+unsafe fn attr(tupdesc: pg_sys::TupleDesc, attnum: i32) -> &'static pg_sys::FormData_pg_attribute {
+    &*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize)
+}
+
+/// Binary equality of one column in two row versions. Values that are equal but stored
+/// differently count as changed: that only logs a row too many, never one too few.
+unsafe fn column_unchanged(
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    attnum: i32,
+) -> bool {
+    let a = attr(tupdesc, attnum);
+    if a.attisdropped {
+        return true;
+    }
+    let (mut n1, mut n2) = (false, false);
+    let d1 = pg_sys::SPI_getbinval(old, tupdesc, attnum, &mut n1);
+    let d2 = pg_sys::SPI_getbinval(new, tupdesc, attnum, &mut n2);
+    if n1 || n2 {
+        return n1 == n2;
+    }
+    if a.attbyval {
+        return d1.value() == d2.value();
+    }
+    let (p1, p2) = (d1.cast_mut_ptr::<u8>(), d2.cast_mut_ptr::<u8>());
+    let len = match a.attlen {
+        l if l > 0 => l as usize,
+        -1 => {
+            let l1 = pgrx::varlena::varsize_any(p1 as *const pg_sys::varlena);
+            if l1 != pgrx::varlena::varsize_any(p2 as *const pg_sys::varlena) {
+                return false;
+            }
+            l1
+        }
+        _ => {
+            return CStr::from_ptr(p1 as *const std::ffi::c_char)
+                == CStr::from_ptr(p2 as *const std::ffi::c_char)
+        }
+    };
+    std::slice::from_raw_parts(p1, len) == std::slice::from_raw_parts(p2, len)
+}
+
+/// Append one row to `_rserv_log_`: (table, writer's top-level xid, deleted, identity).
+/// `key` None records a TRUNCATE of the whole table.
+unsafe fn append_log(
+    trigger: &PgTrigger,
+    table: &str,
+    reloid: pg_sys::Oid,
+    deleted: bool,
+    key: Option<&[String]>,
+) {
+    // The log lives in the schema of the trigger function: the extension's schema.
+    let nsp = pg_sys::get_func_namespace(trigger.trigger().tgfoid);
+    let log_oid = pg_sys::get_relname_relid(c"_rserv_log_".as_ptr(), nsp);
+    if log_oid == pg_sys::InvalidOid {
+        fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            "_rserv_log_: the rserv catalog table _rserv_log_ is missing",
+            "reinstall the extension: DROP EXTENSION rserv; CREATE EXTENSION rserv",
+        );
+    }
+    let xid = pg_sys::GetTopFullTransactionId().value as i64;
+    let key_datum = match key {
+        None => pg_sys::Datum::from(0usize),
+        Some(parts) => {
+            let mut elems: Vec<pg_sys::Datum> = parts
+                .iter()
+                .map(|p| {
+                    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                        p.as_ptr() as *const std::ffi::c_char,
+                        p.len() as i32,
+                    ))
+                })
+                .collect();
+            pg_sys::Datum::from(pg_sys::construct_array(
+                elems.as_mut_ptr(),
+                elems.len() as i32,
+                pg_sys::TEXTOID,
+                -1,
+                false,
+                pg_sys::TYPALIGN_INT as std::ffi::c_char,
+            ))
+        }
+    };
+    let log = pg_sys::table_open(log_oid, pg_sys::RowExclusiveLock as i32);
+    let mut values = [
+        pg_sys::Datum::from(reloid.to_u32()),
+        pg_sys::Datum::from(xid),
+        pg_sys::Datum::from(deleted),
+        key_datum,
+    ];
+    let mut nulls = [false, false, false, key.is_none()];
+    let tuple = pg_sys::heap_form_tuple((*log).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::simple_heap_insert(log, tuple);
+    pg_sys::table_close(log, pg_sys::NoLock as i32);
+
+    if debug_level() > 0 {
+        let what = match key {
+            None => "TRUNCATE".to_string(),
+            Some(k) => format!("key {k:?}"),
+        };
+        notice!(
+            "_rserv_log_: {} {} deleted={} xid={}",
+            table,
+            what,
+            deleted,
+            xid
+        );
+    }
+}
+
+/// The capture trigger (AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, and AFTER TRUNCATE
+/// FOR EACH STATEMENT). Logs which row identities changed; prepare later reads their
+/// current contents, so intermediate values never need to be stored.
+#[pg_trigger]
+fn _rserv_log_<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+    let td = trigger.trigger_data();
+    let event = td.tg_event;
+    let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+    // SAFETY: tg_relation and the tuples are valid for the duration of a trigger call
+    unsafe {
+        let rel = td.tg_relation;
+        let reloid = (*rel).rd_id;
+        let table = format!(
+            "{}.{}",
+            trigger.table_schema().unwrap_or_default(),
+            trigger.table_name().unwrap_or_default()
+        );
+        if event & pg_sys::TRIGGER_EVENT_BEFORE != 0 {
+            fail(
+                PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+                "_rserv_log_: must be fired AFTER the change",
+                "",
+            );
+        }
+        if op == pg_sys::TRIGGER_EVENT_TRUNCATE {
+            append_log(trigger, &table, reloid, true, None);
+            return Ok(None);
+        }
+        if event & pg_sys::TRIGGER_EVENT_ROW == 0 {
+            fail(
+                PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+                "_rserv_log_: can't process STATEMENT events other than TRUNCATE",
+                "",
+            );
+        }
+        let tupdesc = (*rel).rd_att;
+        let cfg = parse_config(trigger, tupdesc, &table);
+        match op {
+            pg_sys::TRIGGER_EVENT_INSERT => {
+                let key = key_text(td.tg_trigtuple, tupdesc, &cfg.keys, &table);
+                append_log(trigger, &table, reloid, false, Some(&key));
+            }
+            pg_sys::TRIGGER_EVENT_DELETE => {
+                let key = key_text(td.tg_trigtuple, tupdesc, &cfg.keys, &table);
+                append_log(trigger, &table, reloid, true, Some(&key));
+            }
+            _ => {
+                let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
+                let key_changed = cfg
+                    .keys
+                    .iter()
+                    .any(|&a| !column_unchanged(old, new, tupdesc, a));
+                let watched_changed = key_changed
+                    || if cfg.watched.is_empty() {
+                        (1..=(*tupdesc).natts).any(|a| !column_unchanged(old, new, tupdesc, a))
+                    } else {
+                        cfg.watched
+                            .iter()
+                            .any(|&a| !column_unchanged(old, new, tupdesc, a))
+                    };
+                if !watched_changed {
+                    if debug_level() > 1 {
+                        notice!(
+                            "_rserv_log_: UPDATE on {table} changed no watched column: not logged"
+                        );
+                    }
+                    return Ok(None);
+                }
+                if key_changed {
+                    // The old identity is gone, the new one holds the row.
+                    let old_key = key_text(old, tupdesc, &cfg.keys, &table);
+                    append_log(trigger, &table, reloid, true, Some(&old_key));
+                }
+                let key = key_text(new, tupdesc, &cfg.keys, &table);
+                append_log(trigger, &table, reloid, false, Some(&key));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// BEFORE statement trigger on slave tables: local writes would make the slave diverge from
+/// its master, so they are refused unless the session asks for them. The apply itself runs
+/// with session_replication_role = replica, where this trigger does not fire.
+#[pg_trigger]
+fn _rserv_protect_<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+    if crate::apply::ALLOW_SLAVE_WRITES.get() {
+        return Ok(None);
+    }
+    let op = match trigger.trigger_data().tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
+        pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
+        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
+        _ => "TRUNCATE",
+    };
+    let table = format!(
+        "{}.{}",
+        trigger.table_schema().unwrap_or_default(),
+        trigger.table_name().unwrap_or_default()
+    );
+    fail(
+        PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        format!("rserv: table {table} is a replication slave table; local {op} refused"),
+        "write on the master, or SET rserv.allow_slave_writes = on to write here anyway (the slave then differs from its master)",
+    )
+}

@@ -1,0 +1,317 @@
+//! Small pieces every module needs: the server's own identifier quoting, error reporting
+//! with SQLSTATEs and hints, the extension's schema, and canonical text settings.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
+
+/// A `regclass` argument. pgrx has no mapping for it, and taking `regclass` (not `oid`) is
+/// what lets users write `rserv_add_table('customer')` and get PostgreSQL's own name lookup.
+#[derive(Clone, Copy, Debug)]
+pub struct RegClass(pub pg_sys::Oid);
+
+impl FromDatum for RegClass {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            None
+        } else {
+            // regclass is an oid passed by value
+            Some(RegClass(pg_sys::Oid::from(datum.value() as u32)))
+        }
+    }
+}
+
+impl IntoDatum for RegClass {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0.to_u32()))
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::REGCLASSOID
+    }
+}
+
+// SAFETY: regclass is passed by value like oid, which FromDatum above decodes.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for RegClass {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+}
+
+pgrx::impl_sql_translatable!(RegClass, "regclass");
+
+/// Raise an ERROR with a SQLSTATE, a message and a hint that says how to fix it.
+pub fn fail(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) -> ! {
+    let hint = hint.into();
+    let report = pgrx::pg_sys::panic::ErrorReport::new(code, message.into(), "rserv");
+    let report = if hint.is_empty() {
+        report
+    } else {
+        report.set_hint(hint)
+    };
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// Turn an SPI error into an ERROR that says what rserv was doing.
+pub fn spi_fail(context: &str, err: pgrx::spi::Error) -> ! {
+    fail(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("rserv: {context}: {err}"),
+        "",
+    )
+}
+
+/// Short-hand for `Result<T, spi::Error>` results inside rserv functions.
+pub trait SpiOrFail<T> {
+    fn or_fail(self, context: &str) -> T;
+}
+
+impl<T> SpiOrFail<T> for Result<T, pgrx::spi::Error> {
+    fn or_fail(self, context: &str) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => spi_fail(context, e),
+        }
+    }
+}
+
+fn c_string(s: &str) -> CString {
+    match CString::new(s) {
+        Ok(c) => c,
+        Err(_) => fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "rserv: names and values may not contain NUL bytes",
+            "",
+        ),
+    }
+}
+
+/// `quote_ident()`: the server's own identifier quoting.
+pub fn quote_ident(s: &str) -> String {
+    let c = c_string(s);
+    // SAFETY: quote_identifier returns its argument or a palloc'd copy, both valid C strings
+    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `quote_literal()`: the server's own literal quoting.
+pub fn quote_literal(s: &str) -> String {
+    let c = c_string(s);
+    // SAFETY: quote_literal_cstr returns a palloc'd, NUL-terminated string
+    unsafe { CStr::from_ptr(pg_sys::quote_literal_cstr(c.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Schema-qualified, quoted name of a relation, e.g. `public."Order Lines"`.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// The extension's schema, quoted, for building statements on its catalog tables.
+pub fn ext_schema() -> String {
+    let nsp = Spi::get_one::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'rserv'",
+    )
+    .or_fail("looking up the extension schema");
+    match nsp {
+        Some(n) => quote_ident(&n),
+        None => fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "rserv: extension rserv is not installed in this database",
+            "run CREATE EXTENSION rserv",
+        ),
+    }
+}
+
+/// Drop a temp table of this session if it exists (without DROP IF EXISTS's NOTICE when the
+/// session has no temp schema yet).
+pub fn drop_temp_table(name: &str) {
+    let exists = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.to_regclass('pg_temp.' || pg_catalog.quote_ident($1)) IS NOT NULL",
+        &[name.into()],
+    )
+    .or_fail("looking up a temp table")
+    .unwrap_or(false);
+    if exists {
+        Spi::run(&format!("DROP TABLE pg_temp.{}", quote_ident(name)))
+            .or_fail("dropping a temp table");
+    }
+}
+
+/// Version of the installed extension (pg_extension.extversion).
+pub fn ext_version() -> String {
+    Spi::get_one::<String>(
+        "SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
+    )
+    .or_fail("reading the extension version")
+    .unwrap_or_default()
+}
+
+/// Session settings under which every value is written and read as text the same way on
+/// master and slave, whatever the users' own DateStyle, TimeZone or float settings.
+pub const CANONICAL_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+];
+
+/// Apply [`CANONICAL_SETTINGS`] until the end of the current transaction.
+pub fn set_canonical_settings_local() {
+    for (name, value) in CANONICAL_SETTINGS {
+        set_local(name, value);
+    }
+}
+
+/// `SET LOCAL name = value` through set_config(), so nothing is pasted into SQL.
+pub fn set_local(name: &str, value: &str) {
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config($1, $2, true)",
+        &[name.into(), value.into()],
+    )
+    .or_fail("changing a setting");
+}
+
+/// While alive, the backend's output functions format dates, intervals and floats in one
+/// fixed way. The capture trigger uses this to encode row identities independently of the
+/// writer's session settings; it only swaps integers, so it is cheap enough for every row.
+pub struct CanonicalOutput {
+    date_style: i32,
+    date_order: i32,
+    interval_style: i32,
+    float_digits: i32,
+}
+
+impl CanonicalOutput {
+    pub fn enter() -> Self {
+        // SAFETY: plain integer globals of the backend; we run in the backend's only thread
+        unsafe {
+            let saved = CanonicalOutput {
+                date_style: pg_sys::DateStyle,
+                date_order: pg_sys::DateOrder,
+                interval_style: pg_sys::IntervalStyle,
+                float_digits: pg_sys::extra_float_digits,
+            };
+            pg_sys::DateStyle = pg_sys::USE_ISO_DATES as i32;
+            pg_sys::DateOrder = pg_sys::DATEORDER_YMD as i32;
+            pg_sys::IntervalStyle = pg_sys::INTSTYLE_POSTGRES as i32;
+            pg_sys::extra_float_digits = 3;
+            saved
+        }
+    }
+}
+
+impl Drop for CanonicalOutput {
+    fn drop(&mut self) {
+        // SAFETY: see enter(); restoring the values saved there
+        unsafe {
+            pg_sys::DateStyle = self.date_style;
+            pg_sys::DateOrder = self.date_order;
+            pg_sys::IntervalStyle = self.interval_style;
+            pg_sys::extra_float_digits = self.float_digits;
+        }
+    }
+}
+
+/// Facts about a user table, read from the catalogs.
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub relkind: String,
+    pub persistence: String,
+}
+
+impl TableInfo {
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+}
+
+pub fn table_info(reloid: pg_sys::Oid) -> TableInfo {
+    let row = Spi::connect(|client| {
+        let tab = client.select(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = $1",
+            None,
+            &[reloid.into()],
+        )?;
+        let mut out = None;
+        for r in tab {
+            out = Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("reading pg_class");
+    match row {
+        Some((schema, name, relkind, persistence)) => TableInfo {
+            schema,
+            name,
+            relkind,
+            persistence,
+        },
+        None => fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "rserv: relation with OID {} does not exist",
+                reloid.to_u32()
+            ),
+            "",
+        ),
+    }
+}
+
+/// A live (not dropped) column of a table.
+#[derive(Clone, Debug)]
+pub struct Column {
+    pub name: String,
+    /// `format_type(atttypid, NULL)`: the type without modifiers, valid in a cast
+    pub type_name: String,
+    pub generated: bool,
+}
+
+pub fn table_columns(reloid: pg_sys::Oid) -> Vec<Column> {
+    Spi::connect(|client| {
+        let tab = client.select(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL), \
+                    a.attgenerated <> '' \
+             FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            None,
+            &[reloid.into()],
+        )?;
+        let mut cols = Vec::new();
+        for r in tab {
+            cols.push(Column {
+                name: r.get::<String>(1)?.unwrap_or_default(),
+                type_name: r.get::<String>(2)?.unwrap_or_default(),
+                generated: r.get::<bool>(3)?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(cols)
+    })
+    .or_fail("reading pg_attribute")
+}
+
+/// Name of the trigger rserv puts on each replicated master table (the seed's name).
+pub const CAPTURE_TRIGGER: &str = "_rserv_trigger_t_";
+/// Statement-level TRUNCATE capture on master tables.
+pub const TRUNCATE_TRIGGER: &str = "_rserv_truncate_t_";
+/// Refuses local writes on slave tables.
+pub const PROTECT_TRIGGER: &str = "_rserv_protect_t_";

@@ -1,0 +1,53 @@
+//! rserv: trigger-based asynchronous master-to-slave table replication for PostgreSQL.
+//!
+//! Modules by concern:
+//! - [`capture`]: the `_rserv_log_()` trigger that records changed row identities
+//! - [`registry`]: registering tables on the master and on the slave
+//! - [`sync`]: change sets bounded by MVCC snapshots; confirm; log clean-up
+//! - [`apply`]: applying a change set on the slave in one transaction
+//! - [`common`]: quoting, errors, catalog look-ups shared by the above
+
+use pgrx::prelude::*;
+
+mod apply;
+mod capture;
+mod common;
+mod registry;
+mod sync;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    apply::register_gucs();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn debug_level_round_trips() {
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT _rserv_debug_(2)").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT _rserv_debug_(0)").unwrap(),
+            Some(2)
+        );
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,374 @@
+//! Sync bookkeeping on the master: change sets bounded by MVCC snapshots.
+//!
+//! A change set for slave `server` holds every row identity logged by a transaction that was
+//! not visible to the slave's last confirmed snapshot but is visible to the current one. The
+//! prepare transaction runs at REPEATABLE READ, so its snapshot both filters the log and reads
+//! the rows' current contents: the slave moves from one transaction-consistent master state to
+//! the next, and a transaction left open across a sync is picked up by a later one (its xid is
+//! in the confirmed snapshot's in-progress list).
+
+use crate::common::{
+    drop_temp_table, ext_schema, ext_version, fail, qualified, quote_ident,
+    set_canonical_settings_local, table_columns, table_info, SpiOrFail,
+};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// This database's rserv node id; a slave records the id of the master it follows.
+#[pg_extern(stable)]
+fn rserv_node_id() -> String {
+    let s = ext_schema();
+    Spi::get_one::<String>(&format!("SELECT node_id::text FROM {s}._rserv_node_"))
+        .or_fail("reading _rserv_node_")
+        .unwrap_or_default()
+}
+
+/// Version of the rserv extension installed in this database.
+#[pg_extern(stable)]
+fn rserv_version() -> String {
+    ext_version()
+}
+
+/// Record the current snapshot as change set `syncid` for `server`, status 0 (prepared).
+fn record_snapshot(s: &str, server: i32, syncid: i64) {
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_sync_ (server, syncid, status, minid, maxid, active) \
+             SELECT $1, $2, 0, pg_catalog.pg_snapshot_xmin(c)::text::int8, \
+                    pg_catalog.pg_snapshot_xmax(c)::text::int8, \
+                    ARRAY(SELECT x::text::int8 FROM pg_catalog.pg_snapshot_xip(c) AS x ORDER BY 1) \
+             FROM pg_catalog.pg_current_snapshot() AS c"
+        ),
+        &[server.into(), syncid.into()],
+    )
+    .or_fail("recording the sync snapshot");
+}
+
+/// The seed's `_rserv_sync_(server)`: record the current snapshot as a prepared change set
+/// numbered `currval('_rserv_sync_seq_')`. Returns 0, as the original did.
+#[pg_extern(volatile)]
+fn _rserv_sync_(server: i32) -> i32 {
+    let s = ext_schema();
+    let syncid = Spi::get_one::<i64>(&format!(
+        "SELECT pg_catalog.currval('{s}._rserv_sync_seq_'::regclass)"
+    ))
+    .or_fail("reading _rserv_sync_seq_ (call nextval first)")
+    .unwrap_or(0);
+    record_snapshot(&s, server, syncid);
+    0
+}
+
+struct Section {
+    section: &'static str,
+    schema: String,
+    table: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+    query: Option<String>,
+}
+
+/// Build change set for slave `server` (PrepareSnapshot). Must run inside a REPEATABLE READ
+/// transaction; the caller then runs `COPY (query) TO STDOUT` for each returned row, in that
+/// same transaction, and commits. No row: nothing changed since the last confirmed sync (no
+/// sync id is used; roll back). Sections per table come in the order TRUNCATE, DELETE
+/// (identities whose row is gone: key columns only), UPDATE (current rows: `columns`).
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn rserv_prepare(
+    server: i32,
+) -> TableIterator<
+    'static,
+    (
+        name!(syncid, i64),
+        name!(section, String),
+        name!(schema_name, String),
+        name!(table_name, String),
+        name!(columns, Vec<String>),
+        name!(key_columns, Vec<String>),
+        name!(query, Option<String>),
+    ),
+> {
+    // SAFETY: reading a backend global
+    if unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
+        fail(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "rserv_prepare() must run in a REPEATABLE READ transaction",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM rserv_prepare(...); COPY ...; COMMIT",
+        );
+    }
+    set_canonical_settings_local();
+    let s = ext_schema();
+
+    // Every prepare for a server updates its row: if another prepare committed after our
+    // snapshot was taken, this fails with a serialization error, so sync ids always follow
+    // snapshot order and a slave can never be moved back in time.
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_servers_ AS v (server, last_prepare) VALUES ($1, 0) \
+             ON CONFLICT (server) DO UPDATE SET last_prepare = coalesce(v.last_prepare, 0) + 1"
+        ),
+        &[server.into()],
+    )
+    .or_fail("registering the prepare");
+
+    let prev = Spi::connect(|client| {
+        let tab = client.select(
+            &format!(
+                "SELECT maxid, active FROM {s}._rserv_sync_ WHERE server = $1 AND status > 0 \
+                 ORDER BY syncid DESC LIMIT 1"
+            ),
+            None,
+            &[server.into()],
+        )?;
+        let mut out = None;
+        for r in tab {
+            out = Some((r.get::<i64>(1)?, r.get::<Vec<i64>>(2)?.unwrap_or_default()));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("reading the last confirmed sync");
+    let (prev_xmax, prev_active) = match prev {
+        Some((xmax, active)) => (xmax, active),
+        None => (None, Vec::new()),
+    };
+
+    drop_temp_table("_rserv_pending_");
+    Spi::run("CREATE TEMP TABLE _rserv_pending_ (reloid oid NOT NULL, key text[]) ON COMMIT DROP")
+        .or_fail("creating _rserv_pending_");
+    let pending = Spi::get_one_with_args::<i64>(
+        &format!(
+            "WITH ins AS (INSERT INTO pg_temp._rserv_pending_ \
+               SELECT DISTINCT l.reloid, l.key FROM {s}._rserv_log_ AS l \
+               JOIN {s}._rserv_tables_ AS t ON t.reloid = l.reloid \
+               WHERE $1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[]) \
+               RETURNING 1) SELECT count(*) FROM ins"
+        ),
+        &[prev_xmax.into(), prev_active.into()],
+    )
+    .or_fail("collecting pending changes")
+    .unwrap_or(0);
+    if pending == 0 {
+        return TableIterator::new(Vec::new());
+    }
+    if pending > 10_000 {
+        Spi::run("ANALYZE pg_temp._rserv_pending_").or_fail("analyzing _rserv_pending_");
+    }
+    let syncid = Spi::get_one::<i64>(&format!(
+        "SELECT pg_catalog.nextval('{s}._rserv_sync_seq_'::regclass)"
+    ))
+    .or_fail("allocating a sync id")
+    .unwrap_or(0);
+    record_snapshot(&s, server, syncid);
+
+    let tables = Spi::connect(|client| {
+        let tab = client.select(
+            &format!(
+                "SELECT t.reloid, t.key::text[], bool_or(p.key IS NULL) \
+                 FROM {s}._rserv_tables_ t JOIN pg_temp._rserv_pending_ p ON p.reloid = t.reloid \
+                 GROUP BY t.reloid, t.key ORDER BY t.reloid"
+            ),
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in tab {
+            out.push((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("listing changed tables");
+
+    let mut sections = Vec::new();
+    for (reloid, key, truncated) in tables {
+        sections.extend(table_sections(reloid, key, truncated));
+    }
+    sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
+    TableIterator::new(sections.into_iter().map(move |x| {
+        (
+            syncid,
+            x.section.to_string(),
+            x.schema,
+            x.table,
+            x.columns,
+            x.key,
+            x.query,
+        )
+    }))
+}
+
+fn table_sections(reloid: pg_sys::Oid, key: Vec<String>, truncated: bool) -> Vec<Section> {
+    let info = table_info(reloid);
+    let table = qualified(&info.schema, &info.name);
+    let cols = table_columns(reloid);
+    let mut casts = Vec::new();
+    let mut matches = Vec::new();
+    for (i, k) in key.iter().enumerate() {
+        let Some(col) = cols.iter().find(|c| &c.name == k) else {
+            fail(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("rserv: key column \"{k}\" of replicated table {table} no longer exists"),
+                format!(
+                    "re-register the table: SELECT rserv_remove_table('{table}'); SELECT rserv_add_table('{table}')"
+                ),
+            );
+        };
+        // The logged key is canonical text; casting it (not the table column) keeps the
+        // table's own index usable for the lookup.
+        let cast = format!("(k.key[{}])::{}", i + 1, col.type_name);
+        matches.push(format!("t.{} = {}", quote_ident(k), cast));
+        casts.push(format!("{} AS {}", cast, quote_ident(k)));
+    }
+    let sent: Vec<String> = cols
+        .iter()
+        .filter(|c| !c.generated)
+        .map(|c| c.name.clone())
+        .collect();
+    let pending = format!(
+        "pg_temp._rserv_pending_ AS k WHERE k.reloid = {} AND k.key IS NOT NULL",
+        reloid.to_u32()
+    );
+    let mk = |section, columns: Vec<String>, query: Option<String>| Section {
+        section,
+        schema: info.schema.clone(),
+        table: info.name.clone(),
+        columns,
+        key: key.clone(),
+        query,
+    };
+    let mut out = Vec::new();
+    if truncated {
+        out.push(mk("TRUNCATE", Vec::new(), None));
+    } else {
+        out.push(mk(
+            "DELETE",
+            key.clone(),
+            Some(format!(
+                "SELECT {} FROM {pending} AND NOT EXISTS (SELECT 1 FROM ONLY {table} AS t WHERE {})",
+                casts.join(", "),
+                matches.join(" AND ")
+            )),
+        ));
+    }
+    let key_cols: Vec<String> = key
+        .iter()
+        .map(|k| format!("t.{}", quote_ident(k)))
+        .collect();
+    let key_casts: Vec<String> = casts
+        .iter()
+        .map(|c| {
+            c.rsplit_once(" AS ")
+                .map(|(e, _)| e.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    out.push(mk(
+        "UPDATE",
+        sent.clone(),
+        Some(format!(
+            "SELECT {} FROM ONLY {table} AS t WHERE ({}) IN (SELECT {} FROM {pending})",
+            sent.iter()
+                .map(|c| format!("t.{}", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            key_cols.join(", "),
+            key_casts.join(", ")
+        )),
+    ));
+    out
+}
+
+/// Confirm that slave `server` applied change set `syncid` (the seed's MasterSync). The next
+/// prepare for that server starts from this snapshot. Returns false if there is no such
+/// prepared change set (already confirmed, superseded, or never prepared).
+#[pg_extern(volatile)]
+fn rserv_confirm(server: i32, syncid: i64) -> bool {
+    let s = ext_schema();
+    let status = Spi::get_one_with_args::<i32>(
+        &format!(
+            "SELECT status FROM {s}._rserv_sync_ WHERE server = $1 AND syncid = $2 FOR UPDATE"
+        ),
+        &[server.into(), syncid.into()],
+    )
+    .or_fail("reading _rserv_sync_");
+    match status {
+        None => {
+            notice!(
+                "rserv: no change set {} prepared for server {}",
+                syncid,
+                server
+            );
+            false
+        }
+        Some(st) if st > 0 => {
+            notice!(
+                "rserv: change set {} of server {} is already confirmed",
+                syncid,
+                server
+            );
+            false
+        }
+        Some(_) => {
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE {s}._rserv_sync_ SET status = 1, synctime = now() WHERE server = $1 AND syncid = $2"
+                ),
+                &[server.into(), syncid.into()],
+            )
+            .or_fail("confirming the sync");
+            Spi::run_with_args(
+                &format!("DELETE FROM {s}._rserv_sync_ WHERE server = $1 AND syncid < $2"),
+                &[server.into(), syncid.into()],
+            )
+            .or_fail("removing superseded syncs");
+            true
+        }
+    }
+}
+
+/// Remove log rows no slave needs any more (the seed's CleanLog): those written by
+/// transactions every registered slave's confirmed snapshot already sees. While any registered
+/// slave has never confirmed a sync, nothing is removed. Returns the number of rows removed.
+#[pg_extern(volatile)]
+fn rserv_clean_log() -> i64 {
+    let s = ext_schema();
+    let horizon = Spi::connect(|client| {
+        let tab = client.select(
+            &format!(
+                "SELECT count(*) FILTER (WHERE c.minid IS NULL), min(c.minid) \
+                 FROM {s}._rserv_servers_ v LEFT JOIN LATERAL \
+                   (SELECT minid FROM {s}._rserv_sync_ y WHERE y.server = v.server AND y.status > 0 \
+                    ORDER BY syncid DESC LIMIT 1) c ON true"
+            ),
+            None,
+            &[],
+        )?;
+        let mut out = (0i64, None);
+        for r in tab {
+            out = (r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?);
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("computing the clean-up horizon");
+    match horizon {
+        (0, Some(h)) => Spi::get_one_with_args::<i64>(
+            &format!(
+                "WITH d AS (DELETE FROM {s}._rserv_log_ WHERE logid < $1 RETURNING 1) SELECT count(*) FROM d"
+            ),
+            &[h.into()],
+        )
+        .or_fail("deleting log rows")
+        .unwrap_or(0),
+        (0, None) => {
+            notice!("rserv: no slave is registered; the log is kept");
+            0
+        }
+        (n, _) => {
+            notice!("rserv: {} registered slave(s) never confirmed a sync; the log is kept", n);
+            0
+        }
+    }
+}
