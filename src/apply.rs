@@ -7,7 +7,7 @@
 //! then COMMIT. Any error anywhere rolls the whole change set back.
 
 use crate::common::{
-    drop_temp_table, ext_schema, ext_version, fail, qualified, quote_ident,
+    drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
     set_canonical_settings_local, set_local, table_columns, SpiOrFail,
 };
 use crate::registry::slave_table;
@@ -53,16 +53,22 @@ fn require_apply_begun() {
 #[pg_extern(stable)]
 fn rserv_slave_sync_id() -> Option<i64> {
     let s = ext_schema();
-    Spi::get_one::<i64>(&format!("SELECT syncid FROM {s}._rserv_slave_sync_"))
-        .or_fail("reading _rserv_slave_sync_")
+    first::<i64>(
+        &format!("SELECT syncid FROM {s}._rserv_slave_sync_"),
+        &[],
+        "reading _rserv_slave_sync_",
+    )
 }
 
 /// Master node id this slave follows; NULL before the first apply.
 #[pg_extern(stable)]
 fn rserv_slave_master_id() -> Option<String> {
     let s = ext_schema();
-    Spi::get_one::<String>(&format!("SELECT master::text FROM {s}._rserv_slave_sync_"))
-        .or_fail("reading _rserv_slave_sync_")
+    first::<String>(
+        &format!("SELECT master::text FROM {s}._rserv_slave_sync_"),
+        &[],
+        "reading _rserv_slave_sync_",
+    )
 }
 
 /// Start applying change set `syncid` from master `master` (its rserv_node_id()) running rserv

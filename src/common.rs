@@ -81,6 +81,23 @@ impl<T> SpiOrFail<T> for Result<T, pgrx::spi::Error> {
     }
 }
 
+/// First column of the first row, or None when the query returns no row (or NULL).
+/// `Spi::get_one` treats "no row" as an error; catalog look-ups need the difference.
+pub fn first<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    context: &str,
+) -> Option<T> {
+    Spi::connect_mut(|client| {
+        let tab = client.update(sql, Some(1), args)?;
+        match tab.into_iter().next() {
+            Some(row) => row.get::<T>(1),
+            None => Ok(None),
+        }
+    })
+    .or_fail(context)
+}
+
 fn c_string(s: &str) -> CString {
     match CString::new(s) {
         Ok(c) => c,
@@ -117,11 +134,12 @@ pub fn qualified(schema: &str, name: &str) -> String {
 
 /// The extension's schema, quoted, for building statements on its catalog tables.
 pub fn ext_schema() -> String {
-    let nsp = Spi::get_one::<String>(
+    let nsp = first::<String>(
         "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'rserv'",
-    )
-    .or_fail("looking up the extension schema");
+        &[],
+        "looking up the extension schema",
+    );
     match nsp {
         Some(n) => quote_ident(&n),
         None => fail(
@@ -149,10 +167,11 @@ pub fn drop_temp_table(name: &str) {
 
 /// Version of the installed extension (pg_extension.extversion).
 pub fn ext_version() -> String {
-    Spi::get_one::<String>(
+    first::<String>(
         "SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
+        &[],
+        "reading the extension version",
     )
-    .or_fail("reading the extension version")
     .unwrap_or_default()
 }
 

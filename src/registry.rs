@@ -6,8 +6,8 @@
 //! extension so `DROP EXTENSION rserv` removes them all.
 
 use crate::common::{
-    ext_schema, fail, quote_ident, quote_literal, table_columns, table_info, Column, RegClass,
-    SpiOrFail, TableInfo, CAPTURE_TRIGGER, PROTECT_TRIGGER, TRUNCATE_TRIGGER,
+    ext_schema, fail, first, quote_ident, quote_literal, table_columns, table_info, Column,
+    RegClass, SpiOrFail, TableInfo, CAPTURE_TRIGGER, PROTECT_TRIGGER, TRUNCATE_TRIGGER,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -206,19 +206,20 @@ fn describe(identity: &Identity) -> String {
 }
 
 fn trigger_oid(reloid: pg_sys::Oid, name: &str) -> Option<pg_sys::Oid> {
-    Spi::get_one_with_args::<pg_sys::Oid>(
+    first::<pg_sys::Oid>(
         "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
         &[reloid.into(), name.into()],
+        "looking up a trigger",
     )
-    .or_fail("looking up a trigger")
 }
 
 /// Make the trigger go away with the extension: an AUTO dependency, like an index on its table.
 fn depend_on_extension(reloid: pg_sys::Oid, trigger: &str) {
-    let ext = Spi::get_one::<pg_sys::Oid>(
+    let ext = first::<pg_sys::Oid>(
         "SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
-    )
-    .or_fail("looking up the extension");
+        &[],
+        "looking up the extension",
+    );
     if let (Some(ext), Some(tg)) = (ext, trigger_oid(reloid, trigger)) {
         let depender = pg_sys::ObjectAddress {
             classId: pg_sys::TriggerRelationId,
@@ -341,13 +342,13 @@ fn rserv_add_table(tbl: RegClass, column_name: default!(Option<String>, "NULL"))
                 Some(old)
             }
         };
-        let unchanged = Spi::get_one_with_args::<bool>(
+        let unchanged = first::<bool>(
             &format!(
                 "SELECT watched::text[] IS NOT DISTINCT FROM $2 FROM {s}._rserv_tables_ WHERE reloid = $1"
             ),
             &[reloid.into(), to_opt_vec(identity.watched.clone()).into()],
+            "comparing registrations",
         )
-        .or_fail("comparing registrations")
         .unwrap_or(false);
         let triggers_present = trigger_oid(reloid, CAPTURE_TRIGGER).is_some()
             && trigger_oid(reloid, TRUNCATE_TRIGGER).is_some();
@@ -434,11 +435,11 @@ fn rserv_slave_add_table(tbl: RegClass, column_name: default!(Option<String>, "N
     let table = info.qualified();
     let s = ext_schema();
     let identity = resolve_identity(reloid, &info, column_name.as_deref());
-    let old_key = Spi::get_one_with_args::<Vec<String>>(
+    let old_key = first::<Vec<String>>(
         &format!("SELECT key::text[] FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
         &[reloid.into()],
-    )
-    .or_fail("reading _rserv_slave_tables_");
+        "reading _rserv_slave_tables_",
+    );
     match old_key {
         Some(k) if k != identity.key => fail(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,

@@ -8,7 +8,7 @@
 //! in the confirmed snapshot's in-progress list).
 
 use crate::common::{
-    drop_temp_table, ext_schema, ext_version, fail, qualified, quote_ident,
+    drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
     set_canonical_settings_local, table_columns, table_info, SpiOrFail,
 };
 use pgrx::pg_sys;
@@ -287,30 +287,17 @@ fn table_sections(reloid: pg_sys::Oid, key: Vec<String>, truncated: bool) -> Vec
 #[pg_extern(volatile)]
 fn rserv_confirm(server: i32, syncid: i64) -> bool {
     let s = ext_schema();
-    let status = Spi::get_one_with_args::<i32>(
+    let status = first::<i32>(
         &format!(
             "SELECT status FROM {s}._rserv_sync_ WHERE server = $1 AND syncid = $2 FOR UPDATE"
         ),
         &[server.into(), syncid.into()],
-    )
-    .or_fail("reading _rserv_sync_");
+        "reading _rserv_sync_",
+    );
     match status {
-        None => {
-            notice!(
-                "rserv: no change set {} prepared for server {}",
-                syncid,
-                server
-            );
-            false
-        }
-        Some(st) if st > 0 => {
-            notice!(
-                "rserv: change set {} of server {} is already confirmed",
-                syncid,
-                server
-            );
-            false
-        }
+        // Nothing to do: never prepared for this server, already confirmed, or superseded.
+        None => false,
+        Some(st) if st > 0 => false,
         Some(_) => {
             Spi::run_with_args(
                 &format!(

@@ -1,1 +1,17 @@
+//! `replicate`: the companion binary of the rserv extension, as a library.
+//!
+//! - [`conn`]: libpq-compatible connection settings (PG* variables, ~/.pgpass, conninfo)
+//! - [`snapshot`]: the versioned change set format
+//! - [`master`] / [`slave`]: the two ends of a change set
+//! - [`cycle`]: one replication cycle (the seed's `Replicate`)
+//! - [`cli`]: the command line
+
+pub mod cli;
 pub mod conn;
+pub mod cycle;
+pub mod error;
+pub mod master;
+pub mod pipe;
+pub mod rserv;
+pub mod slave;
+pub mod snapshot;

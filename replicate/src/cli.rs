@@ -1,0 +1,398 @@
+//! Command line: the seed's `Replicate masterdb slavedb` and its companion tools as
+//! subcommands, with libpq-style connection options.
+
+use crate::conn::{ConnArgs, Endpoint};
+use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use crate::error::{Error, IoContext};
+use crate::rserv::{self, Rserv};
+use crate::{master, slave};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success (change set applied, or nothing to do)
+  1  a database refused an operation (the message says which and why)
+  2  invalid command line
+  3  could not connect to the master or the slave
+  4  the snapshot input is truncated, corrupted or not an rserv snapshot
+
+Passwords: PGPASSWORD, ~/.pgpass (or PGPASSFILE, --password-file), never the command line if
+you can help it: --password and friends are visible to other users in ps output.";
+
+/// Replicate tables from an rserv master database to a slave database.
+///
+/// Without a subcommand, runs one replication cycle from MASTERDB to SLAVEDB, like the
+/// original `Replicate`: confirm what the slave already has, prepare the next change set on
+/// the master, apply it on the slave in one transaction, confirm it.
+#[derive(Parser, Debug)]
+#[command(
+    name = "replicate",
+    version,
+    after_help = EXIT_CODES,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnFlags,
+
+    /// Slave id on the master: each slave of a master has its own
+    #[arg(long, default_value_t = 0, global = true)]
+    pub server: i32,
+
+    /// Print progress
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
+    /// Keep the snapshot file (with --snapshot) and print connection settings
+    #[arg(long, global = true)]
+    pub debug: bool,
+
+    /// Write the change set to FILE, then apply it from there (default: stream in memory)
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+
+    /// Do not remove log rows that no slave needs after a successful cycle
+    #[arg(long)]
+    pub no_clean_log: bool,
+
+    /// Master database (name, key=value connection string, or postgresql:// URL)
+    #[arg(required = true)]
+    pub masterdb: Option<String>,
+
+    /// Slave database (name, key=value connection string, or postgresql:// URL)
+    #[arg(required = true)]
+    pub slavedb: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ConnFlags {
+    /// Host or socket directory, for both master and slave
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+    /// Port, for both master and slave
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+    /// User name, for both master and slave
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// Password for both (visible in ps output: prefer PGPASSWORD or ~/.pgpass)
+    #[arg(long, global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// Password file in ~/.pgpass format
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Master connection string (key=value or postgresql:// URL)
+    #[arg(long, global = true, value_name = "CONNINFO")]
+    pub master: Option<String>,
+    #[arg(long, global = true)]
+    pub masterhost: Option<String>,
+    #[arg(long, global = true)]
+    pub masterport: Option<u16>,
+    #[arg(long, global = true)]
+    pub masteruser: Option<String>,
+    /// Master password (visible in ps output)
+    #[arg(long, global = true)]
+    pub masterpassword: Option<String>,
+    /// Slave connection string (key=value or postgresql:// URL)
+    #[arg(long, global = true, value_name = "CONNINFO")]
+    pub slave: Option<String>,
+    #[arg(long, global = true)]
+    pub slavehost: Option<String>,
+    #[arg(long, global = true)]
+    pub slaveport: Option<u16>,
+    #[arg(long, global = true)]
+    pub slaveuser: Option<String>,
+    /// Slave password (visible in ps output)
+    #[arg(long, global = true)]
+    pub slavepassword: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Install rserv in the master database (MasterInit)
+    MasterInit { db: String },
+    /// Replicate TABLE from the master (MasterAddTable); COLUMN: its key, or a column to watch
+    MasterAddTable {
+        db: String,
+        table: String,
+        column: Option<String>,
+    },
+    /// Stop replicating TABLE from the master
+    MasterRemoveTable { db: String, table: String },
+    /// Install rserv in the slave database (SlaveInit)
+    SlaveInit { db: String },
+    /// Receive TABLE on the slave (SlaveAddTable)
+    SlaveAddTable {
+        db: String,
+        table: String,
+        column: Option<String>,
+    },
+    /// Stop receiving TABLE on the slave
+    SlaveRemoveTable { db: String, table: String },
+    /// Write the next change set for --server to stdout or a file (PrepareSnapshot)
+    Prepare {
+        db: String,
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Apply a change set from stdin or a file to the slave (ApplySnapshot)
+    Apply {
+        db: String,
+        #[arg(long, short, value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+    /// Print the last change set applied on the slave (GetSyncID)
+    SyncId { db: String },
+    /// Confirm on the master that --server applied SYNCID (MasterSync)
+    MasterSync { db: String, syncid: i64 },
+    /// Remove log rows no registered slave still needs (CleanLog)
+    CleanLog { db: String },
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Master,
+    Slave,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Master => "master",
+            Side::Slave => "slave",
+        }
+    }
+}
+
+impl ConnFlags {
+    fn endpoint(&self, side: Side, db: &str, debug: bool) -> Result<Endpoint, Error> {
+        let (conninfo, host, port, user, password, flag) = match side {
+            Side::Master => (
+                &self.master,
+                &self.masterhost,
+                self.masterport,
+                &self.masteruser,
+                &self.masterpassword,
+                "--masterpassword",
+            ),
+            Side::Slave => (
+                &self.slave,
+                &self.slavehost,
+                self.slaveport,
+                &self.slaveuser,
+                &self.slavepassword,
+                "--slavepassword",
+            ),
+        };
+        for (given, name) in [(password, flag), (&self.password, "--password")] {
+            if given.is_some() {
+                eprintln!(
+                    "replicate: warning: {name} is visible to other users in ps output; \
+                     use PGPASSWORD, ~/.pgpass or --password-file instead"
+                );
+            }
+        }
+        let specific = ConnArgs {
+            conninfo: conninfo.clone(),
+            host: host.clone(),
+            port,
+            user: user.clone(),
+            password: password.clone(),
+            dbname: Some(db.to_string()),
+        };
+        let defaults = ConnArgs {
+            conninfo: None,
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            dbname: None,
+        };
+        let ep = Endpoint::resolve(&specific, &defaults, self.password_file.as_deref()).map_err(
+            |source| Error::Connect {
+                side: side.name(),
+                source,
+            },
+        )?;
+        if debug {
+            eprintln!("{}: {}", side.name(), ep.describe());
+        }
+        Ok(ep)
+    }
+
+    fn connect(&self, side: Side, db: &str, debug: bool) -> Result<postgres::Client, Error> {
+        self.endpoint(side, db, debug)?
+            .connect()
+            .map_err(|source| Error::Connect {
+                side: side.name(),
+                source,
+            })
+    }
+}
+
+fn located(
+    flags: &ConnFlags,
+    side: Side,
+    db: &str,
+    debug: bool,
+) -> Result<(postgres::Client, Rserv), Error> {
+    let mut client = flags.connect(side, db, debug)?;
+    let rs = Rserv::locate(&mut client, side.name(), db)?;
+    Ok((client, rs))
+}
+
+/// Run the command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32, Error> {
+    let f = &cli.conn;
+    let d = cli.debug;
+    match &cli.command {
+        None => {
+            let (Some(mdb), Some(sdb)) = (&cli.masterdb, &cli.slavedb) else {
+                return Err(Error::Usage("give MASTERDB and SLAVEDB".into()));
+            };
+            let (mut m, mrs) = located(f, Side::Master, mdb, d)?;
+            let (mut s, srs) = located(f, Side::Slave, sdb, d)?;
+            let opts = CycleOptions {
+                server: cli.server,
+                snapshot: cli.snapshot.clone(),
+                keep_snapshot: cli.debug,
+                clean_log: !cli.no_clean_log,
+                verbose: cli.verbose,
+            };
+            let mut ep = Endpoints {
+                master: &mut m,
+                master_rs: &mrs,
+                slave: &mut s,
+                slave_rs: &srs,
+            };
+            match cycle::run(&mut ep, &opts)? {
+                Outcome::Applied {
+                    syncid,
+                    stats,
+                    changed,
+                } => println!(
+                    "change set {syncid} applied: {} rows sent, {changed} rows changed",
+                    stats.rows
+                ),
+                Outcome::InSync => println!("master and slave are in sync"),
+                Outcome::Skipped { syncid } => {
+                    println!("change set {syncid} skipped: the slave already has it or a newer one")
+                }
+            }
+        }
+        Some(Command::MasterInit { db }) => {
+            let mut c = f.connect(Side::Master, db, d)?;
+            println!(
+                "rserv {} ready in master database {db}",
+                rserv::init(&mut c, "master")?
+            );
+        }
+        Some(Command::SlaveInit { db }) => {
+            let mut c = f.connect(Side::Slave, db, d)?;
+            println!(
+                "rserv {} ready in slave database {db}",
+                rserv::init(&mut c, "slave")?
+            );
+        }
+        Some(Command::MasterAddTable { db, table, column }) => {
+            let (mut c, rs) = located(f, Side::Master, db, d)?;
+            master::add_table(&mut c, &rs, table, column.as_deref())?;
+        }
+        Some(Command::MasterRemoveTable { db, table }) => {
+            let (mut c, rs) = located(f, Side::Master, db, d)?;
+            master::remove_table(&mut c, &rs, table)?;
+        }
+        Some(Command::SlaveAddTable { db, table, column }) => {
+            let (mut c, rs) = located(f, Side::Slave, db, d)?;
+            slave::add_table(&mut c, &rs, table, column.as_deref())?;
+        }
+        Some(Command::SlaveRemoveTable { db, table }) => {
+            let (mut c, rs) = located(f, Side::Slave, db, d)?;
+            slave::remove_table(&mut c, &rs, table)?;
+        }
+        Some(Command::Prepare { db, output }) => {
+            let (mut c, rs) = located(f, Side::Master, db, d)?;
+            let prepared = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .io_ctx(format!("creating {}", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    let p = master::prepare(&mut c, &rs, cli.server, &mut w)?;
+                    w.flush().io_ctx(format!("writing {}", path.display()))?;
+                    p
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    let p = master::prepare(&mut c, &rs, cli.server, &mut w)?;
+                    w.flush().io_ctx("writing to stdout")?;
+                    p
+                }
+            };
+            match prepared {
+                Some((id, stats)) => eprintln!(
+                    "change set {id} prepared: {} sections, {} rows",
+                    stats.sections, stats.rows
+                ),
+                None => eprintln!("nothing to replicate: master and slave are in sync"),
+            }
+        }
+        Some(Command::Apply { db, input }) => {
+            let (mut c, rs) = located(f, Side::Slave, db, d)?;
+            let applied = match input {
+                Some(path) => {
+                    let file =
+                        std::fs::File::open(path).io_ctx(format!("opening {}", path.display()))?;
+                    slave::apply(&mut c, &rs, BufReader::new(file))?
+                }
+                None => slave::apply(&mut c, &rs, std::io::stdin().lock())?,
+            };
+            match applied {
+                slave::Applied::Applied {
+                    syncid,
+                    stats,
+                    changed,
+                } => eprintln!(
+                    "change set {syncid} applied: {} rows received, {changed} rows changed",
+                    stats.rows
+                ),
+                slave::Applied::Skipped { syncid } => eprintln!(
+                    "change set {syncid} skipped: the slave already has it or a newer one"
+                ),
+            }
+        }
+        Some(Command::SyncId { db }) => {
+            let (mut c, rs) = located(f, Side::Slave, db, d)?;
+            match slave::sync_id(&mut c, &rs)? {
+                Some(id) => println!("{id}"),
+                None => {
+                    return Err(Error::Failed(format!(
+                        "no change set has been applied to slave database {db} yet"
+                    )))
+                }
+            }
+        }
+        Some(Command::MasterSync { db, syncid }) => {
+            let (mut c, rs) = located(f, Side::Master, db, d)?;
+            if !master::confirm(&mut c, &rs, cli.server, *syncid)? {
+                return Err(Error::Failed(format!(
+                    "change set {syncid} is not a prepared, unconfirmed change set of server {} \
+                     (already confirmed or superseded)",
+                    cli.server
+                )));
+            }
+            eprintln!("change set {syncid} confirmed for server {}", cli.server);
+        }
+        Some(Command::CleanLog { db }) => {
+            let (mut c, rs) = located(f, Side::Master, db, d)?;
+            let n = master::clean_log(&mut c, &rs)?;
+            eprintln!("Deleted {n} log records");
+        }
+    }
+    Ok(crate::error::exit::OK)
+}

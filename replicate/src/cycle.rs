@@ -1,0 +1,170 @@
+//! One replication cycle, the seed's `Replicate`: confirm what the slave already has, prepare
+//! the next change set on the master, apply it on the slave, confirm it.
+
+use crate::error::{Error, IoContext};
+use crate::master;
+use crate::pipe::pipe;
+use crate::rserv::Rserv;
+use crate::slave::{self, Applied};
+use crate::snapshot::Stats;
+use postgres::Client;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default)]
+pub struct CycleOptions {
+    /// Which slave this is, on the master (`_rserv_servers_.server`).
+    pub server: i32,
+    /// Write the change set to this file first, then apply it (as the seed's `--snapshot`);
+    /// without it the change set streams from master to slave in memory.
+    pub snapshot: Option<PathBuf>,
+    /// Keep the snapshot file after a successful apply (the seed's `--debug`).
+    pub keep_snapshot: bool,
+    /// Remove log rows no slave needs after confirming.
+    pub clean_log: bool,
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing changed on the master since the slave's last sync.
+    InSync,
+    Applied {
+        syncid: i64,
+        stats: Stats,
+        changed: i64,
+    },
+    /// Another run applied this change set or a newer one first.
+    Skipped { syncid: i64 },
+}
+
+pub struct Endpoints<'a> {
+    pub master: &'a mut Client,
+    pub master_rs: &'a Rserv,
+    pub slave: &'a mut Client,
+    pub slave_rs: &'a Rserv,
+}
+
+fn say(opts: &CycleOptions, msg: &str) {
+    if opts.verbose {
+        eprintln!("{msg}");
+    }
+}
+
+/// Confirm on the master the change set the slave reports having applied. After a crash
+/// between apply and confirm this is what makes the master move on.
+pub fn sync_back(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Option<i64>, Error> {
+    say(opts, ">>>>>>>>>>>>> Sync SyncID");
+    let id = slave::sync_id(ep.slave, ep.slave_rs)?;
+    match id {
+        Some(id) => {
+            say(opts, &format!("Last SyncID applied: {id}"));
+            if master::confirm(ep.master, ep.master_rs, opts.server, id)? {
+                say(opts, "Succeeded");
+            }
+        }
+        None => say(opts, "No SyncID found on the slave"),
+    }
+    Ok(id)
+}
+
+pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
+    sync_back(ep, opts)?;
+    say(opts, ">>>>>>>>>>>>> Prepare Snapshot");
+    let outcome = match &opts.snapshot {
+        Some(path) => via_file(ep, opts, path)?,
+        None => streamed(ep, opts)?,
+    };
+    if let Outcome::Applied {
+        syncid,
+        stats,
+        changed,
+    } = outcome
+    {
+        say(
+            opts,
+            &format!(
+                "Snapshot applied: change set {syncid}, {} sections, {} rows sent, {changed} rows changed",
+                stats.sections, stats.rows
+            ),
+        );
+        if master::confirm(ep.master, ep.master_rs, opts.server, syncid)? {
+            say(opts, "Succeeded");
+        }
+        if opts.clean_log {
+            let n = master::clean_log(ep.master, ep.master_rs)?;
+            say(opts, &format!("Deleted {n} log records"));
+        }
+    } else if outcome == Outcome::InSync {
+        say(opts, "DBases are sync-ed");
+    }
+    Ok(outcome)
+}
+
+fn via_file(ep: &mut Endpoints, opts: &CycleOptions, path: &PathBuf) -> Result<Outcome, Error> {
+    let shown = path.display().to_string();
+    let file = File::create(path).io_ctx(format!("creating snapshot file {shown}"))?;
+    let mut out = BufWriter::new(file);
+    let prepared = master::prepare(ep.master, ep.master_rs, opts.server, &mut out)?;
+    out.flush().io_ctx(format!("writing {shown}"))?;
+    out.get_ref()
+        .sync_all()
+        .io_ctx(format!("syncing {shown}"))?;
+    drop(out);
+    if prepared.is_none() {
+        let _ = std::fs::remove_file(path);
+        return Ok(Outcome::InSync);
+    }
+    say(opts, ">>>>>>>>>>>>> Apply Snapshot");
+    let input = BufReader::new(File::open(path).io_ctx(format!("opening {shown}"))?);
+    let applied = slave::apply(ep.slave, ep.slave_rs, input)?;
+    if matches!(applied, Applied::Applied { .. }) && !opts.keep_snapshot {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(applied.into())
+}
+
+fn streamed(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
+    let (writer, reader) = pipe(8);
+    let server = opts.server;
+    let (master_client, master_rs) = (&mut *ep.master, ep.master_rs);
+    let (prepared, applied) = std::thread::scope(|s| {
+        let producer = s.spawn(move || master::prepare(master_client, master_rs, server, writer));
+        let applied = slave::apply(ep.slave, ep.slave_rs, reader);
+        let prepared = producer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the master reader thread panicked".into())));
+        (prepared, applied)
+    });
+    match (prepared, applied) {
+        (Ok(None), _) => Ok(Outcome::InSync),
+        (Ok(Some(_)), Ok(a)) => Ok(a.into()),
+        // The slave stopped reading (e.g. a table missing there): its error is the cause.
+        (Err(Error::Io { source, .. }), Err(e))
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Err(e)
+        }
+        (Err(_), Ok(a @ Applied::Skipped { .. })) => Ok(a.into()),
+        (Err(e), _) => Err(e),
+        (Ok(Some(_)), Err(e)) => Err(e),
+    }
+}
+
+impl From<Applied> for Outcome {
+    fn from(a: Applied) -> Outcome {
+        match a {
+            Applied::Applied {
+                syncid,
+                stats,
+                changed,
+            } => Outcome::Applied {
+                syncid,
+                stats,
+                changed,
+            },
+            Applied::Skipped { syncid } => Outcome::Skipped { syncid },
+        }
+    }
+}

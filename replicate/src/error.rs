@@ -1,0 +1,118 @@
+//! Errors of `replicate`, each with the exit code the binary returns for it.
+
+use crate::conn::ConnError;
+
+/// Exit codes (documented in the README and `replicate --help`).
+pub mod exit {
+    /// Success: the change set was applied, or there was nothing to do.
+    pub const OK: i32 = 0;
+    /// A database refused an operation (the message says which and why).
+    pub const FAILED: i32 = 1;
+    /// Invalid command line.
+    pub const USAGE: i32 = 2;
+    /// Could not connect to the master or the slave.
+    pub const CONNECT: i32 = 3;
+    /// The snapshot input is truncated, corrupted or not a snapshot.
+    pub const BAD_SNAPSHOT: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{side}: {source}")]
+    Connect {
+        side: &'static str,
+        #[source]
+        source: ConnError,
+    },
+    #[error("{context}: {}", describe_pg(.source))]
+    Db {
+        context: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("invalid snapshot: {0}")]
+    Snapshot(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Connect { .. } => exit::CONNECT,
+            Error::Snapshot(_) => exit::BAD_SNAPSHOT,
+            Error::Usage(_) => exit::USAGE,
+            Error::Db { .. } | Error::Io { .. } | Error::Failed(_) => exit::FAILED,
+        }
+    }
+
+    /// SQLSTATE of a database error, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Db { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// The server's message with its detail and hint; rust-postgres' own Display says only
+/// "db error".
+pub fn describe_pg(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("\nDETAIL: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("\nHINT: {h}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// Attach what we were doing to a database error.
+pub trait DbContext<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T, Error>;
+}
+
+impl<T> DbContext<T> for Result<T, postgres::Error> {
+    fn ctx(self, context: impl Into<String>) -> Result<T, Error> {
+        self.map_err(|source| Error::Db {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// Attach what we were doing to an I/O error.
+pub trait IoContext<T> {
+    fn io_ctx(self, context: impl Into<String>) -> Result<T, Error>;
+}
+
+impl<T> IoContext<T> for Result<T, std::io::Error> {
+    fn io_ctx(self, context: impl Into<String>) -> Result<T, Error> {
+        self.map_err(|source| Error::Io {
+            context: context.into(),
+            source,
+        })
+    }
+}

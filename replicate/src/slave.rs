@@ -1,0 +1,127 @@
+//! Slave side: registration, apply (ApplySnapshot), sync id (GetSyncID).
+
+use crate::error::{DbContext, Error, IoContext};
+use crate::rserv::Rserv;
+use crate::snapshot::{SnapshotReader, Stats};
+use postgres::Client;
+use std::io::{BufRead, Write};
+
+pub fn add_table(
+    client: &mut Client,
+    rs: &Rserv,
+    table: &str,
+    column: Option<&str>,
+) -> Result<(), Error> {
+    client
+        .execute(
+            &format!(
+                "SELECT {}($1::text::regclass, $2)",
+                rs.func("rserv_slave_add_table")
+            ),
+            &[&table, &column],
+        )
+        .ctx(format!("slave: registering table {table}"))?;
+    Ok(())
+}
+
+pub fn remove_table(client: &mut Client, rs: &Rserv, table: &str) -> Result<(), Error> {
+    client
+        .execute(
+            &format!(
+                "SELECT {}($1::text::regclass)",
+                rs.func("rserv_slave_remove_table")
+            ),
+            &[&table],
+        )
+        .ctx(format!("slave: removing table {table}"))?;
+    Ok(())
+}
+
+/// Last change set applied on the slave; None before the first.
+pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
+    let row = client
+        .query_one(&format!("SELECT {}()", rs.func("rserv_slave_sync_id")), &[])
+        .ctx("slave: reading its sync id")?;
+    Ok(row.get(0))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The change set is now on the slave; `changed` = rows deleted + inserted.
+    Applied {
+        syncid: i64,
+        stats: Stats,
+        changed: i64,
+    },
+    /// The slave already had this change set or a newer one; nothing was done.
+    Skipped { syncid: i64 },
+}
+
+/// Apply one snapshot in one slave transaction: all of it, or (on any error, including a
+/// damaged snapshot) nothing.
+pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Applied, Error> {
+    let mut reader = SnapshotReader::open(input)?;
+    let syncid = reader.syncid;
+    let mut tx = client
+        .transaction()
+        .ctx("slave: starting the apply transaction")?;
+    let began: bool = tx
+        .query_one(
+            &format!("SELECT {}($1, $2, $3)", rs.func("rserv_apply_begin")),
+            &[&syncid, &reader.header.master, &reader.header.rserv],
+        )
+        .ctx(format!("slave: starting change set {syncid}"))?
+        .get(0);
+    if !began {
+        tx.rollback().ctx("slave: ending the apply transaction")?;
+        return Ok(Applied::Skipped { syncid });
+    }
+    let stage = format!(
+        "SELECT {}($1, $2, $3, $4, $5)",
+        rs.func("rserv_apply_stage")
+    );
+    let merge = format!(
+        "SELECT {}($1, $2, $3, $4, $5)",
+        rs.func("rserv_apply_merge")
+    );
+    let mut changed = 0i64;
+    while let Some((kind, meta)) = reader.next_section()? {
+        let table = format!("{}.{}", meta.schema, meta.table);
+        let args: [&(dyn postgres::types::ToSql + Sync); 5] = [
+            &kind.as_str(),
+            &meta.schema,
+            &meta.table,
+            &meta.columns,
+            &meta.key,
+        ];
+        let copy: Option<String> = tx
+            .query_one(&stage, &args)
+            .ctx(format!("slave: {} section of {table}", kind.as_str()))?
+            .get(0);
+        if kind.has_data() {
+            let Some(copy) = copy else {
+                return Err(Error::Failed(format!(
+                    "slave: no staging table for {table}"
+                )));
+            };
+            let mut w = tx.copy_in(&copy).ctx(format!("slave: loading {table}"))?;
+            let copied = reader.data(&mut w);
+            // A damaged snapshot must not be hidden behind the COPY error it causes.
+            copied?;
+            w.flush().io_ctx(format!("slave: loading {table}"))?;
+            w.finish().ctx(format!("slave: loading {table}"))?;
+        }
+        let n: i64 = tx
+            .query_one(&merge, &args)
+            .ctx(format!("slave: applying changes to {table}"))?
+            .get(0);
+        changed += n;
+    }
+    tx.commit()
+        .ctx(format!("slave: committing change set {syncid}"))?;
+    Ok(Applied::Applied {
+        syncid,
+        stats: reader.stats(),
+        changed,
+    })
+}

@@ -1,0 +1,446 @@
+//! The snapshot format: rserv's line-oriented change set file (reference §4.3), versioned.
+//!
+//! ```text
+//! -- RSERV SNAPSHOT 1
+//! -- SYNCID 7 {"master":"<node uuid>","server":0,"rserv":"1.0.0"}
+//! -- TRUNCATE {"schema":"public","table":"t","columns":[],"key":["id"]}
+//! -- DELETE {"schema":"public","table":"customer","columns":["cust_id"],"key":["cust_id"]}
+//! 42
+//! \.
+//! -- UPDATE {"schema":"public","table":"customer","columns":["cust_id","firstname","lastname"],"key":["cust_id"]}
+//! 10<TAB>John<TAB>Nathaniel   (fields are tab-separated)
+//! \.
+//! -- OK {"sections":3,"rows":2,"crc32":"1c291ca3"}
+//! ```
+//!
+//! Differences from rserv 0.1: a version line; JSON metadata (schema-qualified names, columns
+//! by name, the key); rows in PostgreSQL's COPY text format under fixed DateStyle, TimeZone
+//! and float settings; a TRUNCATE section; and an end line with section and row counts and a
+//! CRC-32 of everything before it, so a truncated, reordered or corrupted file is refused.
+//! A writer that fails part-way ends the file with `-- ERROR {"message":...}`.
+
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Read, Write};
+
+pub const MAGIC: &str = "-- RSERV SNAPSHOT 1";
+
+/// Facts about the change set as a whole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// `rserv_node_id()` of the master that prepared it
+    pub master: String,
+    /// the slave (server id) it was prepared for
+    pub server: i32,
+    /// rserv version on the master
+    pub rserv: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectionKind {
+    Truncate,
+    Delete,
+    Update,
+}
+
+impl SectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SectionKind::Truncate => "TRUNCATE",
+            SectionKind::Delete => "DELETE",
+            SectionKind::Update => "UPDATE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SectionKind> {
+        match s {
+            "TRUNCATE" => Some(SectionKind::Truncate),
+            "DELETE" => Some(SectionKind::Delete),
+            "UPDATE" => Some(SectionKind::Update),
+            _ => None,
+        }
+    }
+
+    /// TRUNCATE carries no rows.
+    pub fn has_data(self) -> bool {
+        self != SectionKind::Truncate
+    }
+}
+
+/// Which table a section is for, and the columns of its rows, by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SectionMeta {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub key: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Trailer {
+    sections: u64,
+    rows: u64,
+    crc32: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Failure {
+    message: String,
+}
+
+/// Totals of a written or read snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sections: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    // Serializing plain structs of strings and numbers cannot fail.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+pub struct SnapshotWriter<W: Write> {
+    out: W,
+    crc: crc32fast::Hasher,
+    stats: Stats,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    pub fn start(out: W, syncid: i64, header: &Header) -> std::io::Result<Self> {
+        let mut w = SnapshotWriter {
+            out,
+            crc: crc32fast::Hasher::new(),
+            stats: Stats::default(),
+        };
+        w.put(format!("{MAGIC}\n-- SYNCID {syncid} {}\n", json(header)).as_bytes())?;
+        Ok(w)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.crc.update(bytes);
+        self.stats.bytes += bytes.len() as u64;
+        self.out.write_all(bytes)
+    }
+
+    pub fn section(&mut self, kind: SectionKind, meta: &SectionMeta) -> std::io::Result<()> {
+        self.stats.sections += 1;
+        self.put(format!("-- {} {}\n", kind.as_str(), json(meta)).as_bytes())
+    }
+
+    /// Copy one section's COPY-text rows and close it with `\.`.
+    pub fn data(&mut self, mut rows: impl Read) -> std::io::Result<u64> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n_rows = 0u64;
+        let mut last = b'\n';
+        loop {
+            let n = rows.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            n_rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            last = chunk[n - 1];
+            self.put(chunk)?;
+        }
+        if last != b'\n' {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "COPY output did not end with a newline",
+            ));
+        }
+        self.stats.rows += n_rows;
+        self.put(b"\\.\n")?;
+        Ok(n_rows)
+    }
+
+    /// Write the end line. Only call this once the master transaction has committed.
+    pub fn finish(mut self) -> std::io::Result<(W, Stats)> {
+        let trailer = Trailer {
+            sections: self.stats.sections,
+            rows: self.stats.rows,
+            crc32: format!("{:08x}", self.crc.clone().finalize()),
+        };
+        let line = format!("-- OK {}\n", json(&trailer));
+        self.out.write_all(line.as_bytes())?;
+        self.stats.bytes += line.len() as u64;
+        self.out.flush()?;
+        Ok((self.out, self.stats))
+    }
+
+    /// Mark the file as failed, so nobody applies what was written so far.
+    pub fn fail(mut self, message: &str) -> std::io::Result<()> {
+        let line = format!(
+            "-- ERROR {}\n",
+            json(&Failure {
+                message: message.to_string()
+            })
+        );
+        self.out.write_all(line.as_bytes())?;
+        self.out.flush()
+    }
+}
+
+pub struct SnapshotReader<R: BufRead> {
+    input: R,
+    crc: crc32fast::Hasher,
+    line: Vec<u8>,
+    line_no: u64,
+    pub syncid: i64,
+    pub header: Header,
+    stats: Stats,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Snapshot(msg.into())
+}
+
+impl<R: BufRead> SnapshotReader<R> {
+    /// Read and check the first two lines.
+    pub fn open(input: R) -> Result<Self, Error> {
+        let mut r = SnapshotReader {
+            input,
+            crc: crc32fast::Hasher::new(),
+            line: Vec::new(),
+            line_no: 0,
+            syncid: 0,
+            header: Header {
+                master: String::new(),
+                server: 0,
+                rserv: String::new(),
+            },
+            stats: Stats::default(),
+        };
+        if !r.read_line()? {
+            return Err(bad("the input is empty (expected an rserv snapshot)"));
+        }
+        if r.line != format!("{MAGIC}\n").as_bytes() {
+            return Err(bad(format!(
+                "line 1 is not \"{MAGIC}\": not an rserv snapshot, or one of another version"
+            )));
+        }
+        r.hash_line();
+        if !r.read_line()? {
+            return Err(bad("truncated after line 1"));
+        }
+        let text = r.line_text()?.to_string();
+        let rest = text
+            .strip_prefix("-- SYNCID ")
+            .ok_or_else(|| bad("line 2 must be \"-- SYNCID <n> {...}\""))?;
+        let (id, meta) = rest.split_once(' ').unwrap_or((rest, ""));
+        r.syncid = id
+            .parse()
+            .map_err(|_| bad(format!("line 2: sync id \"{id}\" is not a number")))?;
+        r.header =
+            serde_json::from_str(meta).map_err(|e| bad(format!("line 2: invalid header: {e}")))?;
+        r.hash_line();
+        Ok(r)
+    }
+
+    /// Reads one line into self.line; false at end of input.
+    fn read_line(&mut self) -> Result<bool, Error> {
+        self.line.clear();
+        let n = self
+            .input
+            .read_until(b'\n', &mut self.line)
+            .map_err(|e| bad(format!("reading line {}: {e}", self.line_no + 1)))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.line_no += 1;
+        if self.line.last() != Some(&b'\n') {
+            return Err(bad(format!(
+                "truncated: line {} is incomplete",
+                self.line_no
+            )));
+        }
+        Ok(true)
+    }
+
+    fn hash_line(&mut self) {
+        self.crc.update(&self.line);
+        self.stats.bytes += self.line.len() as u64;
+    }
+
+    fn line_text(&self) -> Result<&str, Error> {
+        std::str::from_utf8(&self.line[..self.line.len() - 1])
+            .map_err(|_| bad(format!("line {} is not UTF-8", self.line_no)))
+    }
+
+    /// The next section, or None after a valid end line (counts and CRC checked).
+    pub fn next_section(&mut self) -> Result<Option<(SectionKind, SectionMeta)>, Error> {
+        if !self.read_line()? {
+            return Err(bad(format!(
+                "truncated after line {}: the end line \"-- OK\" is missing",
+                self.line_no
+            )));
+        }
+        let text = self.line_text()?.to_string();
+        let no = self.line_no;
+        let rest = text
+            .strip_prefix("-- ")
+            .ok_or_else(|| bad(format!("line {no}: expected a section line \"-- ...\"")))?;
+        let (word, meta) = rest.split_once(' ').unwrap_or((rest, ""));
+        match word {
+            "OK" => {
+                let t: Trailer = serde_json::from_str(meta)
+                    .map_err(|e| bad(format!("line {no}: invalid end line: {e}")))?;
+                let crc = format!("{:08x}", self.crc.clone().finalize());
+                if t.crc32 != crc || t.sections != self.stats.sections || t.rows != self.stats.rows
+                {
+                    return Err(bad(format!(
+                        "checksum mismatch: the end line says {} sections, {} rows, crc32 {}, \
+                         but the file holds {} sections, {} rows, crc32 {crc}: it was altered or damaged",
+                        t.sections, t.rows, t.crc32, self.stats.sections, self.stats.rows
+                    )));
+                }
+                let mut extra = [0u8; 1];
+                if self
+                    .input
+                    .read(&mut extra)
+                    .map_err(|e| bad(e.to_string()))?
+                    != 0
+                {
+                    return Err(bad(format!(
+                        "unexpected data after the end line (line {no})"
+                    )));
+                }
+                Ok(None)
+            }
+            "ERROR" => {
+                let msg = serde_json::from_str::<Failure>(meta)
+                    .map(|f| f.message)
+                    .unwrap_or_else(|_| meta.to_string());
+                Err(bad(format!("the master failed while writing it: {msg}")))
+            }
+            _ => {
+                let kind = SectionKind::parse(word)
+                    .ok_or_else(|| bad(format!("line {no}: unknown section \"{word}\"")))?;
+                let meta: SectionMeta = serde_json::from_str(meta)
+                    .map_err(|e| bad(format!("line {no}: invalid section header: {e}")))?;
+                self.hash_line();
+                self.stats.sections += 1;
+                Ok(Some((kind, meta)))
+            }
+        }
+    }
+
+    /// Copy the current section's rows (COPY text lines) to `out`, up to its `\.` line.
+    pub fn data(&mut self, out: &mut impl Write) -> Result<u64, Error> {
+        let mut rows = 0u64;
+        loop {
+            if !self.read_line()? {
+                return Err(bad(format!(
+                    "truncated inside a section after line {}",
+                    self.line_no
+                )));
+            }
+            self.hash_line();
+            if self.line == b"\\.\n" {
+                break;
+            }
+            rows += 1;
+            out.write_all(&self.line)
+                .map_err(|e| bad(format!("passing line {} to the slave: {e}", self.line_no)))?;
+        }
+        self.stats.rows += rows;
+        Ok(rows)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let header = Header {
+            master: "m".into(),
+            server: 0,
+            rserv: "1.0.0".into(),
+        };
+        let meta = SectionMeta {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec!["a".into(), "b".into()],
+            key: vec!["a".into()],
+        };
+        let mut w = SnapshotWriter::start(Vec::new(), 7, &header).unwrap();
+        w.section(SectionKind::Delete, &meta).unwrap();
+        w.data(&b"1\n"[..]).unwrap();
+        w.section(SectionKind::Update, &meta).unwrap();
+        w.data(&b"2\tx\\ty\n3\t\\N\n"[..]).unwrap();
+        w.finish().unwrap().0
+    }
+
+    type Sections = Vec<(SectionKind, Vec<u8>)>;
+
+    fn read_all(bytes: &[u8]) -> Result<(i64, Sections), Error> {
+        let mut r = SnapshotReader::open(bytes)?;
+        let mut out = Vec::new();
+        while let Some((kind, _)) = r.next_section()? {
+            let mut data = Vec::new();
+            if kind.has_data() {
+                r.data(&mut data)?;
+            }
+            out.push((kind, data));
+        }
+        Ok((r.syncid, out))
+    }
+
+    #[test]
+    fn round_trip() {
+        let (id, sections) = read_all(&sample()).unwrap();
+        assert_eq!(id, 7);
+        assert_eq!(sections.len(), 2);
+        assert_eq!(sections[1].1, b"2\tx\\ty\n3\t\\N\n");
+    }
+
+    #[test]
+    fn truncated_is_refused() {
+        let s = sample();
+        for cut in [0, 10, s.len() / 2, s.len() - 3] {
+            assert!(
+                matches!(read_all(&s[..cut]), Err(Error::Snapshot(_))),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupted_and_reordered_are_refused() {
+        let s = String::from_utf8(sample()).unwrap();
+        let corrupted = s.replace("2\tx", "9\tx");
+        assert!(
+            matches!(read_all(corrupted.as_bytes()), Err(Error::Snapshot(m)) if m.contains("checksum"))
+        );
+        let mut lines: Vec<&str> = s.lines().collect();
+        lines.swap(6, 7);
+        let reordered = lines.join("\n") + "\n";
+        assert!(read_all(reordered.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn writer_failure_is_refused() {
+        let header = Header {
+            master: "m".into(),
+            server: 0,
+            rserv: "1".into(),
+        };
+        let mut buf = Vec::new();
+        let w = SnapshotWriter::start(&mut buf, 1, &header).unwrap();
+        w.fail("boom").unwrap();
+        assert!(matches!(read_all(&buf), Err(Error::Snapshot(m)) if m.contains("boom")));
+    }
+
+    #[test]
+    fn trailing_garbage_is_refused() {
+        let mut s = sample();
+        s.extend_from_slice(b"-- UPDATE {}\n");
+        assert!(read_all(&s).is_err());
+    }
+}
