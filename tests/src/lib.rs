@@ -16,6 +16,8 @@
 //! * `RSERV_REPLICATE_TIMEOUT` — seconds after which [`run_replicate`] kills `replicate` and
 //!   panics (default 300).
 
+pub mod pair;
+
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
@@ -750,7 +752,11 @@ fn pg_command(prog: &str, cwd: &Path) -> Command {
             cmd.env_remove(key);
         }
     }
-    cmd.env("LC_ALL", "C").env("LANG", "C");
+    // The extension is Rust: a backtrace setting would add Rust backtraces to every ERROR.
+    cmd.env("LC_ALL", "C")
+        .env("LANG", "C")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
     cmd.current_dir(cwd).stdin(Stdio::null());
     cmd
 }

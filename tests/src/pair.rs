@@ -1,0 +1,164 @@
+//! A master and a slave cluster with rserv installed in one database on each, and the
+//! assertions replication tests share.
+
+use crate::{run_replicate, Cluster};
+use postgres::Client;
+use replicate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use replicate::error::Error;
+use replicate::rserv::Rserv;
+use std::process::Output;
+
+pub const DB: &str = "app";
+
+pub struct Pair {
+    pub master: Cluster,
+    pub slave: Cluster,
+}
+
+impl Pair {
+    /// Start both clusters (in parallel), create database `app` and the extension on each.
+    pub fn start(name: &str) -> Pair {
+        let (m, s) = std::thread::scope(|sc| {
+            let m = sc.spawn(|| Cluster::start(&format!("{name}-m")));
+            let s = sc.spawn(|| Cluster::start(&format!("{name}-s")));
+            (
+                m.join().expect("master cluster"),
+                s.join().expect("slave cluster"),
+            )
+        });
+        for c in [&m, &s] {
+            c.create_db(DB);
+            c.execute(DB, "CREATE EXTENSION rserv");
+        }
+        Pair {
+            master: m,
+            slave: s,
+        }
+    }
+
+    /// Run the same statements on both sides (on the slave as a fixture: local writes to
+    /// replicated tables allowed for this session).
+    pub fn both(&self, sql: &str) {
+        self.master.execute(DB, sql);
+        self.slave
+            .execute(DB, &format!("SET rserv.allow_slave_writes = on; {sql}"));
+    }
+
+    /// Create `table` on both sides with `ddl`, register it on both.
+    pub fn table(&self, ddl: &str, table: &str, column: Option<&str>) {
+        self.both(ddl);
+        let col = match column {
+            Some(c) => format!(", '{c}'"),
+            None => String::new(),
+        };
+        self.master
+            .execute(DB, &format!("SELECT rserv_add_table('{table}'{col})"));
+        self.slave
+            .execute(DB, &format!("SELECT rserv_slave_add_table('{table}'{col})"));
+    }
+
+    /// Command-line arguments that point `replicate` at this pair's sockets and ports.
+    pub fn conn_args(&self) -> Vec<String> {
+        vec![
+            format!("--masterhost={}", self.master.socket_dir().display()),
+            format!("--masterport={}", self.master.port()),
+            format!("--slavehost={}", self.slave.socket_dir().display()),
+            format!("--slaveport={}", self.slave.port()),
+            "--user=postgres".to_string(),
+        ]
+    }
+
+    /// Run the `replicate` binary with this pair's connection flags followed by `args`.
+    pub fn replicate(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = self.conn_args();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        run_replicate(&refs)
+    }
+
+    /// One cycle through the binary; panics unless it exits 0.
+    pub fn sync(&self) -> String {
+        let out = self.replicate(&[DB, DB]);
+        assert_ok(&out, "replicate MASTERDB SLAVEDB");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// In-process endpoints for many fast cycles (the library the binary is built on).
+    pub fn session(&self) -> Session {
+        let mut master = self.master.connect(DB);
+        let mut slave = self.slave.connect(DB);
+        let master_rs = Rserv::locate(&mut master, "master", DB).expect("rserv on master");
+        let slave_rs = Rserv::locate(&mut slave, "slave", DB).expect("rserv on slave");
+        Session {
+            master,
+            slave,
+            master_rs,
+            slave_rs,
+        }
+    }
+
+    /// Every row of `table` on one side, as text, in a stable order.
+    pub fn rows(c: &Cluster, table: &str) -> Vec<String> {
+        c.query_strings(DB, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect()
+    }
+
+    /// Master and slave hold exactly the same rows in `table`.
+    pub fn assert_equal(&self, table: &str) {
+        let m = Pair::rows(&self.master, table);
+        let s = Pair::rows(&self.slave, table);
+        assert_eq!(m, s, "table {table} differs between master and slave");
+    }
+}
+
+pub struct Session {
+    pub master: Client,
+    pub slave: Client,
+    pub master_rs: Rserv,
+    pub slave_rs: Rserv,
+}
+
+impl Session {
+    pub fn cycle(&mut self) -> Result<Outcome, Error> {
+        let mut ep = Endpoints {
+            master: &mut self.master,
+            master_rs: &self.master_rs,
+            slave: &mut self.slave,
+            slave_rs: &self.slave_rs,
+        };
+        cycle::run(
+            &mut ep,
+            &CycleOptions {
+                clean_log: true,
+                ..CycleOptions::default()
+            },
+        )
+    }
+}
+
+/// Panics with both output streams unless `out` exited 0.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Panics unless `out` exited with `code` and its stderr contains every one of `needles`.
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}\nstdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+    }
+}
