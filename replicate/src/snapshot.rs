@@ -7,16 +7,20 @@
 //! -- DELETE {"schema":"public","table":"customer","columns":["cust_id"],"key":["cust_id"]}
 //! 42
 //! \.
+//! -- CHECK {"sections":2,"rows":1,"crc32":"5e1b04c2"}
 //! -- UPDATE {"schema":"public","table":"customer","columns":["cust_id","firstname","lastname"],"key":["cust_id"]}
 //! 10<TAB>John<TAB>Nathaniel   (fields are tab-separated)
 //! \.
+//! -- CHECK {"sections":3,"rows":2,"crc32":"0b2f9e11"}
 //! -- OK {"sections":3,"rows":2,"crc32":"1c291ca3"}
 //! ```
 //!
 //! Differences from rserv 0.1: a version line; JSON metadata (schema-qualified names, columns
 //! by name, the key); rows in PostgreSQL's COPY text format under fixed DateStyle, TimeZone
-//! and float settings; a TRUNCATE section; and an end line with section and row counts and a
-//! CRC-32 of everything before it, so a truncated, reordered or corrupted file is refused.
+//! and float settings; a TRUNCATE section; after each section's rows a CHECK line, and at the
+//! end an OK line, with the section and row counts so far and a CRC-32 of everything before
+//! it, so a truncated, reordered or corrupted file is refused (a damaged section before it is
+//! merged into its table).
 //! A writer that fails part-way ends the file with `-- ERROR {"message":...}`.
 
 use crate::error::Error;
@@ -152,17 +156,24 @@ impl<W: Write> SnapshotWriter<W> {
         }
         self.stats.rows += n_rows;
         self.put(b"\\.\n")?;
+        // A check line after every section lets the reader refuse a damaged section before
+        // it is merged into the slave table.
+        let check = format!("-- CHECK {}\n", json(&self.totals()));
+        self.put(check.as_bytes())?;
         Ok(n_rows)
+    }
+
+    fn totals(&self) -> Trailer {
+        Trailer {
+            sections: self.stats.sections,
+            rows: self.stats.rows,
+            crc32: format!("{:08x}", self.crc.clone().finalize()),
+        }
     }
 
     /// Write the end line. Only call this once the master transaction has committed.
     pub fn finish(mut self) -> std::io::Result<(W, Stats)> {
-        let trailer = Trailer {
-            sections: self.stats.sections,
-            rows: self.stats.rows,
-            crc32: format!("{:08x}", self.crc.clone().finalize()),
-        };
-        let line = format!("-- OK {}\n", json(&trailer));
+        let line = format!("-- OK {}\n", json(&self.totals()));
         self.out.write_all(line.as_bytes())?;
         self.stats.bytes += line.len() as u64;
         self.out.flush()?;
@@ -284,17 +295,7 @@ impl<R: BufRead> SnapshotReader<R> {
         let (word, meta) = rest.split_once(' ').unwrap_or((rest, ""));
         match word {
             "OK" => {
-                let t: Trailer = serde_json::from_str(meta)
-                    .map_err(|e| bad(format!("line {no}: invalid end line: {e}")))?;
-                let crc = format!("{:08x}", self.crc.clone().finalize());
-                if t.crc32 != crc || t.sections != self.stats.sections || t.rows != self.stats.rows
-                {
-                    return Err(bad(format!(
-                        "checksum mismatch: the end line says {} sections, {} rows, crc32 {}, \
-                         but the file holds {} sections, {} rows, crc32 {crc}: it was altered or damaged",
-                        t.sections, t.rows, t.crc32, self.stats.sections, self.stats.rows
-                    )));
-                }
+                self.verify(meta, no)?;
                 let mut extra = [0u8; 1];
                 if self
                     .input
@@ -326,6 +327,21 @@ impl<R: BufRead> SnapshotReader<R> {
         }
     }
 
+    /// Compare a CHECK or OK line's totals with what was read before it.
+    fn verify(&self, meta: &str, no: u64) -> Result<(), Error> {
+        let t: Trailer = serde_json::from_str(meta)
+            .map_err(|e| bad(format!("line {no}: invalid check line: {e}")))?;
+        let crc = format!("{:08x}", self.crc.clone().finalize());
+        if t.crc32 != crc || t.sections != self.stats.sections || t.rows != self.stats.rows {
+            return Err(bad(format!(
+                "checksum mismatch at line {no}: it says {} sections, {} rows, crc32 {}, \
+                 but the file holds {} sections, {} rows, crc32 {crc}: it was altered or damaged",
+                t.sections, t.rows, t.crc32, self.stats.sections, self.stats.rows
+            )));
+        }
+        Ok(())
+    }
+
     /// Copy the current section's rows (COPY text lines) to `out`, up to its `\.` line.
     pub fn data(&mut self, out: &mut impl Write) -> Result<u64, Error> {
         let mut rows = 0u64;
@@ -345,6 +361,18 @@ impl<R: BufRead> SnapshotReader<R> {
                 .map_err(|e| bad(format!("passing line {} to the slave: {e}", self.line_no)))?;
         }
         self.stats.rows += rows;
+        if !self.read_line()? {
+            return Err(bad(format!("truncated after line {}", self.line_no)));
+        }
+        let text = self.line_text()?.to_string();
+        let meta = text.strip_prefix("-- CHECK ").ok_or_else(|| {
+            bad(format!(
+                "line {}: expected the section's check line",
+                self.line_no
+            ))
+        })?;
+        self.verify(meta, self.line_no)?;
+        self.hash_line();
         Ok(rows)
     }
 
