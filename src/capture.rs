@@ -334,3 +334,73 @@ fn _rserv_protect_<'a>(
         "write on the master, or SET rserv.allow_slave_writes = on to write here anyway (the slave then differs from its master)",
     )
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn logged() -> Vec<String> {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT format('%s %s', deleted, key) FROM _rserv_log_ ORDER BY 1",
+                None,
+                &[],
+            )?
+            .map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn identity_text_ignores_session_settings() {
+        Spi::run(
+            "CREATE TABLE ev (at timestamptz, score float8, PRIMARY KEY (at, score));
+             SELECT rserv_add_table('ev');
+             SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kathmandu'; SET extra_float_digits = -3;
+             INSERT INTO ev VALUES ('2024-03-01 10:00:00+00', 0.1::float8 + 0.2::float8);",
+        )
+        .unwrap();
+        // the writer's session would print "01/03/2024 15:45:00 +0545" and "0.3"
+        assert_eq!(
+            logged(),
+            vec!["f {\"2024-03-01 15:45:00+05:45\",0.30000000000000004}"]
+        );
+    }
+
+    #[pg_test]
+    fn updates_log_only_watched_changes_and_both_keys() {
+        Spi::run(
+            "CREATE TABLE c (id int PRIMARY KEY, watched text, other text);
+             INSERT INTO c VALUES (1, 'a', 'b');
+             SELECT rserv_add_table('c', 'watched');
+             UPDATE c SET other = 'not logged';
+             UPDATE c SET watched = 'logged';
+             UPDATE c SET id = 2;
+             DELETE FROM c;",
+        )
+        .unwrap();
+        // the update of an unwatched column logged nothing; the key change logged both keys
+        assert_eq!(logged(), vec!["f {1}", "f {2}", "t {1}", "t {2}"]);
+    }
+
+    #[pg_test]
+    fn truncate_logs_a_null_key() {
+        Spi::run("CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t'); TRUNCATE t;")
+            .unwrap();
+        assert_eq!(logged(), vec!["t "]);
+    }
+
+    #[pg_test]
+    fn debug_level_round_trips() {
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT _rserv_debug_(2)").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT _rserv_debug_(0)").unwrap(),
+            Some(2)
+        );
+    }
+}

@@ -24,24 +24,6 @@ pub extern "C-unwind" fn _PG_init() {
     apply::register_gucs();
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    use pgrx::prelude::*;
-
-    #[pg_test]
-    fn debug_level_round_trips() {
-        assert_eq!(
-            Spi::get_one::<i32>("SELECT _rserv_debug_(2)").unwrap(),
-            Some(0)
-        );
-        assert_eq!(
-            Spi::get_one::<i32>("SELECT _rserv_debug_(0)").unwrap(),
-            Some(2)
-        );
-    }
-}
-
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {

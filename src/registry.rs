@@ -534,3 +534,67 @@ pub fn slave_table(schema: &str, name: &str) -> Option<(pg_sys::Oid, Vec<String>
     })
     .or_fail("reading _rserv_slave_tables_")
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap_or(-1)
+    }
+
+    #[pg_test]
+    fn registering_twice_changes_nothing() {
+        Spi::run(
+            "CREATE TABLE customer (cust_id int PRIMARY KEY, lastname text);
+             SELECT rserv_add_table('customer', 'lastname');
+             SELECT rserv_add_table('customer', 'lastname');",
+        )
+        .unwrap();
+        assert_eq!(count("SELECT count(*) FROM _rserv_tables_"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'customer'::regclass"),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn unique_not_null_column_is_the_identity() {
+        Spi::run(
+            "CREATE TABLE test (i text, k int NOT NULL UNIQUE, l int);
+             SELECT rserv_add_table('test', 'k');",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<String>("SELECT key::text FROM _rserv_tables_").unwrap(),
+            Some("{k}".to_string())
+        );
+    }
+
+    #[pg_test(error = "rserv: table public.nokey has no primary key")]
+    fn no_identity_is_refused() {
+        Spi::run("CREATE TABLE nokey (a int); SELECT rserv_add_table('nokey');").unwrap();
+    }
+
+    #[pg_test(error = "rserv: column \"nosuch\" does not exist in table public.c")]
+    fn unknown_column_is_refused() {
+        Spi::run("CREATE TABLE c (id int PRIMARY KEY); SELECT rserv_add_table('c', 'nosuch');")
+            .unwrap();
+    }
+
+    #[pg_test]
+    fn remove_table_drops_triggers_and_log() {
+        Spi::run(
+            "CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t');
+             INSERT INTO t VALUES (1); SELECT rserv_remove_table('t');",
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM _rserv_log_"), 0);
+        assert_eq!(count("SELECT count(*) FROM _rserv_tables_"), 0);
+    }
+}

@@ -359,3 +359,35 @@ fn rserv_clean_log() -> i64 {
         }
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test(error = "rserv_prepare() must run in a REPEATABLE READ transaction")]
+    fn prepare_needs_repeatable_read() {
+        Spi::run("SELECT * FROM rserv_prepare(0)").unwrap();
+    }
+
+    #[pg_test]
+    fn confirm_of_an_unknown_change_set_is_false() {
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT rserv_confirm(0, 42)").unwrap(),
+            Some(false)
+        );
+    }
+
+    #[pg_test]
+    fn sync_records_the_current_snapshot() {
+        Spi::run("SELECT nextval('_rserv_sync_seq_'); SELECT _rserv_sync_(3);").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT maxid = pg_snapshot_xmax(pg_current_snapshot())::text::int8 AND status = 0 \
+                 FROM _rserv_sync_ WHERE server = 3"
+            )
+            .unwrap(),
+            Some(true)
+        );
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command; .ci/run calls exactly this). Runs as root on
+# a fresh Debian 12 machine: installs what is missing, then runs, in order,
+#   1. cargo fmt --check and cargo clippy -D warnings
+#   2. the extension's #[pg_test]s (cargo pgrx test, servers run as the postgres user)
+#   3. the SQL API's pg_regress suite (pg_test/) against a throwaway cluster
+#   4. replicate's unit tests and the multi-cluster integration tests (tests/)
+# and ends with one line "rserv: N passed, M failed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+# A backtrace setting would make the Rust extension append backtraces to server errors.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+
+log=$(mktemp /tmp/rserv-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+step() { printf '\n== %s\n' "$*"; }
+run() { "$@" 2>&1 | tee -a "$log"; return "${PIPESTATUS[0]}"; }
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "extension #[pg_test]s"
+pgdata=/tmp/rserv-pgtest-$$
+run cargo pgrx test pg15 -p rserv --runas postgres --pgdata "$pgdata"
+
+step "install the extension (replaces the pg_test build)"
+cargo pgrx install -p rserv --pg-config "$PG_CONFIG" >/dev/null
+
+step "SQL API regression tests (pg_regress)"
+run pg_test/installcheck.sh
+
+step "replicate unit tests and multi-cluster integration tests"
+cargo build -p replicate --quiet
+run cargo test -p replicate -p rserv-tests
+
+passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+regress=$(grep -oE 'All [0-9]+ tests passed' "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+printf '\nrserv: %d passed, %d failed\n' $((passed + regress)) "$failed"
