@@ -21,7 +21,8 @@ export PATH="/usr/local/bin:$HOME/.cargo/bin:$PATH"
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
     PGOPTIONS PGSSLMODE PGAPPNAME 2>/dev/null || true
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD= PLAIN=; fi
+step() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
 say() { printf '   %s\n' "$*"; }
 # Show a command (shell-quoted), then run it.
 run() {

@@ -7,7 +7,7 @@
 //! then COMMIT. Any error anywhere rolls the whole change set back.
 
 use crate::common::{
-    drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
+    call_hint, drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
     set_canonical_settings_local, set_local, table_columns, SpiOrFail,
 };
 use crate::registry::slave_table;
@@ -77,6 +77,14 @@ fn rserv_slave_master_id() -> Option<String> {
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
 #[pg_extern(volatile)]
 fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
+    // SAFETY: reading backend transaction state
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        fail(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "rserv_apply_begin() must run inside a transaction block",
+            "BEGIN; SELECT rserv_apply_begin(...); ...; COMMIT",
+        );
+    }
     let s = ext_schema();
     let own = ext_version();
     if own != version {
@@ -90,24 +98,26 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
         "LOCK TABLE {s}._rserv_slave_sync_ IN EXCLUSIVE MODE"
     ))
     .or_fail("locking _rserv_slave_sync_");
+    // Compared as uuid, so any spelling of the same id matches and a malformed one is an error.
     let current = Spi::connect(|client| {
         let tab = client.select(
-            &format!("SELECT syncid, master::text FROM {s}._rserv_slave_sync_"),
+            &format!("SELECT syncid, master::text, master = $1::uuid FROM {s}._rserv_slave_sync_"),
             None,
-            &[],
+            &[master.clone().into()],
         )?;
         let mut out = None;
         for r in tab {
             out = Some((
                 r.get::<i64>(1)?.unwrap_or(0),
                 r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("reading _rserv_slave_sync_");
-    if let Some((applied, from)) = &current {
-        if from != &master {
+    if let Some((applied, from, same)) = &current {
+        if !same {
             fail(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("rserv: this slave follows master {from}, but the change set comes from master {master}"),
@@ -155,7 +165,8 @@ fn resolve_target(schema: &str, name: &str, columns: &[String], key: &[String]) 
                 "rserv: table {table} is replicated by the master but not registered on this slave"
             ),
             format!(
-                "on the slave, create the table and run: SELECT rserv_slave_add_table('{table}')"
+                "on the slave, create the table and run: {}",
+                call_hint("rserv_slave_add_table", &table, "")
             ),
         );
     };
@@ -247,7 +258,8 @@ fn rserv_apply_stage(
 /// Merge the staged section into its table: rows whose identity is staged are deleted, then
 /// (UPDATE) the staged rows are inserted. Deleting every changed identity before inserting
 /// means unique constraints never see a transient duplicate, whatever order the master
-/// changed rows in. Returns the number of rows deleted + inserted.
+/// changed rows in. Returns the number of rows the section wrote (UPDATE) or removed
+/// (DELETE).
 #[pg_extern(volatile)]
 fn rserv_apply_merge(
     section: &str,
@@ -287,5 +299,9 @@ fn rserv_apply_merge(
         0
     };
     Spi::run("DROP TABLE pg_temp._rserv_stage_").or_fail("dropping the staging table");
-    deleted + inserted
+    if section == "UPDATE" {
+        inserted
+    } else {
+        deleted
+    }
 }

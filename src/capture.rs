@@ -8,7 +8,7 @@
 //! Trigger arguments, set by `rserv_add_table()`: the number of key columns, the key column
 //! names, then the watched column names (none: every column is watched).
 
-use crate::common::{fail, CanonicalOutput};
+use crate::common::{call_hint, fail, qualified, CanonicalOutput};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -30,8 +30,10 @@ fn debug_level() -> i32 {
 
 struct Config {
     keys: Vec<i32>,
-    /// attnums; empty = all columns
+    /// attnums; empty = all columns (unless all_dropped)
     watched: Vec<i32>,
+    /// every watched column has been dropped: only key changes count
+    all_dropped: bool,
 }
 
 /// Resolve the trigger's column names to attribute numbers of the table as it is now, so a
@@ -50,35 +52,44 @@ unsafe fn parse_config(trigger: &PgTrigger, tupdesc: pg_sys::TupleDesc, table: &
         _ => fail(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             format!("_rserv_log_: trigger on table {table} has invalid arguments"),
-            format!("re-register the table: SELECT rserv_add_table('{table}')"),
+            format!(
+                "re-register the table: {}",
+                call_hint("rserv_add_table", table, "")
+            ),
         ),
     };
-    let attnum = |name: &String| -> i32 {
-        let cname = match std::ffi::CString::new(name.as_str()) {
-            Ok(c) => c,
-            Err(_) => fail(
-                PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-                "_rserv_log_: column name with NUL byte",
-                "",
-            ),
-        };
+    // attnum of a column as the table is now; None if it was dropped or renamed
+    let attnum = |name: &String| -> Option<i32> {
+        let cname = std::ffi::CString::new(name.as_str()).ok()?;
         let n = pg_sys::SPI_fnumber(tupdesc, cname.as_ptr());
-        if n <= 0 {
-            fail(
+        (n > 0).then_some(n)
+    };
+    let keys = args[1..=nkeys]
+        .iter()
+        .map(|name| match attnum(name) {
+            Some(n) => n,
+            None => fail(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                 format!(
-                    "_rserv_log_: column \"{name}\" registered for replication no longer exists in table {table}"
+                    "_rserv_log_: key column \"{name}\" registered for replication no longer exists in table {table}"
                 ),
                 format!(
-                    "run SELECT rserv_remove_table('{table}') and register the table again with rserv_add_table()"
+                    "{}, then register the table again with its new key",
+                    call_hint("rserv_remove_table", table, "")
                 ),
-            );
-        }
-        n
-    };
+            ),
+        })
+        .collect();
+    // A dropped watched column cannot change any more: it simply stops counting.
+    let watched = args[nkeys + 1..]
+        .iter()
+        .filter_map(attnum)
+        .collect::<Vec<_>>();
+    let all_dropped = nkeys + 1 < args.len() && watched.is_empty();
     Config {
-        keys: args[1..=nkeys].iter().map(attnum).collect(),
-        watched: args[nkeys + 1..].iter().map(attnum).collect(),
+        keys,
+        watched,
+        all_dropped,
     }
 }
 
@@ -103,6 +114,16 @@ unsafe fn key_text(
                 );
             }
             let typoid = pg_sys::SPI_gettypeid(tupdesc, attnum);
+            if pg_sys::getBaseType(typoid) == pg_sys::BYTEAOID {
+                // bytea's text form follows bytea_output; write hex ourselves
+                let bytes: &[u8] = FromDatum::from_datum(datum, false).unwrap_or_default();
+                let mut hex = String::with_capacity(2 + 2 * bytes.len());
+                hex.push_str("\\x");
+                for b in bytes {
+                    hex.push_str(&format!("{b:02x}"));
+                }
+                return hex;
+            }
             let mut out_fn = pg_sys::InvalidOid;
             let mut is_varlena = false;
             pg_sys::getTypeOutputInfo(typoid, &mut out_fn, &mut is_varlena);
@@ -238,10 +259,9 @@ fn _rserv_log_<'a>(
     unsafe {
         let rel = td.tg_relation;
         let reloid = (*rel).rd_id;
-        let table = format!(
-            "{}.{}",
-            trigger.table_schema().unwrap_or_default(),
-            trigger.table_name().unwrap_or_default()
+        let table = qualified(
+            &trigger.table_schema().unwrap_or_default(),
+            &trigger.table_name().unwrap_or_default(),
         );
         if event & pg_sys::TRIGGER_EVENT_BEFORE != 0 {
             fail(
@@ -279,7 +299,9 @@ fn _rserv_log_<'a>(
                     .iter()
                     .any(|&a| !column_unchanged(old, new, tupdesc, a));
                 let watched_changed = key_changed
-                    || if cfg.watched.is_empty() {
+                    || if cfg.all_dropped {
+                        false
+                    } else if cfg.watched.is_empty() {
                         (1..=(*tupdesc).natts).any(|a| !column_unchanged(old, new, tupdesc, a))
                     } else {
                         cfg.watched
@@ -323,10 +345,9 @@ fn _rserv_protect_<'a>(
         pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
         _ => "TRUNCATE",
     };
-    let table = format!(
-        "{}.{}",
-        trigger.table_schema().unwrap_or_default(),
-        trigger.table_name().unwrap_or_default()
+    let table = qualified(
+        &trigger.table_schema().unwrap_or_default(),
+        &trigger.table_name().unwrap_or_default(),
     );
     fail(
         PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
@@ -365,7 +386,7 @@ mod tests {
         // the writer's session would print "01/03/2024 15:45:00 +0545" and "0.3"
         assert_eq!(
             logged(),
-            vec!["f {\"2024-03-01 15:45:00+05:45\",0.30000000000000004}"]
+            vec!["f {\"2024-03-01 10:00:00+00\",0.30000000000000004}"]
         );
     }
 

@@ -127,6 +127,11 @@ pub fn quote_literal(s: &str) -> String {
         .into_owned()
 }
 
+/// `SELECT func('table')` with the table name quoted as a literal, for hints users can paste.
+pub fn call_hint(func: &str, table: &str, extra: &str) -> String {
+    format!("SELECT {func}({}{extra})", quote_literal(table))
+}
+
 /// Schema-qualified, quoted name of a relation, e.g. `public."Order Lines"`.
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
@@ -202,14 +207,30 @@ pub fn set_local(name: &str, value: &str) {
     .or_fail("changing a setting");
 }
 
-/// While alive, the backend's output functions format dates, intervals and floats in one
-/// fixed way. The capture trigger uses this to encode row identities independently of the
+/// While alive, the backend's output functions format dates, time zones, intervals and floats
+/// in one fixed way. The capture trigger uses this to encode row identities independently of the
 /// writer's session settings; it only swaps integers, so it is cheap enough for every row.
 pub struct CanonicalOutput {
     date_style: i32,
     date_order: i32,
     interval_style: i32,
     float_digits: i32,
+    timezone: *mut pg_sys::pg_tz,
+}
+
+thread_local! {
+    static UTC: std::cell::Cell<*mut pg_sys::pg_tz> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// PostgreSQL's UTC zone, looked up once per backend.
+fn utc() -> *mut pg_sys::pg_tz {
+    UTC.with(|cell| {
+        if cell.get().is_null() {
+            // SAFETY: pg_tzset returns a pointer into PostgreSQL's own zone cache
+            cell.set(unsafe { pg_sys::pg_tzset(c"UTC".as_ptr()) });
+        }
+        cell.get()
+    })
 }
 
 impl CanonicalOutput {
@@ -221,7 +242,12 @@ impl CanonicalOutput {
                 date_order: pg_sys::DateOrder,
                 interval_style: pg_sys::IntervalStyle,
                 float_digits: pg_sys::extra_float_digits,
+                timezone: pg_sys::session_timezone,
             };
+            let utc = utc();
+            if !utc.is_null() {
+                pg_sys::session_timezone = utc;
+            }
             pg_sys::DateStyle = pg_sys::USE_ISO_DATES as i32;
             pg_sys::DateOrder = pg_sys::DATEORDER_YMD as i32;
             pg_sys::IntervalStyle = pg_sys::INTSTYLE_POSTGRES as i32;
@@ -239,12 +265,14 @@ impl Drop for CanonicalOutput {
             pg_sys::DateOrder = self.date_order;
             pg_sys::IntervalStyle = self.interval_style;
             pg_sys::extra_float_digits = self.float_digits;
+            pg_sys::session_timezone = self.timezone;
         }
     }
 }
 
 /// Facts about a user table, read from the catalogs.
 pub struct TableInfo {
+    pub reloid: pg_sys::Oid,
     pub schema: String,
     pub name: String,
     pub relkind: String,
@@ -280,6 +308,7 @@ pub fn table_info(reloid: pg_sys::Oid) -> TableInfo {
     .or_fail("reading pg_class");
     match row {
         Some((schema, name, relkind, persistence)) => TableInfo {
+            reloid,
             schema,
             name,
             relkind,
@@ -302,6 +331,7 @@ pub struct Column {
     pub name: String,
     /// `format_type(atttypid, NULL)`: the type without modifiers, valid in a cast
     pub type_name: String,
+    pub type_oid: pg_sys::Oid,
     pub generated: bool,
 }
 
@@ -309,7 +339,7 @@ pub fn table_columns(reloid: pg_sys::Oid) -> Vec<Column> {
     Spi::connect(|client| {
         let tab = client.select(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL), \
-                    a.attgenerated <> '' \
+                    a.attgenerated <> '', a.atttypid \
              FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             None,
@@ -321,6 +351,7 @@ pub fn table_columns(reloid: pg_sys::Oid) -> Vec<Column> {
                 name: r.get::<String>(1)?.unwrap_or_default(),
                 type_name: r.get::<String>(2)?.unwrap_or_default(),
                 generated: r.get::<bool>(3)?.unwrap_or_default(),
+                type_oid: r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
             });
         }
         Ok::<_, pgrx::spi::Error>(cols)

@@ -21,6 +21,12 @@ extension_sql_file!("../sql/bootstrap.sql", bootstrap);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx attaches a Rust backtrace to every ERROR raised through it when the server's
+    // environment asks for backtraces (RUST_BACKTRACE=1); users must see rserv's message and
+    // hint, not a stack dump. RUST_LIB_BACKTRACE wins over RUST_BACKTRACE for captures.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     apply::register_gucs();
 }
 

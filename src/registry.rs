@@ -6,28 +6,54 @@
 //! extension so `DROP EXTENSION rserv` removes them all.
 
 use crate::common::{
-    ext_schema, fail, first, quote_ident, quote_literal, table_columns, table_info, Column,
-    RegClass, SpiOrFail, TableInfo, CAPTURE_TRIGGER, PROTECT_TRIGGER, TRUNCATE_TRIGGER,
+    call_hint, ext_schema, fail, first, quote_ident, quote_literal, table_columns, table_info,
+    Column, RegClass, SpiOrFail, TableInfo, CAPTURE_TRIGGER, PROTECT_TRIGGER, TRUNCATE_TRIGGER,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 /// Types whose text form depends on session settings or catalog state, so two sessions could
-/// disagree on a row's identity.
-const UNSTABLE_KEY_TYPES: &[&str] = &[
-    "money",
-    "regclass",
-    "regproc",
-    "regprocedure",
-    "regoper",
-    "regoperator",
-    "regtype",
-    "regconfig",
-    "regdictionary",
-    "regnamespace",
-    "regrole",
-    "regcollation",
+/// disagree on a row's identity (also as a domain's base type or an array's element type).
+const UNSTABLE_KEY_TYPES: &[pg_sys::Oid] = &[
+    pg_sys::MONEYOID,
+    pg_sys::REGCLASSOID,
+    pg_sys::REGPROCOID,
+    pg_sys::REGPROCEDUREOID,
+    pg_sys::REGOPEROID,
+    pg_sys::REGOPERATOROID,
+    pg_sys::REGTYPEOID,
+    pg_sys::REGCONFIGOID,
+    pg_sys::REGDICTIONARYOID,
+    pg_sys::REGNAMESPACEOID,
+    pg_sys::REGROLEOID,
+    pg_sys::REGCOLLATIONOID,
 ];
+
+fn unstable_key_type(typoid: pg_sys::Oid) -> bool {
+    // SAFETY: syscache look-ups of an existing type
+    unsafe {
+        let base = pg_sys::getBaseType(typoid);
+        let elem = pg_sys::get_element_type(base);
+        let t = if elem == pg_sys::InvalidOid {
+            base
+        } else {
+            pg_sys::getBaseType(elem)
+        };
+        UNSTABLE_KEY_TYPES.contains(&t)
+    }
+}
+
+/// The table argument of a registration function; NULL is an error that names the function.
+fn required(tbl: Option<RegClass>, func: &str) -> pg_sys::Oid {
+    match tbl {
+        Some(t) => t.0,
+        None => fail(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("rserv: {func}(): the table must not be NULL"),
+            format!("name the table, e.g. SELECT {func}('public.customer')"),
+        ),
+    }
+}
 
 /// Unique indexes usable as row identity: valid, not partial, no expressions, every column NOT
 /// NULL. The primary key, if any, comes first.
@@ -82,11 +108,18 @@ fn check_table_kind(info: &TableInfo) {
             "temporary tables cannot be replicated",
         );
     }
-    if info.name.starts_with("_rserv_") {
+    let member = first::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend WHERE classid = 'pg_catalog.pg_class'::regclass \
+         AND objid = $1 AND deptype = 'e')",
+        &[info.reloid.into()],
+        "checking extension membership",
+    )
+    .unwrap_or(false);
+    if member {
         fail(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: {table} is an rserv catalog table"),
-            "",
+            format!("rserv: {table} belongs to an extension"),
+            "tables of extensions (such as rserv's own catalog) are not replicated",
         );
     }
 }
@@ -124,7 +157,14 @@ struct Identity {
     watched: Option<Vec<String>>,
 }
 
-fn resolve_identity(reloid: pg_sys::Oid, info: &TableInfo, column_name: Option<&str>) -> Identity {
+/// `registered`: the identity of an existing registration, which stays the identity when
+/// `column_name` names watched columns (or nothing).
+fn resolve_identity(
+    reloid: pg_sys::Oid,
+    info: &TableInfo,
+    column_name: Option<&str>,
+    registered: Option<&Vec<String>>,
+) -> Identity {
     let table = info.qualified();
     let cols = table_columns(reloid);
     let candidates = identity_candidates(reloid);
@@ -146,8 +186,13 @@ fn resolve_identity(reloid: pg_sys::Oid, info: &TableInfo, column_name: Option<&
             key: key.clone(),
             watched: None,
         },
-        (None, named) => match candidates.iter().find(|(primary, _)| *primary) {
-            Some((_, pk)) => Identity {
+        (None, named) => match registered.or_else(|| {
+            candidates
+                .iter()
+                .find(|(primary, _)| *primary)
+                .map(|(_, c)| c)
+        }) {
+            Some(pk) => Identity {
                 key: pk.clone(),
                 watched: named.clone(),
             },
@@ -177,8 +222,7 @@ fn resolve_identity(reloid: pg_sys::Oid, info: &TableInfo, column_name: Option<&
     };
     for k in &identity.key {
         if let Some(c) = cols.iter().find(|c| &c.name == k) {
-            let base = c.type_name.rsplit('.').next().unwrap_or(&c.type_name);
-            if UNSTABLE_KEY_TYPES.contains(&base) {
+            if unstable_key_type(c.type_oid) {
                 fail(
                     PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                     format!(
@@ -291,13 +335,12 @@ fn to_opt_vec(v: Option<Vec<String>>) -> Option<Vec<Option<String>>> {
 /// only UPDATEs that change a watched column are replicated (INSERT and DELETE always are),
 /// and calling again with another column adds it. Without it, every column is watched.
 #[pg_extern(volatile)]
-fn rserv_add_table(tbl: RegClass, column_name: default!(Option<String>, "NULL")) {
-    let reloid = tbl.0;
+fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, "NULL")) {
+    let reloid = required(tbl, "rserv_add_table");
     let info = table_info(reloid);
     check_table_kind(&info);
     let table = info.qualified();
     let s = ext_schema();
-    let mut identity = resolve_identity(reloid, &info, column_name.as_deref());
 
     let existing = Spi::connect(|client| {
         let tab = client.select(
@@ -317,6 +360,12 @@ fn rserv_add_table(tbl: RegClass, column_name: default!(Option<String>, "NULL"))
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("reading _rserv_tables_");
+    let mut identity = resolve_identity(
+        reloid,
+        &info,
+        column_name.as_deref(),
+        existing.as_ref().map(|(key, _)| key),
+    );
 
     if let Some((old_key, old_watched)) = existing {
         if old_key != identity.key {
@@ -327,7 +376,10 @@ fn rserv_add_table(tbl: RegClass, column_name: default!(Option<String>, "NULL"))
                     old_key.join(", "),
                     identity.key.join(", ")
                 ),
-                format!("to change its identity: SELECT rserv_remove_table('{table}'), then register it again"),
+                format!(
+                    "to change its identity: {}, then register it again",
+                    call_hint("rserv_remove_table", &table, "")
+                ),
             );
         }
         // Watched columns accumulate; "all columns" absorbs everything.
@@ -395,8 +447,8 @@ fn rserv_add_table(tbl: RegClass, column_name: default!(Option<String>, "NULL"))
 /// Stop replicating a table from this master: drops its triggers, its registration and its
 /// pending log rows. The table and its data stay.
 #[pg_extern(volatile)]
-fn rserv_remove_table(tbl: RegClass) {
-    let reloid = tbl.0;
+fn rserv_remove_table(tbl: Option<RegClass>) {
+    let reloid = required(tbl, "rserv_remove_table");
     let info = table_info(reloid);
     let table = info.qualified();
     let s = ext_schema();
@@ -428,18 +480,18 @@ fn rserv_remove_table(tbl: RegClass) {
 /// `column_name` is accepted as on the master (a key, or a watched column, which only the
 /// master uses). Local writes to the table are refused from now on.
 #[pg_extern(volatile)]
-fn rserv_slave_add_table(tbl: RegClass, column_name: default!(Option<String>, "NULL")) {
-    let reloid = tbl.0;
+fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, "NULL")) {
+    let reloid = required(tbl, "rserv_slave_add_table");
     let info = table_info(reloid);
     check_table_kind(&info);
     let table = info.qualified();
     let s = ext_schema();
-    let identity = resolve_identity(reloid, &info, column_name.as_deref());
     let old_key = first::<Vec<String>>(
         &format!("SELECT key::text[] FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
         &[reloid.into()],
         "reading _rserv_slave_tables_",
     );
+    let identity = resolve_identity(reloid, &info, column_name.as_deref(), old_key.as_ref());
     match old_key {
         Some(k) if k != identity.key => fail(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
@@ -448,7 +500,10 @@ fn rserv_slave_add_table(tbl: RegClass, column_name: default!(Option<String>, "N
                 k.join(", "),
                 identity.key.join(", ")
             ),
-            format!("to change it: SELECT rserv_slave_remove_table('{table}'), then register it again"),
+            format!(
+                "to change it: {}, then register it again",
+                call_hint("rserv_slave_remove_table", &table, "")
+            ),
         ),
         Some(_) if trigger_oid(reloid, PROTECT_TRIGGER).is_some() => {
             notice!(
@@ -487,8 +542,8 @@ fn rserv_slave_add_table(tbl: RegClass, column_name: default!(Option<String>, "N
 
 /// Stop receiving a table on this slave; it becomes an ordinary writable table again.
 #[pg_extern(volatile)]
-fn rserv_slave_remove_table(tbl: RegClass) {
-    let reloid = tbl.0;
+fn rserv_slave_remove_table(tbl: Option<RegClass>) {
+    let reloid = required(tbl, "rserv_slave_remove_table");
     let table = table_info(reloid).qualified();
     let s = ext_schema();
     let removed = Spi::get_one_with_args::<i64>(

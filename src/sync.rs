@@ -8,7 +8,7 @@
 //! in the confirmed snapshot's in-progress list).
 
 use crate::common::{
-    drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
+    call_hint, drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
     set_canonical_settings_local, table_columns, table_info, SpiOrFail,
 };
 use pgrx::pg_sys;
@@ -93,6 +93,14 @@ fn rserv_prepare(
         fail(
             PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
             "rserv_prepare() must run in a REPEATABLE READ transaction",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM rserv_prepare(...); COPY ...; COMMIT",
+        );
+    }
+    // SAFETY: reading backend transaction state
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        fail(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "rserv_prepare() must run inside a transaction block",
             "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM rserv_prepare(...); COPY ...; COMMIT",
         );
     }
@@ -212,7 +220,9 @@ fn table_sections(reloid: pg_sys::Oid, key: Vec<String>, truncated: bool) -> Vec
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                 format!("rserv: key column \"{k}\" of replicated table {table} no longer exists"),
                 format!(
-                    "re-register the table: SELECT rserv_remove_table('{table}'); SELECT rserv_add_table('{table}')"
+                    "re-register the table with its key: {}; {}",
+                    call_hint("rserv_remove_table", &table, ""),
+                    call_hint("rserv_add_table", &table, "")
                 ),
             );
         };
@@ -314,6 +324,27 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
             true
         }
     }
+}
+
+/// Forget slave `server`: its registration and its change sets. Log clean-up stops waiting for
+/// it. Returns false if it was not registered.
+#[pg_extern(volatile)]
+fn rserv_drop_server(server: i32) -> bool {
+    let s = ext_schema();
+    Spi::run_with_args(
+        &format!("DELETE FROM {s}._rserv_sync_ WHERE server = $1"),
+        &[server.into()],
+    )
+    .or_fail("deleting the server's syncs");
+    Spi::get_one_with_args::<i64>(
+        &format!(
+            "WITH d AS (DELETE FROM {s}._rserv_servers_ WHERE server = $1 RETURNING 1) SELECT count(*) FROM d"
+        ),
+        &[server.into()],
+    )
+    .or_fail("deleting the server")
+    .unwrap_or(0)
+        > 0
 }
 
 /// Remove log rows no slave needs any more (the seed's CleanLog): those written by

@@ -5,6 +5,7 @@ use crate::conn::{ConnArgs, Endpoint};
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
 use crate::error::{Error, IoContext};
 use crate::rserv::{self, Rserv};
+use crate::snapshot::rows;
 use crate::{master, slave};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufReader, Write};
@@ -276,8 +277,9 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                     stats,
                     changed,
                 } => println!(
-                    "change set {syncid} applied: {} rows sent, {changed} rows changed",
-                    stats.rows
+                    "change set {syncid} applied: {} sent, {} written or removed",
+                    rows(stats.rows),
+                    rows(changed.max(0) as u64)
                 ),
                 Outcome::InSync => println!("master and slave are in sync"),
                 Outcome::Skipped { syncid } => {
@@ -336,8 +338,9 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             };
             match prepared {
                 Some((id, stats)) => eprintln!(
-                    "change set {id} prepared: {} sections, {} rows",
-                    stats.sections, stats.rows
+                    "change set {id} prepared: {} sections, {}",
+                    stats.sections,
+                    rows(stats.rows)
                 ),
                 None => eprintln!("nothing to replicate: master and slave are in sync"),
             }
@@ -358,8 +361,9 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                     stats,
                     changed,
                 } => eprintln!(
-                    "change set {syncid} applied: {} rows received, {changed} rows changed",
-                    stats.rows
+                    "change set {syncid} applied: {} received, {} written or removed",
+                    rows(stats.rows),
+                    rows(changed.max(0) as u64)
                 ),
                 slave::Applied::Skipped { syncid } => eprintln!(
                     "change set {syncid} skipped: the slave already has it or a newer one"
@@ -391,7 +395,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Some(Command::CleanLog { db }) => {
             let (mut c, rs) = located(f, Side::Master, db, d)?;
             let n = master::clean_log(&mut c, &rs)?;
-            eprintln!("Deleted {n} log records");
+            eprintln!("clean-log: {} removed from the log", rows(n.max(0) as u64));
         }
     }
     Ok(crate::error::exit::OK)

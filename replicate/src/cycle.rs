@@ -6,7 +6,7 @@ use crate::master;
 use crate::pipe::pipe;
 use crate::rserv::Rserv;
 use crate::slave::{self, Applied};
-use crate::snapshot::Stats;
+use crate::snapshot::{rows, Stats};
 use postgres::Client;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -85,8 +85,10 @@ pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
         say(
             opts,
             &format!(
-                "Snapshot applied: change set {syncid}, {} sections, {} rows sent, {changed} rows changed",
-                stats.sections, stats.rows
+                "Snapshot applied: change set {syncid}, {} sections, {} sent, {} written or removed",
+                stats.sections,
+                rows(stats.rows),
+                rows(changed.max(0) as u64)
             ),
         );
         if master::confirm(ep.master, ep.master_rs, opts.server, syncid)? {
@@ -94,7 +96,10 @@ pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
         }
         if opts.clean_log {
             let n = master::clean_log(ep.master, ep.master_rs)?;
-            say(opts, &format!("Deleted {n} log records"));
+            say(
+                opts,
+                &format!("Deleted {} from the log", rows(n.max(0) as u64)),
+            );
         }
     } else if outcome == Outcome::InSync {
         say(opts, "DBases are sync-ed");

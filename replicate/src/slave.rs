@@ -47,7 +47,7 @@ pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The change set is now on the slave; `changed` = rows deleted + inserted.
+    /// The change set is now on the slave; `changed` = rows written or removed.
     Applied {
         syncid: i64,
         stats: Stats,

@@ -100,6 +100,16 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// "1 row", "2 rows": for messages.
+pub fn rows(n: impl Into<u64>) -> String {
+    let n = n.into();
+    if n == 1 {
+        "1 row".to_string()
+    } else {
+        format!("{n} rows")
+    }
+}
+
 fn json<T: Serialize>(v: &T) -> String {
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_string(v).unwrap_or_default()
