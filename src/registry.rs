@@ -652,4 +652,32 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM _rserv_log_"), 0);
         assert_eq!(count("SELECT count(*) FROM _rserv_tables_"), 0);
     }
+
+    #[pg_test(error = "rserv: cannot drop public.t: it is replicated")]
+    fn dropping_a_replicated_table_is_refused() {
+        Spi::run("CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t'); DROP TABLE t;")
+            .unwrap();
+    }
+
+    #[pg_test(
+        error = "rserv: this ALTER TABLE removes or renames key column \"id\" of replicated table public.t"
+    )]
+    fn renaming_a_key_column_is_refused() {
+        Spi::run(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT rserv_slave_add_table('t');
+             ALTER TABLE t RENAME COLUMN id TO ident;",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn other_ddl_on_replicated_tables_is_fine() {
+        Spi::run(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT rserv_add_table('t');
+             ALTER TABLE t ADD COLUMN w int; ALTER TABLE t RENAME COLUMN v TO vv;
+             CREATE TABLE other (a int); DROP TABLE other;
+             SELECT rserv_remove_table('t'); DROP TABLE t;",
+        )
+        .unwrap();
+    }
 }

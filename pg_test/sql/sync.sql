@@ -177,13 +177,12 @@ SELECT rserv_confirm(0, 8);
 -- ... once per sync id
 SELECT _rserv_sync_(0);
 --
--- A key column renamed after rows were logged: the prepare says which and how to repair.
+-- Renaming a key column of a replicated table is refused, with how to do it instead; dropping
+-- the table too.
 --
 INSERT INTO pair VALUES (4, '2024-01-01', 'z');
 ALTER TABLE pair RENAME COLUMN b TO bb;
-BEGIN ISOLATION LEVEL REPEATABLE READ;
-SELECT * FROM rserv_prepare(0);
-ROLLBACK;
+DROP TABLE pair;
 SELECT rserv_remove_table('pair');
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT * FROM rserv_prepare(0);

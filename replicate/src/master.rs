@@ -15,29 +15,13 @@ pub fn add_table(
     table: &str,
     column: Option<&str>,
 ) -> Result<(), Error> {
-    client
-        .execute(
-            &format!(
-                "SELECT {}($1::text::regclass, $2)",
-                rs.func("rserv_add_table")
-            ),
-            &[&table, &column],
-        )
-        .ctx(format!("master: registering table {table}"))?;
-    Ok(())
+    rs.call_on_table(client, "rserv_add_table", table, Some(column))
+        .ctx(format!("master: registering table {table}"))
 }
 
 pub fn remove_table(client: &mut Client, rs: &Rserv, table: &str) -> Result<(), Error> {
-    client
-        .execute(
-            &format!(
-                "SELECT {}($1::text::regclass)",
-                rs.func("rserv_remove_table")
-            ),
-            &[&table],
-        )
-        .ctx(format!("master: removing table {table}"))?;
-    Ok(())
+    rs.call_on_table(client, "rserv_remove_table", table, None)
+        .ctx(format!("master: removing table {table}"))
 }
 
 struct Section {

@@ -28,6 +28,28 @@ impl Rserv {
         }
     }
 
+    /// `SELECT schema.func(table[, column])`, the table name parsed by the server as a regclass.
+    /// `column` None: the function takes only the table.
+    pub fn call_on_table(
+        &self,
+        client: &mut impl GenericClient,
+        func: &str,
+        table: &str,
+        column: Option<Option<&str>>,
+    ) -> Result<(), postgres::Error> {
+        match column {
+            Some(column) => client.execute(
+                &format!("SELECT {}($1::text::regclass, $2)", self.func(func)),
+                &[&table, &column],
+            ),
+            None => client.execute(
+                &format!("SELECT {}($1::text::regclass)", self.func(func)),
+                &[&table],
+            ),
+        }
+        .map(|_| ())
+    }
+
     /// `schema.function` for use in a statement.
     pub fn func(&self, name: &str) -> String {
         format!("{}.{name}", self.schema)

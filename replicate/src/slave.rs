@@ -12,29 +12,13 @@ pub fn add_table(
     table: &str,
     column: Option<&str>,
 ) -> Result<(), Error> {
-    client
-        .execute(
-            &format!(
-                "SELECT {}($1::text::regclass, $2)",
-                rs.func("rserv_slave_add_table")
-            ),
-            &[&table, &column],
-        )
-        .ctx(format!("slave: registering table {table}"))?;
-    Ok(())
+    rs.call_on_table(client, "rserv_slave_add_table", table, Some(column))
+        .ctx(format!("slave: registering table {table}"))
 }
 
 pub fn remove_table(client: &mut Client, rs: &Rserv, table: &str) -> Result<(), Error> {
-    client
-        .execute(
-            &format!(
-                "SELECT {}($1::text::regclass)",
-                rs.func("rserv_slave_remove_table")
-            ),
-            &[&table],
-        )
-        .ctx(format!("slave: removing table {table}"))?;
-    Ok(())
+    rs.call_on_table(client, "rserv_slave_remove_table", table, None)
+        .ctx(format!("slave: removing table {table}"))
 }
 
 /// Last change set applied on the slave; None before the first.
