@@ -156,7 +156,50 @@ struct Target {
 }
 
 /// Check a section against this slave's registration and columns, by name.
-fn resolve_target(schema: &str, name: &str, columns: &[String], key: &[String]) -> Target {
+/// Type names as format_type() prints them, without a schema qualification that depends on
+/// each side's search_path.
+fn unqualified(type_name: &str) -> &str {
+    match type_name.rfind('.') {
+        Some(i) if !type_name[..i].contains('(') => &type_name[i + 1..],
+        _ => type_name,
+    }
+}
+
+/// Rows the master sends as `master_type` text must load into this slave's column: the same
+/// type, or one the master's type converts to implicitly or on assignment.
+fn check_type(table: &str, column: &str, master_type: &str, slave: &crate::common::Column) {
+    if unqualified(master_type) == unqualified(&slave.type_name) {
+        return;
+    }
+    let ok = first::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_cast WHERE castsource = pg_catalog.to_regtype($1) \
+           AND casttarget = $2 AND castcontext IN ('a', 'i'))",
+        &[master_type.into(), slave.type_oid.into()],
+        "checking column types",
+    )
+    .unwrap_or(false);
+    if !ok {
+        fail(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!(
+                "rserv: column \"{column}\" of table {table} is {master_type} on the master but {} on this slave",
+                slave.type_name
+            ),
+            format!(
+                "make the types match, e.g. on the slave: ALTER TABLE {table} ALTER COLUMN {} TYPE {master_type}",
+                quote_ident(column)
+            ),
+        );
+    }
+}
+
+fn resolve_target(
+    schema: &str,
+    name: &str,
+    columns: &[String],
+    key: &[String],
+    types: Option<&[String]>,
+) -> Target {
     let table = qualified(schema, name);
     let Some((reloid, slave_key)) = slave_table(schema, name) else {
         fail(
@@ -186,7 +229,7 @@ fn resolve_target(schema: &str, name: &str, columns: &[String], key: &[String]) 
         );
     }
     let cols = table_columns(reloid);
-    for c in columns {
+    for (i, c) in columns.iter().enumerate() {
         match cols.iter().find(|x| &x.name == c) {
             None => fail(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -198,7 +241,11 @@ fn resolve_target(schema: &str, name: &str, columns: &[String], key: &[String]) 
                 format!("rserv: column \"{c}\" of table {table} is generated on this slave but not on the master"),
                 "define the column the same way on both sides",
             ),
-            Some(_) => {}
+            Some(x) => {
+                if let Some(t) = types.and_then(|t| t.get(i)) {
+                    check_type(&table, c, t, x);
+                }
+            }
         }
     }
     Target {
@@ -224,9 +271,16 @@ fn rserv_apply_stage(
     table_name: &str,
     columns: Vec<String>,
     key_columns: Vec<String>,
+    column_types: default!(Option<Vec<String>>, "NULL"),
 ) -> Option<String> {
     require_apply_begun();
-    let t = resolve_target(schema_name, table_name, &columns, &key_columns);
+    let t = resolve_target(
+        schema_name,
+        table_name,
+        &columns,
+        &key_columns,
+        column_types.as_deref(),
+    );
     match section {
         "TRUNCATE" => {
             // DELETE, not TRUNCATE: in replica mode it leaves referencing slave tables alone,
@@ -272,7 +326,7 @@ fn rserv_apply_merge(
     if section == "TRUNCATE" {
         return 0;
     }
-    let t = resolve_target(schema_name, table_name, &columns, &key_columns);
+    let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
     let matches: Vec<String> = t
         .key
         .iter()

@@ -63,6 +63,8 @@ struct Section {
     schema: String,
     table: String,
     columns: Vec<String>,
+    /// type of each of `columns`, for the slave's compatibility check
+    types: Vec<String>,
     key: Vec<String>,
     query: Option<String>,
 }
@@ -86,6 +88,7 @@ fn rserv_prepare(
         name!(columns, Vec<String>),
         name!(key_columns, Vec<String>),
         name!(query, Option<String>),
+        name!(column_types, Vec<String>),
     ),
 > {
     // SAFETY: reading a backend global
@@ -204,6 +207,7 @@ fn rserv_prepare(
             x.columns,
             x.key,
             x.query,
+            x.types,
         )
     }))
 }
@@ -212,8 +216,10 @@ fn table_sections(reloid: pg_sys::Oid, key: Vec<String>, truncated: bool) -> Vec
     let info = table_info(reloid);
     let table = qualified(&info.schema, &info.name);
     let cols = table_columns(reloid);
-    let mut casts = Vec::new();
-    let mut matches = Vec::new();
+    // The logged key is canonical text; casting it (not the table column) keeps the table's
+    // own index usable for the lookup.
+    let mut key_exprs = Vec::new();
+    let mut key_types = Vec::new();
     for (i, k) in key.iter().enumerate() {
         let Some(col) = cols.iter().find(|c| &c.name == k) else {
             fail(
@@ -226,66 +232,67 @@ fn table_sections(reloid: pg_sys::Oid, key: Vec<String>, truncated: bool) -> Vec
                 ),
             );
         };
-        // The logged key is canonical text; casting it (not the table column) keeps the
-        // table's own index usable for the lookup.
-        let cast = format!("(k.key[{}])::{}", i + 1, col.type_name);
-        matches.push(format!("t.{} = {}", quote_ident(k), cast));
-        casts.push(format!("{} AS {}", cast, quote_ident(k)));
+        key_exprs.push(format!("(k.key[{}])::{}", i + 1, col.type_name));
+        key_types.push(col.type_name.clone());
     }
-    let sent: Vec<String> = cols
+    let list = |items: Vec<String>| items.join(", ");
+    let matches = key
         .iter()
-        .filter(|c| !c.generated)
-        .map(|c| c.name.clone())
-        .collect();
+        .zip(&key_exprs)
+        .map(|(k, e)| format!("t.{} = {e}", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let aliased = list(
+        key.iter()
+            .zip(&key_exprs)
+            .map(|(k, e)| format!("{e} AS {}", quote_ident(k)))
+            .collect(),
+    );
+    let key_cols = list(
+        key.iter()
+            .map(|k| format!("t.{}", quote_ident(k)))
+            .collect(),
+    );
+    let sent: Vec<&crate::common::Column> = cols.iter().filter(|c| !c.generated).collect();
     let pending = format!(
         "pg_temp._rserv_pending_ AS k WHERE k.reloid = {} AND k.key IS NOT NULL",
         reloid.to_u32()
     );
-    let mk = |section, columns: Vec<String>, query: Option<String>| Section {
+    let mk = |section, columns: Vec<String>, types: Vec<String>, query: Option<String>| Section {
         section,
         schema: info.schema.clone(),
         table: info.name.clone(),
         columns,
+        types,
         key: key.clone(),
         query,
     };
     let mut out = Vec::new();
     if truncated {
-        out.push(mk("TRUNCATE", Vec::new(), None));
+        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
     } else {
         out.push(mk(
             "DELETE",
             key.clone(),
+            key_types,
             Some(format!(
-                "SELECT {} FROM {pending} AND NOT EXISTS (SELECT 1 FROM ONLY {table} AS t WHERE {})",
-                casts.join(", "),
-                matches.join(" AND ")
+                "SELECT {aliased} FROM {pending} AND NOT EXISTS \
+                 (SELECT 1 FROM ONLY {table} AS t WHERE {matches})"
             )),
         ));
     }
-    let key_cols: Vec<String> = key
-        .iter()
-        .map(|k| format!("t.{}", quote_ident(k)))
-        .collect();
-    let key_casts: Vec<String> = casts
-        .iter()
-        .map(|c| {
-            c.rsplit_once(" AS ")
-                .map(|(e, _)| e.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
     out.push(mk(
         "UPDATE",
-        sent.clone(),
+        sent.iter().map(|c| c.name.clone()).collect(),
+        sent.iter().map(|c| c.type_name.clone()).collect(),
         Some(format!(
-            "SELECT {} FROM ONLY {table} AS t WHERE ({}) IN (SELECT {} FROM {pending})",
-            sent.iter()
-                .map(|c| format!("t.{}", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            key_cols.join(", "),
-            key_casts.join(", ")
+            "SELECT {} FROM ONLY {table} AS t WHERE ({key_cols}) IN (SELECT {} FROM {pending})",
+            list(
+                sent.iter()
+                    .map(|c| format!("t.{}", quote_ident(&c.name)))
+                    .collect()
+            ),
+            list(key_exprs.clone())
         )),
     ));
     out

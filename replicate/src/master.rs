@@ -64,8 +64,8 @@ pub fn prepare(
             .ctx("master: starting the prepare transaction")?;
         let rows = match tx.query(
             &format!(
-                "SELECT syncid, section, schema_name, table_name, columns, key_columns, query \
-                 FROM {}($1)",
+                "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
+                        column_types FROM {}($1)",
                 rs.func("rserv_prepare")
             ),
             &[&server],
@@ -97,6 +97,7 @@ pub fn prepare(
                     table: r.get(3),
                     columns: r.get(4),
                     key: r.get(5),
+                    types: r.get(7),
                 },
                 query: r.get(6),
             });

@@ -61,7 +61,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
         return Ok(Applied::Skipped { syncid });
     }
     let stage = format!(
-        "SELECT {}($1, $2, $3, $4, $5)",
+        "SELECT {}($1, $2, $3, $4, $5, $6)",
         rs.func("rserv_apply_stage")
     );
     let merge = format!(
@@ -78,8 +78,12 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
             &meta.columns,
             &meta.key,
         ];
+        // Older snapshots carry no types: skip the check rather than refuse them.
+        let types: Option<&Vec<String>> = (!meta.types.is_empty()).then_some(&meta.types);
+        let stage_args: [&(dyn postgres::types::ToSql + Sync); 6] =
+            [args[0], args[1], args[2], args[3], args[4], &types];
         let copy: Option<String> = tx
-            .query_one(&stage, &args)
+            .query_one(&stage, &stage_args)
             .ctx(format!("slave: {} section of {table}", kind.as_str()))?
             .get(0);
         if kind.has_data() {

@@ -78,6 +78,9 @@ pub struct SectionMeta {
     pub table: String,
     pub columns: Vec<String>,
     pub key: Vec<String>,
+    /// The master's type of each column; the slave refuses a column it cannot load.
+    #[serde(default)]
+    pub types: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -406,6 +409,7 @@ mod tests {
             table: "t".into(),
             columns: vec!["a".into(), "b".into()],
             key: vec!["a".into()],
+            types: vec!["integer".into(), "text".into()],
         };
         let mut w = SnapshotWriter::start(Vec::new(), 7, &header).unwrap();
         w.section(SectionKind::Delete, &meta).unwrap();

@@ -314,3 +314,32 @@ fn connection_failures() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("visible to other users in ps output"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn incompatible_column_type() {
+    let p = Pair::start("coltype");
+    p.master
+        .execute(DB, "CREATE TABLE t (id int PRIMARY KEY, v text, n int)");
+    // bigint can take the master's int; int cannot take the master's text
+    p.slave
+        .execute(DB, "CREATE TABLE t (id int PRIMARY KEY, v int, n bigint)");
+    p.master.execute(
+        DB,
+        "SELECT rserv_add_table('t'); INSERT INTO t VALUES (1, '12', 3)",
+    );
+    p.slave.execute(DB, "SELECT rserv_slave_add_table('t')");
+    let out = p.replicate(&[DB, DB]);
+    assert_fails(
+        &out,
+        1,
+        &[
+            "column \"v\" of table public.t is text on the master but integer on this slave",
+            "ALTER TABLE public.t ALTER COLUMN v TYPE text",
+        ],
+    );
+    assert_eq!(Pair::rows(&p.slave, "t"), Vec::<String>::new());
+    p.slave
+        .execute(DB, "ALTER TABLE t ALTER COLUMN v TYPE text");
+    p.sync();
+    assert_eq!(Pair::rows(&p.slave, "t"), vec!["(1,12,3)".to_string()]);
+}
