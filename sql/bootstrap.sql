@@ -18,7 +18,10 @@ CREATE TABLE _rserv_servers_ (
     created  timestamptz NOT NULL DEFAULT now(),
     -- bumped by every prepare: two prepares for one slave whose snapshots would be out of
     -- order collide here and one fails with a serialization error instead
-    last_prepare int8
+    last_prepare int8,
+    -- rserv_node_id() of the slave database using this server id: a second slave that
+    -- claimed the same id would silently miss changes (the original's bug), so it is refused
+    node     uuid
 );
 
 -- Master: replicated tables. key = row identity columns; watched = columns whose change makes
@@ -30,6 +33,17 @@ CREATE TABLE _rserv_tables_ (
     key      name[]      NOT NULL,
     watched  name[],
     added    timestamptz NOT NULL DEFAULT now()
+);
+
+-- Master: per slave, the tables it receives and whether their initial copy is done.
+-- 'copying': the full table went out in change set syncid; 'ready' once that is confirmed.
+-- No row: the next change set for that slave carries the whole table.
+CREATE TABLE _rserv_server_tables_ (
+    server   int4        NOT NULL REFERENCES _rserv_servers_ ON DELETE CASCADE,
+    reloid   oid         NOT NULL REFERENCES _rserv_tables_ ON DELETE CASCADE,
+    state    text        NOT NULL CHECK (state IN ('copying', 'ready')),
+    syncid   int8        NOT NULL,
+    PRIMARY KEY (server, reloid)
 );
 
 -- Master: the change log, one row per changed row identity. No index on purpose: the capture

@@ -67,17 +67,27 @@ struct Section {
     types: Vec<String>,
     key: Vec<String>,
     query: Option<String>,
+    /// for an initial copy: the table's estimated row count, for progress reports
+    estimate: Option<i64>,
 }
 
-/// Build change set for slave `server` (PrepareSnapshot). Must run inside a REPEATABLE READ
-/// transaction; the caller then runs `COPY (query) TO STDOUT` for each returned row, in that
-/// same transaction, and commits. No row: nothing changed since the last confirmed sync (no
-/// sync id is used; roll back). Sections per table come in the order TRUNCATE, DELETE
-/// (identities whose row is gone: key columns only), UPDATE (current rows: `columns`).
+/// Build the change set for slave `server` (PrepareSnapshot). Must run inside a REPEATABLE
+/// READ transaction; the caller then runs `COPY (query) TO STDOUT` for each returned row, in
+/// that same transaction, and commits. No row: nothing to send (no sync id is used; roll back).
+///
+/// `slave_node` (the slave's rserv_node_id()) binds the server id to one slave database.
+/// `schemas`/`tables` name the tables the slave receives (NULL: every registered table); a
+/// table the slave does not receive is left out, and a table it receives for the first time
+/// goes out whole (TRUNCATE + every row, at this snapshot): the initial copy is an ordinary,
+/// atomic change set. Sections per table come in the order TRUNCATE, DELETE (identities whose
+/// row is gone: key columns only), UPDATE (current rows); `estimated_rows` is set for copies.
 #[pg_extern(volatile)]
 #[allow(clippy::type_complexity)]
 fn rserv_prepare(
     server: i32,
+    slave_node: default!(Option<String>, "NULL"),
+    schemas: default!(Option<Vec<String>>, "NULL"),
+    tables: default!(Option<Vec<String>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -89,6 +99,7 @@ fn rserv_prepare(
         name!(key_columns, Vec<String>),
         name!(query, Option<String>),
         name!(column_types, Vec<String>),
+        name!(estimated_rows, Option<i64>),
     ),
 > {
     // SAFETY: reading a backend global
@@ -113,14 +124,56 @@ fn rserv_prepare(
     // Every prepare for a server updates its row: if another prepare committed after our
     // snapshot was taken, this fails with a serialization error, so sync ids always follow
     // snapshot order and a slave can never be moved back in time.
+    let bound = first::<String>(
+        &format!(
+            "INSERT INTO {s}._rserv_servers_ AS v (server, last_prepare, node) VALUES ($1, 0, $2::uuid) \
+             ON CONFLICT (server) DO UPDATE SET last_prepare = coalesce(v.last_prepare, 0) + 1, \
+                 node = coalesce(v.node, excluded.node) \
+             RETURNING node::text"
+        ),
+        &[server.into(), slave_node.clone().into()],
+        "registering the prepare",
+    );
+    if let (Some(bound), Some(node)) = (&bound, &slave_node) {
+        let same = first::<bool>(
+            "SELECT $1::uuid = $2::uuid",
+            &[bound.clone().into(), node.clone().into()],
+            "comparing nodes",
+        )
+        .unwrap_or(false);
+        if !same {
+            fail(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("rserv: server id {server} belongs to another slave database (node {bound})"),
+                "give each slave its own id (replicate --server N); sharing one makes both miss changes",
+            );
+        }
+    }
+
+    let subscribed = subscribed_tables(&s, schemas, tables);
+    // A table this slave stopped receiving needs a fresh copy if it comes back.
     Spi::run_with_args(
         &format!(
-            "INSERT INTO {s}._rserv_servers_ AS v (server, last_prepare) VALUES ($1, 0) \
-             ON CONFLICT (server) DO UPDATE SET last_prepare = coalesce(v.last_prepare, 0) + 1"
+            "DELETE FROM {s}._rserv_server_tables_ WHERE server = $1 AND reloid <> ALL ($2::oid[])"
         ),
-        &[server.into()],
+        &[server.into(), subscribed.clone().into()],
     )
-    .or_fail("registering the prepare");
+    .or_fail("updating the slave's tables");
+    let to_copy = Spi::connect(|client| {
+        client
+            .select(
+                &format!(
+                    "SELECT t.reloid FROM {s}._rserv_tables_ t WHERE t.reloid = ANY ($2::oid[]) \
+                     AND NOT EXISTS (SELECT 1 FROM {s}._rserv_server_tables_ x \
+                                     WHERE x.server = $1 AND x.reloid = t.reloid AND x.state = 'ready')"
+                ),
+                None,
+                &[server.into(), subscribed.clone().into()],
+            )?
+            .map(|r| r.get::<pg_sys::Oid>(1).map(|o| o.unwrap_or(pg_sys::InvalidOid)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .or_fail("finding tables to copy");
 
     let prev = Spi::connect(|client| {
         let tab = client.select(
@@ -146,19 +199,25 @@ fn rserv_prepare(
     drop_temp_table("_rserv_pending_");
     Spi::run("CREATE TEMP TABLE _rserv_pending_ (reloid oid NOT NULL, key text[]) ON COMMIT DROP")
         .or_fail("creating _rserv_pending_");
+    // Tables being copied need no log: the copy carries their state at this snapshot.
     let pending = Spi::get_one_with_args::<i64>(
         &format!(
             "WITH ins AS (INSERT INTO pg_temp._rserv_pending_ \
                SELECT DISTINCT l.reloid, l.key FROM {s}._rserv_log_ AS l \
-               JOIN {s}._rserv_tables_ AS t ON t.reloid = l.reloid \
-               WHERE $1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[]) \
+               WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) \
+                 AND ($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[])) \
                RETURNING 1) SELECT count(*) FROM ins"
         ),
-        &[prev_xmax.into(), prev_active.into()],
+        &[
+            prev_xmax.into(),
+            prev_active.into(),
+            subscribed.clone().into(),
+            to_copy.clone().into(),
+        ],
     )
     .or_fail("collecting pending changes")
     .unwrap_or(0);
-    if pending == 0 {
+    if pending == 0 && to_copy.is_empty() {
         return TableIterator::new(Vec::new());
     }
     if pending > 10_000 {
@@ -170,16 +229,27 @@ fn rserv_prepare(
     .or_fail("allocating a sync id")
     .unwrap_or(0);
     record_snapshot(&s, server, syncid);
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_server_tables_ AS x (server, reloid, state, syncid) \
+             SELECT $1, r, 'copying', $2 FROM unnest($3::oid[]) AS r \
+             ON CONFLICT (server, reloid) DO UPDATE SET state = 'copying', syncid = excluded.syncid"
+        ),
+        &[server.into(), syncid.into(), to_copy.clone().into()],
+    )
+    .or_fail("recording the initial copies");
 
     let tables = Spi::connect(|client| {
         let tab = client.select(
             &format!(
-                "SELECT t.reloid, t.key::text[], bool_or(p.key IS NULL) \
-                 FROM {s}._rserv_tables_ t JOIN pg_temp._rserv_pending_ p ON p.reloid = t.reloid \
+                "SELECT t.reloid, t.key::text[], \
+                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]) \
+                 FROM {s}._rserv_tables_ t LEFT JOIN pg_temp._rserv_pending_ p ON p.reloid = t.reloid \
+                 WHERE t.reloid = ANY ($1::oid[]) OR p.reloid IS NOT NULL \
                  GROUP BY t.reloid, t.key ORDER BY t.reloid"
             ),
             None,
-            &[],
+            &[to_copy.clone().into()],
         )?;
         let mut out = Vec::new();
         for r in tab {
@@ -187,6 +257,7 @@ fn rserv_prepare(
                 r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
                 r.get::<Vec<String>>(2)?.unwrap_or_default(),
                 r.get::<bool>(3)?.unwrap_or(false),
+                r.get::<bool>(4)?.unwrap_or(false),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -194,8 +265,8 @@ fn rserv_prepare(
     .or_fail("listing changed tables");
 
     let mut sections = Vec::new();
-    for (reloid, key, truncated) in tables {
-        sections.extend(table_sections(reloid, key, truncated));
+    for (reloid, key, truncated, copy) in tables {
+        sections.extend(table_sections(reloid, key, truncated, copy));
     }
     sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
     TableIterator::new(sections.into_iter().map(move |x| {
@@ -208,11 +279,75 @@ fn rserv_prepare(
             x.key,
             x.query,
             x.types,
+            x.estimate,
         )
     }))
 }
 
-fn table_sections(reloid: pg_sys::Oid, key: Vec<String>, truncated: bool) -> Vec<Section> {
+/// Registered tables the slave receives: all of them, or those named by the slave. A table
+/// the slave expects but this master does not replicate is an error: it would never arrive.
+fn subscribed_tables(
+    s: &str,
+    schemas: Option<Vec<String>>,
+    tables: Option<Vec<String>>,
+) -> Vec<pg_sys::Oid> {
+    let (Some(sch), Some(tab)) = (schemas, tables) else {
+        return Spi::connect(|client| {
+            client
+                .select(&format!("SELECT reloid FROM {s}._rserv_tables_"), None, &[])?
+                .map(|r| {
+                    r.get::<pg_sys::Oid>(1)
+                        .map(|o| o.unwrap_or(pg_sys::InvalidOid))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .or_fail("listing replicated tables");
+    };
+    let rows = Spi::connect(|client| {
+        client
+            .select(
+                &format!(
+                    "SELECT t.reloid, pg_catalog.quote_ident(w.nsp) || '.' || pg_catalog.quote_ident(w.rel) \
+                     FROM unnest($1::text[], $2::text[]) AS w(nsp, rel) \
+                     LEFT JOIN (pg_catalog.pg_class c \
+                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                                JOIN {s}._rserv_tables_ t ON t.reloid = c.oid) \
+                       ON w.nsp = n.nspname AND w.rel = c.relname"
+                ),
+                None,
+                &[sch.into(), tab.into()],
+            )?
+            .map(|r| Ok((r.get::<pg_sys::Oid>(1)?, r.get::<String>(2)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_fail("matching the slave's tables");
+    let missing: Vec<&str> = rows
+        .iter()
+        .filter(|(oid, _)| oid.is_none())
+        .map(|(_, name)| name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "rserv: the slave receives {} but this master does not replicate it",
+                missing.join(", ")
+            ),
+            format!(
+                "on the master: SELECT rserv_add_table('{}'); or on the slave: SELECT rserv_slave_remove_table(...)",
+                missing[0].replace('\'', "''")
+            ),
+        );
+    }
+    rows.into_iter().filter_map(|(oid, _)| oid).collect()
+}
+
+fn table_sections(
+    reloid: pg_sys::Oid,
+    key: Vec<String>,
+    truncated: bool,
+    copy: bool,
+) -> Vec<Section> {
     let info = table_info(reloid);
     let table = qualified(&info.schema, &info.name);
     let cols = table_columns(reloid);
@@ -266,8 +401,31 @@ fn table_sections(reloid: pg_sys::Oid, key: Vec<String>, truncated: bool) -> Vec
         types,
         key: key.clone(),
         query,
+        estimate: None,
     };
+    let select_list = list(
+        sent.iter()
+            .map(|c| format!("t.{}", quote_ident(&c.name)))
+            .collect(),
+    );
     let mut out = Vec::new();
+    if copy {
+        // The initial copy: the whole table as of this snapshot.
+        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
+        let mut all = mk(
+            "UPDATE",
+            sent.iter().map(|c| c.name.clone()).collect(),
+            sent.iter().map(|c| c.type_name.clone()).collect(),
+            Some(format!("SELECT {select_list} FROM ONLY {table} AS t")),
+        );
+        all.estimate = first::<i64>(
+            "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class WHERE oid = $1",
+            &[reloid.into()],
+            "estimating the table size",
+        );
+        out.push(all);
+        return out;
+    }
     if truncated {
         out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
     } else {
@@ -328,6 +486,15 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
                 &[server.into(), syncid.into()],
             )
             .or_fail("removing superseded syncs");
+            // Initial copies carried by this change set (or an earlier one) are done.
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE {s}._rserv_server_tables_ SET state = 'ready' \
+                     WHERE server = $1 AND state = 'copying' AND syncid <= $2"
+                ),
+                &[server.into(), syncid.into()],
+            )
+            .or_fail("marking initial copies done");
             true
         }
     }

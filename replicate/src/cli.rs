@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_clean_log: bool,
 
+    /// Create the master's replicated tables that the slave lacks (from the master's
+    /// definition) and register them there; their rows arrive with the next change set
+    #[arg(long)]
+    pub create_tables: bool,
+
     /// Master database (name, key=value connection string, or postgresql:// URL)
     #[arg(required = true)]
     pub masterdb: Option<String>,
@@ -153,6 +158,8 @@ pub enum Command {
     MasterSync { db: String, syncid: i64 },
     /// Remove log rows no registered slave still needs (CleanLog)
     CleanLog { db: String },
+    /// Forget slave --server on the master: log clean-up stops waiting for it
+    DropSlave { db: String },
 }
 
 #[derive(Clone, Copy)]
@@ -263,6 +270,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 snapshot: cli.snapshot.clone(),
                 keep_snapshot: cli.debug,
                 clean_log: !cli.no_clean_log,
+                create_tables: cli.create_tables,
                 verbose: cli.verbose,
             };
             let mut ep = Endpoints {
@@ -324,14 +332,16 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                     let file = std::fs::File::create(path)
                         .io_ctx(format!("creating {}", path.display()))?;
                     let mut w = std::io::BufWriter::new(file);
-                    let p = master::prepare(&mut c, &rs, cli.server, &mut w)?;
+                    let p =
+                        master::prepare(&mut c, &rs, &master::Target::server(cli.server), &mut w)?;
                     w.flush().io_ctx(format!("writing {}", path.display()))?;
                     p
                 }
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::new(stdout.lock());
-                    let p = master::prepare(&mut c, &rs, cli.server, &mut w)?;
+                    let p =
+                        master::prepare(&mut c, &rs, &master::Target::server(cli.server), &mut w)?;
                     w.flush().io_ctx("writing to stdout")?;
                     p
                 }
@@ -391,6 +401,19 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 )));
             }
             eprintln!("change set {syncid} confirmed for server {}", cli.server);
+        }
+        Some(Command::DropSlave { db }) => {
+            let (mut c, rs) = located(f, Side::Master, db, d)?;
+            if !master::drop_server(&mut c, &rs, cli.server)? {
+                return Err(Error::Failed(format!(
+                    "server {} is not a slave of master database {db}",
+                    cli.server
+                )));
+            }
+            eprintln!(
+                "server {} dropped: the log no longer waits for it",
+                cli.server
+            );
         }
         Some(Command::CleanLog { db }) => {
             let (mut c, rs) = located(f, Side::Master, db, d)?;

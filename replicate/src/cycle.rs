@@ -23,6 +23,8 @@ pub struct CycleOptions {
     pub keep_snapshot: bool,
     /// Remove log rows no slave needs after confirming.
     pub clean_log: bool,
+    /// Create the master's replicated tables the slave lacks, and register them there.
+    pub create_tables: bool,
     pub verbose: bool,
 }
 
@@ -69,12 +71,29 @@ pub fn sync_back(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Option<i64>,
     Ok(id)
 }
 
+/// Who the change set is for: this slave database and the tables it receives.
+fn target(ep: &mut Endpoints, opts: &CycleOptions) -> Result<master::Target, Error> {
+    if opts.create_tables {
+        let wanted = master::tables(ep.master, ep.master_rs)?;
+        for name in slave::create_missing(ep.slave, ep.slave_rs, &wanted)? {
+            eprintln!("created and registered table {name} on the slave");
+        }
+    }
+    Ok(master::Target {
+        server: opts.server,
+        slave_node: Some(slave::node_id(ep.slave, ep.slave_rs)?),
+        tables: Some(slave::tables(ep.slave, ep.slave_rs)?),
+        verbose: opts.verbose,
+    })
+}
+
 pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
+    let target = target(ep, opts)?;
     sync_back(ep, opts)?;
     say(opts, ">>>>>>>>>>>>> Prepare Snapshot");
     let outcome = match &opts.snapshot {
-        Some(path) => via_file(ep, opts, path)?,
-        None => streamed(ep, opts)?,
+        Some(path) => via_file(ep, opts, &target, path)?,
+        None => streamed(ep, &target)?,
     };
     if let Outcome::Applied {
         syncid,
@@ -107,11 +126,16 @@ pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
     Ok(outcome)
 }
 
-fn via_file(ep: &mut Endpoints, opts: &CycleOptions, path: &PathBuf) -> Result<Outcome, Error> {
+fn via_file(
+    ep: &mut Endpoints,
+    opts: &CycleOptions,
+    target: &master::Target,
+    path: &PathBuf,
+) -> Result<Outcome, Error> {
     let shown = path.display().to_string();
     let file = File::create(path).io_ctx(format!("creating snapshot file {shown}"))?;
     let mut out = BufWriter::new(file);
-    let prepared = master::prepare(ep.master, ep.master_rs, opts.server, &mut out)?;
+    let prepared = master::prepare(ep.master, ep.master_rs, target, &mut out)?;
     out.flush().io_ctx(format!("writing {shown}"))?;
     out.get_ref()
         .sync_all()
@@ -130,12 +154,11 @@ fn via_file(ep: &mut Endpoints, opts: &CycleOptions, path: &PathBuf) -> Result<O
     Ok(applied.into())
 }
 
-fn streamed(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
+fn streamed(ep: &mut Endpoints, target: &master::Target) -> Result<Outcome, Error> {
     let (writer, reader) = pipe(8);
-    let server = opts.server;
     let (master_client, master_rs) = (&mut *ep.master, ep.master_rs);
     let (prepared, applied) = std::thread::scope(|s| {
-        let producer = s.spawn(move || master::prepare(master_client, master_rs, server, writer));
+        let producer = s.spawn(move || master::prepare(master_client, master_rs, target, writer));
         let applied = slave::apply(ep.slave, ep.slave_rs, reader);
         let prepared = producer
             .join()

@@ -12,6 +12,7 @@ pub mod cycle;
 pub mod error;
 pub mod master;
 pub mod pipe;
+pub mod progress;
 pub mod rserv;
 pub mod slave;
 pub mod snapshot;

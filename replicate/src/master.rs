@@ -1,6 +1,7 @@
 //! Master side: registration, prepare (PrepareSnapshot), confirm (MasterSync), clean-up.
 
 use crate::error::{DbContext, Error, IoContext};
+use crate::progress::Progress;
 use crate::rserv::Rserv;
 use crate::snapshot::{Header, SectionKind, SectionMeta, SnapshotWriter, Stats};
 use postgres::{Client, IsolationLevel};
@@ -33,12 +34,42 @@ struct Section {
 /// Write the change set for slave `server` to `out`. Returns None when nothing changed since
 /// the slave's last confirmed sync (then nothing is written). The end line is written only
 /// after the master transaction committed, so a reader that sees it may commit too.
+/// Which slave a change set is for.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `_rserv_servers_.server` on the master
+    pub server: i32,
+    /// the slave's rserv_node_id(): binds the server id to that database
+    pub slave_node: Option<String>,
+    /// (schema, table) the slave receives; None: every registered table
+    pub tables: Option<Vec<(String, String)>>,
+    /// report progress of initial copies even when short
+    pub verbose: bool,
+}
+
+impl Target {
+    pub fn server(server: i32) -> Target {
+        Target {
+            server,
+            ..Target::default()
+        }
+    }
+}
+
 pub fn prepare(
     client: &mut Client,
     rs: &Rserv,
-    server: i32,
+    target: &Target,
     out: impl Write,
 ) -> Result<Option<(i64, Stats)>, Error> {
+    let server = target.server;
+    let (schemas, tables): (Option<Vec<String>>, Option<Vec<String>>) = match &target.tables {
+        Some(t) => (
+            Some(t.iter().map(|(s, _)| s.clone()).collect()),
+            Some(t.iter().map(|(_, n)| n.clone()).collect()),
+        ),
+        None => (None, None),
+    };
     let header_row = client
         .query_one(
             &format!(
@@ -65,10 +96,10 @@ pub fn prepare(
         let rows = match tx.query(
             &format!(
                 "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                        column_types FROM {}($1)",
+                        column_types, estimated_rows FROM {}($1, $2, $3, $4)",
                 rs.func("rserv_prepare")
             ),
-            &[&server],
+            &[&server, &target.slave_node, &schemas, &tables],
         ) {
             Ok(rows) => rows,
             Err(e) if attempt < PREPARE_ATTEMPTS && is_serialization_failure(&e) => {
@@ -98,6 +129,7 @@ pub fn prepare(
                     columns: r.get(4),
                     key: r.get(5),
                     types: r.get(7),
+                    estimated_rows: r.get(8),
                 },
                 query: r.get(6),
             });
@@ -111,10 +143,25 @@ pub fn prepare(
                         "master: reading {}.{}",
                         s.meta.schema, s.meta.table
                     ))?;
-                    w.data(reader).map_err(|e| Error::Io {
-                        context: format!("streaming {}.{}", s.meta.schema, s.meta.table),
-                        source: e,
-                    })?;
+                    let name = format!("{}.{}", s.meta.schema, s.meta.table);
+                    // Initial copies can be long: show how far they are.
+                    let mut progress = s
+                        .meta
+                        .estimated_rows
+                        .map(|n| Progress::new(format!("copying {name}"), Some(n.max(0) as u64)));
+                    let mut report = |rows: u64, bytes: u64| {
+                        if let Some(p) = progress.as_mut() {
+                            p.add(rows, bytes);
+                        }
+                    };
+                    w.data_with_progress(reader, &mut report)
+                        .map_err(|e| Error::Io {
+                            context: format!("streaming {name}"),
+                            source: e,
+                        })?;
+                    if let Some(p) = &progress {
+                        p.finish(target.verbose);
+                    }
                 }
             }
             Ok(())
@@ -145,6 +192,48 @@ pub fn confirm(client: &mut Client, rs: &Rserv, server: i32, syncid: i64) -> Res
         )
         .ctx(format!("master: confirming change set {syncid}"))?;
     Ok(row.get(0))
+}
+
+/// Forget slave `server` on the master (its change sets and copies); false if unknown.
+pub fn drop_server(client: &mut Client, rs: &Rserv, server: i32) -> Result<bool, Error> {
+    let row = client
+        .query_one(
+            &format!("SELECT {}($1)", rs.func("rserv_drop_server")),
+            &[&server],
+        )
+        .ctx(format!("master: dropping server {server}"))?;
+    Ok(row.get(0))
+}
+
+/// A table the master replicates: (schema, name, key, key is the primary key, DDL).
+pub struct MasterTable {
+    pub schema: String,
+    pub table: String,
+    pub key: Vec<String>,
+    pub primary_key: bool,
+    pub ddl: String,
+}
+
+pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<MasterTable>, Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT schema_name, table_name, key_columns, is_primary_key, ddl FROM {}()",
+                rs.func("rserv_table_list")
+            ),
+            &[],
+        )
+        .ctx("master: listing replicated tables")?;
+    Ok(rows
+        .iter()
+        .map(|r| MasterTable {
+            schema: r.get(0),
+            table: r.get(1),
+            key: r.get(2),
+            primary_key: r.get(3),
+            ddl: r.get(4),
+        })
+        .collect())
 }
 
 /// Remove log rows no registered slave needs any more; returns how many.

@@ -21,6 +21,82 @@ pub fn remove_table(client: &mut Client, rs: &Rserv, table: &str) -> Result<(), 
         .ctx(format!("slave: removing table {table}"))
 }
 
+/// The slave's own node id, which binds it to its server id on the master.
+pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
+    let row = client
+        .query_one(&format!("SELECT {}()", rs.func("rserv_node_id")), &[])
+        .ctx("slave: reading its node id")?;
+    Ok(row.get(0))
+}
+
+/// (schema, table) of every table the slave receives.
+pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<(String, String)>, Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT schema_name, table_name FROM {}()",
+                rs.func("rserv_slave_table_list")
+            ),
+            &[],
+        )
+        .ctx("slave: listing its tables")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Create the master's replicated tables that the slave lacks, and register them, in one
+/// transaction (`replicate --create-tables`). Tables that exist but are not registered are
+/// left alone: their contents would be replaced. Returns the tables created.
+pub fn create_missing(
+    client: &mut Client,
+    rs: &Rserv,
+    master_tables: &[crate::master::MasterTable],
+) -> Result<Vec<String>, Error> {
+    let mut tx = client
+        .transaction()
+        .ctx("slave: starting to create tables")?;
+    let mut created = Vec::new();
+    for t in master_tables {
+        let exists: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2)",
+                &[&t.schema, &t.table],
+            )
+            .ctx("slave: looking for a table")?
+            .get(0);
+        let name: String = tx
+            .query_one(
+                "SELECT pg_catalog.quote_ident($1) || '.' || pg_catalog.quote_ident($2)",
+                &[&t.schema, &t.table],
+            )
+            .ctx("slave: quoting a name")?
+            .get(0);
+        if exists {
+            continue;
+        }
+        tx.batch_execute(&t.ddl).map_err(|source| Error::Db {
+            context: format!(
+                "slave: creating table {name} from the master's definition (create what it needs, \
+                 e.g. its schema or types, then run again)"
+            ),
+            source,
+        })?;
+        // Same identity as on the master: its key, named unless it is the primary key.
+        let key = (!t.primary_key).then(|| t.key.join(","));
+        rs.call_on_table(
+            &mut tx,
+            "rserv_slave_add_table",
+            &name,
+            Some(key.as_deref()),
+        )
+        .ctx(format!("slave: registering table {name}"))?;
+        created.push(name);
+    }
+    tx.commit().ctx("slave: committing the new tables")?;
+    Ok(created)
+}
+
 /// Last change set applied on the slave; None before the first.
 pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
     let row = client

@@ -81,6 +81,9 @@ pub struct SectionMeta {
     /// The master's type of each column; the slave refuses a column it cannot load.
     #[serde(default)]
     pub types: Vec<String>,
+    /// For an initial copy: the table's estimated size in rows (progress reports only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_rows: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,7 +150,16 @@ impl<W: Write> SnapshotWriter<W> {
     }
 
     /// Copy one section's COPY-text rows and close it with `\.`.
-    pub fn data(&mut self, mut rows: impl Read) -> std::io::Result<u64> {
+    pub fn data(&mut self, rows: impl Read) -> std::io::Result<u64> {
+        self.data_with_progress(rows, &mut |_, _| {})
+    }
+
+    /// As [`Self::data`], calling `progress(rows, bytes)` for every chunk copied.
+    pub fn data_with_progress(
+        &mut self,
+        mut rows: impl Read,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> std::io::Result<u64> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut n_rows = 0u64;
         let mut last = b'\n';
@@ -157,9 +169,11 @@ impl<W: Write> SnapshotWriter<W> {
                 break;
             }
             let chunk = &buf[..n];
-            n_rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            let in_chunk = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            n_rows += in_chunk;
             last = chunk[n - 1];
             self.put(chunk)?;
+            progress(in_chunk, n as u64);
         }
         if last != b'\n' {
             return Err(std::io::Error::new(
@@ -410,6 +424,7 @@ mod tests {
             columns: vec!["a".into(), "b".into()],
             key: vec!["a".into()],
             types: vec!["integer".into(), "text".into()],
+            estimated_rows: None,
         };
         let mut w = SnapshotWriter::start(Vec::new(), 7, &header).unwrap();
         w.section(SectionKind::Delete, &meta).unwrap();

@@ -173,6 +173,9 @@ fn watched_columns() {
         "customer",
         Some("lastname"),
     );
+    // the first change set is the initial copy: the whole table
+    p.sync();
+    p.assert_equal("customer");
     let m = &p.master;
     m.execute(
         DB,
