@@ -134,7 +134,11 @@ fn two_slaves_in_random_interleavings() {
     let mut x: u32 = 12345;
     for i in 0..40 {
         x = x.wrapping_mul(1103515245).wrapping_add(12345);
-        let (s, server) = if (x >> 16) % 3 == 0 { (s2, 2) } else { (s1, 1) };
+        let (s, server) = if (x >> 16).is_multiple_of(3) {
+            (s2, 2)
+        } else {
+            (s1, 1)
+        };
         cycle(m, s, server, false);
         assert_eq!(
             one(s, "SELECT sum(balance)::text FROM account"),
