@@ -171,9 +171,7 @@ on_both postgres postgres -c "CREATE ROLE pma LOGIN SUPERUSER"
 step "Step 4 — createdb booktown, on both (owned by pma)"
 on_both postgres postgres -c "CREATE DATABASE booktown OWNER pma"
 
-step "Steps 1, 2, 5 — pg_dump booktown, scp it to the slave, psql booktown < booktown.db"
-say "rserv has no initial copy yet: the demo creates the same customer table with the same"
-say "rows on the master AND on the slave, as they would be after the seed's dump and restore."
+step "The booktown customer table, on the master only"
 CUSTOMER_SQL="
 CREATE TABLE customer (cust_id integer PRIMARY KEY, lastname text, firstname text);
 INSERT INTO customer VALUES
@@ -182,8 +180,13 @@ INSERT INTO customer VALUES
     (3, 'Bank', 'Jenny'),
     (10, 'Nathan', 'John'),
     (12, 'Kent', 'Clark');"
-on_both pma booktown -c "$CUSTOMER_SQL"
+psql_as pma "$M" booktown -c "$CUSTOMER_SQL"
 psql_as pma "$M" booktown -c "SELECT * FROM customer ORDER BY cust_id"
+
+step "Steps 1, 2, 5 — pg_dump booktown, scp it to the slave, psql booktown < booktown.db"
+say "gone: the slave database stays empty; replicate --create-tables (step 10) creates the table"
+say "from the master's definition and the first change set copies its rows, consistently with"
+say "every change made meanwhile."
 
 step "Step 6 — pg_hba.conf on the slave"
 say "gone for the demo: both clusters listen on localhost only, with trust authentication."
@@ -205,9 +208,13 @@ run replicate --user=pma --masterhost=localhost --masterport="$M" \
 step "Step 9 — ./SlaveInit booktown  (= CREATE EXTENSION rserv on the slave)"
 run replicate --user=pma --slavehost=localhost --slaveport="$S" slave-init booktown
 
-step "Step 10 — ./SlaveAddTable booktown customer lastname"
-run replicate --user=pma --slavehost=localhost --slaveport="$S" \
-    slave-add-table booktown customer lastname
+step "Step 10 — ./SlaveAddTable booktown customer lastname, and the initial copy"
+say "replicate --create-tables creates and registers (SlaveAddTable) the missing table on the"
+say "slave; this first run copies the table in one slave transaction (a copy that is"
+say "interrupted leaves the slave as it was and is redone by the next run)."
+run replicate --user=pma --masterhost=localhost --masterport="$M" --slavehost=localhost \
+    --slaveport="$S" --create-tables --verbose booktown booktown
+psql_as pma "$S" booktown -c "SELECT * FROM customer ORDER BY cust_id"
 
 step "Step 11 — on the master, Dr. John's last name Nathan -> Nathaniel, then ./Replicate"
 UPDATE_SQL="UPDATE customer SET lastname = 'Nathaniel' WHERE cust_id = 10;"
