@@ -60,11 +60,13 @@ CREATE TABLE _rserv_log_ (
 CREATE SEQUENCE _rserv_sync_seq_;
 
 -- Master: one row per prepared change set. status 0 = prepared, 1 = applied on the slave
--- (confirmed). minid/maxid/active = xmin/xmax/in-progress xids of the snapshot it was read at.
+-- (confirmed). minid/maxid/active = xmin/xmax/in-progress xids of the snapshot it was read at;
+-- synctime = when that snapshot was taken (the slave's data is as of then once it applies it).
 CREATE TABLE _rserv_sync_ (
     server   int4        NOT NULL,
     syncid   int8        NOT NULL,
     synctime timestamptz NOT NULL DEFAULT now(),
+    confirmed timestamptz,
     status   int4        NOT NULL DEFAULT 0,
     minid    int8        NOT NULL,
     maxid    int8        NOT NULL,

@@ -53,3 +53,26 @@ $$;
 CREATE EVENT TRIGGER _rserv_drop_guard_ ON sql_drop EXECUTE FUNCTION _rserv_guard_drop_();
 CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION _rserv_guard_alter_();
+
+-- How far behind each slave is. lag_seconds: age of the slave's data (the time of the snapshot
+-- it last applied) while changes are waiting for it, 0 when it has everything.
+CREATE VIEW rserv_status AS
+SELECT v.server,
+       v.node AS slave_node,
+       c.syncid AS confirmed_syncid,
+       c.synctime AS data_as_of,
+       c.confirmed AS confirmed_at,
+       coalesce(p.pending, 0) AS pending_changes,
+       CASE WHEN coalesce(p.pending, 0) = 0 THEN 0::float8
+            ELSE extract(epoch FROM now() - coalesce(c.synctime, v.created))::float8 END AS lag_seconds,
+       (SELECT count(*) FROM @extschema@._rserv_server_tables_ x
+         WHERE x.server = v.server AND x.state = 'copying') AS copies_in_progress
+  FROM @extschema@._rserv_servers_ v
+  LEFT JOIN LATERAL (SELECT y.syncid, y.synctime, y.confirmed, y.maxid, y.active
+                       FROM @extschema@._rserv_sync_ y
+                      WHERE y.server = v.server AND y.status > 0
+                      ORDER BY y.syncid DESC LIMIT 1) c ON true
+  LEFT JOIN LATERAL (SELECT count(*) AS pending FROM @extschema@._rserv_log_ l
+                      WHERE l.reloid IN (SELECT x.reloid FROM @extschema@._rserv_server_tables_ x
+                                          WHERE x.server = v.server)
+                        AND (c.maxid IS NULL OR l.logid >= c.maxid OR l.logid = ANY (c.active))) p ON true;

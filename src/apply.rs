@@ -144,6 +144,9 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
     // Replica mode: user triggers and foreign keys of the slave do not fire for replicated
     // rows (as in built-in logical replication); the change set as a whole is consistent.
     set_local("session_replication_role", "replica");
+    // The master is told this change set is applied right after COMMIT returns: it must be
+    // durable by then, whatever the slave's own synchronous_commit.
+    set_local("synchronous_commit", "on");
     set_canonical_settings_local();
     APPLYING_XACT.store(current_xact(), Ordering::Relaxed);
     true

@@ -9,7 +9,7 @@
 
 use crate::common::{
     call_hint, drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
-    set_canonical_settings_local, table_columns, table_info, SpiOrFail,
+    set_canonical_settings_local, set_local, table_columns, table_info, SpiOrFail,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -119,6 +119,9 @@ fn rserv_prepare(
         );
     }
     set_canonical_settings_local();
+    // Sync ids must never be handed out twice, even after a crash of the master: the prepare
+    // (which draws one from _rserv_sync_seq_) commits durably whatever synchronous_commit says.
+    set_local("synchronous_commit", "on");
     let s = ext_schema();
 
     // Every prepare for a server updates its row: if another prepare committed after our
@@ -476,7 +479,7 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
         Some(_) => {
             Spi::run_with_args(
                 &format!(
-                    "UPDATE {s}._rserv_sync_ SET status = 1, synctime = now() WHERE server = $1 AND syncid = $2"
+                    "UPDATE {s}._rserv_sync_ SET status = 1, confirmed = now() WHERE server = $1 AND syncid = $2"
                 ),
                 &[server.into(), syncid.into()],
             )

@@ -3,10 +3,11 @@
 
 use crate::conn::{ConnArgs, Endpoint};
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use crate::daemon::{Config, Daemon, SlaveSpec};
 use crate::error::{Error, IoContext};
 use crate::rserv::{self, Rserv};
 use crate::snapshot::rows;
-use crate::{master, slave};
+use crate::{master, slave, status};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
@@ -55,12 +56,12 @@ pub struct Cli {
     pub snapshot: Option<PathBuf>,
 
     /// Do not remove log rows that no slave needs after a successful cycle
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_clean_log: bool,
 
     /// Create the master's replicated tables that the slave lacks (from the master's
     /// definition) and register them there; their rows arrive with the next change set
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub create_tables: bool,
 
     /// Master database (name, key=value connection string, or postgresql:// URL)
@@ -160,6 +161,28 @@ pub enum Command {
     CleanLog { db: String },
     /// Forget slave --server on the master: log clean-up stops waiting for it
     DropSlave { db: String },
+    /// Replicate continuously until SIGINT/SIGTERM: wakes on the master's NOTIFY, reconnects
+    /// after failures; one slave from the command line, or several from --config
+    Run {
+        /// TOML file with [master], one or more [[slave]] and [run] (see the README)
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Longest wait between cycles when no NOTIFY arrives, in seconds
+        #[arg(long, value_name = "SECS")]
+        interval: Option<f64>,
+        /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9187
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
+        masterdb: Option<String>,
+        slavedb: Option<String>,
+    },
+    /// Show every slave's lag and pending changes, from the master
+    Status {
+        db: String,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -252,6 +275,17 @@ fn located(
     let mut client = flags.connect(side, db, debug)?;
     let rs = Rserv::locate(&mut client, side.name(), db)?;
     Ok((client, rs))
+}
+
+/// Structured log lines on stderr for the daemon; RSERV_LOG=debug (or any tracing filter)
+/// changes the level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RSERV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Run the command line; returns the process exit code.
@@ -414,6 +448,65 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 "server {} dropped: the log no longer waits for it",
                 cli.server
             );
+        }
+        Some(Command::Run {
+            config,
+            interval,
+            metrics_addr,
+            masterdb,
+            slavedb,
+        }) => {
+            init_logging();
+            let daemon = match (config, masterdb, slavedb) {
+                (Some(path), None, None) => {
+                    let cfg = Config::load(path)?;
+                    // command-line values win over the file's [run] section
+                    let cfg = Config {
+                        run: crate::daemon::RunConfig {
+                            interval: interval.or(cfg.run.interval),
+                            metrics_addr: metrics_addr.clone().or(cfg.run.metrics_addr.clone()),
+                            ..cfg.run.clone()
+                        },
+                        ..cfg
+                    };
+                    Daemon::from_config(&cfg, f.password_file.as_deref())?
+                }
+                (None, Some(mdb), Some(sdb)) => {
+                    let master = f.endpoint(Side::Master, mdb, d)?;
+                    let slave = f.endpoint(Side::Slave, sdb, d)?;
+                    Daemon::new(
+                        master,
+                        vec![SlaveSpec {
+                            name: sdb.clone(),
+                            server: cli.server,
+                            create_tables: cli.create_tables,
+                            endpoint: slave,
+                        }],
+                        interval.unwrap_or(1.0),
+                        !cli.no_clean_log,
+                        metrics_addr.clone(),
+                    )?
+                }
+                _ => {
+                    return Err(Error::Usage(
+                        "give either --config FILE or MASTERDB SLAVEDB to replicate run".into(),
+                    ))
+                }
+            };
+            daemon.run()?;
+        }
+        Some(Command::Status { db, json }) => {
+            let (mut c, rs) = located(f, Side::Master, db, d)?;
+            let st = status::read(&mut c, &rs)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&st)
+                        .map_err(|e| Error::Failed(format!("encoding JSON: {e}")))?
+                );
+            } else {
+                print!("{}", status::render(&st));
+            }
         }
         Some(Command::CleanLog { db }) => {
             let (mut c, rs) = located(f, Side::Master, db, d)?;

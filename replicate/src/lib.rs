@@ -9,10 +9,13 @@
 pub mod cli;
 pub mod conn;
 pub mod cycle;
+pub mod daemon;
 pub mod error;
 pub mod master;
+pub mod metrics;
 pub mod pipe;
 pub mod progress;
 pub mod rserv;
 pub mod slave;
 pub mod snapshot;
+pub mod status;

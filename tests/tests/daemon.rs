@@ -1,0 +1,421 @@
+//! `replicate run`: follows the master, survives restarts, stops cleanly, reports its lag.
+//! Waits are generous timeouts that end as soon as the condition holds; nothing asserts speed.
+
+use rserv_tests::pair::assert_ok;
+use rserv_tests::{replicate_command, run_replicate, Cluster};
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DB: &str = "app";
+
+fn start(names: &[&str]) -> Vec<Cluster> {
+    let clusters = std::thread::scope(|sc| {
+        let hs: Vec<_> = names
+            .iter()
+            .map(|n| sc.spawn(move || Cluster::start(n)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("cluster"))
+            .collect::<Vec<_>>()
+    });
+    for c in &clusters {
+        c.create_db(DB);
+        c.execute(DB, "CREATE EXTENSION rserv");
+    }
+    clusters
+}
+
+fn conninfo(c: &Cluster) -> String {
+    c.conninfo(DB)
+}
+
+/// A running `replicate run`, killed if the test ends without stopping it.
+struct Daemon(Option<Child>, std::path::PathBuf);
+
+impl Daemon {
+    fn start(args: &[String]) -> Daemon {
+        let log = std::env::temp_dir().join(format!(
+            "rserv-daemon-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let file = std::fs::File::create(&log).expect("daemon log");
+        let child = replicate_command()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start replicate run");
+        Daemon(Some(child), log)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < until,
+                "replicate run did not stop after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Poll `cond` until it holds; panic with `what` after `secs`.
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of a query, or None while the server is unreachable.
+fn try_one(c: &Cluster, sql: &str) -> Option<String> {
+    let mut client = postgres::Config::new()
+        .host_path(c.socket_dir())
+        .port(c.port())
+        .user("postgres")
+        .dbname(DB)
+        .connect_timeout(Duration::from_secs(5))
+        .connect(postgres::NoTls)
+        .ok()?;
+    let row = client.query_one(sql, &[]).ok()?;
+    row.get::<_, Option<String>>(0)
+}
+
+fn digest(c: &Cluster, table: &str) -> Option<String> {
+    try_one(
+        c,
+        &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ';' ORDER BY t::text)), '') FROM {table} t"),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn http_get(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn follows_the_master_and_reports_lag() {
+    let c = start(&["d-m", "d-s"]);
+    let (m, s) = (&c[0], &c[1]);
+    m.execute(DB, "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT rserv_add_table('t'); INSERT INTO t VALUES (1, 'a');");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(&[
+        "run".into(),
+        "--create-tables".into(),
+        "--interval=30".into(),
+        format!("--metrics-addr={metrics}"),
+        "--master".into(),
+        conninfo(m),
+        "--slave".into(),
+        conninfo(s),
+        DB.into(),
+        DB.into(),
+    ]);
+    eventually(60, "initial copy on the slave", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    // with a 30 s interval, only the NOTIFY can make this quick; the test only waits for it
+    m.execute(
+        DB,
+        "INSERT INTO t VALUES (2, 'b'); UPDATE t SET v = 'A' WHERE id = 1;",
+    );
+    eventually(60, "the change on the slave", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    let body = http_get(&metrics);
+    assert!(body.contains("# TYPE rserv_lag_seconds gauge"), "{body}");
+    let syncs = body
+        .lines()
+        .find(|l| l.starts_with("rserv_syncs_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(syncs >= 2, "{body}");
+    // status as JSON, from the master
+    let out = run_replicate(&["--master", &conninfo(m), "status", DB, "--json"]);
+    assert_ok(&out, "status --json");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let slave = &st["slaves"][0];
+    assert_eq!(slave["server"], 0);
+    assert!(
+        slave["lag_seconds"].as_f64().is_some_and(|l| l >= 0.0),
+        "{st}"
+    );
+    assert!(
+        slave["pending_changes"].as_i64().is_some_and(|p| p >= 0),
+        "{st}"
+    );
+    let text = run_replicate(&["--master", &conninfo(m), "status", DB]);
+    assert_ok(&text, "status");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("lag (s)"));
+    let log = d.log();
+    assert!(log.contains("change set applied"), "{log}");
+    assert!(d.stop().success());
+}
+
+/// Master and slave restarted (immediate shutdown) while the daemon runs under a write load.
+#[test]
+fn survives_master_and_slave_restarts() {
+    let c = start(&["r-m", "r-s"]);
+    let (m, s) = (&c[0], &c[1]);
+    m.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL); SELECT rserv_add_table('t');
+                   INSERT INTO t SELECT g, 0 FROM generate_series(1, 500) g;",
+    );
+    let d = Daemon::start(&[
+        "run".into(),
+        "--create-tables".into(),
+        "--interval=0.5".into(),
+        "--master".into(),
+        conninfo(m),
+        "--slave".into(),
+        conninfo(s),
+        DB.into(),
+        DB.into(),
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let (sock, port) = (m.socket_dir().to_path_buf(), m.port());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let conn = postgres::Config::new()
+                    .host_path(&sock)
+                    .port(port)
+                    .user("postgres")
+                    .dbname(DB)
+                    .connect(postgres::NoTls);
+                let Ok(mut conn) = conn else {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let sql = format!("UPDATE t SET n = n + 1 WHERE id = {}", 1 + i % 500);
+                    if conn.batch_execute(&sql).is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    m.stop_immediate();
+    std::thread::sleep(Duration::from_secs(1));
+    m.start_again();
+    std::thread::sleep(Duration::from_secs(2));
+    s.stop_immediate();
+    std::thread::sleep(Duration::from_secs(1));
+    s.start_again();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    eventually(120, "slave equal to master after the restarts", || {
+        let (a, b) = (digest(m, "t"), digest(s, "t"));
+        a.is_some() && a == b
+    });
+    let log = d.log();
+    assert!(
+        log.contains("replication interrupted"),
+        "the restarts were noticed:\n{log}"
+    );
+    assert!(d.stop().success());
+}
+
+/// SIGTERM during a large apply: the process stops, the slave is at a confirmed state (all of
+/// the change set or none of it), and the next run completes it.
+#[test]
+fn sigterm_during_a_large_apply() {
+    let c = start(&["t-m", "t-s"]);
+    let (m, s) = (&c[0], &c[1]);
+    m.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); SELECT rserv_add_table('t');",
+    );
+    let args = vec![
+        "run".to_string(),
+        "--create-tables".into(),
+        "--master".into(),
+        conninfo(m),
+        "--slave".into(),
+        conninfo(s),
+        DB.into(),
+        DB.into(),
+    ];
+    let d = Daemon::start(&args);
+    eventually(60, "the table on the slave", || {
+        try_one(s, "SELECT count(*)::text FROM t").is_some()
+    });
+    m.execute(
+        DB,
+        "INSERT INTO t SELECT g, repeat('z', 200) FROM generate_series(1, 300000) g",
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(d.stop().success(), "clean exit on SIGTERM");
+    let n = try_one(s, "SELECT count(*)::text FROM t").unwrap_or_default();
+    assert!(
+        n == "0" || n == "300000",
+        "the slave holds all or nothing of the change set ({n})"
+    );
+    let d = Daemon::start(&args);
+    eventually(120, "the rest after a restart", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    assert!(d.stop().success());
+}
+
+/// A dead slave does not block a live one; the daemon keeps retrying it.
+#[test]
+fn a_dead_slave_does_not_block_a_live_one() {
+    let c = start(&["x-m", "x-s"]);
+    let (m, s) = (&c[0], &c[1]);
+    m.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t');",
+    );
+    let dir = std::env::temp_dir().join(format!("rserv-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("replicate.toml");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        &cfg,
+        format!(
+            "[master]\nconninfo = \"{}\"\n\n[[slave]]\nname = \"live\"\nserver = 1\ncreate_tables = true\nconninfo = \"{}\"\n\n\
+             [[slave]]\nname = \"dead\"\nserver = 2\nconninfo = \"host=127.0.0.1 port=1 user=postgres dbname=app connect_timeout=2\"\n\n\
+             [run]\ninterval = 0.5\nmetrics_addr = \"{metrics}\"\n",
+            conninfo(m),
+            conninfo(s)
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run".into(), "--config".into(), cfg.display().to_string()]);
+    m.execute(DB, "INSERT INTO t SELECT generate_series(1, 100)");
+    eventually(60, "the live slave's copy", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    m.execute(DB, "DELETE FROM t WHERE id > 50");
+    eventually(60, "the live slave's next change", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    let body = http_get(&metrics);
+    let errors_of_dead = body
+        .lines()
+        .find(|l| l.starts_with("rserv_errors_total{slave=\"dead\""))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!errors_of_dead.ends_with(" 0"), "{body}");
+    assert!(
+        body.contains("rserv_connected{slave=\"live\",server=\"1\"} 1"),
+        "{body}"
+    );
+    assert!(d.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Under a sustained write load the log stays small: clean-up and vacuum keep pace.
+#[test]
+fn the_log_stays_bounded() {
+    let c = start(&["b-m", "b-s"]);
+    let (m, s) = (&c[0], &c[1]);
+    m.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL); SELECT rserv_add_table('t');
+                   INSERT INTO t SELECT g, 0 FROM generate_series(1, 2000) g;",
+    );
+    let d = Daemon::start(&[
+        "run".into(),
+        "--create-tables".into(),
+        "--interval=0.2".into(),
+        "--master".into(),
+        conninfo(m),
+        "--slave".into(),
+        conninfo(s),
+        DB.into(),
+        DB.into(),
+    ]);
+    let mut w = m.connect(DB);
+    let started = Instant::now();
+    let mut logged = 0u64;
+    // peak size of the log in each 10 s window of a steady 20k changes/s
+    let mut peaks = [0i64; 3];
+    while started.elapsed() < Duration::from_secs(30) {
+        let tick = Instant::now();
+        w.batch_execute("UPDATE t SET n = n + 1").unwrap();
+        logged += 2000;
+        let size: i64 = w
+            .query_one("SELECT pg_total_relation_size('_rserv_log_')", &[])
+            .unwrap()
+            .get(0);
+        let window = (started.elapsed().as_secs() / 10).min(2) as usize;
+        peaks[window] = peaks[window].max(size);
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
+    }
+    eventually(60, "the slave catching up", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    let unbounded = logged as i64 * 70;
+    eprintln!("logged {logged} changes; log peaks per 10 s window {peaks:?} bytes (without clean-up: ~{unbounded})");
+    assert!(logged > 200_000, "the load was sustained");
+    // bounded: the last window is no larger than the one before it, and far below the total
+    assert!(
+        peaks[2] <= peaks[1] * 3 / 2 + (1 << 20),
+        "the log keeps growing: {peaks:?}"
+    );
+    assert!(
+        peaks[2] < unbounded / 4,
+        "peak {} vs ~{unbounded} without clean-up",
+        peaks[2]
+    );
+    assert!(d.stop().success());
+}
