@@ -9,6 +9,13 @@ CREATE TABLE _rserv_node_ (
 );
 INSERT INTO _rserv_node_ DEFAULT VALUES;
 
+-- Roles allowed to run replication (besides superusers and the extension's owner); see
+-- rserv_grant_replication().
+CREATE TABLE _rserv_replicators_ (
+    role     oid         PRIMARY KEY,
+    granted  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Slaves known to this master, each with its own confirmed progress in _rserv_sync_.
 CREATE TABLE _rserv_servers_ (
     server   int4        PRIMARY KEY,

@@ -7,8 +7,9 @@
 //! then COMMIT. Any error anywhere rolls the whole change set back.
 
 use crate::common::{
-    call_hint, drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
-    set_canonical_settings_local, set_local, table_columns, SpiOrFail,
+    call_hint, definer, drop_temp_table, ext_schema, ext_version, fail, first, grant_to_caller,
+    qualified, quote_ident, require_replicator, set_canonical_settings_local, set_local,
+    table_columns, SpiOrFail,
 };
 use crate::registry::slave_table;
 use pgrx::pg_sys;
@@ -50,8 +51,9 @@ fn require_apply_begun() {
 }
 
 /// Last change set applied on this slave (the seed's GetSyncID); NULL if none yet.
-#[pg_extern(stable)]
+#[pg_extern(stable, security_definer)]
 fn rserv_slave_sync_id() -> Option<i64> {
+    let _definer = definer();
     let s = ext_schema();
     first::<i64>(
         &format!("SELECT syncid FROM {s}._rserv_slave_sync_"),
@@ -61,8 +63,9 @@ fn rserv_slave_sync_id() -> Option<i64> {
 }
 
 /// Master node id this slave follows; NULL before the first apply.
-#[pg_extern(stable)]
+#[pg_extern(stable, security_definer)]
 fn rserv_slave_master_id() -> Option<String> {
+    let _definer = definer();
     let s = ext_schema();
     first::<String>(
         &format!("SELECT master::text FROM {s}._rserv_slave_sync_"),
@@ -75,8 +78,10 @@ fn rserv_slave_master_id() -> Option<String> {
 /// `version`. Returns false when this slave already has that change set or a newer one: the
 /// caller rolls back, nothing else is done (an old or repeated change set is a no-op).
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
+    let _definer = definer();
+    require_replicator("rserv_apply_begin");
     // SAFETY: reading backend transaction state
     if !unsafe { pg_sys::IsTransactionBlock() } {
         fail(
@@ -267,7 +272,7 @@ fn ident_list(cols: &[String]) -> String {
 
 /// Prepare one section of the change set. TRUNCATE is carried out at once and returns NULL;
 /// DELETE and UPDATE create the staging table and return the COPY command that fills it.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_apply_stage(
     section: &str,
     schema_name: &str,
@@ -276,6 +281,7 @@ fn rserv_apply_stage(
     key_columns: Vec<String>,
     column_types: default!(Option<Vec<String>>, "NULL"),
 ) -> Option<String> {
+    let _definer = definer();
     require_apply_begun();
     let t = resolve_target(
         schema_name,
@@ -299,6 +305,7 @@ fn rserv_apply_stage(
                 t.table
             ))
             .or_fail("creating the staging table");
+            grant_to_caller("INSERT", "pg_temp._rserv_stage_");
             Some(format!(
                 "COPY pg_temp._rserv_stage_ ({}) FROM STDIN",
                 ident_list(&t.columns)
@@ -317,7 +324,7 @@ fn rserv_apply_stage(
 /// means unique constraints never see a transient duplicate, whatever order the master
 /// changed rows in. Returns the number of rows the section wrote (UPDATE) or removed
 /// (DELETE).
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_apply_merge(
     section: &str,
     schema_name: &str,
@@ -325,6 +332,7 @@ fn rserv_apply_merge(
     columns: Vec<String>,
     key_columns: Vec<String>,
 ) -> i64 {
+    let _definer = definer();
     require_apply_begun();
     if section == "TRUNCATE" {
         return 0;

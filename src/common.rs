@@ -180,6 +180,123 @@ pub fn ext_version() -> String {
     .unwrap_or_default()
 }
 
+/// Marks the body of a SECURITY DEFINER rserv function. While alive, search_path is
+/// `pg_catalog, pg_temp`, so nothing a user put in public or in their own schemas (functions,
+/// operators, casts overloading the built-in ones) can run with rserv's privileges; every
+/// statement rserv builds names user objects schema-qualified. The previous search_path comes
+/// back when the function returns (on error the transaction is aborted anyway).
+pub struct Definer {
+    previous: Option<String>,
+}
+
+pub fn definer() -> Definer {
+    let previous = first::<String>(
+        "SELECT pg_catalog.current_setting('search_path')",
+        &[],
+        "reading search_path",
+    );
+    set_local("search_path", "pg_catalog, pg_temp");
+    Definer { previous }
+}
+
+impl Drop for Definer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(p) = self.previous.take() {
+            set_local("search_path", &p);
+        }
+    }
+}
+
+/// The role that called rserv (not the definer a SECURITY DEFINER function runs as).
+pub fn outer_user() -> pg_sys::Oid {
+    // SAFETY: plain read of the backend's user state
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd C string (noerr: NULL for a dropped role)
+    let p = unsafe { pg_sys::GetUserNameFromId(role, true) };
+    if p.is_null() {
+        return format!("role {}", role.to_u32());
+    }
+    // SAFETY: non-NULL, NUL-terminated
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn outer_has_privs_of(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog look-ups of existing roles
+    unsafe { pg_sys::superuser_arg(outer_user()) || pg_sys::has_privs_of_role(outer_user(), role) }
+}
+
+/// Registering a table puts triggers on it: only its owner (or a superuser) may.
+pub fn require_table_owner(reloid: pg_sys::Oid, table: &str, func: &str) {
+    let owner = first::<pg_sys::Oid>(
+        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
+        &[reloid.into()],
+        "reading the table's owner",
+    );
+    if !owner.is_some_and(outer_has_privs_of) {
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "rserv: {func}(): role {} is not the owner of table {table}",
+                role_name(outer_user())
+            ),
+            "run it as the table's owner",
+        );
+    }
+}
+
+/// Is the calling role allowed to replicate: a superuser, the extension's owner, or a role
+/// granted with rserv_grant_replication()?
+pub fn is_replicator() -> bool {
+    let s = ext_schema();
+    let ext_owner = first::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
+        &[],
+        "reading the extension's owner",
+    );
+    if ext_owner.is_some_and(outer_has_privs_of) {
+        return true;
+    }
+    first::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}._rserv_replicators_ r \
+             WHERE pg_catalog.pg_has_role($1, r.role, 'USAGE'))"
+        ),
+        &[outer_user().into()],
+        "reading _rserv_replicators_",
+    )
+    .unwrap_or(false)
+}
+
+pub fn require_replicator(func: &str) {
+    if !is_replicator() {
+        let me = role_name(outer_user());
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("rserv: {func}(): role {me} may not replicate this database"),
+            format!(
+                "a superuser or the owner of extension rserv can allow it: SELECT rserv_grant_replication({})",
+                quote_literal(&me)
+            ),
+        );
+    }
+}
+
+/// Let the calling role use a temp table a definer function created for it (the client reads
+/// or fills it with COPY).
+pub fn grant_to_caller(privilege: &str, table: &str) {
+    Spi::run(&format!(
+        "GRANT {privilege} ON {table} TO {}",
+        quote_ident(&role_name(outer_user()))
+    ))
+    .or_fail("granting the staging table to the caller");
+}
+
 /// Session settings under which every value is written and read as text the same way on
 /// master and slave, whatever the users' own DateStyle, TimeZone or float settings.
 pub const CANONICAL_SETTINGS: &[(&str, &str)] = &[

@@ -6,8 +6,9 @@
 //! extension so `DROP EXTENSION rserv` removes them all.
 
 use crate::common::{
-    call_hint, ext_schema, fail, first, quote_ident, quote_literal, table_columns, table_info,
-    Column, RegClass, SpiOrFail, TableInfo, CAPTURE_TRIGGER, PROTECT_TRIGGER, TRUNCATE_TRIGGER,
+    call_hint, definer, ext_schema, fail, first, quote_ident, quote_literal, require_replicator,
+    require_table_owner, table_columns, table_info, Column, RegClass, SpiOrFail, TableInfo,
+    CAPTURE_TRIGGER, PROTECT_TRIGGER, TRUNCATE_TRIGGER,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -334,12 +335,14 @@ fn to_opt_vec(v: Option<Vec<String>>) -> Option<Vec<Option<String>>> {
 /// or comma-separated columns, with a unique index and NOT NULL) or a column to watch: then
 /// only UPDATEs that change a watched column are replicated (INSERT and DELETE always are),
 /// and calling again with another column adds it. Without it, every column is watched.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, "NULL")) {
+    let _definer = definer();
     let reloid = required(tbl, "rserv_add_table");
     let info = table_info(reloid);
     check_table_kind(&info);
     let table = info.qualified();
+    require_table_owner(reloid, &table, "rserv_add_table");
     let s = ext_schema();
 
     let existing = Spi::connect(|client| {
@@ -446,11 +449,13 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
 
 /// Stop replicating a table from this master: drops its triggers, its registration and its
 /// pending log rows. The table and its data stay.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_remove_table(tbl: Option<RegClass>) {
+    let _definer = definer();
     let reloid = required(tbl, "rserv_remove_table");
     let info = table_info(reloid);
     let table = info.qualified();
+    require_table_owner(reloid, &table, "rserv_remove_table");
     let s = ext_schema();
     let removed = Spi::get_one_with_args::<i64>(
         &format!(
@@ -479,12 +484,14 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
 /// Register a table on the slave. The identity must match the master's registration;
 /// `column_name` is accepted as on the master (a key, or a watched column, which only the
 /// master uses). Local writes to the table are refused from now on.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, "NULL")) {
+    let _definer = definer();
     let reloid = required(tbl, "rserv_slave_add_table");
     let info = table_info(reloid);
     check_table_kind(&info);
     let table = info.qualified();
+    require_table_owner(reloid, &table, "rserv_slave_add_table");
     let s = ext_schema();
     let old_key = first::<Vec<String>>(
         &format!("SELECT key::text[] FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
@@ -541,10 +548,12 @@ fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<Str
 }
 
 /// Stop receiving a table on this slave; it becomes an ordinary writable table again.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_slave_remove_table(tbl: Option<RegClass>) {
+    let _definer = definer();
     let reloid = required(tbl, "rserv_slave_remove_table");
     let table = table_info(reloid).qualified();
+    require_table_owner(reloid, &table, "rserv_slave_remove_table");
     let s = ext_schema();
     let removed = Spi::get_one_with_args::<i64>(
         &format!(
@@ -566,7 +575,7 @@ fn rserv_slave_remove_table(tbl: Option<RegClass>) {
 
 /// Tables this master replicates, with their identity and the DDL that recreates them on a
 /// slave (`replicate --create-tables`).
-#[pg_extern(stable)]
+#[pg_extern(stable, security_definer)]
 #[allow(clippy::type_complexity)]
 fn rserv_table_list() -> TableIterator<
     'static,
@@ -578,6 +587,8 @@ fn rserv_table_list() -> TableIterator<
         name!(ddl, String),
     ),
 > {
+    let _definer = definer();
+    require_replicator("rserv_table_list");
     let s = ext_schema();
     let rows = Spi::connect(|client| {
         client
@@ -649,9 +660,11 @@ fn table_ddl(reloid: pg_sys::Oid) -> String {
 }
 
 /// Tables this slave receives (the master sends only these).
-#[pg_extern(stable)]
+#[pg_extern(stable, security_definer)]
 fn rserv_slave_table_list(
 ) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String))> {
+    let _definer = definer();
+    require_replicator("rserv_slave_table_list");
     let s = ext_schema();
     let rows = Spi::connect(|client| {
         client

@@ -8,15 +8,17 @@
 //! in the confirmed snapshot's in-progress list).
 
 use crate::common::{
-    call_hint, drop_temp_table, ext_schema, ext_version, fail, first, qualified, quote_ident,
-    set_canonical_settings_local, set_local, table_columns, table_info, SpiOrFail,
+    call_hint, definer, drop_temp_table, ext_schema, ext_version, fail, first, grant_to_caller,
+    qualified, quote_ident, require_replicator, set_canonical_settings_local, set_local,
+    table_columns, table_info, SpiOrFail,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 /// This database's rserv node id; a slave records the id of the master it follows.
-#[pg_extern(stable)]
+#[pg_extern(stable, security_definer)]
 fn rserv_node_id() -> String {
+    let _definer = definer();
     let s = ext_schema();
     Spi::get_one::<String>(&format!("SELECT node_id::text FROM {s}._rserv_node_"))
         .or_fail("reading _rserv_node_")
@@ -46,8 +48,10 @@ fn record_snapshot(s: &str, server: i32, syncid: i64) {
 
 /// The seed's `_rserv_sync_(server)`: record the current snapshot as a prepared change set
 /// numbered `currval('_rserv_sync_seq_')`. Returns 0, as the original did.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn _rserv_sync_(server: i32) -> i32 {
+    let _definer = definer();
+    require_replicator("_rserv_sync_");
     let s = ext_schema();
     let syncid = Spi::get_one::<i64>(&format!(
         "SELECT pg_catalog.currval('{s}._rserv_sync_seq_'::regclass)"
@@ -81,7 +85,7 @@ struct Section {
 /// goes out whole (TRUNCATE + every row, at this snapshot): the initial copy is an ordinary,
 /// atomic change set. Sections per table come in the order TRUNCATE, DELETE (identities whose
 /// row is gone: key columns only), UPDATE (current rows); `estimated_rows` is set for copies.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 #[allow(clippy::type_complexity)]
 fn rserv_prepare(
     server: i32,
@@ -102,6 +106,8 @@ fn rserv_prepare(
         name!(estimated_rows, Option<i64>),
     ),
 > {
+    let _definer = definer();
+    require_replicator("rserv_prepare");
     // SAFETY: reading a backend global
     if unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
         fail(
@@ -202,6 +208,8 @@ fn rserv_prepare(
     drop_temp_table("_rserv_pending_");
     Spi::run("CREATE TEMP TABLE _rserv_pending_ (reloid oid NOT NULL, key text[]) ON COMMIT DROP")
         .or_fail("creating _rserv_pending_");
+    // the caller's COPY queries read it
+    grant_to_caller("SELECT", "pg_temp._rserv_pending_");
     // Tables being copied need no log: the copy carries their state at this snapshot.
     let pending = Spi::get_one_with_args::<i64>(
         &format!(
@@ -462,8 +470,10 @@ fn table_sections(
 /// Confirm that slave `server` applied change set `syncid` (the seed's MasterSync). The next
 /// prepare for that server starts from this snapshot. Returns false if there is no such
 /// prepared change set (already confirmed, superseded, or never prepared).
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_confirm(server: i32, syncid: i64) -> bool {
+    let _definer = definer();
+    require_replicator("rserv_confirm");
     let s = ext_schema();
     let status = first::<i32>(
         &format!(
@@ -503,10 +513,122 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
     }
 }
 
+/// Mark one row identity of a replicated table as changed, so the next change set carries its
+/// current state (or its deletion) to every slave: what `replicate check --repair` uses to fix
+/// only the rows that differ. `key` is the identity as text, one element per key column.
+#[pg_extern(volatile, security_definer)]
+fn rserv_touch(tbl: crate::common::RegClass, key: Vec<String>) {
+    let _definer = definer();
+    require_replicator("rserv_touch");
+    let s = ext_schema();
+    let reloid = tbl.0;
+    let nkeys = first::<i32>(
+        &format!("SELECT pg_catalog.cardinality(key) FROM {s}._rserv_tables_ WHERE reloid = $1"),
+        &[reloid.into()],
+        "reading the registration",
+    );
+    let table = table_info(reloid).qualified();
+    match nkeys {
+        None => fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("rserv: table {table} is not replicated by this master"),
+            "",
+        ),
+        Some(n) if n as usize != key.len() => fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "rserv: table {table} has {n} key columns, but {} values were given",
+                key.len()
+            ),
+            "",
+        ),
+        Some(_) => {}
+    }
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_log_ (reloid, logid, deleted, key) \
+             VALUES ($1, pg_catalog.pg_current_xact_id()::text::int8, false, $2)"
+        ),
+        &[reloid.into(), key.into()],
+    )
+    .or_fail("marking the row");
+}
+
+/// Allow `role` to run replication (replicate's prepare/apply/confirm/status) in this database
+/// without being a superuser. Only a superuser or the extension's owner may grant it.
+#[pg_extern(volatile, security_definer)]
+fn rserv_grant_replication(role: &str) {
+    let _definer = definer();
+    grant_or_revoke(role, true);
+}
+
+/// Take back rserv_grant_replication().
+#[pg_extern(volatile, security_definer)]
+fn rserv_revoke_replication(role: &str) {
+    let _definer = definer();
+    grant_or_revoke(role, false);
+}
+
+fn grant_or_revoke(role: &str, grant: bool) {
+    let s = ext_schema();
+    let ext_owner = first::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
+        &[],
+        "reading the extension's owner",
+    );
+    let me = crate::common::outer_user();
+    // SAFETY: catalog look-ups of existing roles
+    let allowed = unsafe {
+        pg_sys::superuser_arg(me) || ext_owner.is_some_and(|o| pg_sys::has_privs_of_role(me, o))
+    };
+    if !allowed {
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "rserv: only a superuser or the owner of extension rserv may grant or revoke replication",
+            "",
+        );
+    }
+    let oid = first::<pg_sys::Oid>(
+        "SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1",
+        &[role.into()],
+        "looking up the role",
+    );
+    let Some(oid) = oid else {
+        fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("rserv: role \"{role}\" does not exist"),
+            "create it first: CREATE ROLE ... LOGIN",
+        );
+    };
+    let verb = if grant { "GRANT" } else { "REVOKE" };
+    let prep = if grant { "TO" } else { "FROM" };
+    if grant {
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO {s}._rserv_replicators_ (role) VALUES ($1) ON CONFLICT DO NOTHING"
+            ),
+            &[oid.into()],
+        )
+    } else {
+        Spi::run_with_args(
+            &format!("DELETE FROM {s}._rserv_replicators_ WHERE role = $1"),
+            &[oid.into()],
+        )
+    }
+    .or_fail("updating _rserv_replicators_");
+    Spi::run(&format!(
+        "{verb} SELECT ON {s}.rserv_status {prep} {}",
+        quote_ident(role)
+    ))
+    .or_fail("granting rserv_status");
+}
+
 /// Forget slave `server`: its registration and its change sets. Log clean-up stops waiting for
 /// it. Returns false if it was not registered.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_drop_server(server: i32) -> bool {
+    let _definer = definer();
+    require_replicator("rserv_drop_server");
     let s = ext_schema();
     Spi::run_with_args(
         &format!("DELETE FROM {s}._rserv_sync_ WHERE server = $1"),
@@ -527,8 +649,10 @@ fn rserv_drop_server(server: i32) -> bool {
 /// Remove log rows no slave needs any more (the seed's CleanLog): those written by
 /// transactions every registered slave's confirmed snapshot already sees. While any registered
 /// slave has never confirmed a sync, nothing is removed. Returns the number of rows removed.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, security_definer)]
 fn rserv_clean_log() -> i64 {
+    let _definer = definer();
+    require_replicator("rserv_clean_log");
     let s = ext_schema();
     let horizon = Spi::connect(|client| {
         let tab = client.select(

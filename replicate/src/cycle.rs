@@ -88,12 +88,22 @@ fn target(ep: &mut Endpoints, opts: &CycleOptions) -> Result<master::Target, Err
 }
 
 pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
+    run_with(ep, opts, &mut |_| Ok(()))
+}
+
+/// [`run`], with `at_snapshot` run on the master at the change set's snapshot (see
+/// [`master::prepare_with`]): once the cycle returns, the slave holds exactly that state.
+pub fn run_with(
+    ep: &mut Endpoints,
+    opts: &CycleOptions,
+    at_snapshot: master::SnapshotHook<'_>,
+) -> Result<Outcome, Error> {
     let target = target(ep, opts)?;
     sync_back(ep, opts)?;
     say(opts, ">>>>>>>>>>>>> Prepare Snapshot");
     let outcome = match &opts.snapshot {
-        Some(path) => via_file(ep, opts, &target, path)?,
-        None => streamed(ep, &target)?,
+        Some(path) => via_file(ep, opts, &target, path, at_snapshot)?,
+        None => streamed(ep, &target, at_snapshot)?,
     };
     if let Outcome::Applied {
         syncid,
@@ -131,11 +141,12 @@ fn via_file(
     opts: &CycleOptions,
     target: &master::Target,
     path: &PathBuf,
+    at_snapshot: master::SnapshotHook<'_>,
 ) -> Result<Outcome, Error> {
     let shown = path.display().to_string();
     let file = File::create(path).io_ctx(format!("creating snapshot file {shown}"))?;
     let mut out = BufWriter::new(file);
-    let prepared = master::prepare(ep.master, ep.master_rs, target, &mut out)?;
+    let prepared = master::prepare_with(ep.master, ep.master_rs, target, &mut out, at_snapshot)?;
     out.flush().io_ctx(format!("writing {shown}"))?;
     out.get_ref()
         .sync_all()
@@ -154,11 +165,17 @@ fn via_file(
     Ok(applied.into())
 }
 
-fn streamed(ep: &mut Endpoints, target: &master::Target) -> Result<Outcome, Error> {
+fn streamed(
+    ep: &mut Endpoints,
+    target: &master::Target,
+    at_snapshot: master::SnapshotHook<'_>,
+) -> Result<Outcome, Error> {
     let (writer, reader) = pipe(8);
     let (master_client, master_rs) = (&mut *ep.master, ep.master_rs);
     let (prepared, applied) = std::thread::scope(|s| {
-        let producer = s.spawn(move || master::prepare(master_client, master_rs, target, writer));
+        let producer = s.spawn(move || {
+            master::prepare_with(master_client, master_rs, target, writer, at_snapshot)
+        });
         let applied = slave::apply(ep.slave, ep.slave_rs, reader);
         let prepared = producer
             .join()

@@ -305,6 +305,16 @@ fn follow(
         ..CycleOptions::default()
     };
     let mut last_create = Instant::now();
+    // VACUUM needs the log's owner (or a superuser); without that, autovacuum does the job.
+    let log_table = master_rs.func("_rserv_log_");
+    let can_vacuum: bool = master
+        .query_one(
+            "SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+            &[&log_table],
+        )
+        .ctx("master: checking who may vacuum the log")?
+        .get(0);
     let mut last_status = Instant::now() - Duration::from_secs(10);
     let mut last_vacuum = Instant::now();
     let mut cleaned_since_vacuum = false;
@@ -348,9 +358,9 @@ fn follow(
             refresh_status(&mut master, &master_rs, w, m)?;
         }
         // Deleted log rows are dead tuples: vacuum the log now and then so it stays small.
-        if cleaned_since_vacuum && last_vacuum.elapsed() >= Duration::from_secs(5) {
+        if can_vacuum && cleaned_since_vacuum && last_vacuum.elapsed() >= Duration::from_secs(5) {
             master
-                .batch_execute(&format!("VACUUM {}", master_rs.func("_rserv_log_")))
+                .batch_execute(&format!("VACUUM {log_table}"))
                 .ctx("master: vacuuming the log")?;
             last_vacuum = Instant::now();
             cleaned_since_vacuum = false;

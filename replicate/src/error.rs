@@ -14,6 +14,8 @@ pub mod exit {
     pub const CONNECT: i32 = 3;
     /// The snapshot input is truncated, corrupted or not a snapshot.
     pub const BAD_SNAPSHOT: i32 = 4;
+    /// `replicate check`: master and slave differ.
+    pub const DIFFERENT: i32 = 5;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -56,11 +56,27 @@ impl Target {
     }
 }
 
+/// Code to run on the master inside the prepare transaction, at the change set's snapshot,
+/// just before it commits (or rolls back when there is nothing to send).
+pub type SnapshotHook<'h> =
+    &'h mut (dyn FnMut(&mut postgres::Transaction<'_>) -> Result<(), Error> + Send);
+
 pub fn prepare(
     client: &mut Client,
     rs: &Rserv,
     target: &Target,
     out: impl Write,
+) -> Result<Option<(i64, Stats)>, Error> {
+    prepare_with(client, rs, target, out, &mut |_| Ok(()))
+}
+
+/// [`prepare`], running `at_snapshot` in the prepare transaction before it ends.
+pub fn prepare_with(
+    client: &mut Client,
+    rs: &Rserv,
+    target: &Target,
+    out: impl Write,
+    at_snapshot: SnapshotHook<'_>,
 ) -> Result<Option<(i64, Stats)>, Error> {
     let server = target.server;
     let (schemas, tables): (Option<Vec<String>>, Option<Vec<String>>) = match &target.tables {
@@ -85,6 +101,10 @@ pub fn prepare(
         server,
         rserv: header_row.get(1),
     };
+    // Nothing in the session's schemas can shadow a built-in while we read the change set.
+    client
+        .batch_execute("SET search_path = pg_catalog, pg_temp")
+        .ctx("master: pinning search_path")?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -111,6 +131,7 @@ pub fn prepare(
             Err(e) => return Err(e).ctx("master: preparing the change set"),
         };
         let Some(first) = rows.first() else {
+            at_snapshot(&mut tx)?;
             tx.rollback()
                 .ctx("master: ending the prepare transaction")?;
             return Ok(None);
@@ -166,6 +187,7 @@ pub fn prepare(
             }
             Ok(())
         })();
+        let streamed = streamed.and_then(|()| at_snapshot(&mut tx));
         if let Err(e) = streamed {
             let _ = w.fail(&e.to_string());
             return Err(e);

@@ -122,6 +122,9 @@ pub enum Applied {
 pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Applied, Error> {
     let mut reader = SnapshotReader::open(input)?;
     let syncid = reader.syncid;
+    client
+        .batch_execute("SET search_path = pg_catalog, pg_temp")
+        .ctx("slave: pinning search_path")?;
     let mut tx = client
         .transaction()
         .ctx("slave: starting the apply transaction")?;
