@@ -19,7 +19,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need_apt=()
-for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo pkg-config; do
+# libssl-dev + pkg-config: replicate's TLS (openssl crate); openssl: the TLS tests make their
+# own certificates with it.
+for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo pkg-config \
+    libssl-dev openssl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -11,6 +11,25 @@
 //!
 //! Passwords are kept in a redacting wrapper and never appear in `Debug`, `Display`,
 //! `describe()` or any error message; connection strings shown in errors are redacted.
+//!
+//! TLS follows libpq 15 (OpenSSL, through `postgres-openssl`):
+//!
+//! * `sslmode` (connection string, else `PGSSLMODE`, else `prefer`): `disable` never uses
+//!   SSL; `allow` connects without SSL and retries with SSL if the server rejects that;
+//!   `prefer` uses SSL when the server offers it and retries without SSL if the SSL attempt
+//!   fails (handshake or server rejection); `require` insists on SSL; `verify-ca` also checks
+//!   that the server certificate chains to `sslrootcert`; `verify-full` also checks that the
+//!   certificate names the host (subjectAltName DNS or IP entries, else the CN).
+//! * `sslrootcert` (connection string, `PGSSLROOTCERT`, default `~/.postgresql/root.crt`):
+//!   the only trusted CAs (the system store is not used, as in libpq 15). It must exist for
+//!   verify-ca/verify-full. When it exists, allow/prefer/require verify the chain too (libpq:
+//!   "require with a root certificate file behaves like verify-ca").
+//! * `sslcert`/`sslkey` (`PGSSLCERT`/`PGSSLKEY`, default `~/.postgresql/postgresql.crt` and
+//!   `.key`): a client certificate, sent when the certificate file exists; the key must not be
+//!   group/world accessible (0600, or 0640 if owned by root) and not encrypted.
+//! * `sslsni` (`PGSSLSNI`, default 1): send the host name (not an IP) in the TLS handshake.
+//! * Like libpq, SSL is never used over unix-domain sockets: sslmode is ignored there.
+//! * At least TLS 1.2 (libpq 15's default `ssl_min_protocol_version`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -18,11 +37,17 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use openssl::pkey::PKey;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509Ref, X509StoreContextRef};
 use postgres::config::Host;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
+use postgres_openssl::MakeTlsConnector;
 
 /// libpq's compiled-in unix-socket directory on Debian/Ubuntu (`DEFAULT_PGSOCKET_DIR`).
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
@@ -33,8 +58,14 @@ pub const DEFAULT_APPLICATION_NAME: &str = "replicate";
 
 /// Connection-string keywords we honour. Anything else is rejected rather than silently
 /// dropped, because we rebuild the `postgres::Config` from resolved fields only.
-const SUPPORTED_KEYWORDS: &str = "host, port, user, password, dbname, sslmode, connect_timeout, \
-     application_name, fallback_application_name, options, passfile, gssencmode";
+const SUPPORTED_KEYWORDS: &str = "host, port, user, password, dbname, sslmode, sslrootcert, \
+     sslcert, sslkey, sslsni, connect_timeout, application_name, fallback_application_name, \
+     options, passfile, gssencmode";
+
+/// libpq's file names under `~/.postgresql/`.
+const ROOT_CERT_FILE: &str = "root.crt";
+const USER_CERT_FILE: &str = "postgresql.crt";
+const USER_KEY_FILE: &str = "postgresql.key";
 
 /// What the user gave for one side (all optional). Used twice: once for the side-specific
 /// flags (--masterhost/--masterport/--masteruser/--master CONNINFO ...) and once for the
@@ -153,6 +184,92 @@ pub struct Endpoint {
     connect_timeout: Option<Duration>,
     application_name: String,
     options: Option<String>,
+    tls: TlsSettings,
+}
+
+/// The TLS files and switches of one endpoint (paths resolved, files not read yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TlsSettings {
+    /// `sslrootcert`, else `PGSSLROOTCERT`, else `~/.postgresql/root.crt` (None: no home).
+    rootcert: Option<PathBuf>,
+    /// `sslcert`, else `PGSSLCERT`, else `~/.postgresql/postgresql.crt`.
+    cert: Option<PathBuf>,
+    /// `sslkey`, else `PGSSLKEY`, else `~/.postgresql/postgresql.key`.
+    key: Option<PathBuf>,
+    /// `sslsni`, else `PGSSLSNI`, else true.
+    sni: bool,
+}
+
+/// How much of the server certificate one TLS attempt checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verify {
+    /// Encrypt only (any certificate is accepted).
+    Nothing,
+    /// The chain must lead to a CA of the root certificate file.
+    Chain,
+    /// The chain, and the certificate must name the host.
+    Full,
+}
+
+/// One connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// No SSL.
+    Plain,
+    /// SSL if the server offers it (SSLRequest answered 'S'), else no SSL.
+    TlsIfOffered(Verify),
+    /// SSL or fail.
+    Tls(Verify),
+}
+
+impl Attempt {
+    fn uses_tls(self) -> bool {
+        !matches!(self, Attempt::Plain)
+    }
+}
+
+/// What the certificate verification callback saw during one attempt.
+#[derive(Debug, Default, Clone)]
+struct TlsProbe {
+    /// The server sent a certificate: a TLS handshake took place.
+    handshake: bool,
+    /// The first certificate check that failed (only recorded when it is enforced).
+    failure: Option<CertFailure>,
+}
+
+#[derive(Debug, Clone)]
+struct CertFailure {
+    /// OpenSSL's X509_V_ERR_* code.
+    code: i32,
+    /// OpenSSL's text for `code`, e.g. "unable to get local issuer certificate".
+    reason: String,
+    /// Position of the offending certificate in the chain (0: the server's own).
+    depth: u32,
+    /// Its subject, `CN=localhost, O=...`.
+    subject: String,
+    /// Its subjectAltName DNS and IP entries, else its CN (what a host name must match).
+    names: Vec<String>,
+}
+
+// X509_V_ERR_* codes (openssl/x509_vfy.h) we explain.
+const X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT: i32 = 2;
+const X509_V_ERR_CERT_NOT_YET_VALID: i32 = 9;
+const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
+const X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: i32 = 18;
+const X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: i32 = 19;
+const X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: i32 = 20;
+const X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: i32 = 21;
+const X509_V_ERR_HOSTNAME_MISMATCH: i32 = 62;
+const X509_V_ERR_IP_ADDRESS_MISMATCH: i32 = 64;
+
+/// Why one attempt failed.
+enum Failure {
+    /// The TLS client could not be set up (files missing or unreadable); nothing was sent.
+    Setup(ConnError),
+    Connect {
+        error: postgres::Error,
+        probe: TlsProbe,
+    },
 }
 
 /// Errors from resolving or connecting. No message contains a password.
@@ -194,12 +311,13 @@ pub enum ConnError {
     )]
     MultipleHosts { origin: String, value: String },
 
-    #[error(
-        "sslmode={sslmode} was requested for {endpoint}, but this build of replicate has no \
-         TLS support yet; use sslmode=disable, allow or prefer (the connection will not be \
-         encrypted) or tunnel it (e.g. ssh -L)"
-    )]
-    TlsNotSupported { endpoint: String, sslmode: SslMode },
+    #[error("cannot set up SSL for {endpoint} (sslmode={sslmode}): {reason}")]
+    Tls {
+        endpoint: String,
+        sslmode: SslMode,
+        /// What is wrong and how to fix it (file names, never key material).
+        reason: String,
+    },
 
     #[error(
         "cannot determine the operating-system user name (the default user and database \
@@ -325,6 +443,27 @@ impl Endpoint {
 
         let options = ci.options.clone().or_else(|| env("PGOPTIONS"));
 
+        let home = home_dir(&env);
+        let tls_file = |given: &Option<PathBuf>, var: &str, default: &str| {
+            given
+                .clone()
+                .or_else(|| env(var).map(PathBuf::from))
+                .or_else(|| home.as_ref().map(|h| h.join(".postgresql").join(default)))
+        };
+        let sni = match ci.sslsni {
+            Some(b) => b,
+            None => match env("PGSSLSNI") {
+                Some(v) => parse_sslsni(&v, "PGSSLSNI")?,
+                None => true,
+            },
+        };
+        let tls = TlsSettings {
+            rootcert: tls_file(&ci.sslrootcert, "PGSSLROOTCERT", ROOT_CERT_FILE),
+            cert: tls_file(&ci.sslcert, "PGSSLCERT", USER_CERT_FILE),
+            key: tls_file(&ci.sslkey, "PGSSLKEY", USER_KEY_FILE),
+            sni,
+        };
+
         let mut endpoint = Endpoint {
             host,
             port,
@@ -336,15 +475,14 @@ impl Endpoint {
             connect_timeout,
             application_name,
             options,
+            tls,
         };
 
-        // TLS: this is the single place that refuses TLS-only modes. When TLS support
-        // lands, drop this check and pick a connector from `sslmode` in `connect()`.
-        if sslmode.requires_tls() {
-            return Err(ConnError::TlsNotSupported {
-                endpoint: endpoint.describe(),
-                sslmode,
-            });
+        // Where SSL is mandatory, a missing or unreadable certificate file is an error now
+        // rather than at every (re)connection. (allow/prefer fall back to no SSL instead.)
+        if sslmode.requires_tls() && !endpoint.is_unix_socket() {
+            let verify = endpoint.verify_level();
+            endpoint.tls_connector(verify, &Arc::default())?;
         }
 
         let explicit = [
@@ -396,7 +534,11 @@ impl Endpoint {
         Ok(endpoint)
     }
 
-    /// A `postgres::Config` ready for `.connect(NoTls)`.
+    /// The `postgres::Config` of this endpoint. Its `ssl_mode` is the nearest rust-postgres
+    /// mode (disable/allow and unix sockets: disable; prefer: prefer; require and verify-*:
+    /// require), so `.connect(NoTls)` works whenever SSL is not mandatory (prefer then
+    /// connects without SSL). [`Endpoint::connect`] is the full libpq behaviour: certificate
+    /// checks, and the allow/prefer retries.
     pub fn config(&self) -> Config {
         let mut config = Config::new();
         // Config::host treats a leading '/' as a unix-socket directory, like libpq.
@@ -406,9 +548,7 @@ impl Endpoint {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            // TLS: disable/allow/prefer all end up unencrypted while we only have NoTls.
-            // When TLS lands, map prefer/require/verify-* here.
-            .ssl_mode(postgres::config::SslMode::Disable)
+            .ssl_mode(self.nearest_ssl_mode())
             // Server NOTICEs (e.g. "already registered; nothing changed") are meant for the
             // user: show them, as psql does.
             .notice_callback(|notice| {
@@ -429,16 +569,371 @@ impl Endpoint {
         config
     }
 
-    /// Connects without TLS. The error names host/port/db/user and a likely fix.
+    /// Connects as libpq would with this `sslmode` (see the module documentation). The error
+    /// names host/port/db/user, the SSL attempts made, and a likely fix.
     pub fn connect(&self) -> Result<Client, ConnError> {
-        self.config()
-            .connect(NoTls)
-            .map_err(|error| ConnError::Connect {
-                endpoint: self.describe(),
-                detail: error_text(&error),
-                hint: self.connect_hint(&error),
-                error,
+        let (first, fallback) = self.plan();
+        let failure = match self.attempt(first) {
+            Ok(client) => return Ok(client),
+            Err(failure) => failure,
+        };
+        let retry = match (first, fallback) {
+            // prefer: an SSL attempt that failed (before or during the handshake, or was
+            // rejected by the server after it) is retried without SSL.
+            (Attempt::TlsIfOffered(_), Some(next)) => match &failure {
+                Failure::Setup(_) => Some(next),
+                Failure::Connect { error, probe } => (is_tls_error(error)
+                    || (error.as_db_error().is_some() && probe.handshake))
+                    .then_some(next),
+            },
+            // allow: a non-SSL attempt the server rejected is retried with SSL.
+            (Attempt::Plain, Some(next)) => match &failure {
+                Failure::Connect { error, .. } if error.as_db_error().is_some() => Some(next),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut failures = vec![(first, failure)];
+        if let Some(next) = retry {
+            match self.attempt(next) {
+                Ok(client) => return Ok(client),
+                Err(failure) => failures.push((next, failure)),
+            }
+        }
+        Err(self.connect_error(failures))
+    }
+
+    /// The rust-postgres `SslMode` closest to ours (see [`Endpoint::config`]).
+    fn nearest_ssl_mode(&self) -> postgres::config::SslMode {
+        use postgres::config::SslMode as Pg;
+        if self.is_unix_socket() {
+            return Pg::Disable;
+        }
+        match self.sslmode {
+            SslMode::Disable | SslMode::Allow => Pg::Disable,
+            SslMode::Prefer => Pg::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => Pg::Require,
+        }
+    }
+
+    /// What an SSL attempt verifies: verify-ca/verify-full as named; the other modes check
+    /// the chain when the root certificate file exists (libpq).
+    fn verify_level(&self) -> Verify {
+        match self.sslmode {
+            SslMode::VerifyFull => Verify::Full,
+            SslMode::VerifyCa => Verify::Chain,
+            _ if self.tls.rootcert.as_deref().is_some_and(Path::exists) => Verify::Chain,
+            _ => Verify::Nothing,
+        }
+    }
+
+    /// The first attempt and the one that may follow it.
+    fn plan(&self) -> (Attempt, Option<Attempt>) {
+        if self.is_unix_socket() {
+            // libpq never requests SSL over a unix-domain socket, whatever sslmode says.
+            return (Attempt::Plain, None);
+        }
+        let verify = self.verify_level();
+        match self.sslmode {
+            SslMode::Disable => (Attempt::Plain, None),
+            SslMode::Allow => (Attempt::Plain, Some(Attempt::Tls(verify))),
+            SslMode::Prefer => (Attempt::TlsIfOffered(verify), Some(Attempt::Plain)),
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                (Attempt::Tls(verify), None)
+            }
+        }
+    }
+
+    fn attempt(&self, attempt: Attempt) -> Result<Client, Failure> {
+        use postgres::config::SslMode as Pg;
+        let mut config = self.config();
+        let (verify, mode) = match attempt {
+            Attempt::Plain => {
+                config.ssl_mode(Pg::Disable);
+                return config.connect(NoTls).map_err(|error| Failure::Connect {
+                    error,
+                    probe: TlsProbe::default(),
+                });
+            }
+            Attempt::TlsIfOffered(v) => (v, Pg::Prefer),
+            Attempt::Tls(v) => (v, Pg::Require),
+        };
+        let probe = Arc::new(Mutex::new(TlsProbe::default()));
+        let tls = self.tls_connector(verify, &probe).map_err(Failure::Setup)?;
+        config.ssl_mode(mode);
+        config.connect(tls).map_err(|error| Failure::Connect {
+            error,
+            probe: probe.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        })
+    }
+
+    fn tls_error(&self, reason: String) -> ConnError {
+        ConnError::Tls {
+            endpoint: self.describe(),
+            sslmode: self.sslmode,
+            reason,
+        }
+    }
+
+    /// An OpenSSL client for one attempt. Reads the root certificate and client
+    /// certificate files now, so a fixed file is picked up by the next connection.
+    fn tls_connector(
+        &self,
+        verify: Verify,
+        probe: &Arc<Mutex<TlsProbe>>,
+    ) -> Result<MakeTlsConnector, ConnError> {
+        let openssl = |what: String| {
+            move |e: openssl::error::ErrorStack| self.tls_error(format!("{what}: {e}"))
+        };
+        let mut builder = SslConnector::builder(SslMethod::tls_client())
+            .map_err(openssl("cannot initialise OpenSSL".into()))?;
+        builder
+            .set_min_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(openssl("cannot set the minimum TLS version".into()))?;
+        // Trust only the root certificate file, never the system's CA store (libpq 15).
+        let empty = X509StoreBuilder::new().map_err(openssl("cannot initialise OpenSSL".into()))?;
+        builder.set_cert_store(empty.build());
+        if verify != Verify::Nothing {
+            let missing = |which: String| {
+                self.tls_error(format!(
+                    "{which}; sslmode={} checks the server certificate against it: give the CA \
+                     certificate with sslrootcert=FILE (or PGSSLROOTCERT), or use \
+                     sslmode=require to encrypt without checking the certificate",
+                    self.sslmode
+                ))
+            };
+            let root = self.tls.rootcert.as_deref().ok_or_else(|| {
+                missing(
+                    "no root certificate file (no home directory for ~/.postgresql/root.crt)"
+                        .into(),
+                )
+            })?;
+            match fs::metadata(root) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(missing(format!(
+                        "root certificate file \"{}\" does not exist",
+                        root.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(self.tls_error(format!(
+                        "cannot read root certificate file \"{}\": {e}",
+                        root.display()
+                    )))
+                }
+            }
+            builder.set_ca_file(root).map_err(openssl(format!(
+                "cannot load root certificate file \"{}\" (expected PEM certificates)",
+                root.display()
+            )))?;
+        }
+        let enforce = verify != Verify::Nothing;
+        let seen = Arc::clone(probe);
+        builder.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
+            let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.handshake = true;
+            if enforce && !ok && seen.failure.is_none() {
+                seen.failure = Some(CertFailure::from_context(ctx));
+            }
+            ok || !enforce
+        });
+        self.load_client_certificate(&mut builder)?;
+        let mut connector = MakeTlsConnector::new(builder.build());
+        let (check_host, sni) = (verify == Verify::Full, self.tls.sni);
+        connector.set_callback(move |config, _host| {
+            config.set_verify_hostname(check_host);
+            config.set_use_server_name_indication(sni);
+            Ok(())
+        });
+        Ok(connector)
+    }
+
+    /// libpq: the client certificate is used when its file exists; then its key must exist,
+    /// be private (0600, or 0640 when owned by root) and not be encrypted.
+    fn load_client_certificate(
+        &self,
+        builder: &mut openssl::ssl::SslConnectorBuilder,
+    ) -> Result<(), ConnError> {
+        let Some(cert) = self.tls.cert.as_deref() else {
+            return Ok(());
+        };
+        match fs::metadata(cert) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => {
+                return Err(self.tls_error(format!(
+                    "cannot open certificate file \"{}\": {e}",
+                    cert.display()
+                )))
+            }
+        }
+        builder.set_certificate_chain_file(cert).map_err(|e| {
+            self.tls_error(format!(
+                "cannot load certificate file \"{}\" (expected PEM): {e}",
+                cert.display()
+            ))
+        })?;
+        let Some(key) = self.tls.key.as_deref() else {
+            return Err(self.tls_error(format!(
+                "certificate \"{}\" present, but no private key file (sslkey)",
+                cert.display()
+            )));
+        };
+        let meta = fs::metadata(key).map_err(|e| {
+            self.tls_error(format!(
+                "certificate present, but not private key file \"{}\": {e}",
+                key.display()
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(self.tls_error(format!(
+                "private key file \"{}\" is not a regular file",
+                key.display()
+            )));
+        }
+        let euid = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        let mode = meta.mode();
+        if (Some(meta.uid()) == euid && mode & 0o077 != 0) || (meta.uid() == 0 && mode & 0o037 != 0)
+        {
+            return Err(self.tls_error(format!(
+                "private key file \"{}\" has group or world access; file must have \
+                 permissions u=rw (0600) or less if owned by the current user, or permissions \
+                 u=rw,g=r (0640) or less if owned by root",
+                key.display()
+            )));
+        }
+        let pem = fs::read(key).map_err(|e| {
+            self.tls_error(format!(
+                "cannot read private key file \"{}\": {e}",
+                key.display()
+            ))
+        })?;
+        // An empty passphrase: an encrypted key fails here instead of OpenSSL prompting on
+        // the terminal (sslpassword is not supported).
+        let pkey = PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|e| {
+            self.tls_error(format!(
+                "cannot load private key file \"{}\" (expected an unencrypted PEM key; \
+                 sslpassword is not supported): {e}",
+                key.display()
+            ))
+        })?;
+        builder
+            .set_private_key(&pkey)
+            .and_then(|()| builder.check_private_key())
+            .map_err(|e| {
+                self.tls_error(format!(
+                    "private key file \"{}\" does not match certificate \"{}\": {e}",
+                    key.display(),
+                    cert.display()
+                ))
             })
+    }
+
+    /// One `ConnError` for the failed attempts: every attempt's reason in order, the hint
+    /// of the most telling one.
+    fn connect_error(&self, failures: Vec<(Attempt, Failure)>) -> ConnError {
+        let several = failures.len() > 1;
+        let mut details: Vec<String> = Vec::new();
+        let mut primary: Option<(Attempt, postgres::Error, TlsProbe)> = None;
+        let mut setup: Option<ConnError> = None;
+        for (attempt, failure) in failures {
+            let (detail, connect) = match failure {
+                Failure::Setup(e) => {
+                    let text = e.to_string();
+                    setup.get_or_insert(e);
+                    (text, None)
+                }
+                Failure::Connect { error, probe } => (
+                    self.attempt_detail(attempt, &error, &probe),
+                    Some((error, probe)),
+                ),
+            };
+            let detail = if several {
+                let how = if attempt.uses_tls() {
+                    "with SSL"
+                } else {
+                    "without SSL"
+                };
+                format!("{how}: {detail}")
+            } else {
+                detail
+            };
+            details.push(detail);
+            if let Some((error, probe)) = connect {
+                // The SSL attempt says most about what to fix, else the first one.
+                let better = match &primary {
+                    None => true,
+                    Some((a, ..)) => !a.uses_tls() && attempt.uses_tls(),
+                };
+                if better {
+                    primary = Some((attempt, error, probe));
+                }
+            }
+        }
+        let Some((attempt, error, probe)) = primary else {
+            return setup.expect("a failed attempt");
+        };
+        // Both attempts failing for the same reason (e.g. a wrong password): say it once.
+        let reason = |d: &String| d.split_once(": ").map(|(_, r)| r.to_owned());
+        details.dedup_by(|later, earlier| reason(later) == reason(earlier));
+        ConnError::Connect {
+            endpoint: self.describe(),
+            detail: details.join("; then "),
+            hint: self.connect_hint(attempt, &error, &probe),
+            error,
+        }
+    }
+
+    /// The error text of one attempt; certificate failures are put in libpq's words.
+    fn attempt_detail(
+        &self,
+        attempt: Attempt,
+        error: &postgres::Error,
+        probe: &TlsProbe,
+    ) -> String {
+        if let (Some(f), true) = (&probe.failure, is_tls_error(error)) {
+            if f.is_name_mismatch() {
+                let names: Vec<String> = f.names.iter().map(|n| format!("\"{n}\"")).collect();
+                let names = if names.is_empty() {
+                    "(no names)".to_string()
+                } else {
+                    names.join(", ")
+                };
+                return format!(
+                    "SSL error: server certificate for {names} does not match host name \"{}\" \
+                     (sslmode={})",
+                    self.host, self.sslmode
+                );
+            }
+            return format!(
+                "SSL error: certificate verify failed: {} (certificate {}: {}; sslmode={})",
+                f.reason,
+                if f.depth == 0 {
+                    "of the server".to_string()
+                } else {
+                    format!("at depth {} of the chain", f.depth)
+                },
+                f.subject,
+                self.sslmode
+            );
+        }
+        let text = error_text(error);
+        if attempt.uses_tls() && is_tls_error(error) && text.contains("server does not support TLS")
+        {
+            return format!(
+                "server does not support SSL, but SSL was required (sslmode={})",
+                self.sslmode
+            );
+        }
+        text
     }
 
     /// `host=/tmp/x port=5433 dbname=b user=u` (values quoted libpq-style when needed).
@@ -485,9 +980,15 @@ impl Endpoint {
         self.password_source.as_ref()
     }
 
-    /// Always disable/allow/prefer: TLS-only modes are rejected by `resolve`.
+    /// The resolved `sslmode` (ignored over unix-domain sockets, as by libpq).
     pub fn sslmode(&self) -> SslMode {
         self.sslmode
+    }
+
+    /// The root certificate file checked by verify-ca/verify-full (and by the other modes
+    /// when it exists), if a home directory or setting gives one.
+    pub fn sslrootcert(&self) -> Option<&Path> {
+        self.tls.rootcert.as_deref()
     }
 
     /// `None` means wait indefinitely (libpq: unset, 0 or negative).
@@ -504,9 +1005,31 @@ impl Endpoint {
         self.options.as_deref()
     }
 
-    fn connect_hint(&self, error: &postgres::Error) -> String {
+    fn connect_hint(&self, attempt: Attempt, error: &postgres::Error, probe: &TlsProbe) -> String {
+        let message = error.as_db_error().map_or("", |db| db.message());
         let hint = if let Some(code) = error.code() {
-            if *code == SqlState::INVALID_PASSWORD {
+            if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                && message.contains("no pg_hba.conf entry")
+                && message.ends_with("no encryption")
+            {
+                "the server accepts this client only over SSL (hostssl in pg_hba.conf): use \
+                 sslmode=prefer (the default), require, verify-ca or verify-full"
+                    .to_string()
+            } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                && message.contains("no pg_hba.conf entry")
+                && message.ends_with("SSL encryption")
+            {
+                "the server accepts this client only without SSL (hostnossl in pg_hba.conf): \
+                 change pg_hba.conf, or use sslmode=prefer or disable"
+                    .to_string()
+            } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                && message.contains("certificate")
+            {
+                "the server wants a client certificate signed by a CA it trusts (ssl_ca_file) \
+                 whose CN is the user name: give it with sslcert=FILE and sslkey=FILE (or \
+                 PGSSLCERT and PGSSLKEY; default ~/.postgresql/postgresql.crt and .key)"
+                    .to_string()
+            } else if *code == SqlState::INVALID_PASSWORD {
                 match &self.password_source {
                     Some(src) => format!("the password was taken from {src}; correct it there"),
                     None => no_password_hint(),
@@ -528,6 +1051,8 @@ impl Endpoint {
             }
         } else if self.password.is_none() && error_text(error).contains("password missing") {
             no_password_hint()
+        } else if attempt.uses_tls() && is_tls_error(error) {
+            self.tls_hint(error, probe)
         } else {
             match io_error_kind(error) {
                 Some(std::io::ErrorKind::NotFound) if self.is_unix_socket() => format!(
@@ -554,6 +1079,151 @@ impl Endpoint {
         } else {
             format!("\nhint: {hint}")
         }
+    }
+}
+
+impl Endpoint {
+    fn tls_hint(&self, error: &postgres::Error, probe: &TlsProbe) -> String {
+        let root = match &self.tls.rootcert {
+            Some(p) => format!("\"{}\"", p.display()),
+            None => "(none)".to_string(),
+        };
+        match &probe.failure {
+            Some(f) if f.is_name_mismatch() => format!(
+                "sslmode=verify-full checks that the server certificate names the host: connect \
+                 with a host name the certificate lists, or have the certificate reissued with \
+                 \"{}\" in its subjectAltName (sslmode=verify-ca checks the CA but not the name)",
+                self.host
+            ),
+            Some(f) if f.is_untrusted_chain() => format!(
+                "the server certificate is not signed by a CA in the root certificate file \
+                 {root}: set sslrootcert (or PGSSLROOTCERT) to the certificate of the CA that \
+                 issued the server's certificate"
+            ),
+            Some(f) if f.is_out_of_date() => "check the validity dates of the server \
+                 certificate (openssl x509 -noout -dates) and this machine's clock"
+                .to_string(),
+            Some(_) => format!(
+                "the server certificate was checked against the root certificate file {root}"
+            ),
+            None if error_text(error).contains("server does not support TLS") => {
+                "enable SSL on the server (ssl = on, with ssl_cert_file and ssl_key_file in \
+                 postgresql.conf), or use sslmode=prefer or disable"
+                    .to_string()
+            }
+            None => "the SSL handshake failed: check the server's SSL settings (ssl, \
+                 ssl_min_protocol_version, its certificate) and the client certificate, if any"
+                .to_string(),
+        }
+    }
+}
+
+impl CertFailure {
+    fn from_context(ctx: &X509StoreContextRef) -> CertFailure {
+        let cert = ctx.current_cert();
+        CertFailure {
+            code: ctx.error().as_raw(),
+            reason: ctx.error().error_string().to_string(),
+            depth: ctx.error_depth(),
+            subject: cert.map_or_else(|| "(unknown)".to_string(), subject_text),
+            names: cert.map(certificate_names).unwrap_or_default(),
+        }
+    }
+
+    fn is_name_mismatch(&self) -> bool {
+        matches!(
+            self.code,
+            X509_V_ERR_HOSTNAME_MISMATCH | X509_V_ERR_IP_ADDRESS_MISMATCH
+        )
+    }
+
+    fn is_untrusted_chain(&self) -> bool {
+        matches!(
+            self.code,
+            X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+                | X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+                | X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+                | X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+                | X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+        )
+    }
+
+    fn is_out_of_date(&self) -> bool {
+        matches!(
+            self.code,
+            X509_V_ERR_CERT_NOT_YET_VALID | X509_V_ERR_CERT_HAS_EXPIRED
+        )
+    }
+}
+
+/// `CN=localhost, O=Example` (short names; values lossily as UTF-8).
+fn subject_text(cert: &X509Ref) -> String {
+    let parts: Vec<String> = cert
+        .subject_name()
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let value = e.data().to_string().unwrap_or_else(|_| "?".to_string());
+            format!("{key}={value}")
+        })
+        .collect();
+    if parts.is_empty() {
+        "(empty subject)".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The names a host is checked against: subjectAltName DNS and IP entries, else the CN.
+fn certificate_names(cert: &X509Ref) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(sans) = cert.subject_alt_names() {
+        for san in &sans {
+            if let Some(dns) = san.dnsname() {
+                names.push(dns.to_string());
+            } else if let Some(ip) = san.ipaddress() {
+                let ip = match ip.len() {
+                    4 => <[u8; 4]>::try_from(ip)
+                        .ok()
+                        .map(|b| std::net::IpAddr::from(b).to_string()),
+                    16 => <[u8; 16]>::try_from(ip)
+                        .ok()
+                        .map(|b| std::net::IpAddr::from(b).to_string()),
+                    _ => None,
+                };
+                names.extend(ip);
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            cert.subject_name()
+                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                .filter_map(|e| e.data().to_string().ok()),
+        );
+    }
+    names
+}
+
+/// rust-postgres' "error performing TLS handshake" (its error kinds are private).
+fn is_tls_error(error: &postgres::Error) -> bool {
+    error.as_db_error().is_none()
+        && error
+            .to_string()
+            .starts_with("error performing TLS handshake")
+}
+
+/// libpq's sslsni: 0 or 1.
+fn parse_sslsni(value: &str, origin: &str) -> Result<bool, ConnError> {
+    match value.trim() {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        _ => Err(ConnError::InvalidSetting {
+            setting: "sslsni",
+            value: format!("{value:?}"),
+            origin: origin.into(),
+            reason: "expected 0 or 1".into(),
+        }),
     }
 }
 
@@ -817,6 +1487,10 @@ struct Conninfo {
     fallback_application_name: Option<String>,
     options: Option<String>,
     passfile: Option<PathBuf>,
+    sslrootcert: Option<PathBuf>,
+    sslcert: Option<PathBuf>,
+    sslkey: Option<PathBuf>,
+    sslsni: Option<bool>,
 }
 
 /// One `key=value` pair; `span` is the value's byte range in the input (for redaction).
@@ -1076,6 +1750,12 @@ fn parse_conninfo(s: &str) -> Result<Conninfo, ConnError> {
                 })?)
             }
             "passfile" => out.passfile = nonempty(value).map(PathBuf::from),
+            "sslrootcert" => out.sslrootcert = nonempty(value).map(PathBuf::from),
+            "sslcert" => out.sslcert = nonempty(value).map(PathBuf::from),
+            "sslkey" => out.sslkey = nonempty(value).map(PathBuf::from),
+            "sslsni" => {
+                out.sslsni = Some(parse_sslsni(&value, &format!("connection string {shown}"))?)
+            }
             "fallback_application_name" => out.fallback_application_name = nonempty(value),
             // We never attempt GSSAPI encryption, which satisfies disable and prefer.
             "gssencmode" if value == "disable" || value == "prefer" => {}
@@ -1599,20 +2279,346 @@ mod tests {
         assert!(matches!(err, ConnError::MultipleHosts { .. }), "{err}");
     }
 
+    /// A self-signed PEM certificate and its unencrypted PKCS#8 key.
+    fn self_signed(cn: &str) -> (Vec<u8>, Vec<u8>) {
+        use openssl::asn1::Asn1Time;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::x509::{X509Builder, X509NameBuilder};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        (
+            b.build().to_pem().unwrap(),
+            key.private_key_to_pem_pkcs8().unwrap(),
+        )
+    }
+
+    /// A directory under temp_dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let path =
+                std::env::temp_dir().join(format!("rserv-conn-test-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+        fn file(&self, name: &str, contents: &[u8], mode: u32) -> PathBuf {
+            let path = self.0.join(name);
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).unwrap();
+            }
+            fs::write(&path, contents).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            path
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tls_err(specific: &ConnArgs, vars: &[(&str, &str)]) -> String {
+        match resolve_err(specific, vars) {
+            e @ ConnError::Tls { .. } => e.to_string(),
+            other => panic!("expected a TLS setup error, got {other}"),
+        }
+    }
+
     #[test]
-    fn tls_modes_are_refused() {
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let err = resolve_err(
+    fn ssl_file_settings() {
+        let home = TempDir::new("sslhome");
+        let h = home.0.to_str().unwrap();
+        // Defaults: ~/.postgresql/..., SNI on.
+        let e = resolve(&conninfo("host=db"), &ConnArgs::default(), &[("HOME", h)]);
+        let dot = home.0.join(".postgresql");
+        assert_eq!(e.sslrootcert(), Some(dot.join("root.crt").as_path()));
+        assert_eq!(e.tls.cert, Some(dot.join("postgresql.crt")));
+        assert_eq!(e.tls.key, Some(dot.join("postgresql.key")));
+        assert!(e.tls.sni);
+        // Environment beats the defaults, the connection string beats the environment.
+        let env = [
+            ("HOME", h),
+            ("PGSSLROOTCERT", "/env/root.crt"),
+            ("PGSSLCERT", "/env/c.crt"),
+            ("PGSSLKEY", "/env/c.key"),
+            ("PGSSLSNI", "0"),
+        ];
+        let e = resolve(&conninfo("host=db"), &ConnArgs::default(), &env);
+        assert_eq!(e.sslrootcert(), Some(Path::new("/env/root.crt")));
+        assert_eq!(e.tls.cert.as_deref(), Some(Path::new("/env/c.crt")));
+        assert_eq!(e.tls.key.as_deref(), Some(Path::new("/env/c.key")));
+        assert!(!e.tls.sni);
+        let e = resolve(
+            &conninfo(
+                "host=db sslrootcert=/ci/root.crt sslcert=/ci/c.crt sslkey=/ci/c.key sslsni=1",
+            ),
+            &ConnArgs::default(),
+            &env,
+        );
+        assert_eq!(e.sslrootcert(), Some(Path::new("/ci/root.crt")));
+        assert_eq!(e.tls.cert.as_deref(), Some(Path::new("/ci/c.crt")));
+        assert_eq!(e.tls.key.as_deref(), Some(Path::new("/ci/c.key")));
+        assert!(e.tls.sni);
+        let e = resolve(
+            &conninfo("postgresql://db/app?sslrootcert=%2Fu%2Froot.crt&sslmode=prefer"),
+            &ConnArgs::default(),
+            &[],
+        );
+        assert_eq!(e.sslrootcert(), Some(Path::new("/u/root.crt")));
+        for bad in ["host=db sslsni=yes", "host=db sslsni=2"] {
+            let msg = resolve_err(&conninfo(bad), &[]).to_string();
+            assert!(msg.contains("sslsni"), "{msg}");
+        }
+        let msg = resolve_err(&ConnArgs::default(), &[("PGSSLSNI", "on")]).to_string();
+        assert!(msg.contains("PGSSLSNI"), "{msg}");
+        // Keywords we do not implement are refused, not ignored.
+        for unsupported in [
+            "sslcrl=/x",
+            "sslpassword=x",
+            "ssl_min_protocol_version=TLSv1.3",
+        ] {
+            let err = resolve_err(&conninfo(&format!("host=db {unsupported}")), &[]);
+            assert!(matches!(err, ConnError::UnsupportedOption { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn attempts_follow_libpq() {
+        let dir = TempDir::new("plan");
+        let (ca, _) = self_signed("plan CA");
+        let root = dir.file("root.crt", &ca, 0o644);
+        let root = root.to_str().unwrap();
+        let plan = |ci: &str, vars: &[(&str, &str)]| {
+            resolve(&conninfo(ci), &ConnArgs::default(), vars).plan()
+        };
+        use Attempt::*;
+        use Verify::*;
+        assert_eq!(plan("host=db sslmode=disable", &[]), (Plain, None));
+        assert_eq!(
+            plan("host=db sslmode=allow", &[]),
+            (Plain, Some(Tls(Nothing)))
+        );
+        assert_eq!(plan("host=db", &[]), (TlsIfOffered(Nothing), Some(Plain)));
+        assert_eq!(plan("host=db sslmode=require", &[]), (Tls(Nothing), None));
+        // A root certificate file that exists makes every mode check the chain...
+        let with_root = format!("host=db sslrootcert={root}");
+        assert_eq!(
+            plan(&format!("{with_root} sslmode=require"), &[]),
+            (Tls(Chain), None)
+        );
+        assert_eq!(
+            plan(&format!("{with_root} sslmode=prefer"), &[]),
+            (TlsIfOffered(Chain), Some(Plain))
+        );
+        assert_eq!(
+            plan("host=db sslmode=require", &[("PGSSLROOTCERT", root)]),
+            (Tls(Chain), None)
+        );
+        // ... found in ~/.postgresql/root.crt too ...
+        let home = TempDir::new("planhome");
+        home.file(".postgresql/root.crt", &ca, 0o644);
+        assert_eq!(
+            plan(
+                "host=db sslmode=require",
+                &[("HOME", home.0.to_str().unwrap())]
+            ),
+            (Tls(Chain), None)
+        );
+        // ... and a named file that does not exist is no root certificate for require.
+        assert_eq!(
+            plan(
+                "host=db sslmode=require sslrootcert=/nonexistent/r.crt",
+                &[]
+            ),
+            (Tls(Nothing), None)
+        );
+        assert_eq!(
+            plan(&format!("{with_root} sslmode=verify-ca"), &[]),
+            (Tls(Chain), None)
+        );
+        assert_eq!(
+            plan(&format!("{with_root} sslmode=verify-full"), &[]),
+            (Tls(Full), None)
+        );
+        // Unix-domain sockets never use SSL, whatever sslmode says (libpq).
+        for mode in ["require", "verify-ca", "verify-full", "prefer", "allow"] {
+            let e = resolve(
+                &conninfo(&format!("host=/tmp sslmode={mode}")),
+                &ConnArgs::default(),
+                &[],
+            );
+            assert_eq!(e.plan(), (Plain, None), "{mode}");
+            assert_eq!(
+                e.config().get_ssl_mode(),
+                postgres::config::SslMode::Disable
+            );
+        }
+        use postgres::config::SslMode as Pg;
+        for (mode, nearest) in [
+            ("disable", Pg::Disable),
+            ("allow", Pg::Disable),
+            ("prefer", Pg::Prefer),
+            ("require", Pg::Require),
+            ("verify-full", Pg::Require),
+        ] {
+            let e = resolve(
+                &conninfo(&format!("host=db sslmode={mode} sslrootcert={root}")),
+                &ConnArgs::default(),
+                &[],
+            );
+            assert_eq!(e.sslmode().as_str(), mode);
+            assert_eq!(e.config().get_ssl_mode(), nearest, "{mode}");
+        }
+    }
+
+    #[test]
+    fn verify_modes_need_a_root_certificate() {
+        for mode in ["verify-ca", "verify-full"] {
+            let msg = tls_err(
                 &conninfo(&format!("host=h sslmode={mode} password=pw1")),
                 &[],
             );
-            assert!(matches!(err, ConnError::TlsNotSupported { .. }), "{err}");
-            let msg = err.to_string();
-            assert!(msg.contains("TLS") && msg.contains(mode), "{msg}");
+            assert!(
+                msg.contains(&format!("sslmode={mode}"))
+                    && msg.contains("/nonexistent/rserv-conn-test-home/.postgresql/root.crt")
+                    && msg.contains("does not exist")
+                    && msg.contains("sslrootcert=FILE"),
+                "{msg}"
+            );
             assert!(msg.contains("host=h port=5432"), "{msg}");
             assert!(!msg.contains("pw1"), "{msg}");
-            let err = resolve_err(&ConnArgs::default(), &[("PGSSLMODE", mode)]);
-            assert!(matches!(err, ConnError::TlsNotSupported { .. }), "{err}");
+            let msg = tls_err(
+                &ConnArgs::default(),
+                &[
+                    ("PGHOST", "h"),
+                    ("PGSSLMODE", mode),
+                    ("PGSSLROOTCERT", "/nonexistent/ca.pem"),
+                ],
+            );
+            assert!(
+                msg.contains("\"/nonexistent/ca.pem\" does not exist"),
+                "{msg}"
+            );
+            // Over a unix socket sslmode is ignored, so nothing is required.
+            resolve(
+                &conninfo(&format!("host=/tmp sslmode={mode}")),
+                &ConnArgs::default(),
+                &[],
+            );
+        }
+        // require and prefer need no root certificate.
+        resolve(
+            &conninfo("host=h sslmode=require"),
+            &ConnArgs::default(),
+            &[],
+        );
+        resolve(
+            &conninfo("host=h sslmode=prefer"),
+            &ConnArgs::default(),
+            &[],
+        );
+
+        // A root certificate file that is not PEM: an error for the modes that need SSL.
+        let dir = TempDir::new("badroot");
+        let junk = dir.file("junk.crt", b"not a certificate\n", 0o644);
+        let msg = tls_err(
+            &conninfo(&format!(
+                "host=h sslmode=verify-full sslrootcert={}",
+                junk.display()
+            )),
+            &[],
+        );
+        assert!(msg.contains("cannot load root certificate file"), "{msg}");
+        let (ca, _) = self_signed("good CA");
+        let good = dir.file("good.crt", &ca, 0o644);
+        let e = resolve(
+            &conninfo(&format!(
+                "host=h sslmode=verify-full sslrootcert={}",
+                good.display()
+            )),
+            &ConnArgs::default(),
+            &[],
+        );
+        assert_eq!(e.sslrootcert(), Some(good.as_path()));
+    }
+
+    #[test]
+    fn client_certificate_files() {
+        let dir = TempDir::new("client");
+        let (cert, key) = self_signed("rserv");
+        let crt = dir.file("c.crt", &cert, 0o644);
+        let good_key = dir.file("c.key", &key, 0o600);
+        let with = |key: &Path| {
+            conninfo(&format!(
+                "host=h sslmode=require sslcert={} sslkey={}",
+                crt.display(),
+                key.display()
+            ))
+        };
+        resolve(&with(&good_key), &ConnArgs::default(), &[]);
+        // No certificate file: no client certificate, the key is not looked at.
+        resolve(
+            &conninfo("host=h sslmode=require sslcert=/nonexistent/c.crt sslkey=/nonexistent/k"),
+            &ConnArgs::default(),
+            &[],
+        );
+        let msg = tls_err(&with(Path::new("/nonexistent/c.key")), &[]);
+        assert!(msg.contains("not private key file"), "{msg}");
+        let loose = dir.file("loose.key", &key, 0o644);
+        let msg = tls_err(&with(&loose), &[]);
+        assert!(msg.contains("group or world access"), "{msg}");
+        let msg = tls_err(&with(&dir.0), &[]);
+        assert!(msg.contains("not a regular file"), "{msg}");
+        let (_, other) = self_signed("other");
+        let mismatched = dir.file("other.key", &other, 0o600);
+        let msg = tls_err(&with(&mismatched), &[]);
+        assert!(msg.contains("does not match certificate"), "{msg}");
+        // An encrypted key is refused (no terminal prompt).
+        let pkey = PKey::private_key_from_pem(&key).unwrap();
+        let encrypted = pkey
+            .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_128_cbc(), b"pass")
+            .unwrap();
+        let enc = dir.file("enc.key", &encrypted, 0o600);
+        let msg = tls_err(&with(&enc), &[]);
+        assert!(msg.contains("sslpassword is not supported"), "{msg}");
+        assert!(!msg.contains("BEGIN"), "no key material in messages: {msg}");
+    }
+
+    #[test]
+    fn tls_connect_errors_name_the_endpoint() {
+        // Nothing listens on port 1: an I/O error, not an SSL one, whatever the mode.
+        for mode in ["require", "prefer", "allow"] {
+            let e = resolve(
+                &conninfo(&format!(
+                    "host=127.0.0.1 port=1 user=u dbname=d password=hunter2 sslmode={mode}"
+                )),
+                &ConnArgs::default(),
+                &[],
+            );
+            let err = match e.connect() {
+                Ok(_) => panic!("connected to port 1"),
+                Err(err) => err,
+            };
+            let text = format!("{err} {err:?}");
+            assert!(text.contains("host=127.0.0.1 port=1"), "{text}");
+            assert!(text.contains("hint: is the server running"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
         }
     }
 

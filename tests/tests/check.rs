@@ -17,7 +17,11 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 
 fn keys(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().map(|k| k[0].as_str().unwrap_or_default().to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|k| k[0].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -47,13 +51,30 @@ fn finds_and_repairs_exactly_the_differing_rows() {
          UPDATE u SET w = -1 WHERE a = 'k5';",
     );
     let out = p.replicate(&["check", DB, DB, "--json"]);
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = json(&out);
-    let t = r["tables"].as_array().unwrap().iter().find(|x| x["table"] == "public.t").unwrap().clone();
+    let t = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["table"] == "public.t")
+        .unwrap()
+        .clone();
     assert_eq!(keys(&t["different"]), vec!["77"]);
     assert_eq!(keys(&t["missing_on_slave"]), vec!["15000"]);
     assert_eq!(keys(&t["extra_on_slave"]), vec!["99999"]);
-    let u = r["tables"].as_array().unwrap().iter().find(|x| x["table"] == "public.u").unwrap().clone();
+    let u = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["table"] == "public.u")
+        .unwrap()
+        .clone();
     assert_eq!(u["different"], serde_json::json!([["k5", "2024-01-06"]]));
 
     let out = p.replicate(&["check", DB, DB, "--repair", "--json"]);
