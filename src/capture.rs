@@ -28,7 +28,7 @@ const NOTIFY_CHANNEL: &str = "rserv";
 /// A backend notifies at most this often: every notifying commit takes PostgreSQL's global
 /// notify-queue lock until it is durable, which would serialize busy writers' commits. The
 /// daemon keeps cycling while there is work, so a skipped wake-up costs no latency under load.
-const NOTIFY_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const NOTIFY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// `NOTIFY rserv` from a writing transaction: delivered at commit (never for a rolled-back
 /// one), it wakes `replicate run` at once instead of at its next polling interval.
@@ -79,9 +79,69 @@ struct Config {
     all_dropped: bool,
 }
 
+/// The table's qualified name, computed only when a message needs it (not per row).
+struct TableName<'a> {
+    trigger: &'a PgTrigger<'a>,
+    name: std::cell::OnceCell<String>,
+}
+
+impl<'a> TableName<'a> {
+    fn new(trigger: &'a PgTrigger<'a>) -> Self {
+        TableName {
+            trigger,
+            name: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> &str {
+        self.name.get_or_init(|| {
+            qualified(
+                &self.trigger.table_schema().unwrap_or_default(),
+                &self.trigger.table_name().unwrap_or_default(),
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for TableName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+thread_local! {
+    /// (trigger function, its extension's _rserv_log_): the log to append to, looked up once
+    /// per backend. A new extension brings a new function OID, so this never goes stale.
+    static LOG_REL: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+}
+
+unsafe fn log_relation(tgfoid: pg_sys::Oid) -> pg_sys::Oid {
+    let (f, log) = LOG_REL.with(|c| c.get());
+    if f == tgfoid && log != pg_sys::InvalidOid {
+        return log;
+    }
+    // The log lives in the schema of the trigger function: the extension's schema.
+    let nsp = pg_sys::get_func_namespace(tgfoid);
+    let log = pg_sys::get_relname_relid(c"_rserv_log_".as_ptr(), nsp);
+    if log == pg_sys::InvalidOid {
+        fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            "_rserv_log_: the rserv catalog table _rserv_log_ is missing",
+            "reinstall the extension: DROP EXTENSION rserv; CREATE EXTENSION rserv",
+        );
+    }
+    LOG_REL.with(|c| c.set((tgfoid, log)));
+    log
+}
+
 /// Resolve the trigger's column names to attribute numbers of the table as it is now, so a
 /// dropped or renamed key column is reported instead of logging garbage.
-unsafe fn parse_config(trigger: &PgTrigger, tupdesc: pg_sys::TupleDesc, table: &str) -> Config {
+unsafe fn parse_config(
+    trigger: &PgTrigger,
+    tupdesc: pg_sys::TupleDesc,
+    table: &TableName,
+) -> Config {
     let args = match trigger.extra_args() {
         Ok(a) => a,
         Err(e) => fail(
@@ -97,7 +157,7 @@ unsafe fn parse_config(trigger: &PgTrigger, tupdesc: pg_sys::TupleDesc, table: &
             format!("_rserv_log_: trigger on table {table} has invalid arguments"),
             format!(
                 "re-register the table: {}",
-                call_hint("rserv_add_table", table, "")
+                call_hint("rserv_add_table", table.get(), "")
             ),
         ),
     };
@@ -118,7 +178,7 @@ unsafe fn parse_config(trigger: &PgTrigger, tupdesc: pg_sys::TupleDesc, table: &
                 ),
                 format!(
                     "{}, then register the table again with its new key",
-                    call_hint("rserv_remove_table", table, "")
+                    call_hint("rserv_remove_table", table.get(), "")
                 ),
             ),
         })
@@ -141,7 +201,7 @@ unsafe fn key_text(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
     keys: &[i32],
-    table: &str,
+    table: &TableName,
 ) -> Vec<String> {
     let _canonical = CanonicalOutput::enter();
     keys.iter()
@@ -223,21 +283,12 @@ unsafe fn column_unchanged(
 /// `key` None records a TRUNCATE of the whole table.
 unsafe fn append_log(
     trigger: &PgTrigger,
-    table: &str,
+    table: &TableName,
     reloid: pg_sys::Oid,
     deleted: bool,
     key: Option<&[String]>,
 ) {
-    // The log lives in the schema of the trigger function: the extension's schema.
-    let nsp = pg_sys::get_func_namespace(trigger.trigger().tgfoid);
-    let log_oid = pg_sys::get_relname_relid(c"_rserv_log_".as_ptr(), nsp);
-    if log_oid == pg_sys::InvalidOid {
-        fail(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            "_rserv_log_: the rserv catalog table _rserv_log_ is missing",
-            "reinstall the extension: DROP EXTENSION rserv; CREATE EXTENSION rserv",
-        );
-    }
+    let log_oid = log_relation(trigger.trigger().tgfoid);
     let xid = pg_sys::GetTopFullTransactionId().value as i64;
     let key_datum = match key {
         None => pg_sys::Datum::from(0usize),
@@ -303,10 +354,7 @@ fn _rserv_log_<'a>(
     unsafe {
         let rel = td.tg_relation;
         let reloid = (*rel).rd_id;
-        let table = qualified(
-            &trigger.table_schema().unwrap_or_default(),
-            &trigger.table_name().unwrap_or_default(),
-        );
+        let table = TableName::new(trigger);
         if event & pg_sys::TRIGGER_EVENT_BEFORE != 0 {
             fail(
                 PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,

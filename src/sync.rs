@@ -205,18 +205,44 @@ fn rserv_prepare(
         None => (None, Vec::new()),
     };
 
+    // Large change sets hash and sort millions of identities: keep that in memory.
+    set_local("work_mem", "64MB");
+    let window = "($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[]))";
+    // An idle poll (the daemon's) should cost one index-free scan of a small log, nothing more.
+    let anything = first::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}._rserv_log_ AS l \
+             WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) AND {window})"
+        ),
+        &[
+            prev_xmax.into(),
+            prev_active.clone().into(),
+            subscribed.clone().into(),
+            to_copy.clone().into(),
+        ],
+        "looking for pending changes",
+    )
+    .unwrap_or(false);
+    if !anything && to_copy.is_empty() {
+        return TableIterator::new(Vec::new());
+    }
     drop_temp_table("_rserv_pending_");
-    Spi::run("CREATE TEMP TABLE _rserv_pending_ (reloid oid NOT NULL, key text[]) ON COMMIT DROP")
-        .or_fail("creating _rserv_pending_");
+    Spi::run(
+        "CREATE TEMP TABLE _rserv_pending_ (reloid oid NOT NULL, key text[], deleted bool NOT NULL) \
+         ON COMMIT DROP",
+    )
+    .or_fail("creating _rserv_pending_");
     // the caller's COPY queries read it
     grant_to_caller("SELECT", "pg_temp._rserv_pending_");
     // Tables being copied need no log: the copy carries their state at this snapshot.
+    // `deleted`: some transaction in the window deleted (or moved away) this identity; only
+    // those can be missing from the table now (TRUNCATE has its own section).
     let pending = Spi::get_one_with_args::<i64>(
         &format!(
             "WITH ins AS (INSERT INTO pg_temp._rserv_pending_ \
-               SELECT DISTINCT l.reloid, l.key FROM {s}._rserv_log_ AS l \
-               WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) \
-                 AND ($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[])) \
+               SELECT l.reloid, l.key, bool_or(l.deleted) FROM {s}._rserv_log_ AS l \
+               WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) AND {window} \
+               GROUP BY l.reloid, l.key \
                RETURNING 1) SELECT count(*) FROM ins"
         ),
         &[
@@ -254,7 +280,8 @@ fn rserv_prepare(
         let tab = client.select(
             &format!(
                 "SELECT t.reloid, t.key::text[], \
-                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]) \
+                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]), \
+                        coalesce(bool_or(p.deleted AND p.key IS NOT NULL), false) \
                  FROM {s}._rserv_tables_ t LEFT JOIN pg_temp._rserv_pending_ p ON p.reloid = t.reloid \
                  WHERE t.reloid = ANY ($1::oid[]) OR p.reloid IS NOT NULL \
                  GROUP BY t.reloid, t.key ORDER BY t.reloid"
@@ -269,6 +296,7 @@ fn rserv_prepare(
                 r.get::<Vec<String>>(2)?.unwrap_or_default(),
                 r.get::<bool>(3)?.unwrap_or(false),
                 r.get::<bool>(4)?.unwrap_or(false),
+                r.get::<bool>(5)?.unwrap_or(false),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -276,8 +304,8 @@ fn rserv_prepare(
     .or_fail("listing changed tables");
 
     let mut sections = Vec::new();
-    for (reloid, key, truncated, copy) in tables {
-        sections.extend(table_sections(reloid, key, truncated, copy));
+    for (reloid, key, truncated, copy, deletes) in tables {
+        sections.extend(table_sections(reloid, key, truncated, copy, deletes));
     }
     sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
     TableIterator::new(sections.into_iter().map(move |x| {
@@ -358,6 +386,7 @@ fn table_sections(
     key: Vec<String>,
     truncated: bool,
     copy: bool,
+    deletes: bool,
 ) -> Vec<Section> {
     let info = table_info(reloid);
     let table = qualified(&info.schema, &info.name);
@@ -439,13 +468,13 @@ fn table_sections(
     }
     if truncated {
         out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
-    } else {
+    } else if deletes {
         out.push(mk(
             "DELETE",
             key.clone(),
             key_types,
             Some(format!(
-                "SELECT {aliased} FROM {pending} AND NOT EXISTS \
+                "SELECT {aliased} FROM {pending} AND k.deleted AND NOT EXISTS \
                  (SELECT 1 FROM ONLY {table} AS t WHERE {matches})"
             )),
         ));
@@ -516,6 +545,7 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
 /// Mark one row identity of a replicated table as changed, so the next change set carries its
 /// current state (or its deletion) to every slave: what `replicate check --repair` uses to fix
 /// only the rows that differ. `key` is the identity as text, one element per key column.
+/// Logged as "possibly deleted": the row may exist only on the slave.
 #[pg_extern(volatile, security_definer)]
 fn rserv_touch(tbl: crate::common::RegClass, key: Vec<String>) {
     let _definer = definer();
@@ -547,7 +577,7 @@ fn rserv_touch(tbl: crate::common::RegClass, key: Vec<String>) {
     Spi::run_with_args(
         &format!(
             "INSERT INTO {s}._rserv_log_ (reloid, logid, deleted, key) \
-             VALUES ($1, pg_catalog.pg_current_xact_id()::text::int8, false, $2)"
+             VALUES ($1, pg_catalog.pg_current_xact_id()::text::int8, true, $2)"
         ),
         &[reloid.into(), key.into()],
     )

@@ -174,8 +174,10 @@ SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_versio
 SELECT rserv_apply_stage('TRUNCATE', 'public', 't', '{}', ARRAY['id']) IS NULL AS no_copy;
 SELECT rserv_apply_merge('TRUNCATE', 'public', 't', '{}', ARRAY['id']);
 SELECT count(*) FROM t;
+-- after a TRUNCATE section the rows are COPYed straight into the emptied table (the caller
+-- may insert there); merge has nothing left to do and says so with -1
 SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
-INSERT INTO pg_temp._rserv_stage_ VALUES (5, 'five', 5);
+INSERT INTO public.t (id, v, n) VALUES (5, 'five', 5);
 SELECT rserv_apply_merge('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
 COMMIT;
 SELECT * FROM t ORDER BY id;

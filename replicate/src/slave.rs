@@ -157,6 +157,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
             &meta.columns,
             &meta.key,
         ];
+        let mut loaded = 0i64;
         // Older snapshots carry no types: skip the check rather than refuse them.
         let types: Option<&Vec<String>> = (!meta.types.is_empty()).then_some(&meta.types);
         let stage_args: [&(dyn postgres::types::ToSql + Sync); 6] =
@@ -176,13 +177,14 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
             // A damaged snapshot must not be hidden behind the COPY error it causes.
             copied?;
             w.flush().io_ctx(format!("slave: loading {table}"))?;
-            w.finish().ctx(format!("slave: loading {table}"))?;
+            loaded = w.finish().ctx(format!("slave: loading {table}"))? as i64;
         }
         let n: i64 = tx
             .query_one(&merge, &args)
             .ctx(format!("slave: applying changes to {table}"))?
             .get(0);
-        changed += n;
+        // -1: the rows went straight into the table; COPY counted them
+        changed += if n < 0 { loaded } else { n };
     }
     tx.commit()
         .ctx(format!("slave: committing change set {syncid}"))?;
