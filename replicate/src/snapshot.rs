@@ -384,8 +384,11 @@ impl<R: BufRead> SnapshotReader<R> {
                 break;
             }
             rows += 1;
-            out.write_all(&self.line)
-                .map_err(|e| bad(format!("passing line {} to the slave: {e}", self.line_no)))?;
+            // A failed write is the slave's problem (e.g. its connection died), not the file's.
+            out.write_all(&self.line).map_err(|source| Error::Io {
+                context: format!("slave: loading line {} of the snapshot", self.line_no),
+                source,
+            })?;
         }
         self.stats.rows += rows;
         if !self.read_line()? {

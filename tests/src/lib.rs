@@ -17,6 +17,7 @@
 //!   panics (default 300).
 
 pub mod pair;
+pub mod proxy;
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

@@ -1,0 +1,273 @@
+//! A small TCP proxy for fault tests: listens on 127.0.0.1, forwards every connection to a
+//! target port, and can cut every live connection on demand or once a given number of bytes
+//! has gone through in one direction (so a cut lands "in the middle of a change set" by
+//! volume, not by timing).
+//!
+//! Plain `std::net` with two threads per connection. A cut shuts both sockets of every live
+//! connection down (FIN to the client and to the server): the client sees the connection
+//! closed, the server backend sees its client gone and rolls back. A cut can also be armed to
+//! fire just before given bytes (e.g. a COMMIT's acknowledgement) would be forwarded.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Which way bytes flow through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// client → server (e.g. COPY data sent to a slave)
+    Up,
+    /// server → client (e.g. COPY data read from a master)
+    Down,
+}
+
+/// A cut waiting for its moment.
+enum Arm {
+    /// after this many more bytes in this direction
+    Bytes(Dir, u64),
+    /// just before these bytes would go through in this direction
+    Pattern(Dir, Vec<u8>),
+}
+
+struct Conn {
+    id: u64,
+    client: TcpStream,
+    server: TcpStream,
+}
+
+struct Shared {
+    target: SocketAddr,
+    conns: Mutex<Vec<Conn>>,
+    next_id: AtomicU64,
+    stop: AtomicBool,
+    /// Armed cut, checked by the forwarding threads.
+    armed: Mutex<Option<Arm>>,
+    /// Bytes forwarded so far, per direction.
+    up: AtomicU64,
+    down: AtomicU64,
+    /// Connections cut so far (by `cut` or an armed cut).
+    cut_conns: AtomicU64,
+    /// Armed cuts that fired.
+    fired: AtomicU64,
+    accepted: AtomicU64,
+}
+
+impl Shared {
+    fn cut_all(&self) -> usize {
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap());
+        for c in &conns {
+            let _ = c.client.shutdown(Shutdown::Both);
+            let _ = c.server.shutdown(Shutdown::Both);
+        }
+        self.cut_conns
+            .fetch_add(conns.len() as u64, Ordering::Relaxed);
+        conns.len()
+    }
+
+    fn forget(&self, id: u64) {
+        self.conns.lock().unwrap().retain(|c| c.id != id);
+    }
+
+    /// How much of `data`, about to go `dir`, may pass; `Some(k)` means: pass the first k
+    /// bytes, then cut everything.
+    fn budget(&self, dir: Dir, data: &[u8]) -> Option<usize> {
+        let mut armed = self.armed.lock().unwrap();
+        let n = data.len() as u64;
+        let k = match &mut *armed {
+            Some(Arm::Bytes(d, left)) if *d == dir => {
+                if n < *left {
+                    *left -= n;
+                    return None;
+                }
+                *left as usize
+            }
+            Some(Arm::Pattern(d, pat)) if *d == dir => {
+                data.windows(pat.len()).position(|w| w == pat.as_slice())?
+            }
+            _ => return None,
+        };
+        *armed = None;
+        Some(k)
+    }
+}
+
+/// A running proxy; stops accepting and cuts every connection when dropped.
+pub struct Proxy {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Listen on an ephemeral port of 127.0.0.1 and forward to 127.0.0.1:`target_port`.
+    pub fn start(target_port: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy: bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("proxy: local addr").port();
+        let shared = Arc::new(Shared {
+            target: SocketAddr::from(([127, 0, 0, 1], target_port)),
+            conns: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            armed: Mutex::new(None),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            cut_conns: AtomicU64::new(0),
+            fired: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+        });
+        let sh = shared.clone();
+        let acceptor = std::thread::spawn(move || accept_loop(listener, sh));
+        Proxy {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// The port to connect to (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cut every live connection now; returns how many were cut.
+    pub fn cut(&self) -> usize {
+        self.shared.cut_all()
+    }
+
+    /// Cut every live connection as soon as `bytes` more bytes have been forwarded in `dir`
+    /// (counted from now, over all connections). Replaces a previous arming.
+    pub fn cut_after(&self, dir: Dir, bytes: u64) {
+        *self.shared.armed.lock().unwrap() = Some(Arm::Bytes(dir, bytes.max(1)));
+    }
+
+    /// Cut every live connection just before `pattern` would be forwarded in `dir` (what
+    /// precedes it in the same read goes through). E.g. the server's CommandComplete for
+    /// COMMIT: the transaction is committed but the client never learns it. A pattern split
+    /// across two reads is not seen. Replaces a previous arming.
+    pub fn cut_on(&self, dir: Dir, pattern: &[u8]) {
+        assert!(!pattern.is_empty());
+        *self.shared.armed.lock().unwrap() = Some(Arm::Pattern(dir, pattern.to_vec()));
+    }
+
+    /// Forget an armed cut that has not fired.
+    pub fn disarm(&self) {
+        *self.shared.armed.lock().unwrap() = None;
+    }
+
+    /// Whether a cut is armed and has not fired yet.
+    pub fn armed(&self) -> bool {
+        self.shared.armed.lock().unwrap().is_some()
+    }
+
+    /// How many armed cuts have fired so far.
+    pub fn fired(&self) -> u64 {
+        self.shared.fired.load(Ordering::Relaxed)
+    }
+
+    /// Connections currently open through the proxy.
+    pub fn live(&self) -> usize {
+        self.shared.conns.lock().unwrap().len()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections cut so far.
+    pub fn cut_count(&self) -> u64 {
+        self.shared.cut_conns.load(Ordering::Relaxed)
+    }
+
+    /// Bytes forwarded so far in `dir`.
+    pub fn bytes(&self, dir: Dir) -> u64 {
+        match dir {
+            Dir::Up => self.shared.up.load(Ordering::Relaxed),
+            Dir::Down => self.shared.down.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // wake the acceptor
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+        self.shared.cut_all();
+    }
+}
+
+fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
+    for incoming in listener.incoming() {
+        if sh.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Ok(client) = incoming else { continue };
+        let Ok(server) = TcpStream::connect(sh.target) else {
+            // target down (e.g. a stopped cluster): the client sees the connection closed
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+        let clones = (
+            client.try_clone(),
+            server.try_clone(),
+            client.try_clone(),
+            server.try_clone(),
+        );
+        let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = clones else {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+            continue;
+        };
+        sh.conns.lock().unwrap().push(Conn {
+            id,
+            client: c3,
+            server: s3,
+        });
+        sh.accepted.fetch_add(1, Ordering::Relaxed);
+        let up = sh.clone();
+        std::thread::spawn(move || forward(client, s2, Dir::Up, id, up));
+        let down = sh.clone();
+        std::thread::spawn(move || forward(server, c2, Dir::Down, id, down));
+    }
+}
+
+fn forward(mut from: TcpStream, mut to: TcpStream, dir: Dir, id: u64, sh: Arc<Shared>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let counter = match dir {
+        Dir::Up => &sh.up,
+        Dir::Down => &sh.down,
+    };
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match sh.budget(dir, &buf[..n]) {
+            None => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Some(k) => {
+                let _ = to.write_all(&buf[..k]);
+                counter.fetch_add(k as u64, Ordering::Relaxed);
+                sh.fired.fetch_add(1, Ordering::Relaxed);
+                sh.cut_all();
+                break;
+            }
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+    sh.forget(id);
+}
