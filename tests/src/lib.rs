@@ -16,6 +16,7 @@
 //! * `RSERV_REPLICATE_TIMEOUT` — seconds after which [`run_replicate`] kills `replicate` and
 //!   panics (default 300).
 
+pub mod daemon;
 pub mod pair;
 pub mod proxy;
 

@@ -10,6 +10,25 @@ use std::process::Output;
 
 pub const DB: &str = "app";
 
+/// Start clusters in parallel, each with database `app` and the extension.
+pub fn start_clusters(names: &[&str]) -> Vec<Cluster> {
+    let clusters = std::thread::scope(|sc| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| sc.spawn(move || Cluster::start(n)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("cluster start"))
+            .collect::<Vec<_>>()
+    });
+    for c in &clusters {
+        c.create_db(DB);
+        c.execute(DB, "CREATE EXTENSION rserv");
+    }
+    clusters
+}
+
 pub struct Pair {
     pub master: Cluster,
     pub slave: Cluster,

@@ -1,109 +1,18 @@
 //! `replicate run`: follows the master, survives restarts, stops cleanly, reports its lag.
 //! Waits are generous timeouts that end as soon as the condition holds; nothing asserts speed.
 
-use rserv_tests::pair::assert_ok;
-use rserv_tests::{replicate_command, run_replicate, Cluster};
+use rserv_tests::daemon::{eventually, Daemon};
+use rserv_tests::pair::{assert_ok, start_clusters};
+use rserv_tests::{run_replicate, Cluster};
 use std::io::{Read, Write};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DB: &str = "app";
 
-fn start(names: &[&str]) -> Vec<Cluster> {
-    let clusters = std::thread::scope(|sc| {
-        let hs: Vec<_> = names
-            .iter()
-            .map(|n| sc.spawn(move || Cluster::start(n)))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("cluster"))
-            .collect::<Vec<_>>()
-    });
-    for c in &clusters {
-        c.create_db(DB);
-        c.execute(DB, "CREATE EXTENSION rserv");
-    }
-    clusters
-}
-
 fn conninfo(c: &Cluster) -> String {
     c.conninfo(DB)
-}
-
-/// A running `replicate run`, killed if the test ends without stopping it.
-struct Daemon(Option<Child>, std::path::PathBuf);
-
-impl Daemon {
-    fn start(args: &[String]) -> Daemon {
-        let log = std::env::temp_dir().join(format!(
-            "rserv-daemon-{}-{}.log",
-            std::process::id(),
-            rand_suffix()
-        ));
-        let file = std::fs::File::create(&log).expect("daemon log");
-        let child = replicate_command()
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start replicate run");
-        Daemon(Some(child), log)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let mut child = self.0.take().expect("running");
-        let pid = child.id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = child.try_wait().expect("wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < until,
-                "replicate run did not stop after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.1);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// Poll `cond` until it holds; panic with `what` after `secs`.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The value of a query, or None while the server is unreachable.
@@ -144,7 +53,7 @@ fn http_get(addr: &str) -> String {
 
 #[test]
 fn follows_the_master_and_reports_lag() {
-    let c = start(&["d-m", "d-s"]);
+    let c = start_clusters(&["d-m", "d-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(DB, "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT rserv_add_table('t'); INSERT INTO t VALUES (1, 'a');");
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -205,7 +114,7 @@ fn follows_the_master_and_reports_lag() {
 /// Master and slave restarted (immediate shutdown) while the daemon runs under a write load.
 #[test]
 fn survives_master_and_slave_restarts() {
-    let c = start(&["r-m", "r-s"]);
+    let c = start_clusters(&["r-m", "r-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(
         DB,
@@ -277,7 +186,7 @@ fn survives_master_and_slave_restarts() {
 /// the change set or none of it), and the next run completes it.
 #[test]
 fn sigterm_during_a_large_apply() {
-    let c = start(&["t-m", "t-s"]);
+    let c = start_clusters(&["t-m", "t-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(
         DB,
@@ -318,7 +227,7 @@ fn sigterm_during_a_large_apply() {
 /// A dead slave does not block a live one; the daemon keeps retrying it.
 #[test]
 fn a_dead_slave_does_not_block_a_live_one() {
-    let c = start(&["x-m", "x-s"]);
+    let c = start_clusters(&["x-m", "x-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(
         DB,
@@ -366,7 +275,7 @@ fn a_dead_slave_does_not_block_a_live_one() {
 /// Under a sustained write load the log stays small: clean-up and vacuum keep pace.
 #[test]
 fn the_log_stays_bounded() {
-    let c = start(&["b-m", "b-s"]);
+    let c = start_clusters(&["b-m", "b-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(
         DB,

@@ -15,6 +15,7 @@
 //! printed). Waits are generous timeouts that end as soon as the condition holds; nothing
 //! asserts speed.
 
+use rserv_tests::daemon::{eventually, Daemon};
 use rserv_tests::pair::{assert_ok, Pair, DB};
 use rserv_tests::proxy::{Dir, Proxy};
 use rserv_tests::{replicate_command, run_replicate, Cluster};
@@ -947,70 +948,6 @@ fn connection_cut_mid_transfer() {
 const DAEMON_BULK: i64 = 30_000;
 const DAEMON_CUTS: usize = 8;
 
-/// A running `replicate run`, killed if the test ends without stopping it.
-struct Daemon(Option<Child>, std::path::PathBuf);
-
-impl Daemon {
-    fn start(args: &[String]) -> Daemon {
-        let log = std::env::temp_dir().join(format!(
-            "rserv-faults-daemon-{}-{}.log",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let file = std::fs::File::create(&log).expect("daemon log");
-        let child = replicate_command()
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start replicate run");
-        Daemon(Some(child), log)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn stop(mut self) -> ExitStatus {
-        let mut child = self.0.take().expect("running");
-        let pid = child.id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = child.try_wait().expect("wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < until,
-                "replicate run did not stop after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- replicate run log ---\n{}\n--- end ---", self.log());
-        }
-        let _ = std::fs::remove_file(&self.1);
-    }
-}
-
-/// Polls the slave's state while the daemon works, checking the invariants on every state.
 struct Observer {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -1085,18 +1022,6 @@ impl Observer {
 impl Drop for Observer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Poll `cond` until it holds; panic with `what` after `secs`.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            Instant::now() < until,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -2,30 +2,12 @@
 
 use replicate::cycle::{self, CycleOptions, Endpoints, Outcome};
 use replicate::rserv::Rserv;
-use rserv_tests::pair::{assert_fails, assert_ok};
+use rserv_tests::pair::{assert_fails, assert_ok, start_clusters};
 use rserv_tests::{run_replicate, Cluster};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const DB: &str = "app";
-
-fn start(names: &[&str]) -> Vec<Cluster> {
-    let clusters = std::thread::scope(|sc| {
-        let handles: Vec<_> = names
-            .iter()
-            .map(|n| sc.spawn(move || Cluster::start(n)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("cluster start"))
-            .collect::<Vec<_>>()
-    });
-    for c in &clusters {
-        c.create_db(DB);
-        c.execute(DB, "CREATE EXTENSION rserv");
-    }
-    clusters
-}
 
 /// One cycle from `m` to slave `s` known to `m` as `server`, in process.
 fn cycle(m: &Cluster, s: &Cluster, server: i32, create_tables: bool) -> Outcome {
@@ -112,7 +94,7 @@ fn money_writers(m: &Cluster, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHa
 /// --create-tables builds the table, the first change set copies it.
 #[test]
 fn two_slaves_in_random_interleavings() {
-    let c = start(&["ms-m", "ms-s1", "ms-s2"]);
+    let c = start_clusters(&["ms-m", "ms-s1", "ms-s2"]);
     let (m, s1, s2) = (&c[0], &c[1], &c[2]);
     m.execute(
         DB,
@@ -159,7 +141,7 @@ fn two_slaves_in_random_interleavings() {
 /// A → B → C: B applies A's change sets and captures them for C.
 #[test]
 fn cascade() {
-    let c = start(&["cas-a", "cas-b", "cas-c"]);
+    let c = start_clusters(&["cas-a", "cas-b", "cas-c"]);
     let (a, b, cc) = (&c[0], &c[1], &c[2]);
     a.execute(
         DB,
@@ -197,7 +179,7 @@ fn cascade() {
 /// duplicate, no lost concurrent update.
 #[test]
 fn initial_copy_under_concurrent_updates() {
-    let c = start(&["copy-m", "copy-s"]);
+    let c = start_clusters(&["copy-m", "copy-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(
         DB,
@@ -239,7 +221,7 @@ fn initial_copy_under_concurrent_updates() {
 /// A copy killed midway leaves the slave as it was; the next run copies again and ends equal.
 #[test]
 fn killed_copy_then_rerun() {
-    let c = start(&["kill-m", "kill-s"]);
+    let c = start_clusters(&["kill-m", "kill-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(
         DB,
@@ -276,7 +258,7 @@ fn killed_copy_then_rerun() {
 /// Adding a table while another replicates: the new one is copied, the other keeps flowing.
 #[test]
 fn table_added_while_another_replicates() {
-    let c = start(&["add-m", "add-s"]);
+    let c = start_clusters(&["add-m", "add-s"]);
     let (m, s) = (&c[0], &c[1]);
     m.execute(
         DB,
@@ -305,7 +287,7 @@ fn table_added_while_another_replicates() {
 /// Log clean-up never removes what a lagging slave still needs; dropping it releases the log.
 #[test]
 fn clean_log_waits_for_the_lagging_slave() {
-    let c = start(&["lag-m", "lag-s1", "lag-s2"]);
+    let c = start_clusters(&["lag-m", "lag-s1", "lag-s2"]);
     let (m, s1, s2) = (&c[0], &c[1], &c[2]);
     m.execute(
         DB,
@@ -345,7 +327,7 @@ fn clean_log_waits_for_the_lagging_slave() {
 /// Two slave databases can not share a server id (the original's silent-loss bug).
 #[test]
 fn a_server_id_belongs_to_one_slave() {
-    let c = start(&["id-m", "id-s1", "id-s2"]);
+    let c = start_clusters(&["id-m", "id-s1", "id-s2"]);
     let (m, s1, s2) = (&c[0], &c[1], &c[2]);
     m.execute(DB, "CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t'); INSERT INTO t VALUES (1);");
     assert_ok(
