@@ -25,6 +25,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "extension #[pg_test]s"
 pgdata=/tmp/rserv-pgtest-$$
+trap 'rm -f "$log"; rm -rf "$pgdata"' EXIT
 run cargo pgrx test pg15 -p rserv --runas postgres --pgdata "$pgdata"
 
 step "install the extension (replaces the pg_test build)"
