@@ -108,6 +108,26 @@ fn rows_of(
         .collect())
 }
 
+/// Rows (key, hash) of every table in its suspect buckets; nothing for a table without any.
+fn suspect_rows(
+    c: &mut impl GenericClient,
+    tables: &[Table],
+    suspects: &[Vec<i32>],
+    side: &str,
+) -> Result<Vec<Rows>, Error> {
+    tables
+        .iter()
+        .zip(suspects)
+        .map(|(t, b)| {
+            if b.is_empty() {
+                Ok(Rows::new())
+            } else {
+                rows_of(c, t, b, side)
+            }
+        })
+        .collect()
+}
+
 #[derive(Serialize, Debug, Default, Clone)]
 pub struct TableReport {
     pub table: String,
@@ -303,32 +323,8 @@ pub fn check(ep: &mut Endpoints, opts: &CycleOptions, repair: bool) -> Result<Re
         let (_, mr, sr) = at_one_point(
             ep,
             opts,
-            |tx| {
-                tables
-                    .iter()
-                    .zip(&suspects)
-                    .map(|(t, b)| {
-                        if b.is_empty() {
-                            Ok(Rows::new())
-                        } else {
-                            rows_of(tx, t, b, "master")
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            },
-            |tx| {
-                tables
-                    .iter()
-                    .zip(&suspects)
-                    .map(|(t, b)| {
-                        if b.is_empty() {
-                            Ok(Rows::new())
-                        } else {
-                            rows_of(tx, t, b, "slave")
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            },
+            |tx| suspect_rows(tx, &tables, &suspects, "master"),
+            |tx| suspect_rows(tx, &tables, &suspects, "slave"),
         )?;
         for (i, r) in report.tables.iter_mut().enumerate() {
             for (k, h) in &mr[i] {
