@@ -11,6 +11,7 @@ use postgres::Client;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default)]
 pub struct CycleOptions {
@@ -71,24 +72,57 @@ pub fn sync_back(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Option<i64>,
     Ok(id)
 }
 
+/// What `replicate run` keeps between the cycles of one pair of connections, so that a small
+/// cycle costs few round trips.
+#[derive(Default)]
+pub struct Session {
+    /// The slave's node id and table list, and when they were read.
+    target: Option<(master::Target, Instant)>,
+    /// This session confirmed the slave's last change set itself: no need to ask the slave.
+    in_step: bool,
+}
+
+/// How long a session trusts the slave's table list: a table registered on the slave meanwhile
+/// starts arriving at most this much later.
+const TARGET_TTL: Duration = Duration::from_secs(2);
+
 /// Who the change set is for: this slave database and the tables it receives.
-fn target(ep: &mut Endpoints, opts: &CycleOptions) -> Result<master::Target, Error> {
+fn target(
+    ep: &mut Endpoints,
+    opts: &CycleOptions,
+    session: &mut Session,
+) -> Result<master::Target, Error> {
     if opts.create_tables {
         let wanted = master::tables(ep.master, ep.master_rs)?;
         for name in slave::create_missing(ep.slave, ep.slave_rs, &wanted)? {
             eprintln!("created and registered table {name} on the slave");
         }
+    } else if let Some((t, at)) = &session.target {
+        if at.elapsed() < TARGET_TTL && t.server == opts.server {
+            return Ok(t.clone());
+        }
     }
-    Ok(master::Target {
+    let t = master::Target {
         server: opts.server,
         slave_node: Some(slave::node_id(ep.slave, ep.slave_rs)?),
         tables: Some(slave::tables(ep.slave, ep.slave_rs)?),
         verbose: opts.verbose,
-    })
+    };
+    session.target = Some((t.clone(), Instant::now()));
+    Ok(t)
 }
 
 pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
     run_with(ep, opts, &mut |_| Ok(()))
+}
+
+/// [`run`], for a caller that keeps its connections and `session` across cycles.
+pub fn run_in(
+    ep: &mut Endpoints,
+    opts: &CycleOptions,
+    session: &mut Session,
+) -> Result<Outcome, Error> {
+    run_inner(ep, opts, session, &mut |_| Ok(()))
 }
 
 /// [`run`], with `at_snapshot` run on the master at the change set's snapshot (see
@@ -98,8 +132,21 @@ pub fn run_with(
     opts: &CycleOptions,
     at_snapshot: master::SnapshotHook<'_>,
 ) -> Result<Outcome, Error> {
-    let target = target(ep, opts)?;
-    sync_back(ep, opts)?;
+    run_inner(ep, opts, &mut Session::default(), at_snapshot)
+}
+
+fn run_inner(
+    ep: &mut Endpoints,
+    opts: &CycleOptions,
+    session: &mut Session,
+    at_snapshot: master::SnapshotHook<'_>,
+) -> Result<Outcome, Error> {
+    let target = target(ep, opts, session)?;
+    if !session.in_step {
+        sync_back(ep, opts)?;
+    }
+    // Until this cycle has confirmed its own change set, the next one asks the slave again.
+    session.in_step = false;
     say(opts, ">>>>>>>>>>>>> Prepare Snapshot");
     let outcome = match &opts.snapshot {
         Some(path) => via_file(ep, opts, &target, path, at_snapshot)?,
@@ -122,6 +169,7 @@ pub fn run_with(
         );
         if master::confirm(ep.master, ep.master_rs, opts.server, syncid)? {
             say(opts, "Succeeded");
+            session.in_step = true;
         }
         if opts.clean_log {
             let n = master::clean_log(ep.master, ep.master_rs)?;
@@ -132,6 +180,7 @@ pub fn run_with(
         }
     } else if outcome == Outcome::InSync {
         say(opts, "DBases are sync-ed");
+        session.in_step = true;
     }
     Ok(outcome)
 }

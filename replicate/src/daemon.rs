@@ -10,6 +10,7 @@
 use crate::conn::{ConnArgs, Endpoint};
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
 use crate::error::{DbContext, Error};
+use crate::master;
 use crate::metrics::{serve as serve_metrics, SlaveMetrics};
 use crate::rserv::Rserv;
 use postgres::fallible_iterator::FallibleIterator;
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// A connection as written in the configuration file.
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -298,12 +299,17 @@ fn follow(
         .ctx("master: LISTEN rserv")?;
     m.set_connected(true);
     info!(slave = %w.name, "connected");
+    // Log clean-up is this loop's job, not each cycle's: at most once a second while busy,
+    // and whenever the slave has caught up.
     let mut opts = CycleOptions {
         server: w.server,
-        clean_log,
+        clean_log: false,
         create_tables: w.create_tables,
         ..CycleOptions::default()
     };
+    let mut session = cycle::Session::default();
+    let mut last_clean = Instant::now();
+    let mut unclean = false;
     let mut last_create = Instant::now();
     // VACUUM needs the log's owner (or a superuser); without that, autovacuum does the job.
     let log_table = master_rs.func("_rserv_log_");
@@ -327,7 +333,7 @@ fn follow(
                 slave: &mut slave,
                 slave_rs: &slave_rs,
             };
-            cycle::run(&mut ep, &opts)?
+            cycle::run_in(&mut ep, &opts, &mut session)?
         };
         // New tables on the master are looked for at connect time and then twice a minute.
         opts.create_tables = w.create_tables && last_create.elapsed() >= Duration::from_secs(30);
@@ -342,7 +348,7 @@ fn follow(
                 changed,
             } => {
                 m.applied(stats.rows, stats.bytes);
-                cleaned_since_vacuum |= clean_log;
+                unclean |= clean_log;
                 info!(slave = %w.name, syncid, rows = stats.rows, bytes = stats.bytes, changed,
                       ms = started.elapsed().as_millis() as u64, "change set applied");
                 true
@@ -356,6 +362,13 @@ fn follow(
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
             refresh_status(&mut master, &master_rs, w, m)?;
+        }
+        if unclean && (!busy || last_clean.elapsed() >= Duration::from_secs(1)) {
+            let n = master::clean_log(&mut master, &master_rs)?;
+            debug!(slave = %w.name, rows = n, "log cleaned");
+            last_clean = Instant::now();
+            unclean = false;
+            cleaned_since_vacuum |= n > 0;
         }
         // Deleted log rows are dead tuples: vacuum the log now and then so it stays small.
         if can_vacuum && cleaned_since_vacuum && last_vacuum.elapsed() >= Duration::from_secs(5) {
