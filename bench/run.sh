@@ -519,9 +519,9 @@ explain_prepare() {   # db: EXPLAIN ANALYZE of rserv_prepare's queries on the cu
 SET client_min_messages = warning;
 \timing on
 BEGIN ISOLATION LEVEL REPEATABLE READ;
--- what the prepare's collect step does (_rserv_pending_), with the last confirmed snapshot
+-- what the prepare's collect step reads into _rserv_pending_, with the last confirmed snapshot
 EXPLAIN (ANALYZE, BUFFERS)
-SELECT DISTINCT l.reloid, l.key FROM _rserv_log_ AS l JOIN _rserv_tables_ AS t ON t.reloid = l.reloid,
+SELECT l.reloid, l.key FROM _rserv_log_ AS l JOIN _rserv_tables_ AS t ON t.reloid = l.reloid,
   LATERAL (SELECT maxid, active FROM _rserv_sync_ WHERE server = 0 AND status > 0 ORDER BY syncid DESC LIMIT 1) c
 WHERE l.logid >= c.maxid OR l.logid = ANY (c.active);
 CREATE TEMP TABLE bench_sections AS SELECT * FROM rserv_prepare(0);

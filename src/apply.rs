@@ -2,9 +2,11 @@
 //!
 //! `replicate` calls, in one slave transaction: `rserv_apply_begin()` (locks, checks the sync
 //! id and the master, records the new sync id), then per section `rserv_apply_stage()` (checks
-//! the table and returns the COPY command that loads the section's rows into a staging table),
-//! the COPY itself, and `rserv_apply_merge()` (set-based DELETE + INSERT into the real table),
-//! then COMMIT. Any error anywhere rolls the whole change set back.
+//! the table and returns the COPY command that loads the section's rows: a DELETE section's
+//! keys into a staging table, an INSERT section's rows straight into the table), the COPY
+//! itself, and `rserv_apply_merge()` (the set-based DELETE; an INSERT from a staging table when
+//! the caller may not write the table itself), then COMMIT. Any error anywhere rolls the whole
+//! change set back.
 
 use crate::common::{
     call_hint, definer, drop_temp_table, ext_schema, ext_version, fail, first, grant_to_caller,
@@ -158,11 +160,45 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
     true
 }
 
+#[derive(Clone)]
 struct Target {
     reloid: pg_sys::Oid,
     table: String,
     key: Vec<String>,
     columns: Vec<String>,
+}
+
+/// A section's table as resolved in the current apply transaction, so that its stage and
+/// merge calls (and the DELETE and INSERT sections of one table) check the catalogs once.
+struct Resolved {
+    schema: String,
+    name: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+    /// the master's column types were checked too
+    typed: bool,
+    target: Target,
+    key_stage: Option<String>,
+    may_insert: Option<bool>,
+}
+
+thread_local! {
+    static RESOLVED: std::cell::RefCell<(u64, Vec<Resolved>)> =
+        const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// Run `f` on this transaction's cache entry for `t`, if there is one.
+fn with_resolved<R>(t: &Target, f: impl FnOnce(&mut Resolved) -> R) -> Option<R> {
+    let x = current_xact();
+    RESOLVED.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.0 != x {
+            return None;
+        }
+        r.1.iter_mut()
+            .find(|e| e.target.reloid == t.reloid && e.target.columns == t.columns)
+            .map(f)
+    })
 }
 
 thread_local! {
@@ -230,6 +266,52 @@ fn check_type(table: &str, column: &str, master_type: &str, slave: &crate::commo
 }
 
 fn resolve_target(
+    schema: &str,
+    name: &str,
+    columns: &[String],
+    key: &[String],
+    types: Option<&[String]>,
+) -> Target {
+    let x = current_xact();
+    let cached = RESOLVED.with(|r| {
+        let r = r.borrow();
+        if r.0 != x {
+            return None;
+        }
+        r.1.iter()
+            .find(|e| {
+                e.schema == schema
+                    && e.name == name
+                    && e.columns == columns
+                    && e.key == key
+                    && (e.typed || types.is_none())
+            })
+            .map(|e| e.target.clone())
+    });
+    if let Some(t) = cached {
+        return t;
+    }
+    let t = resolve_uncached(schema, name, columns, key, types);
+    RESOLVED.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.0 != x {
+            *r = (x, Vec::new());
+        }
+        r.1.push(Resolved {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            columns: columns.to_vec(),
+            key: key.to_vec(),
+            typed: types.is_some(),
+            target: t.clone(),
+            key_stage: None,
+            may_insert: None,
+        });
+    });
+    t
+}
+
+fn resolve_uncached(
     schema: &str,
     name: &str,
     columns: &[String],
@@ -308,18 +390,88 @@ fn temp_table_exists(name: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// COPY straight into a slave table runs as the calling role: only when it may insert there.
-fn caller_may_insert(reloid: pg_sys::Oid) -> bool {
-    first::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')",
-        &[crate::common::outer_user().into(), reloid.into()],
+/// COPY straight into a slave table runs as the calling role: only when it may insert there
+/// (and no row-level security policy stands in the way: COPY FROM refuses those tables).
+fn caller_may_insert(t: &Target) -> bool {
+    if let Some(Some(known)) = with_resolved(t, |e| e.may_insert) {
+        return known;
+    }
+    let may = first::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, c.oid, 'INSERT') AND NOT c.relrowsecurity \
+         FROM pg_catalog.pg_class c WHERE c.oid = $2",
+        &[crate::common::outer_user().into(), t.reloid.into()],
         "checking the caller's privileges",
     )
-    .unwrap_or(false)
+    .unwrap_or(false);
+    with_resolved(t, |e| e.may_insert = Some(may));
+    may
+}
+
+/// The staging table for a DELETE section's keys. It lives as long as the session and is
+/// emptied at every commit (ON COMMIT DELETE ROWS): creating and dropping a table in every
+/// cycle would cost more catalog writes than a small change set has rows. Its name pins what
+/// its definition depends on (the key columns' names and types, the calling role), so a
+/// changed key or another caller gets a table of its own.
+fn key_stage(t: &Target) -> String {
+    if let Some(Some(known)) = with_resolved(t, |e| e.key_stage.clone()) {
+        return known;
+    }
+    let signature = first::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format('%s %s', a.attname, \
+                pg_catalog.format_type(a.atttypid, a.atttypmod)), ',' ORDER BY a.attname) \
+         FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = $1 AND a.attname::text = ANY ($2) AND NOT a.attisdropped",
+        &[t.reloid.into(), t.key.clone().into()],
+        "reading the key columns",
+    )
+    .unwrap_or_default();
+    // FNV-1a: stable across backends and builds, unlike std's hasher
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{signature}/{}", crate::common::outer_user().to_u32()).bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let name = format!("_rserv_keys_{}_{hash:016x}", t.reloid.to_u32());
+    if !temp_table_exists(&name) {
+        Spi::run(&format!(
+            "CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM ONLY {} WITH NO DATA",
+            quote_ident(&name),
+            ident_list(&t.key),
+            t.table
+        ))
+        .or_fail("creating the key staging table");
+        grant_to_caller("INSERT", &format!("pg_temp.{}", quote_ident(&name)));
+    }
+    let stage = format!("pg_temp.{}", quote_ident(&name));
+    with_resolved(t, |e| e.key_stage = Some(stage.clone()));
+    stage
+}
+
+/// The per-transaction staging table for whole rows (UPDATE sections, and INSERT sections
+/// the caller may not COPY straight into the table).
+fn row_stage(t: &Target) -> String {
+    drop_temp_table("_rserv_stage_");
+    Spi::run(&format!(
+        "CREATE TEMP TABLE _rserv_stage_ ON COMMIT DROP AS SELECT {} FROM ONLY {} WITH NO DATA",
+        ident_list(&t.columns),
+        t.table
+    ))
+    .or_fail("creating the staging table");
+    grant_to_caller("INSERT", "pg_temp._rserv_stage_");
+    format!(
+        "COPY pg_temp._rserv_stage_ ({}) FROM STDIN",
+        ident_list(&t.columns)
+    )
+}
+
+fn direct_copy(t: &Target) -> String {
+    drop_temp_table("_rserv_stage_");
+    format!("COPY {} ({}) FROM STDIN", t.table, ident_list(&t.columns))
 }
 
 /// Prepare one section of the change set. TRUNCATE is carried out at once and returns NULL;
-/// DELETE and UPDATE create the staging table and return the COPY command that fills it.
+/// the others return the COPY command that loads the section's rows: into a staging table
+/// (DELETE: the keys; UPDATE: whole rows), or for INSERT straight into the table when the
+/// caller may write there.
 #[pg_extern(volatile, security_definer)]
 fn rserv_apply_stage(
     section: &str,
@@ -346,41 +498,81 @@ fn rserv_apply_stage(
             mark_emptied(t.reloid);
             None
         }
-        "UPDATE" if emptied(t.reloid) && caller_may_insert(t.reloid) => {
-            drop_temp_table("_rserv_stage_");
+        "DELETE" => {
+            if t.columns != t.key {
+                fail(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!(
+                        "rserv: the DELETE section of table {} must carry exactly its key columns ({})",
+                        t.table,
+                        t.key.join(", ")
+                    ),
+                    "the change set is damaged: prepare it again on the master",
+                );
+            }
             Some(format!(
                 "COPY {} ({}) FROM STDIN",
-                t.table,
+                key_stage(&t),
                 ident_list(&t.columns)
             ))
         }
-        "DELETE" | "UPDATE" => {
-            drop_temp_table("_rserv_stage_");
-            Spi::run(&format!(
-                "CREATE TEMP TABLE _rserv_stage_ ON COMMIT DROP AS SELECT {} FROM ONLY {} WITH NO DATA",
-                ident_list(&t.columns),
-                t.table
-            ))
-            .or_fail("creating the staging table");
-            grant_to_caller("INSERT", "pg_temp._rserv_stage_");
-            Some(format!(
-                "COPY pg_temp._rserv_stage_ ({}) FROM STDIN",
-                ident_list(&t.columns)
-            ))
-        }
+        "INSERT" if caller_may_insert(&t) => Some(direct_copy(&t)),
+        "UPDATE" if emptied(t.reloid) && caller_may_insert(&t) => Some(direct_copy(&t)),
+        "INSERT" | "UPDATE" => Some(row_stage(&t)),
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
-            "sections are TRUNCATE, DELETE and UPDATE",
+            "sections are TRUNCATE, DELETE, INSERT and UPDATE",
         ),
     }
 }
 
-/// Merge the staged section into its table: rows whose identity is staged are deleted, then
-/// (UPDATE) the staged rows are inserted. Deleting every changed identity before inserting
-/// means unique constraints never see a transient duplicate, whatever order the master
-/// changed rows in. Returns the number of rows the section wrote (UPDATE) or removed
-/// (DELETE).
+fn analyze_if_big(stage: &str, bytes: i64) {
+    // A large staging table deserves statistics before it is joined with the real one.
+    let big = first::<bool>(
+        "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
+        &[stage.into(), bytes.into()],
+        "sizing the staging table",
+    )
+    .unwrap_or(false);
+    if big {
+        Spi::run(&format!("ANALYZE {stage}")).or_fail("analyzing the staging table");
+    }
+}
+
+fn delete_staged(t: &Target, stage: &str) -> i64 {
+    let matches: Vec<String> = t
+        .key
+        .iter()
+        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
+        .collect();
+    Spi::get_one::<i64>(&format!(
+        "WITH d AS (DELETE FROM ONLY {} AS t USING {stage} AS s WHERE {} RETURNING 1) \
+         SELECT count(*) FROM d",
+        t.table,
+        matches.join(" AND ")
+    ))
+    .or_fail("deleting changed rows")
+    .unwrap_or(0)
+}
+
+fn insert_staged(t: &Target) -> i64 {
+    Spi::get_one::<i64>(&format!(
+        "WITH i AS (INSERT INTO {0} ({1}) OVERRIDING SYSTEM VALUE \
+         SELECT {1} FROM pg_temp._rserv_stage_ RETURNING 1) SELECT count(*) FROM i",
+        t.table,
+        ident_list(&t.columns)
+    ))
+    .or_fail("inserting changed rows")
+    .unwrap_or(0)
+}
+
+/// Merge the staged section into its table. DELETE: rows whose identity is staged are
+/// deleted (the master sends every changed identity there first, so INSERT sections never
+/// meet a transient duplicate, whatever order the master changed rows in). INSERT: staged
+/// rows are inserted. UPDATE: both, from one staging table. Returns the number of rows
+/// written (INSERT, UPDATE) or removed (DELETE); -1 when the rows were COPYed straight into
+/// the table (the caller counted them).
 #[pg_extern(volatile, security_definer)]
 fn rserv_apply_merge(
     section: &str,
@@ -394,49 +586,20 @@ fn rserv_apply_merge(
     if section == "TRUNCATE" {
         return 0;
     }
+    if section != "DELETE" && !temp_table_exists("_rserv_stage_") {
+        return -1;
+    }
     let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
-    if section == "UPDATE" && emptied(t.reloid) && !temp_table_exists("_rserv_stage_") {
-        return -1; // COPYed straight into the emptied table: the caller counted the rows
+    if section == "DELETE" {
+        let stage = key_stage(&t);
+        analyze_if_big(&stage, 1024 * 1024);
+        return delete_staged(&t, &stage);
     }
-    // A large staging table deserves statistics before it is joined with the real one.
-    let big = first::<bool>(
-        "SELECT pg_catalog.pg_relation_size('pg_temp._rserv_stage_') > 8 * 1024 * 1024",
-        &[],
-        "sizing the staging table",
-    )
-    .unwrap_or(false);
-    if big {
-        Spi::run("ANALYZE pg_temp._rserv_stage_").or_fail("analyzing the staging table");
-    }
-    let matches: Vec<String> = t
-        .key
-        .iter()
-        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
-        .collect();
-    let deleted = Spi::get_one::<i64>(&format!(
-        "WITH d AS (DELETE FROM ONLY {} AS t USING pg_temp._rserv_stage_ AS s WHERE {} RETURNING 1) \
-         SELECT count(*) FROM d",
-        t.table,
-        matches.join(" AND ")
-    ))
-    .or_fail("deleting changed rows")
-    .unwrap_or(0);
-    let inserted = if section == "UPDATE" {
-        Spi::get_one::<i64>(&format!(
-            "WITH i AS (INSERT INTO {0} ({1}) OVERRIDING SYSTEM VALUE \
-             SELECT {1} FROM pg_temp._rserv_stage_ RETURNING 1) SELECT count(*) FROM i",
-            t.table,
-            ident_list(&t.columns)
-        ))
-        .or_fail("inserting changed rows")
-        .unwrap_or(0)
-    } else {
-        0
-    };
-    Spi::run("DROP TABLE pg_temp._rserv_stage_").or_fail("dropping the staging table");
+    analyze_if_big("pg_temp._rserv_stage_", 8 * 1024 * 1024);
     if section == "UPDATE" {
-        inserted
-    } else {
-        deleted
+        delete_staged(&t, "pg_temp._rserv_stage_");
     }
+    let inserted = insert_staged(&t);
+    Spi::run("DROP TABLE pg_temp._rserv_stage_").or_fail("dropping the staging table");
+    inserted
 }

@@ -8,9 +8,9 @@
 //! in the confirmed snapshot's in-progress list).
 
 use crate::common::{
-    call_hint, definer, drop_temp_table, ext_schema, ext_version, fail, first, grant_to_caller,
-    qualified, quote_ident, require_replicator, set_canonical_settings_local, set_local,
-    table_columns, table_info, SpiOrFail,
+    call_hint, definer, ext_schema, ext_version, fail, first, grant_to_caller, qualified,
+    quote_ident, require_replicator, set_canonical_settings_local, set_local, table_columns,
+    table_info, SpiOrFail,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -83,8 +83,9 @@ struct Section {
 /// `schemas`/`tables` name the tables the slave receives (NULL: every registered table); a
 /// table the slave does not receive is left out, and a table it receives for the first time
 /// goes out whole (TRUNCATE + every row, at this snapshot): the initial copy is an ordinary,
-/// atomic change set. Sections per table come in the order TRUNCATE, DELETE (identities whose
-/// row is gone: key columns only), UPDATE (current rows); `estimated_rows` is set for copies.
+/// atomic change set. Sections per table come in the order TRUNCATE (or, without one, DELETE:
+/// the key columns of every changed identity), INSERT (the current rows of those identities
+/// that still exist); `estimated_rows` is set for copies.
 #[pg_extern(volatile, security_definer)]
 #[allow(clippy::type_complexity)]
 fn rserv_prepare(
@@ -226,23 +227,15 @@ fn rserv_prepare(
     if !anything && to_copy.is_empty() {
         return TableIterator::new(Vec::new());
     }
-    drop_temp_table("_rserv_pending_");
-    Spi::run(
-        "CREATE TEMP TABLE _rserv_pending_ (reloid oid NOT NULL, key text[], deleted bool NOT NULL) \
-         ON COMMIT DROP",
-    )
-    .or_fail("creating _rserv_pending_");
-    // the caller's COPY queries read it
-    grant_to_caller("SELECT", "pg_temp._rserv_pending_");
+    pending_table();
     // Tables being copied need no log: the copy carries their state at this snapshot.
-    // `deleted`: some transaction in the window deleted (or moved away) this identity; only
-    // those can be missing from the table now (TRUNCATE has its own section).
+    // No DISTINCT here: sorting a million text[] keys costs seconds, while the DELETE
+    // section's DISTINCT and the INSERT section's IN (...) hash the typed keys cheaply.
     let pending = Spi::get_one_with_args::<i64>(
         &format!(
             "WITH ins AS (INSERT INTO pg_temp._rserv_pending_ \
-               SELECT l.reloid, l.key, bool_or(l.deleted) FROM {s}._rserv_log_ AS l \
+               SELECT l.reloid, l.key FROM {s}._rserv_log_ AS l \
                WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) AND {window} \
-               GROUP BY l.reloid, l.key \
                RETURNING 1) SELECT count(*) FROM ins"
         ),
         &[
@@ -280,8 +273,7 @@ fn rserv_prepare(
         let tab = client.select(
             &format!(
                 "SELECT t.reloid, t.key::text[], \
-                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]), \
-                        coalesce(bool_or(p.deleted AND p.key IS NOT NULL), false) \
+                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]) \
                  FROM {s}._rserv_tables_ t LEFT JOIN pg_temp._rserv_pending_ p ON p.reloid = t.reloid \
                  WHERE t.reloid = ANY ($1::oid[]) OR p.reloid IS NOT NULL \
                  GROUP BY t.reloid, t.key ORDER BY t.reloid"
@@ -296,7 +288,6 @@ fn rserv_prepare(
                 r.get::<Vec<String>>(2)?.unwrap_or_default(),
                 r.get::<bool>(3)?.unwrap_or(false),
                 r.get::<bool>(4)?.unwrap_or(false),
-                r.get::<bool>(5)?.unwrap_or(false),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -304,8 +295,8 @@ fn rserv_prepare(
     .or_fail("listing changed tables");
 
     let mut sections = Vec::new();
-    for (reloid, key, truncated, copy, deletes) in tables {
-        sections.extend(table_sections(reloid, key, truncated, copy, deletes));
+    for (reloid, key, truncated, copy) in tables {
+        sections.extend(table_sections(reloid, key, truncated, copy));
     }
     sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
     TableIterator::new(sections.into_iter().map(move |x| {
@@ -321,6 +312,32 @@ fn rserv_prepare(
             x.estimate,
         )
     }))
+}
+
+/// Empty `pg_temp._rserv_pending_`, readable by the caller, whose COPY queries read it. It
+/// lives as long as the session and is emptied at every commit: creating a table in every
+/// cycle would cost more catalog writes than a small change set has rows.
+fn pending_table() {
+    let readable = first::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, c.oid, 'SELECT') FROM pg_catalog.pg_class c \
+         WHERE c.oid = pg_catalog.to_regclass('pg_temp._rserv_pending_')",
+        &[crate::common::outer_user().into()],
+        "looking up _rserv_pending_",
+    );
+    match readable {
+        None => Spi::run(
+            "CREATE TEMP TABLE _rserv_pending_ (reloid oid NOT NULL, key text[]) \
+             ON COMMIT DELETE ROWS",
+        )
+        .or_fail("creating _rserv_pending_"),
+        // left over by an earlier prepare in this same transaction
+        Some(_) => {
+            Spi::run("DELETE FROM pg_temp._rserv_pending_").or_fail("emptying _rserv_pending_")
+        }
+    }
+    if readable != Some(true) {
+        grant_to_caller("SELECT", "pg_temp._rserv_pending_");
+    }
 }
 
 /// Registered tables the slave receives: all of them, or those named by the slave. A table
@@ -386,7 +403,6 @@ fn table_sections(
     key: Vec<String>,
     truncated: bool,
     copy: bool,
-    deletes: bool,
 ) -> Vec<Section> {
     let info = table_info(reloid);
     let table = qualified(&info.schema, &info.name);
@@ -411,12 +427,6 @@ fn table_sections(
         key_types.push(col.type_name.clone());
     }
     let list = |items: Vec<String>| items.join(", ");
-    let matches = key
-        .iter()
-        .zip(&key_exprs)
-        .map(|(k, e)| format!("t.{} = {e}", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
     let aliased = list(
         key.iter()
             .zip(&key_exprs)
@@ -453,7 +463,7 @@ fn table_sections(
         // The initial copy: the whole table as of this snapshot.
         out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
         let mut all = mk(
-            "UPDATE",
+            "INSERT",
             sent.iter().map(|c| c.name.clone()).collect(),
             sent.iter().map(|c| c.type_name.clone()).collect(),
             Some(format!("SELECT {select_list} FROM ONLY {table} AS t")),
@@ -468,28 +478,22 @@ fn table_sections(
     }
     if truncated {
         out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
-    } else if deletes {
+    } else {
+        // Every changed identity goes: the INSERT section then brings back those that still
+        // exist. The slave can load rows straight into the table, with no merge step.
         out.push(mk(
             "DELETE",
             key.clone(),
             key_types,
-            Some(format!(
-                "SELECT {aliased} FROM {pending} AND k.deleted AND NOT EXISTS \
-                 (SELECT 1 FROM ONLY {table} AS t WHERE {matches})"
-            )),
+            Some(format!("SELECT DISTINCT {aliased} FROM {pending}")),
         ));
     }
     out.push(mk(
-        "UPDATE",
+        "INSERT",
         sent.iter().map(|c| c.name.clone()).collect(),
         sent.iter().map(|c| c.type_name.clone()).collect(),
         Some(format!(
-            "SELECT {} FROM ONLY {table} AS t WHERE ({key_cols}) IN (SELECT {} FROM {pending})",
-            list(
-                sent.iter()
-                    .map(|c| format!("t.{}", quote_ident(&c.name)))
-                    .collect()
-            ),
+            "SELECT {select_list} FROM ONLY {table} AS t WHERE ({key_cols}) IN (SELECT {} FROM {pending})",
             list(key_exprs.clone())
         )),
     ));
@@ -703,14 +707,17 @@ fn rserv_clean_log() -> i64 {
     })
     .or_fail("computing the clean-up horizon");
     match horizon {
-        (0, Some(h)) => Spi::get_one_with_args::<i64>(
-            &format!(
-                "WITH d AS (DELETE FROM {s}._rserv_log_ WHERE logid < $1 RETURNING 1) SELECT count(*) FROM d"
-            ),
-            &[h.into()],
-        )
-        .or_fail("deleting log rows")
-        .unwrap_or(0),
+        (0, Some(h)) => match truncate_log(&s, h) {
+            Some(n) => n,
+            None => Spi::get_one_with_args::<i64>(
+                &format!(
+                    "WITH d AS (DELETE FROM {s}._rserv_log_ WHERE logid < $1 RETURNING 1) SELECT count(*) FROM d"
+                ),
+                &[h.into()],
+            )
+            .or_fail("deleting log rows")
+            .unwrap_or(0),
+        },
         (0, None) => {
             notice!("rserv: no slave is registered; the log is kept");
             0
@@ -720,6 +727,54 @@ fn rserv_clean_log() -> i64 {
             0
         }
     }
+}
+
+/// Clean-up of a log that holds nothing any slave needs (every row below `horizon`): TRUNCATE
+/// it instead of deleting row by row, which leaves nothing for VACUUM. Returns None (the caller
+/// deletes instead) unless the log can be had to ourselves at once: a writer still inserting
+/// or a prepare reading it holds a lock, and clean-up never waits for one.
+fn truncate_log(s: &str, horizon: i64) -> Option<i64> {
+    // SAFETY: reading backend transaction state
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return None; // the check below needs a snapshot taken after the lock
+    }
+    let log = first::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[format!("{s}._rserv_log_").into()],
+        "finding the log",
+    )?;
+    // SAFETY: a conditional lock request on an existing relation; held until transaction end
+    let locked = unsafe {
+        pg_sys::ConditionalLockRelationOid(log, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE)
+    };
+    if !locked {
+        return None;
+    }
+    // With the lock no transaction that wrote to the log is still running, so a snapshot
+    // taken now sees every row there is; a read-write SPI query takes a fresh one.
+    // SAFETY: assigns this transaction an xid (TRUNCATE would anyway)
+    unsafe { pg_sys::GetCurrentTransactionId() };
+    let counts = Spi::connect_mut(|client| {
+        let tab = client.update(
+            &format!(
+                "SELECT count(*) FILTER (WHERE logid < $1), count(*) FILTER (WHERE logid >= $1) \
+                 FROM {s}._rserv_log_"
+            ),
+            None,
+            &[horizon.into()],
+        )?;
+        let mut out = (0i64, 1i64);
+        for r in tab {
+            out = (r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(1));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("counting log rows");
+    if counts.1 != 0 {
+        return None; // some rows are still needed: delete the others one by one
+    }
+    Spi::run(&format!("TRUNCATE {s}._rserv_log_")).or_fail("truncating the log");
+    Some(counts.0)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

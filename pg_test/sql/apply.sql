@@ -74,15 +74,23 @@ SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_versio
 -- the apply runs as a replica, with canonical settings
 SHOW session_replication_role;
 SHOW DateStyle;
--- DELETE section: key columns only
-SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
+-- DELETE section: the key columns of every changed identity, into a key staging table that
+-- lives as long as the session (its name carries the table's OID, so only its shape is shown)
+SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) AS copy_keys \gset
+SELECT :'copy_keys' ~ '^COPY pg_temp\._rserv_keys_[0-9]+_[0-9a-f]{16} \(id\) FROM STDIN$' AS keys_staged;
+SELECT substring(:'copy_keys' from '^COPY (\S+) ') AS keys \gset
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-WHERE attrelid = 'pg_temp._rserv_stage_'::regclass AND attnum > 0 ORDER BY attnum;
-INSERT INTO pg_temp._rserv_stage_ VALUES (1), (42);
+WHERE attrelid = :'keys'::regclass AND attnum > 0 ORDER BY attnum;
+INSERT INTO :keys VALUES (1), (2), (42);
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
--- UPDATE section: whole rows (any column order); changed rows replaced, new rows inserted
+-- INSERT section: the rows go straight into the table (any column order); merge does nothing
+SELECT rserv_apply_stage('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
+INSERT INTO t (n, id, v) VALUES (2.5, 2, 'TWO'), (10, 10, 'ten');
+SELECT rserv_apply_merge('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
+-- UPDATE section (written by 1.0 development builds): staged rows replace those with their
+-- identity, new ones are inserted
 SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
-INSERT INTO pg_temp._rserv_stage_ (n, id, v) VALUES (2.5, 2, 'TWO'), (10, 10, 'ten');
+INSERT INTO pg_temp._rserv_stage_ (n, id, v) VALUES (3.5, 3, 'THREE'), (11, 11, 'eleven');
 SELECT rserv_apply_merge('UPDATE', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
 -- the staging table is gone after the merge
 SELECT to_regclass('pg_temp._rserv_stage_');
@@ -91,6 +99,8 @@ SELECT rserv_slave_sync_id(), rserv_slave_master_id();
 COMMIT;
 SHOW session_replication_role;
 SELECT * FROM t ORDER BY id;
+-- the key staging table stays, emptied by the commit
+SELECT count(*) FROM :keys;
 SELECT rserv_slave_sync_id(), rserv_slave_master_id();
 SELECT syncid, master FROM _rserv_slave_sync_;
 -- the apply transaction is over: stage needs a new rserv_apply_begin()
@@ -159,8 +169,8 @@ ROLLBACK;
 -- an error after some sections were merged undoes them, and the sync id stays
 BEGIN;
 SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_version());
-SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
-INSERT INTO pg_temp._rserv_stage_ VALUES (2);
+SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) = :'copy_keys' AS same_key_table;
+INSERT INTO :keys VALUES (2);
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
 SELECT rserv_apply_stage('UPDATE', 'public', 'unregistered', ARRAY['id', 'v'], ARRAY['id']);
 ROLLBACK;
@@ -243,6 +253,25 @@ BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
 ROLLBACK;
+-- A key whose type changed (removed, altered, registered again) gets a new key staging table.
+CREATE TABLE k (id int PRIMARY KEY);
+SELECT rserv_slave_add_table('k');
+BEGIN;
+SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
+SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']) AS copy_k1 \gset
+COMMIT;
+SELECT rserv_slave_remove_table('k');
+ALTER TABLE k ALTER COLUMN id TYPE bigint;
+SELECT rserv_slave_add_table('k');
+BEGIN;
+SELECT rserv_apply_begin(6, '11111111-2222-3333-4444-555555555555', rserv_version());
+SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']) AS copy_k2 \gset
+SELECT :'copy_k2' <> :'copy_k1' AS new_key_table;
+SELECT substring(:'copy_k2' from '^COPY (\S+) ') AS k2 \gset
+SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = :'k2'::regclass AND attname = 'id';
+ROLLBACK;
+SELECT rserv_slave_remove_table('k');
+DROP TABLE k;
 --
 -- DROP EXTENSION removes the protection triggers.
 --

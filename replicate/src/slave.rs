@@ -139,14 +139,19 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
         tx.rollback().ctx("slave: ending the apply transaction")?;
         return Ok(Applied::Skipped { syncid });
     }
-    let stage = format!(
-        "SELECT {}($1, $2, $3, $4, $5, $6)",
-        rs.func("rserv_apply_stage")
-    );
-    let merge = format!(
-        "SELECT {}($1, $2, $3, $4, $5)",
-        rs.func("rserv_apply_merge")
-    );
+    // Prepared once: every section then costs one round trip per call, not two.
+    let stage = tx
+        .prepare(&format!(
+            "SELECT {}($1, $2, $3, $4, $5, $6)",
+            rs.func("rserv_apply_stage")
+        ))
+        .ctx("slave: preparing the apply")?;
+    let merge = tx
+        .prepare(&format!(
+            "SELECT {}($1, $2, $3, $4, $5)",
+            rs.func("rserv_apply_merge")
+        ))
+        .ctx("slave: preparing the apply")?;
     let mut changed = 0i64;
     while let Some((kind, meta)) = reader.next_section()? {
         let table = format!("{}.{}", meta.schema, meta.table);

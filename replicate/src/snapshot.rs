@@ -6,13 +6,14 @@
 //! -- TRUNCATE {"schema":"public","table":"t","columns":[],"key":["id"]}
 //! -- DELETE {"schema":"public","table":"customer","columns":["cust_id"],"key":["cust_id"]}
 //! 42
+//! 10
 //! \.
-//! -- CHECK {"sections":2,"rows":1,"crc32":"5e1b04c2"}
-//! -- UPDATE {"schema":"public","table":"customer","columns":["cust_id","firstname","lastname"],"key":["cust_id"]}
+//! -- CHECK {"sections":2,"rows":2,"crc32":"5e1b04c2"}
+//! -- INSERT {"schema":"public","table":"customer","columns":["cust_id","firstname","lastname"],"key":["cust_id"]}
 //! 10<TAB>John<TAB>Nathaniel   (fields are tab-separated)
 //! \.
-//! -- CHECK {"sections":3,"rows":2,"crc32":"0b2f9e11"}
-//! -- OK {"sections":3,"rows":2,"crc32":"1c291ca3"}
+//! -- CHECK {"sections":3,"rows":3,"crc32":"0b2f9e11"}
+//! -- OK {"sections":3,"rows":3,"crc32":"1c291ca3"}
 //! ```
 //!
 //! Differences from rserv 0.1: a version line; JSON metadata (schema-qualified names, columns
@@ -44,6 +45,7 @@ pub struct Header {
 pub enum SectionKind {
     Truncate,
     Delete,
+    Insert,
     Update,
 }
 
@@ -52,6 +54,7 @@ impl SectionKind {
         match self {
             SectionKind::Truncate => "TRUNCATE",
             SectionKind::Delete => "DELETE",
+            SectionKind::Insert => "INSERT",
             SectionKind::Update => "UPDATE",
         }
     }
@@ -60,6 +63,7 @@ impl SectionKind {
         match s {
             "TRUNCATE" => Some(SectionKind::Truncate),
             "DELETE" => Some(SectionKind::Delete),
+            "INSERT" => Some(SectionKind::Insert),
             "UPDATE" => Some(SectionKind::Update),
             _ => None,
         }
