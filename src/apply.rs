@@ -165,6 +165,8 @@ struct Target {
     reloid: pg_sys::Oid,
     table: String,
     key: Vec<String>,
+    /// this slave's type of each `key` column, for casting staged key text
+    key_types: Vec<String>,
     columns: Vec<String>,
 }
 
@@ -366,10 +368,20 @@ fn resolve_uncached(
             }
         }
     }
+    let key_types = key
+        .iter()
+        .map(|k| {
+            cols.iter()
+                .find(|c| &c.name == k)
+                .map(|c| c.type_name.clone())
+                .unwrap_or_default()
+        })
+        .collect();
     Target {
         reloid,
         table,
         key: key.to_vec(),
+        key_types,
         columns: columns.to_vec(),
     }
 }
@@ -407,36 +419,27 @@ fn caller_may_insert(t: &Target) -> bool {
     may
 }
 
-/// The staging table for a DELETE section's keys. It lives as long as the session and is
-/// emptied at every commit (ON COMMIT DELETE ROWS): creating and dropping a table in every
-/// cycle would cost more catalog writes than a small change set has rows. Its name pins what
-/// its definition depends on (the key columns' names and types, the calling role), so a
-/// changed key or another caller gets a table of its own.
+/// The staging table for DELETE sections' keys: one per key width (and calling role), shared
+/// by every table. It lives as long as the session and is emptied at every commit (ON COMMIT
+/// DELETE ROWS): creating and dropping a table in every cycle would cost more catalog writes
+/// than a small change set has rows, and one table per replicated table would make every
+/// commit empty them all. Keys stay text here and are cast to the slave's column types in the
+/// DELETE, as COPY would have done.
 fn key_stage(t: &Target) -> String {
     if let Some(Some(known)) = with_resolved(t, |e| e.key_stage.clone()) {
         return known;
     }
-    let signature = first::<String>(
-        "SELECT pg_catalog.string_agg(pg_catalog.format('%s %s', a.attname, \
-                pg_catalog.format_type(a.atttypid, a.atttypmod)), ',' ORDER BY a.attname) \
-         FROM pg_catalog.pg_attribute a \
-         WHERE a.attrelid = $1 AND a.attname::text = ANY ($2) AND NOT a.attisdropped",
-        &[t.reloid.into(), t.key.clone().into()],
-        "reading the key columns",
-    )
-    .unwrap_or_default();
-    // FNV-1a: stable across backends and builds, unlike std's hasher
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{signature}/{}", crate::common::outer_user().to_u32()).bytes() {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let name = format!("_rserv_keys_{}_{hash:016x}", t.reloid.to_u32());
+    let name = format!(
+        "_rserv_keys_{}_{}",
+        t.key.len(),
+        crate::common::outer_user().to_u32()
+    );
     if !temp_table_exists(&name) {
+        let cols: Vec<String> = (1..=t.key.len()).map(|i| format!("k{i} text")).collect();
         Spi::run(&format!(
-            "CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM ONLY {} WITH NO DATA",
+            "CREATE TEMP TABLE {} ({}) ON COMMIT DELETE ROWS",
             quote_ident(&name),
-            ident_list(&t.key),
-            t.table
+            cols.join(", ")
         ))
         .or_fail("creating the key staging table");
         grant_to_caller("INSERT", &format!("pg_temp.{}", quote_ident(&name)));
@@ -444,6 +447,13 @@ fn key_stage(t: &Target) -> String {
     let stage = format!("pg_temp.{}", quote_ident(&name));
     with_resolved(t, |e| e.key_stage = Some(stage.clone()));
     stage
+}
+
+fn key_stage_columns(t: &Target) -> String {
+    (1..=t.key.len())
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The per-transaction staging table for whole rows (UPDATE sections, and INSERT sections
@@ -510,10 +520,12 @@ fn rserv_apply_stage(
                     "the change set is damaged: prepare it again on the master",
                 );
             }
+            let stage = key_stage(&t);
+            // whatever an earlier DELETE section of this transaction left there is not ours
+            Spi::run(&format!("DELETE FROM {stage}")).or_fail("emptying the key staging table");
             Some(format!(
-                "COPY {} ({}) FROM STDIN",
-                key_stage(&t),
-                ident_list(&t.columns)
+                "COPY {stage} ({}) FROM STDIN",
+                key_stage_columns(&t)
             ))
         }
         "INSERT" if caller_may_insert(&t) => Some(direct_copy(&t)),
@@ -527,8 +539,9 @@ fn rserv_apply_stage(
     }
 }
 
-fn analyze_if_big(stage: &str, bytes: i64) {
-    // A large staging table deserves statistics before it is joined with the real one.
+/// A large staging table deserves statistics before it is joined with the real one.
+/// Returns whether it was large.
+fn analyze_if_big(stage: &str, bytes: i64) -> bool {
     let big = first::<bool>(
         "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
         &[stage.into(), bytes.into()],
@@ -538,14 +551,12 @@ fn analyze_if_big(stage: &str, bytes: i64) {
     if big {
         Spi::run(&format!("ANALYZE {stage}")).or_fail("analyzing the staging table");
     }
+    big
 }
 
-fn delete_staged(t: &Target, stage: &str) -> i64 {
-    let matches: Vec<String> = t
-        .key
-        .iter()
-        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
-        .collect();
+/// Delete the rows whose identity is staged in `stage` (aliased `s`); `matches` pairs each key
+/// column with its staged value.
+fn delete_staged(t: &Target, stage: &str, matches: Vec<String>) -> i64 {
     Spi::get_one::<i64>(&format!(
         "WITH d AS (DELETE FROM ONLY {} AS t USING {stage} AS s WHERE {} RETURNING 1) \
          SELECT count(*) FROM d",
@@ -554,6 +565,28 @@ fn delete_staged(t: &Target, stage: &str) -> i64 {
     ))
     .or_fail("deleting changed rows")
     .unwrap_or(0)
+}
+
+/// Key staging table: column k<i> holds the text of key column i, cast to this slave's type.
+fn delete_keys(t: &Target, stage: &str) -> i64 {
+    let matches = t
+        .key
+        .iter()
+        .zip(&t.key_types)
+        .enumerate()
+        .map(|(i, (k, ty))| format!("t.{} = s.k{}::{ty}", quote_ident(k), i + 1))
+        .collect();
+    delete_staged(t, stage, matches)
+}
+
+/// Whole-row staging table: same column names as the table.
+fn delete_rows(t: &Target, stage: &str) -> i64 {
+    let matches = t
+        .key
+        .iter()
+        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
+        .collect();
+    delete_staged(t, stage, matches)
 }
 
 fn insert_staged(t: &Target) -> i64 {
@@ -592,12 +625,17 @@ fn rserv_apply_merge(
     let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
     if section == "DELETE" {
         let stage = key_stage(&t);
-        analyze_if_big(&stage, 1024 * 1024);
-        return delete_staged(&t, &stage);
+        let big = analyze_if_big(&stage, 1024 * 1024);
+        let deleted = delete_keys(&t, &stage);
+        if big {
+            // give the space back now rather than keep a large table for the session
+            Spi::run(&format!("TRUNCATE {stage}")).or_fail("emptying the key staging table");
+        }
+        return deleted;
     }
     analyze_if_big("pg_temp._rserv_stage_", 8 * 1024 * 1024);
     if section == "UPDATE" {
-        delete_staged(&t, "pg_temp._rserv_stage_");
+        delete_rows(&t, "pg_temp._rserv_stage_");
     }
     let inserted = insert_staged(&t);
     Spi::run("DROP TABLE pg_temp._rserv_stage_").or_fail("dropping the staging table");

@@ -74,14 +74,14 @@ SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_versio
 -- the apply runs as a replica, with canonical settings
 SHOW session_replication_role;
 SHOW DateStyle;
--- DELETE section: the key columns of every changed identity, into a key staging table that
--- lives as long as the session (its name carries the table's OID, so only its shape is shown)
+-- DELETE section: the key columns of every changed identity, as text, into a key staging
+-- table per key width that lives as long as the session (its name carries the caller's OID)
 SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) AS copy_keys \gset
-SELECT :'copy_keys' ~ '^COPY pg_temp\._rserv_keys_[0-9]+_[0-9a-f]{16} \(id\) FROM STDIN$' AS keys_staged;
+SELECT :'copy_keys' ~ '^COPY pg_temp\._rserv_keys_1_[0-9]+ \(k1\) FROM STDIN$' AS keys_staged;
 SELECT substring(:'copy_keys' from '^COPY (\S+) ') AS keys \gset
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 WHERE attrelid = :'keys'::regclass AND attnum > 0 ORDER BY attnum;
-INSERT INTO :keys VALUES (1), (2), (42);
+INSERT INTO :keys VALUES ('1'), ('2'), ('42');
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
 -- INSERT section: the rows go straight into the table (any column order); merge does nothing
 SELECT rserv_apply_stage('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
@@ -170,7 +170,7 @@ ROLLBACK;
 BEGIN;
 SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) = :'copy_keys' AS same_key_table;
-INSERT INTO :keys VALUES (2);
+INSERT INTO :keys VALUES ('2');
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
 SELECT rserv_apply_stage('UPDATE', 'public', 'unregistered', ARRAY['id', 'v'], ARRAY['id']);
 ROLLBACK;
@@ -253,23 +253,17 @@ BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
 ROLLBACK;
--- A key whose type changed (removed, altered, registered again) gets a new key staging table.
-CREATE TABLE k (id int PRIMARY KEY);
+-- Keys of any type share the staging table of their width and are cast to the slave's type.
+CREATE TABLE k (id bigint PRIMARY KEY, v text);
+INSERT INTO k VALUES (5000000000, 'big'), (1, 'small');
 SELECT rserv_slave_add_table('k');
 BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
-SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']) AS copy_k1 \gset
+SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']) = :'copy_keys' AS same_key_table;
+INSERT INTO :keys VALUES ('5000000000');
+SELECT rserv_apply_merge('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']);
 COMMIT;
-SELECT rserv_slave_remove_table('k');
-ALTER TABLE k ALTER COLUMN id TYPE bigint;
-SELECT rserv_slave_add_table('k');
-BEGIN;
-SELECT rserv_apply_begin(6, '11111111-2222-3333-4444-555555555555', rserv_version());
-SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']) AS copy_k2 \gset
-SELECT :'copy_k2' <> :'copy_k1' AS new_key_table;
-SELECT substring(:'copy_k2' from '^COPY (\S+) ') AS k2 \gset
-SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = :'k2'::regclass AND attname = 'id';
-ROLLBACK;
+SELECT * FROM k;
 SELECT rserv_slave_remove_table('k');
 DROP TABLE k;
 --
