@@ -165,8 +165,6 @@ struct Target {
     reloid: pg_sys::Oid,
     table: String,
     key: Vec<String>,
-    /// this slave's type of each `key` column, for casting staged key text
-    key_types: Vec<String>,
     columns: Vec<String>,
 }
 
@@ -368,20 +366,10 @@ fn resolve_uncached(
             }
         }
     }
-    let key_types = key
-        .iter()
-        .map(|k| {
-            cols.iter()
-                .find(|c| &c.name == k)
-                .map(|c| c.type_name.clone())
-                .unwrap_or_default()
-        })
-        .collect();
     Target {
         reloid,
         table,
         key: key.to_vec(),
-        key_types,
         columns: columns.to_vec(),
     }
 }
@@ -419,27 +407,45 @@ fn caller_may_insert(t: &Target) -> bool {
     may
 }
 
-/// The staging table for DELETE sections' keys: one per key width (and calling role), shared
-/// by every table. It lives as long as the session and is emptied at every commit (ON COMMIT
-/// DELETE ROWS): creating and dropping a table in every cycle would cost more catalog writes
-/// than a small change set has rows, and one table per replicated table would make every
-/// commit empty them all. Keys stay text here and are cast to the slave's column types in the
-/// DELETE, as COPY would have done.
+/// The staging table for DELETE sections' keys: one per key shape (the key columns' types,
+/// type modifiers and collations) and calling role, shared by every table of that shape. It
+/// lives as long as the session and is emptied at every commit (ON COMMIT DELETE ROWS):
+/// creating and dropping a table in every cycle would cost more catalog writes than a small
+/// change set has rows, and one table per replicated table would make every commit empty them
+/// all. Its columns k1..kn have the key's own types (so ANALYZE gives the planner real
+/// statistics for the join) and collations (so the comparison is the table's own).
 fn key_stage(t: &Target) -> String {
     if let Some(Some(known)) = with_resolved(t, |e| e.key_stage.clone()) {
         return known;
     }
-    let name = format!(
-        "_rserv_keys_{}_{}",
-        t.key.len(),
-        crate::common::outer_user().to_u32()
-    );
+    let signature = first::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                || ' ' || a.attcollation::text, ',' \
+                ORDER BY pg_catalog.array_position($2::text[], a.attname::text)) \
+         FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = $1 AND a.attname::text = ANY ($2) AND NOT a.attisdropped",
+        &[t.reloid.into(), t.key.clone().into()],
+        "reading the key columns",
+    )
+    .unwrap_or_default();
+    // FNV-1a: the same name in every backend and build
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{signature}/{}", crate::common::outer_user().to_u32()).bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let name = format!("_rserv_keys_{hash:016x}");
     if !temp_table_exists(&name) {
-        let cols: Vec<String> = (1..=t.key.len()).map(|i| format!("k{i} text")).collect();
+        let cols: Vec<String> = t
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("t.{} AS k{}", quote_ident(k), i + 1))
+            .collect();
         Spi::run(&format!(
-            "CREATE TEMP TABLE {} ({}) ON COMMIT DELETE ROWS",
+            "CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM ONLY {} AS t WITH NO DATA",
             quote_ident(&name),
-            cols.join(", ")
+            cols.join(", "),
+            t.table
         ))
         .or_fail("creating the key staging table");
         grant_to_caller("INSERT", &format!("pg_temp.{}", quote_ident(&name)));
@@ -567,14 +573,13 @@ fn delete_staged(t: &Target, stage: &str, matches: Vec<String>) -> i64 {
     .unwrap_or(0)
 }
 
-/// Key staging table: column k<i> holds the text of key column i, cast to this slave's type.
+/// Key staging table: column k<i> holds key column i.
 fn delete_keys(t: &Target, stage: &str) -> i64 {
     let matches = t
         .key
         .iter()
-        .zip(&t.key_types)
         .enumerate()
-        .map(|(i, (k, ty))| format!("t.{} = s.k{}::{ty}", quote_ident(k), i + 1))
+        .map(|(i, k)| format!("t.{} = s.k{}", quote_ident(k), i + 1))
         .collect();
     delete_staged(t, stage, matches)
 }

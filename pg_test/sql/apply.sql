@@ -74,14 +74,14 @@ SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_versio
 -- the apply runs as a replica, with canonical settings
 SHOW session_replication_role;
 SHOW DateStyle;
--- DELETE section: the key columns of every changed identity, as text, into a key staging
--- table per key width that lives as long as the session (its name carries the caller's OID)
+-- DELETE section: the key columns of every changed identity, into a key staging table per
+-- key shape (types, collations) that lives as long as the session
 SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) AS copy_keys \gset
-SELECT :'copy_keys' ~ '^COPY pg_temp\._rserv_keys_1_[0-9]+ \(k1\) FROM STDIN$' AS keys_staged;
+SELECT :'copy_keys' ~ '^COPY pg_temp\._rserv_keys_[0-9a-f]{16} \(k1\) FROM STDIN$' AS keys_staged;
 SELECT substring(:'copy_keys' from '^COPY (\S+) ') AS keys \gset
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 WHERE attrelid = :'keys'::regclass AND attnum > 0 ORDER BY attnum;
-INSERT INTO :keys VALUES ('1'), ('2'), ('42');
+INSERT INTO :keys VALUES (1), (2), (42);
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
 -- INSERT section: the rows go straight into the table (any column order); merge does nothing
 SELECT rserv_apply_stage('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
@@ -170,7 +170,7 @@ ROLLBACK;
 BEGIN;
 SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) = :'copy_keys' AS same_key_table;
-INSERT INTO :keys VALUES ('2');
+INSERT INTO :keys VALUES (2);
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
 SELECT rserv_apply_stage('UPDATE', 'public', 'unregistered', ARRAY['id', 'v'], ARRAY['id']);
 ROLLBACK;
@@ -253,17 +253,22 @@ BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
 ROLLBACK;
--- Keys of any type share the staging table of their width and are cast to the slave's type.
-CREATE TABLE k (id bigint PRIMARY KEY, v text);
-INSERT INTO k VALUES (5000000000, 'big'), (1, 'small');
+-- Another key shape (type, collation) gets a key staging table of its own, whose columns
+-- compare like the table's.
+CREATE TABLE k (id bigint, name text COLLATE "C", PRIMARY KEY (name, id));
+INSERT INTO k VALUES (5000000000, 'B'), (5000000000, 'b'), (1, 'B');
 SELECT rserv_slave_add_table('k');
 BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
-SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']) = :'copy_keys' AS same_key_table;
-INSERT INTO :keys VALUES ('5000000000');
-SELECT rserv_apply_merge('DELETE', 'public', 'k', ARRAY['id'], ARRAY['id']);
+SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['name', 'id'], ARRAY['name', 'id']) AS copy_k \gset
+SELECT :'copy_k' <> :'copy_keys' AS own_key_table, :'copy_k' ~ '\(k1, k2\) FROM STDIN$' AS two_columns;
+SELECT substring(:'copy_k' from '^COPY (\S+) ') AS kt \gset
+SELECT attname, format_type(atttypid, atttypmod), attcollation::regcollation FROM pg_attribute
+WHERE attrelid = :'kt'::regclass AND attnum > 0 ORDER BY attnum;
+INSERT INTO :kt VALUES ('b', 5000000000);
+SELECT rserv_apply_merge('DELETE', 'public', 'k', ARRAY['name', 'id'], ARRAY['name', 'id']);
 COMMIT;
-SELECT * FROM k;
+SELECT * FROM k ORDER BY name, id;
 SELECT rserv_slave_remove_table('k');
 DROP TABLE k;
 --
