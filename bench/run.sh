@@ -415,6 +415,12 @@ if ! skipped capture; then
 \set n random(1, $NACC)
 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :n;
 EOF
+    rec_log_size() {   # figure db round: rows and bytes of the rserv log after a round
+        local rows bytes
+        read -r rows bytes < <(mval "$2" "SELECT count(*), pg_total_relation_size('_rserv_log_') FROM _rserv_log_" | tr '|' ' ')
+        rec capture "$1_log_rows" rserv "$3" "$rows"
+        rec capture "$1_log_bytes" rserv "$3" "$bytes"
+    }
     for r in $(seq 1 "$ROUNDS"); do
         for c in $(rotate "$r"); do
             db=$(cfg_db "$c")
@@ -423,11 +429,7 @@ EOF
                 >"$OUT/pgbench-$c-$r.log" 2>&1 || { cat "$OUT/pgbench-$c-$r.log" >&2; die "pgbench failed"; }
             tps=$(pgbench_tps "$OUT/pgbench-$c-$r.log")
             rec capture tpcb_tps "$c" "$r" "$tps"
-            if [ "$c" = rserv ]; then
-                read -r rows bytes < <(mval "$db" "SELECT count(*), pg_total_relation_size('_rserv_log_') FROM _rserv_log_" | tr '|' ' ')
-                rec capture tpcb_log_rows "$c" "$r" "$rows"
-                rec capture tpcb_log_bytes "$c" "$r" "$bytes"
-            fi
+            if [ "$c" = rserv ]; then rec_log_size tpcb "$db" "$r"; fi
             after_round "$c" "$r"
             echo "   round $r  $c: $tps TPS" >&2
         done
@@ -457,11 +459,7 @@ EOF
             m "$db" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $BULK_LIMIT"
             secs=$(since "$t0")
             rec capture bulk_secs "$c" "$r" "$secs"
-            if [ "$c" = rserv ]; then
-                read -r rows bytes < <(mval "$db" "SELECT count(*), pg_total_relation_size('_rserv_log_') FROM _rserv_log_" | tr '|' ' ')
-                rec capture bulk_log_rows "$c" "$r" "$rows"
-                rec capture bulk_log_bytes "$c" "$r" "$bytes"
-            fi
+            if [ "$c" = rserv ]; then rec_log_size bulk "$db" "$r"; fi
             after_round "$c" "$r"
             echo "   round $r  $c: $secs s" >&2
         done

@@ -181,3 +181,33 @@ pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
         assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
     }
 }
+
+/// One transfer of `amt` from account `a` to account `b` by writer `w`, the money-invariant
+/// workload: `kind` 0 rolls it back, 1 passes the money through a temporary account that is
+/// inserted and deleted (two transactions), anything else is a plain transfer. Every kind keeps
+/// the total of `account.balance`.
+pub fn transfer_sql(
+    kind: u64,
+    a: impl std::fmt::Display,
+    b: impl std::fmt::Display,
+    amt: impl std::fmt::Display,
+    w: impl std::fmt::Display,
+) -> String {
+    match kind {
+        0 => format!(
+            "BEGIN; UPDATE account SET balance = balance - {amt} WHERE id = {a};
+             UPDATE account SET balance = balance + {amt} WHERE id = {b}; ROLLBACK;"
+        ),
+        1 => format!(
+            "BEGIN; UPDATE account SET balance = balance - {amt} WHERE id = {a};
+             INSERT INTO account VALUES (100000 + {a} * 10 + {w}, {amt});
+             COMMIT;
+             BEGIN; UPDATE account SET balance = balance + {amt} WHERE id = {b};
+             DELETE FROM account WHERE id = 100000 + {a} * 10 + {w}; COMMIT;"
+        ),
+        _ => format!(
+            "BEGIN; UPDATE account SET balance = balance - {amt}, touched = touched + 1 WHERE id = {a};
+             UPDATE account SET balance = balance + {amt}, touched = touched + 1 WHERE id = {b}; COMMIT;"
+        ),
+    }
+}

@@ -1,7 +1,7 @@
 //! Correctness under concurrency: money moves between accounts while replicate runs again and
 //! again; after every sync the slave holds a transaction-consistent state of the master.
 
-use rserv_tests::pair::{Pair, DB};
+use rserv_tests::pair::{transfer_sql, Pair, DB};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -38,25 +38,7 @@ fn money_transfers_keep_the_invariant() {
                     if a == b {
                         continue;
                     }
-                    // some transfers also move a key, some are rolled back, some insert and
-                    // delete a temporary account: all must keep the total
-                    let sql = match rnd(10) {
-                        0 => format!(
-                            "BEGIN; UPDATE account SET balance = balance - {amt} WHERE id = {a};
-                             UPDATE account SET balance = balance + {amt} WHERE id = {b}; ROLLBACK;"
-                        ),
-                        1 => format!(
-                            "BEGIN; UPDATE account SET balance = balance - {amt} WHERE id = {a};
-                             INSERT INTO account VALUES (100000 + {a} * 10 + {w}, {amt});
-                             COMMIT;
-                             BEGIN; UPDATE account SET balance = balance + {amt} WHERE id = {b};
-                             DELETE FROM account WHERE id = 100000 + {a} * 10 + {w}; COMMIT;"
-                        ),
-                        _ => format!(
-                            "BEGIN; UPDATE account SET balance = balance - {amt}, touched = touched + 1 WHERE id = {a};
-                             UPDATE account SET balance = balance + {amt}, touched = touched + 1 WHERE id = {b}; COMMIT;"
-                        ),
-                    };
+                    let sql = transfer_sql(rnd(10) as u64, a, b, amt, w);
                     match c.batch_execute(&sql) {
                         Ok(()) => {
                             transfers.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@
 //! asserts speed.
 
 use rserv_tests::daemon::{eventually, Daemon};
-use rserv_tests::pair::{assert_ok, Pair, DB};
+use rserv_tests::pair::{assert_ok, transfer_sql, Pair, DB};
 use rserv_tests::proxy::{Dir, Proxy};
 use rserv_tests::{replicate_command, run_replicate, Cluster};
 use std::collections::BTreeMap;
@@ -194,23 +194,7 @@ impl Writers {
                             if a == b {
                                 continue;
                             }
-                            let sql = match rng.below(10) {
-                                0 => format!(
-                                    "BEGIN; UPDATE account SET balance = balance - {amt} WHERE id = {a};
-                                     UPDATE account SET balance = balance + {amt} WHERE id = {b}; ROLLBACK;"
-                                ),
-                                1 => format!(
-                                    "BEGIN; UPDATE account SET balance = balance - {amt} WHERE id = {a};
-                                     INSERT INTO account VALUES (100000 + {a} * 10 + {w}, {amt});
-                                     COMMIT;
-                                     BEGIN; UPDATE account SET balance = balance + {amt} WHERE id = {b};
-                                     DELETE FROM account WHERE id = 100000 + {a} * 10 + {w}; COMMIT;"
-                                ),
-                                _ => format!(
-                                    "BEGIN; UPDATE account SET balance = balance - {amt}, touched = touched + 1 WHERE id = {a};
-                                     UPDATE account SET balance = balance + {amt}, touched = touched + 1 WHERE id = {b}; COMMIT;"
-                                ),
-                            };
+                            let sql = transfer_sql(rng.below(10), a, b, amt, w);
                             match c.batch_execute(&sql) {
                                 Ok(()) => {
                                     transfers.fetch_add(1, Ordering::Relaxed);
