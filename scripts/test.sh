@@ -28,15 +28,15 @@ pgdata=/tmp/rserv-pgtest-$$
 trap 'rm -f "$log"; rm -rf "$pgdata"' EXIT
 run cargo pgrx test pg15 -p rserv --runas postgres --pgdata "$pgdata"
 
-step "install the extension (replaces the pg_test build)"
-cargo pgrx install -p rserv --pg-config "$PG_CONFIG" >/dev/null
+step "install the extension (replaces the pg_test build; atomically, see the script)"
+bash scripts/install-extension.sh --pg-config "$PG_CONFIG"
 
 step "SQL API regression tests (pg_regress)"
 run pg_test/installcheck.sh
 
 step "replicate unit tests and multi-cluster integration tests"
 cargo build -p replicate --quiet
-run cargo test -p replicate -p rserv-tests
+run cargo test --no-fail-fast -p replicate -p rserv-tests
 
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')

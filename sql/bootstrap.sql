@@ -39,7 +39,10 @@ CREATE TABLE _rserv_tables_ (
     cname    text,
     key      name[]      NOT NULL,
     watched  name[],
-    added    timestamptz NOT NULL DEFAULT now()
+    added    timestamptz NOT NULL DEFAULT now(),
+    -- attribute numbers of the watched columns (what the capture trigger uses): they follow
+    -- renames; `watched` holds their current names
+    watched_attnums int2[]
 );
 
 -- Master: per slave, the tables it receives and whether their initial copy is done.
@@ -82,12 +85,15 @@ CREATE TABLE _rserv_sync_ (
 );
 
 -- Slave: tables this database receives, with the identity the master must send.
+-- needs_copy: registered anew, the next change set must carry all its rows (the master's
+-- record of earlier copies does not know what happened to the table here meanwhile).
 CREATE TABLE _rserv_slave_tables_ (
     reloid   oid         PRIMARY KEY,
     tname    text        NOT NULL,
     cname    text,
     key      name[]      NOT NULL,
-    added    timestamptz NOT NULL DEFAULT now()
+    added    timestamptz NOT NULL DEFAULT now(),
+    needs_copy bool      NOT NULL DEFAULT true
 );
 
 -- Slave: the last change set applied (one row), and from which master.

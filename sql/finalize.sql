@@ -1,8 +1,11 @@
--- DDL guards. A replicated table that is dropped, or altered so that its row identity is
--- gone, would make every later change set fail (or every write on the master). PostgreSQL
--- refuses such DDL with a clear error instead; remove the table from replication first.
+-- DDL guards. A replicated table that is dropped, altered so that its row identity is gone,
+-- made unlogged, or stripped of its capture triggers would make later change sets fail, or
+-- (worse) silently miss changes. PostgreSQL refuses such DDL with a clear error instead;
+-- remove the table from replication first. Watched columns follow renames, and a dropped
+-- watched column leaves the registration with a WARNING (_rserv_refresh_watched_).
 -- SECURITY DEFINER with a pinned search_path: any user may run DDL on their own tables
 -- without rights on rserv's catalog, and nothing in their schemas is ever called here.
+-- rserv's own trigger changes (rserv_add_table & co.) pass: _rserv_internal_ddl_().
 
 CREATE FUNCTION _rserv_guard_drop_() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -30,6 +33,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
+    IF @extschema@._rserv_internal_ddl_() THEN
+        RETURN;
+    END IF;
     FOR r IN
         SELECT c.objid::regclass AS tbl, k.col
           FROM pg_event_trigger_ddl_commands() AS c
@@ -47,12 +53,47 @@ BEGIN
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = format('remove the table from replication first: SELECT rserv_remove_table(%L) on the master (rserv_slave_remove_table on a slave), then register it again with its new key', r.tbl::text);
     END LOOP;
+    FOR r IN
+        SELECT c.oid::regclass AS tbl FROM pg_class c
+         WHERE c.relpersistence <> 'p'
+           AND (c.oid IN (SELECT reloid FROM @extschema@._rserv_tables_)
+                OR c.oid IN (SELECT reloid FROM @extschema@._rserv_slave_tables_))
+         LIMIT 1
+    LOOP
+        RAISE EXCEPTION 'rserv: replicated table % cannot be made unlogged', r.tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'crash recovery empties unlogged tables without telling rserv; remove the table from replication first';
+    END LOOP;
+    FOR r IN
+        SELECT t.reloid::regclass AS tbl FROM @extschema@._rserv_tables_ t
+         WHERE (SELECT count(*) FROM pg_trigger g
+                 WHERE g.tgrelid = t.reloid AND g.tgname IN ('_rserv_trigger_t_', '_rserv_truncate_t_')
+                   AND g.tgenabled = 'A') <> 2
+         LIMIT 1
+    LOOP
+        RAISE EXCEPTION 'rserv: the capture triggers of replicated table % must stay enabled', r.tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('without them changes are silently not replicated; to stop replicating the table: SELECT rserv_remove_table(%L)', r.tbl::text);
+    END LOOP;
+    PERFORM @extschema@._rserv_refresh_watched_(t.reloid)
+       FROM @extschema@._rserv_tables_ t
+      WHERE t.watched_attnums IS NOT NULL
+        AND t.reloid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() AS c
+                          WHERE c.classid = 'pg_catalog.pg_class'::regclass);
 END
 $$;
 
 CREATE EVENT TRIGGER _rserv_drop_guard_ ON sql_drop EXECUTE FUNCTION _rserv_guard_drop_();
-CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'DROP TRIGGER')
     EXECUTE FUNCTION _rserv_guard_alter_();
+
+-- rserv's trigger functions are attached by rserv's registration functions only: a table owner
+-- attaching them by hand would write to (and bloat) the log without registering anything.
+REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_refresh_watched_(oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_reinstall_capture_(oid) FROM PUBLIC;
 
 -- How far behind each slave is. lag_seconds: age of the slave's data (the time of the snapshot
 -- it last applied) while changes are waiting for it, 0 when it has everything.

@@ -2,48 +2,92 @@
 //!
 //! `replicate` calls, in one slave transaction: `rserv_apply_begin()` (locks, checks the sync
 //! id and the master, records the new sync id), then per section `rserv_apply_stage()` (checks
-//! the table and returns the COPY command that loads the section's rows: a DELETE section's
-//! keys into a staging table, an INSERT section's rows straight into the table), the COPY
-//! itself, and `rserv_apply_merge()` (the set-based DELETE; an INSERT from a staging table when
-//! the caller may not write the table itself), then COMMIT. Any error anywhere rolls the whole
-//! change set back.
+//! the table and returns the COPY command that loads the section's rows), the COPY itself, and
+//! `rserv_apply_merge()`, then COMMIT. Any error anywhere rolls the whole change set back.
+//!
+//! Every statement on a slave table runs as that table's owner, in replica mode (the slave's
+//! own triggers and foreign keys stay quiet, as in built-in logical replication), under
+//! SECURITY_RESTRICTED_OPERATION ([`run_as_owner`]); replica mode never outlives the statement.
+//! The table owner consented by registering the table (`rserv_slave_add_table`); the calling
+//! replication role decides which rows arrive, never what code runs.
+//! - TRUNCATE: `DELETE FROM ONLY t`, at once.
+//! - DELETE: the caller COPYs the keys (text) into a staging table; merge deletes those rows.
+//! - INSERT: the caller's `COPY t FROM STDIN` itself is run as the owner, straight into the
+//!   table (see `apply_copy.rs`): the command stage returns is the only one allowed.
+//! - UPDATE (written by 1.0 development builds): rows staged as text, then replaced.
 
-use crate::common::{
-    call_hint, definer, drop_temp_table, ext_schema, ext_version, fail, first, grant_to_caller,
-    qualified, quote_ident, require_replicator, set_canonical_settings_local, set_local,
-    table_columns, SpiOrFail,
-};
-use crate::registry::slave_table;
+use crate::canonical::{set_canonical_settings_local, CANONICAL_SETTINGS};
+use crate::catalog::{ext_schema, ext_version, key_match, table_columns, table_info, Column};
+use crate::error::{fail, SpiOrFail};
+use crate::security::{definer, require_replicator, run_as_owner};
+use crate::slave_registry::{mark_copied, slave_table};
+use crate::sql::{call_hint, count_rows, first, ident_list, quote_ident, set_local};
+use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
 
-/// `rserv.allow_slave_writes`: let this session write to slave tables.
-pub static ALLOW_SLAVE_WRITES: GucSetting<bool> = GucSetting::<bool>::new(false);
-
-pub fn register_gucs() {
-    GucRegistry::define_bool_guc(
-        c"rserv.allow_slave_writes",
-        c"Allow local writes to tables this database receives from an rserv master.",
-        c"Off by default: local writes make a slave differ from its master.",
-        &ALLOW_SLAVE_WRITES,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+/// Settings of every statement on a slave table (besides search_path and row_security, which
+/// run_as_owner always sets).
+pub fn apply_settings() -> Vec<(&'static str, &'static str)> {
+    let mut s = vec![("session_replication_role", "replica")];
+    s.extend_from_slice(CANONICAL_SETTINGS);
+    s
 }
-
-/// Top-level transaction that called rserv_apply_begin(); stage and merge require it.
-static APPLYING_XACT: AtomicU64 = AtomicU64::new(0);
 
 fn current_xact() -> u64 {
     // SAFETY: plain read of the backend's transaction state
     unsafe { pg_sys::GetTopFullTransactionIdIfAny().value }
 }
 
+/// A section's table as resolved in the current apply transaction.
+#[derive(Clone)]
+struct Target {
+    reloid: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    table: String,
+    key: Vec<String>,
+    columns: Vec<String>,
+    /// the slave's columns, in the order of `columns`
+    slave_columns: Vec<Column>,
+}
+
+/// The COPY of an INSERT section that stage() allowed: the only `COPY ... FROM STDIN` the
+/// utility hook runs as the table's owner.
+pub struct AllowedCopy {
+    pub command: String,
+    pub reloid: pg_sys::Oid,
+    pub owner: pg_sys::Oid,
+    pub done: bool,
+}
+
+/// A resolved section target with what it was resolved from: (schema, table, columns, key,
+/// whether the master's column types were checked).
+struct ResolvedTarget {
+    schema: String,
+    name: String,
+    columns: Vec<String>,
+    key: Vec<String>,
+    typed: bool,
+    target: Target,
+}
+
+#[derive(Default)]
+struct ApplyState {
+    /// top-level transaction that called rserv_apply_begin()
+    xact: u64,
+    /// targets resolved in this transaction (each is checked once)
+    resolved: Vec<ResolvedTarget>,
+    copy: Option<AllowedCopy>,
+}
+
+thread_local! {
+    static STATE: RefCell<ApplyState> = RefCell::new(ApplyState::default());
+}
+
 fn require_apply_begun() {
     let x = current_xact();
-    if x == 0 || APPLYING_XACT.load(Ordering::Relaxed) != x {
+    if x == 0 || STATE.with(|s| s.borrow().xact) != x {
         fail(
             PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
             "rserv: call rserv_apply_begin() first, in the same transaction",
@@ -52,10 +96,34 @@ fn require_apply_begun() {
     }
 }
 
+/// The COPY stage() allowed in this apply transaction, if `command` is exactly it.
+pub fn allowed_copy(command: &str) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    let x = current_xact();
+    STATE.with(|s| {
+        let s = s.borrow();
+        if x == 0 || s.xact != x {
+            return None;
+        }
+        s.copy
+            .as_ref()
+            .filter(|c| !c.done && c.command == command)
+            .map(|c| (c.reloid, c.owner))
+    })
+}
+
+pub fn copy_done() {
+    STATE.with(|s| {
+        if let Some(c) = s.borrow_mut().copy.as_mut() {
+            c.done = true;
+        }
+    });
+}
+
 /// Last change set applied on this slave (the seed's GetSyncID); NULL if none yet.
 #[pg_extern(stable, security_definer)]
 fn rserv_slave_sync_id() -> Option<i64> {
     let _definer = definer();
+    require_replicator("rserv_slave_sync_id");
     let s = ext_schema();
     first::<i64>(
         &format!("SELECT syncid FROM {s}._rserv_slave_sync_"),
@@ -68,6 +136,7 @@ fn rserv_slave_sync_id() -> Option<i64> {
 #[pg_extern(stable, security_definer)]
 fn rserv_slave_master_id() -> Option<String> {
     let _definer = definer();
+    require_replicator("rserv_slave_master_id");
     let s = ext_schema();
     first::<String>(
         &format!("SELECT master::text FROM {s}._rserv_slave_sync_"),
@@ -148,86 +217,21 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
         &[syncid.into(), master.into()],
     )
     .or_fail("recording the sync id");
-    // Replica mode: user triggers and foreign keys of the slave do not fire for replicated
-    // rows (as in built-in logical replication); the change set as a whole is consistent.
-    set_local("session_replication_role", "replica");
     // The master is told this change set is applied right after COMMIT returns: it must be
     // durable by then, whatever the slave's own synchronous_commit.
     set_local("synchronous_commit", "on");
     set_local("work_mem", "64MB");
     set_canonical_settings_local();
-    APPLYING_XACT.store(current_xact(), Ordering::Relaxed);
+    let x = current_xact();
+    STATE.with(|st| {
+        *st.borrow_mut() = ApplyState {
+            xact: x,
+            ..ApplyState::default()
+        }
+    });
     true
 }
 
-#[derive(Clone)]
-struct Target {
-    reloid: pg_sys::Oid,
-    table: String,
-    key: Vec<String>,
-    columns: Vec<String>,
-}
-
-/// A section's table as resolved in the current apply transaction, so that its stage and
-/// merge calls (and the DELETE and INSERT sections of one table) check the catalogs once.
-struct Resolved {
-    schema: String,
-    name: String,
-    columns: Vec<String>,
-    key: Vec<String>,
-    /// the master's column types were checked too
-    typed: bool,
-    target: Target,
-    key_stage: Option<String>,
-    may_insert: Option<bool>,
-}
-
-thread_local! {
-    static RESOLVED: std::cell::RefCell<(u64, Vec<Resolved>)> =
-        const { std::cell::RefCell::new((0, Vec::new())) };
-}
-
-/// Run `f` on this transaction's cache entry for `t`, if there is one.
-fn with_resolved<R>(t: &Target, f: impl FnOnce(&mut Resolved) -> R) -> Option<R> {
-    let x = current_xact();
-    RESOLVED.with(|r| {
-        let mut r = r.borrow_mut();
-        if r.0 != x {
-            return None;
-        }
-        r.1.iter_mut()
-            .find(|e| e.target.reloid == t.reloid && e.target.columns == t.columns)
-            .map(f)
-    })
-}
-
-thread_local! {
-    /// Tables emptied by a TRUNCATE section in the current apply transaction: their rows are
-    /// COPYed straight in (no staging, no merge), which makes initial copies write once.
-    static EMPTIED: std::cell::RefCell<(u64, Vec<pg_sys::Oid>)> =
-        const { std::cell::RefCell::new((0, Vec::new())) };
-}
-
-fn emptied(reloid: pg_sys::Oid) -> bool {
-    let x = current_xact();
-    EMPTIED.with(|e| {
-        let e = e.borrow();
-        e.0 == x && e.1.contains(&reloid)
-    })
-}
-
-fn mark_emptied(reloid: pg_sys::Oid) {
-    let x = current_xact();
-    EMPTIED.with(|e| {
-        let mut e = e.borrow_mut();
-        if e.0 != x {
-            *e = (x, Vec::new());
-        }
-        e.1.push(reloid);
-    });
-}
-
-/// Check a section against this slave's registration and columns, by name.
 /// Type names as format_type() prints them, without a schema qualification that depends on
 /// each side's search_path.
 fn unqualified(type_name: &str) -> &str {
@@ -237,16 +241,25 @@ fn unqualified(type_name: &str) -> &str {
     }
 }
 
-/// Rows the master sends as `master_type` text must load into this slave's column: the same
-/// type, or one the master's type converts to implicitly or on assignment.
-fn check_type(table: &str, column: &str, master_type: &str, slave: &crate::common::Column) {
+/// Rows the master sends as `master_type` text must load into this slave's column without
+/// losing anything: the same type and modifiers, the same type unconstrained on the slave, or
+/// a type the master's converts to implicitly (int4 to int8, varchar to text). A narrower
+/// modifier (numeric(10,3) to numeric(10,2), timestamp(6) to timestamp(3)) would round values
+/// silently, and an assignment-only cast (numeric to int4) too: both are refused.
+fn check_type(table: &str, column: &str, master_type: &str, slave: &Column) {
     if unqualified(master_type) == unqualified(&slave.type_name) {
         return;
     }
     let ok = first::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_cast WHERE castsource = pg_catalog.to_regtype($1) \
-           AND casttarget = $2 AND castcontext IN ('a', 'i'))",
-        &[master_type.into(), slave.type_oid.into()],
+        "SELECT m.t = $2 AND $3 = -1 \
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast \
+                           WHERE castsource = m.t AND casttarget = $2 AND castcontext = 'i') \
+         FROM (SELECT pg_catalog.to_regtype($1)::oid AS t) AS m",
+        &[
+            master_type.into(),
+            slave.type_oid.into(),
+            slave.typmod.into(),
+        ],
         "checking column types",
     )
     .unwrap_or(false);
@@ -272,13 +285,10 @@ fn resolve_target(
     key: &[String],
     types: Option<&[String]>,
 ) -> Target {
-    let x = current_xact();
-    let cached = RESOLVED.with(|r| {
-        let r = r.borrow();
-        if r.0 != x {
-            return None;
-        }
-        r.1.iter()
+    let cached = STATE.with(|s| {
+        s.borrow()
+            .resolved
+            .iter()
             .find(|e| {
                 e.schema == schema
                     && e.name == name
@@ -292,21 +302,15 @@ fn resolve_target(
         return t;
     }
     let t = resolve_uncached(schema, name, columns, key, types);
-    RESOLVED.with(|r| {
-        let mut r = r.borrow_mut();
-        if r.0 != x {
-            *r = (x, Vec::new());
-        }
-        r.1.push(Resolved {
+    STATE.with(|s| {
+        s.borrow_mut().resolved.push(ResolvedTarget {
             schema: schema.to_string(),
             name: name.to_string(),
             columns: columns.to_vec(),
             key: key.to_vec(),
             typed: types.is_some(),
             target: t.clone(),
-            key_stage: None,
-            may_insert: None,
-        });
+        })
     });
     t
 }
@@ -318,7 +322,7 @@ fn resolve_uncached(
     key: &[String],
     types: Option<&[String]>,
 ) -> Target {
-    let table = qualified(schema, name);
+    let table = crate::sql::qualified(schema, name);
     let Some((reloid, slave_key)) = slave_table(schema, name) else {
         fail(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -331,6 +335,22 @@ fn resolve_uncached(
             ),
         );
     };
+    // No DDL may change the table between the checks below and the statements that use them.
+    // SAFETY: a lock held until the end of the transaction, as any writer of the table takes
+    unsafe {
+        pg_sys::LockRelationOid(reloid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    }
+    let info = table_info(reloid);
+    if info.relkind != "r" || info.persistence != "p" {
+        fail(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("rserv: slave table {table} is not an ordinary logged table"),
+            format!(
+                "make it one, or stop receiving it: {}",
+                call_hint("rserv_slave_remove_table", &table, "")
+            ),
+        );
+    }
     let mut a = slave_key.clone();
     let mut b = key.to_vec();
     a.sort();
@@ -347,6 +367,7 @@ fn resolve_uncached(
         );
     }
     let cols = table_columns(reloid);
+    let mut slave_columns = Vec::new();
     for (i, c) in columns.iter().enumerate() {
         match cols.iter().find(|x| &x.name == c) {
             None => fail(
@@ -363,131 +384,53 @@ fn resolve_uncached(
                 if let Some(t) = types.and_then(|t| t.get(i)) {
                     check_type(&table, c, t, x);
                 }
+                slave_columns.push(x.clone());
             }
         }
     }
     Target {
         reloid,
+        owner: info.owner,
         table,
         key: key.to_vec(),
         columns: columns.to_vec(),
+        slave_columns,
     }
 }
 
-fn ident_list(cols: &[String]) -> String {
-    cols.iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The key columns of `t` (slave side), in key order.
+fn key_columns(t: &Target) -> Vec<Column> {
+    let cols = table_columns(t.reloid);
+    t.key
+        .iter()
+        .filter_map(|k| cols.iter().find(|c| &c.name == k).cloned())
+        .collect()
 }
 
-fn temp_table_exists(name: &str) -> bool {
-    first::<bool>(
-        "SELECT pg_catalog.to_regclass('pg_temp.' || pg_catalog.quote_ident($1)) IS NOT NULL",
-        &[name.into()],
-        "looking up a temp table",
-    )
-    .unwrap_or(false)
-}
-
-/// COPY straight into a slave table runs as the calling role: only when it may insert there
-/// (and no row-level security policy stands in the way: COPY FROM refuses those tables).
-fn caller_may_insert(t: &Target) -> bool {
-    if let Some(Some(known)) = with_resolved(t, |e| e.may_insert) {
-        return known;
-    }
-    let may = first::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, c.oid, 'INSERT') AND NOT c.relrowsecurity \
-         FROM pg_catalog.pg_class c WHERE c.oid = $2",
-        &[crate::common::outer_user().into(), t.reloid.into()],
-        "checking the caller's privileges",
-    )
-    .unwrap_or(false);
-    with_resolved(t, |e| e.may_insert = Some(may));
-    may
-}
-
-/// The staging table for DELETE sections' keys: one per key shape (the key columns' types,
-/// type modifiers and collations) and calling role, shared by every table of that shape. It
-/// lives as long as the session and is emptied at every commit (ON COMMIT DELETE ROWS):
-/// creating and dropping a table in every cycle would cost more catalog writes than a small
-/// change set has rows, and one table per replicated table would make every commit empty them
-/// all. Its columns k1..kn have the key's own types (so ANALYZE gives the planner real
-/// statistics for the join) and collations (so the comparison is the table's own).
-fn key_stage(t: &Target) -> String {
-    if let Some(Some(known)) = with_resolved(t, |e| e.key_stage.clone()) {
-        return known;
-    }
-    let signature = first::<String>(
-        "SELECT pg_catalog.string_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) \
-                || ' ' || a.attcollation::text, ',' \
-                ORDER BY pg_catalog.array_position($2::text[], a.attname::text)) \
-         FROM pg_catalog.pg_attribute a \
-         WHERE a.attrelid = $1 AND a.attname::text = ANY ($2) AND NOT a.attisdropped",
-        &[t.reloid.into(), t.key.clone().into()],
-        "reading the key columns",
-    )
-    .unwrap_or_default();
-    // FNV-1a: the same name in every backend and build
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{signature}/{}", crate::common::outer_user().to_u32()).bytes() {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let name = format!("_rserv_keys_{hash:016x}");
-    if !temp_table_exists(&name) {
-        let cols: Vec<String> = t
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("t.{} AS k{}", quote_ident(k), i + 1))
-            .collect();
-        Spi::run(&format!(
-            "CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM ONLY {} AS t WITH NO DATA",
-            quote_ident(&name),
-            cols.join(", "),
-            t.table
-        ))
-        .or_fail("creating the key staging table");
-        grant_to_caller("INSERT", &format!("pg_temp.{}", quote_ident(&name)));
-    }
-    let stage = format!("pg_temp.{}", quote_ident(&name));
-    with_resolved(t, |e| e.key_stage = Some(stage.clone()));
-    stage
-}
-
-fn key_stage_columns(t: &Target) -> String {
-    (1..=t.key.len())
-        .map(|i| format!("k{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The per-transaction staging table for whole rows (UPDATE sections, and INSERT sections
-/// the caller may not COPY straight into the table).
-fn row_stage(t: &Target) -> String {
-    drop_temp_table("_rserv_stage_");
-    Spi::run(&format!(
-        "CREATE TEMP TABLE _rserv_stage_ ON COMMIT DROP AS SELECT {} FROM ONLY {} WITH NO DATA",
-        ident_list(&t.columns),
-        t.table
-    ))
-    .or_fail("creating the staging table");
-    grant_to_caller("INSERT", "pg_temp._rserv_stage_");
-    format!(
-        "COPY pg_temp._rserv_stage_ ({}) FROM STDIN",
-        ident_list(&t.columns)
+fn keys_stage(n: usize) -> String {
+    staging::table(
+        &format!("keys{n}"),
+        &staging::text_columns(n),
+        staging::Access {
+            caller: "INSERT",
+            public_select: true,
+        },
     )
 }
 
-fn direct_copy(t: &Target) -> String {
-    drop_temp_table("_rserv_stage_");
-    format!("COPY {} ({}) FROM STDIN", t.table, ident_list(&t.columns))
+fn rows_stage(n: usize) -> String {
+    staging::table(
+        &format!("rows{n}"),
+        &staging::text_columns(n),
+        staging::Access {
+            caller: "INSERT",
+            public_select: true,
+        },
+    )
 }
 
 /// Prepare one section of the change set. TRUNCATE is carried out at once and returns NULL;
-/// the others return the COPY command that loads the section's rows: into a staging table
-/// (DELETE: the keys; UPDATE: whole rows), or for INSERT straight into the table when the
-/// caller may write there.
+/// the others return the COPY command that loads the section's rows.
 #[pg_extern(volatile, security_definer)]
 fn rserv_apply_stage(
     section: &str,
@@ -510,8 +453,12 @@ fn rserv_apply_stage(
         "TRUNCATE" => {
             // DELETE, not TRUNCATE: in replica mode it leaves referencing slave tables alone,
             // and the change set's own sections bring those to the master's state.
-            Spi::run(&format!("DELETE FROM ONLY {}", t.table)).or_fail("emptying the table");
-            mark_emptied(t.reloid);
+            let sql = format!("DELETE FROM ONLY {}", t.table);
+            run_as_owner(t.owner, &apply_settings(), || {
+                Spi::run(&sql).or_fail("emptying the table")
+            });
+            // The table now holds exactly the master's rows once this change set is applied.
+            mark_copied(t.reloid);
             None
         }
         "DELETE" => {
@@ -526,17 +473,33 @@ fn rserv_apply_stage(
                     "the change set is damaged: prepare it again on the master",
                 );
             }
-            let stage = key_stage(&t);
-            // whatever an earlier DELETE section of this transaction left there is not ours
-            Spi::run(&format!("DELETE FROM {stage}")).or_fail("emptying the key staging table");
+            let stage = keys_stage(t.key.len());
+            staging::empty(&stage, false);
             Some(format!(
                 "COPY {stage} ({}) FROM STDIN",
-                key_stage_columns(&t)
+                staging::column_names(t.key.len())
             ))
         }
-        "INSERT" if caller_may_insert(&t) => Some(direct_copy(&t)),
-        "UPDATE" if emptied(t.reloid) && caller_may_insert(&t) => Some(direct_copy(&t)),
-        "INSERT" | "UPDATE" => Some(row_stage(&t)),
+        "INSERT" => {
+            let command = format!("COPY {} ({}) FROM STDIN", t.table, ident_list(&t.columns));
+            STATE.with(|s| {
+                s.borrow_mut().copy = Some(AllowedCopy {
+                    command: command.clone(),
+                    reloid: t.reloid,
+                    owner: t.owner,
+                    done: false,
+                })
+            });
+            Some(command)
+        }
+        "UPDATE" => {
+            let stage = rows_stage(t.columns.len());
+            staging::empty(&stage, false);
+            Some(format!(
+                "COPY {stage} ({}) FROM STDIN",
+                staging::column_names(t.columns.len())
+            ))
+        }
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
@@ -545,72 +508,39 @@ fn rserv_apply_stage(
     }
 }
 
-/// A large staging table deserves statistics before it is joined with the real one.
-/// Returns whether it was large.
-fn analyze_if_big(stage: &str, bytes: i64) -> bool {
-    let big = first::<bool>(
-        "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
-        &[stage.into(), bytes.into()],
-        "sizing the staging table",
-    )
-    .unwrap_or(false);
-    if big {
-        Spi::run(&format!("ANALYZE {stage}")).or_fail("analyzing the staging table");
-    }
-    big
-}
-
-/// Delete the rows whose identity is staged in `stage` (aliased `s`); `matches` pairs each key
-/// column with its staged value.
-fn delete_staged(t: &Target, stage: &str, matches: Vec<String>) -> i64 {
-    Spi::get_one::<i64>(&format!(
-        "WITH d AS (DELETE FROM ONLY {} AS t USING {stage} AS s WHERE {} RETURNING 1) \
-         SELECT count(*) FROM d",
-        t.table,
-        matches.join(" AND ")
-    ))
-    .or_fail("deleting changed rows")
-    .unwrap_or(0)
-}
-
-/// Key staging table: column k<i> holds key column i.
-fn delete_keys(t: &Target, stage: &str) -> i64 {
-    let matches = t
-        .key
+/// `t.k1 = s.c<i> AND ...`: rows of `t` whose identity is staged in `s`, column `c<i>` of the
+/// stage holding key column `i` (or, for whole rows, the column at that position).
+fn staged_identity(t: &Target, position_of: impl Fn(usize, &str) -> usize) -> String {
+    key_columns(t)
         .iter()
         .enumerate()
-        .map(|(i, k)| format!("t.{} = s.k{}", quote_ident(k), i + 1))
-        .collect();
-    delete_staged(t, stage, matches)
+        .map(|(i, c)| {
+            key_match(c).condition(
+                &format!("t.{}", quote_ident(&c.name)),
+                &format!("s.c{}", position_of(i, &c.name) + 1),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
-/// Whole-row staging table: same column names as the table.
-fn delete_rows(t: &Target, stage: &str) -> i64 {
-    let matches = t
-        .key
-        .iter()
-        .map(|k| format!("t.{0} = s.{0}", quote_ident(k)))
-        .collect();
-    delete_staged(t, stage, matches)
-}
-
-fn insert_staged(t: &Target) -> i64 {
-    Spi::get_one::<i64>(&format!(
-        "WITH i AS (INSERT INTO {0} ({1}) OVERRIDING SYSTEM VALUE \
-         SELECT {1} FROM pg_temp._rserv_stage_ RETURNING 1) SELECT count(*) FROM i",
-        t.table,
-        ident_list(&t.columns)
-    ))
-    .or_fail("inserting changed rows")
-    .unwrap_or(0)
+/// Delete the rows of `t` whose identity is staged in `stage`, as the table's owner.
+fn delete_staged(t: &Target, stage: &str, matches: &str) -> i64 {
+    let sql = format!(
+        "DELETE FROM ONLY {} AS t USING {stage} AS s WHERE {matches}",
+        t.table
+    );
+    run_as_owner(t.owner, &apply_settings(), || {
+        count_rows(&sql, &[], "deleting changed rows")
+    })
 }
 
 /// Merge the staged section into its table. DELETE: rows whose identity is staged are
 /// deleted (the master sends every changed identity there first, so INSERT sections never
-/// meet a transient duplicate, whatever order the master changed rows in). INSERT: staged
-/// rows are inserted. UPDATE: both, from one staging table. Returns the number of rows
-/// written (INSERT, UPDATE) or removed (DELETE); -1 when the rows were COPYed straight into
-/// the table (the caller counted them).
+/// meet a transient duplicate, whatever order the master changed rows in). INSERT: nothing
+/// left to do (-1: the rows went straight into the table, the caller's COPY counted them).
+/// UPDATE: staged rows replace those with their identity. Returns the number of rows removed
+/// (DELETE) or written (UPDATE).
 #[pg_extern(volatile, security_definer)]
 fn rserv_apply_merge(
     section: &str,
@@ -621,28 +551,62 @@ fn rserv_apply_merge(
 ) -> i64 {
     let _definer = definer();
     require_apply_begun();
-    if section == "TRUNCATE" {
-        return 0;
-    }
-    if section != "DELETE" && !temp_table_exists("_rserv_stage_") {
-        return -1;
-    }
-    let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
-    if section == "DELETE" {
-        let stage = key_stage(&t);
-        let big = analyze_if_big(&stage, 1024 * 1024);
-        let deleted = delete_keys(&t, &stage);
-        if big {
-            // give the space back now rather than keep a large table for the session
-            Spi::run(&format!("TRUNCATE {stage}")).or_fail("emptying the key staging table");
+    match section {
+        "TRUNCATE" => 0,
+        "INSERT" => {
+            STATE.with(|s| s.borrow_mut().copy = None);
+            -1
         }
-        return deleted;
+        "DELETE" => {
+            let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
+            let stage = keys_stage(t.key.len());
+            let big = staging::analyze_if_big(&stage, 1024 * 1024);
+            let matches = staged_identity(&t, |i, _| i);
+            let deleted = delete_staged(&t, &stage, &matches);
+            if big {
+                // give the space back now rather than keep a large table for the session
+                staging::empty(&stage, true);
+            }
+            deleted
+        }
+        "UPDATE" => {
+            let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
+            let stage = rows_stage(t.columns.len());
+            staging::analyze_if_big(&stage, 8 * 1024 * 1024);
+            let matches = staged_identity(&t, |_, name| {
+                t.columns.iter().position(|c| c == name).unwrap_or(0)
+            });
+            delete_staged(&t, &stage, &matches);
+            // text read with the column's input function as COPY would (modifiers applied on
+            // assignment, so a value too long for the slave's column is an error, not cut)
+            let values = t
+                .slave_columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    format!(
+                        "s.c{}::{}",
+                        i + 1,
+                        crate::catalog::format_type(c.type_oid, -1)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {values} FROM {stage} AS s",
+                t.table,
+                ident_list(&t.columns)
+            );
+            let inserted = run_as_owner(t.owner, &apply_settings(), || {
+                count_rows(&sql, &[], "inserting changed rows")
+            });
+            staging::empty(&stage, false);
+            inserted
+        }
+        other => fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("rserv: unknown change set section \"{other}\""),
+            "sections are TRUNCATE, DELETE, INSERT and UPDATE",
+        ),
     }
-    analyze_if_big("pg_temp._rserv_stage_", 8 * 1024 * 1024);
-    if section == "UPDATE" {
-        delete_rows(&t, "pg_temp._rserv_stage_");
-    }
-    let inserted = insert_staged(&t);
-    Spi::run("DROP TABLE pg_temp._rserv_stage_").or_fail("dropping the staging table");
-    inserted
 }

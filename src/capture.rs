@@ -3,24 +3,40 @@
 //! The trigger is the only rserv code on the users' write path, so it does as little as
 //! possible: it encodes the row identity and appends one row to `_rserv_log_` with
 //! `heap_insert` (no SPI, no planner, no index, no permission check on the log), so ordinary
-//! users of a replicated table need no rights on rserv's catalog.
+//! users of a replicated table need no rights on rserv's catalog. What it needs to know about
+//! the table (key and watched columns) is worked out once per relcache entry, not per row.
 //!
-//! Trigger arguments, set by `rserv_add_table()`: the number of key columns, the key column
-//! names, then the watched column names (none: every column is watched).
+//! Trigger arguments, set by `rserv_add_table()`: `@<number of key columns>`, the key columns'
+//! attribute numbers, then the watched columns' attribute numbers (none: every column is
+//! watched). Attribute numbers survive renames. Triggers made by rserv 1.0 name the columns
+//! instead (`<number>`, key names, watched names); they are still understood.
 
-use crate::common::{call_hint, fail, qualified, CanonicalOutput};
+use crate::canonical::CanonicalOutput;
+use crate::error::fail;
+use crate::sql::{call_hint, qualified};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-static DEBUG_LEVEL: AtomicI32 = AtomicI32::new(0);
-/// Top-level transaction that last sent the wake-up NOTIFY from this backend.
-static NOTIFIED_XACT: AtomicU64 = AtomicU64::new(0);
+static DEBUG_LEVEL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-thread_local! {
-    static NOTIFIED_AT: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+/// Set this session's debug level and return the previous one. At a level above 0 the
+/// capture trigger reports every log row it writes (NOTICE); at 2 and above, also updates it
+/// skipped because no watched column changed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _rserv_debug_(level: i32) -> i32 {
+    DEBUG_LEVEL.swap(level, std::sync::atomic::Ordering::Relaxed)
 }
+
+fn debug_level() -> i32 {
+    DEBUG_LEVEL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waking the daemon
+// ---------------------------------------------------------------------------------------------
 
 /// Channel on which a running `replicate run` waits for committed changes.
 const NOTIFY_CHANNEL: &str = "rserv";
@@ -30,12 +46,34 @@ const NOTIFY_CHANNEL: &str = "rserv";
 /// daemon keeps cycling while there is work, so a skipped wake-up costs no latency under load.
 const NOTIFY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// `NOTIFY rserv` from a writing transaction: delivered at commit (never for a rolled-back
-/// one), it wakes `replicate run` at once instead of at its next polling interval.
-unsafe fn notify_once(xid: u64) {
-    if NOTIFIED_XACT.load(Ordering::Relaxed) == xid {
-        return;
+thread_local! {
+    /// The current transaction appended to the log.
+    static LOGGED: Cell<bool> = const { Cell::new(false) };
+    static NOTIFIED_AT: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Transaction callback: a transaction that logged changes sends `NOTIFY rserv` just before it
+/// commits (delivered at commit, so the daemon never wakes for a rolled-back one). Nothing is
+/// sent from a transaction being prepared for two-phase commit: PostgreSQL refuses PREPARE
+/// TRANSACTION after NOTIFY, and its changes wait for the daemon's next poll instead.
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if LOGGED.with(|l| l.replace(false)) => {
+            notify_throttled();
+        }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE
+        | pg_sys::XactEvent::XACT_EVENT_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => LOGGED.with(|l| l.set(false)),
+        _ => {}
     }
+}
+
+unsafe fn notify_throttled() {
     let now = std::time::Instant::now();
     if NOTIFIED_AT.with(|at| {
         at.get()
@@ -43,7 +81,6 @@ unsafe fn notify_once(xid: u64) {
     }) {
         return;
     }
-    NOTIFIED_XACT.store(xid, Ordering::Relaxed);
     NOTIFIED_AT.with(|at| at.set(Some(now)));
     let channel = pg_sys::cstring_to_text_with_len(
         NOTIFY_CHANNEL.as_ptr() as *const std::ffi::c_char,
@@ -59,24 +96,45 @@ unsafe fn notify_once(xid: u64) {
     );
 }
 
-/// Set this session's debug level and return the previous one. At a level above 0 the
-/// capture trigger reports every log row it writes (NOTICE); at 2 and above, also updates it
-/// skipped because no watched column changed.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _rserv_debug_(level: i32) -> i32 {
-    DEBUG_LEVEL.swap(level, Ordering::Relaxed)
-}
+// ---------------------------------------------------------------------------------------------
+// What the trigger knows about a table
+// ---------------------------------------------------------------------------------------------
 
-fn debug_level() -> i32 {
-    DEBUG_LEVEL.load(Ordering::Relaxed)
-}
-
+#[derive(Clone)]
 struct Config {
+    /// the trigger this was read from (re-registration makes a new one)
+    tgoid: pg_sys::Oid,
     keys: Vec<i32>,
-    /// attnums; empty = all columns (unless all_dropped)
-    watched: Vec<i32>,
-    /// every watched column has been dropped: only key changes count
-    all_dropped: bool,
+    /// None: every column is watched. Some: the registered watched columns plus every column of
+    /// a unique index or exclusion constraint (a stale value there could collide on the slave)
+    watched: Option<Vec<i32>>,
+}
+
+thread_local! {
+    static CONFIGS: RefCell<HashMap<pg_sys::Oid, Config>> = RefCell::new(HashMap::new());
+}
+
+/// Relcache invalidation callback: a table's triggers, columns or indexes changed.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    CONFIGS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if relid == pg_sys::InvalidOid {
+                c.clear();
+            } else {
+                c.remove(&relid);
+            }
+        }
+    });
+}
+
+/// Register the backend-wide callbacks the capture trigger relies on (from `_PG_init`).
+pub fn register_callbacks() {
+    // SAFETY: registering C callbacks with static lifetime, once per backend
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget_relation), pg_sys::Datum::from(0usize));
+        pg_sys::RegisterXactCallback(Some(at_transaction_event), std::ptr::null_mut());
+    }
 }
 
 /// The table's qualified name, computed only when a message needs it (not per row).
@@ -109,11 +167,146 @@ impl std::fmt::Display for TableName<'_> {
     }
 }
 
+fn bad_arguments(table: &TableName) -> ! {
+    fail(
+        PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+        format!("_rserv_log_: trigger on table {table} has invalid arguments"),
+        format!(
+            "re-register the table: {}",
+            call_hint("rserv_add_table", table.get(), "")
+        ),
+    )
+}
+
+/// Columns of the table's unique indexes and exclusion constraints: key columns, and those
+/// their expressions and predicates use (PostgreSQL records each as a dependency of the index,
+/// or of the constraint an index belongs to).
+fn unique_index_columns(reloid: pg_sys::Oid) -> Vec<i32> {
+    crate::sql::column::<i32>(
+        "SELECT DISTINCT a FROM ( \
+           SELECT pg_catalog.unnest(i.indkey::pg_catalog.int2[])::pg_catalog.int4 AS a \
+             FROM pg_catalog.pg_index i \
+            WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND (i.indisunique OR i.indisexclusion) \
+           UNION ALL \
+           SELECT d.refobjsubid FROM pg_catalog.pg_depend d \
+            WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+              AND d.refobjid OPERATOR(pg_catalog.=) $1 \
+              AND ((d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                    AND d.objid IN (SELECT i.indexrelid FROM pg_catalog.pg_index i \
+                                     WHERE i.indrelid OPERATOR(pg_catalog.=) $1 \
+                                       AND (i.indisunique OR i.indisexclusion))) \
+                OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                    AND d.objid IN (SELECT c.oid FROM pg_catalog.pg_constraint c \
+                                     WHERE c.conrelid OPERATOR(pg_catalog.=) $1 \
+                                       AND c.contype IN ('p', 'u', 'x'))))) AS x \
+         WHERE a OPERATOR(pg_catalog.>) 0",
+        &[reloid.into()],
+        "reading the table's unique indexes",
+    )
+}
+
+/// Read the trigger's arguments into attribute numbers of the table as it is now.
+unsafe fn read_config(
+    trigger: &PgTrigger,
+    reloid: pg_sys::Oid,
+    tupdesc: pg_sys::TupleDesc,
+    table: &TableName,
+) -> Config {
+    let args = trigger.extra_args().unwrap_or_default();
+    let Some(first) = args.first() else {
+        bad_arguments(table)
+    };
+    let (nkeys, by_number) = match first.strip_prefix('@') {
+        Some(n) => (n.parse::<usize>().ok(), true),
+        None => (first.parse::<usize>().ok(), false),
+    };
+    let nkeys = match nkeys {
+        Some(n) if n >= 1 && n < args.len() => n,
+        _ => bad_arguments(table),
+    };
+    let live = |attnum: i32| {
+        attnum >= 1
+            && attnum <= (*tupdesc).natts
+            && !(*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize)).attisdropped
+    };
+    let attnum = |arg: &String| -> Option<i32> {
+        if by_number {
+            arg.parse::<i32>().ok().filter(|&n| live(n))
+        } else {
+            let cname = std::ffi::CString::new(arg.as_str()).ok()?;
+            let n = pg_sys::SPI_fnumber(tupdesc, cname.as_ptr());
+            (n > 0).then_some(n)
+        }
+    };
+    let keys = args[1..=nkeys]
+        .iter()
+        .map(|a| match attnum(a) {
+            Some(n) => n,
+            None => fail(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "_rserv_log_: a key column registered for replication no longer exists in table {table}"
+                ),
+                format!(
+                    "{}, then register the table again with its new key",
+                    call_hint("rserv_remove_table", table.get(), "")
+                ),
+            ),
+        })
+        .collect();
+    let watched = if nkeys + 1 == args.len() {
+        None
+    } else {
+        let mut cols: Vec<i32> = args[nkeys + 1..].iter().filter_map(attnum).collect();
+        if cols.is_empty() && by_number {
+            // every watched column was dropped: watch everything rather than nothing
+            None
+        } else {
+            for c in unique_index_columns(reloid) {
+                if !cols.contains(&c) {
+                    cols.push(c);
+                }
+            }
+            Some(cols)
+        }
+    };
+    Config {
+        tgoid: trigger.trigger().tgoid,
+        keys,
+        watched,
+    }
+}
+
+unsafe fn config(
+    trigger: &PgTrigger,
+    reloid: pg_sys::Oid,
+    tupdesc: pg_sys::TupleDesc,
+    table: &TableName,
+) -> Config {
+    let tgoid = trigger.trigger().tgoid;
+    let cached = CONFIGS.with(|c| {
+        c.borrow()
+            .get(&reloid)
+            .filter(|x| x.tgoid == tgoid)
+            .cloned()
+    });
+    if let Some(c) = cached {
+        return c;
+    }
+    let c = read_config(trigger, reloid, tupdesc, table);
+    CONFIGS.with(|m| m.borrow_mut().insert(reloid, c.clone()));
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding and logging
+// ---------------------------------------------------------------------------------------------
+
 thread_local! {
     /// (trigger function, its extension's _rserv_log_): the log to append to, looked up once
     /// per backend. A new extension brings a new function OID, so this never goes stale.
-    static LOG_REL: std::cell::Cell<(pg_sys::Oid, pg_sys::Oid)> =
-        const { std::cell::Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
+    static LOG_REL: Cell<(pg_sys::Oid, pg_sys::Oid)> =
+        const { Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
 }
 
 unsafe fn log_relation(tgfoid: pg_sys::Oid) -> pg_sys::Oid {
@@ -133,67 +326,6 @@ unsafe fn log_relation(tgfoid: pg_sys::Oid) -> pg_sys::Oid {
     }
     LOG_REL.with(|c| c.set((tgfoid, log)));
     log
-}
-
-/// Resolve the trigger's column names to attribute numbers of the table as it is now, so a
-/// dropped or renamed key column is reported instead of logging garbage.
-unsafe fn parse_config(
-    trigger: &PgTrigger,
-    tupdesc: pg_sys::TupleDesc,
-    table: &TableName,
-) -> Config {
-    let args = match trigger.extra_args() {
-        Ok(a) => a,
-        Err(e) => fail(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            format!("_rserv_log_: cannot read trigger arguments: {e}"),
-            "",
-        ),
-    };
-    let nkeys: usize = match args.first().and_then(|n| n.parse().ok()) {
-        Some(n) if n >= 1 && n < args.len() => n,
-        _ => fail(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            format!("_rserv_log_: trigger on table {table} has invalid arguments"),
-            format!(
-                "re-register the table: {}",
-                call_hint("rserv_add_table", table.get(), "")
-            ),
-        ),
-    };
-    // attnum of a column as the table is now; None if it was dropped or renamed
-    let attnum = |name: &String| -> Option<i32> {
-        let cname = std::ffi::CString::new(name.as_str()).ok()?;
-        let n = pg_sys::SPI_fnumber(tupdesc, cname.as_ptr());
-        (n > 0).then_some(n)
-    };
-    let keys = args[1..=nkeys]
-        .iter()
-        .map(|name| match attnum(name) {
-            Some(n) => n,
-            None => fail(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!(
-                    "_rserv_log_: key column \"{name}\" registered for replication no longer exists in table {table}"
-                ),
-                format!(
-                    "{}, then register the table again with its new key",
-                    call_hint("rserv_remove_table", table.get(), "")
-                ),
-            ),
-        })
-        .collect();
-    // A dropped watched column cannot change any more: it simply stops counting.
-    let watched = args[nkeys + 1..]
-        .iter()
-        .filter_map(attnum)
-        .collect::<Vec<_>>();
-    let all_dropped = nkeys + 1 < args.len() && watched.is_empty();
-    Config {
-        keys,
-        watched,
-        all_dropped,
-    }
 }
 
 /// Identity of one row as canonical text, one element per key column.
@@ -217,16 +349,6 @@ unsafe fn key_text(
                 );
             }
             let typoid = pg_sys::SPI_gettypeid(tupdesc, attnum);
-            if pg_sys::getBaseType(typoid) == pg_sys::BYTEAOID {
-                // bytea's text form follows bytea_output; write hex ourselves
-                let bytes: &[u8] = FromDatum::from_datum(datum, false).unwrap_or_default();
-                let mut hex = String::with_capacity(2 + 2 * bytes.len());
-                hex.push_str("\\x");
-                for b in bytes {
-                    hex.push_str(&format!("{b:02x}"));
-                }
-                return hex;
-            }
             let mut out_fn = pg_sys::InvalidOid;
             let mut is_varlena = false;
             pg_sys::getTypeOutputInfo(typoid, &mut out_fn, &mut is_varlena);
@@ -323,7 +445,7 @@ unsafe fn append_log(
     let tuple = pg_sys::heap_form_tuple((*log).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
     pg_sys::simple_heap_insert(log, tuple);
     pg_sys::table_close(log, pg_sys::NoLock as i32);
-    notify_once(xid as u64);
+    LOGGED.with(|l| l.set(true));
 
     if debug_level() > 0 {
         let what = match key {
@@ -374,7 +496,7 @@ fn _rserv_log_<'a>(
             );
         }
         let tupdesc = (*rel).rd_att;
-        let cfg = parse_config(trigger, tupdesc, &table);
+        let cfg = config(trigger, reloid, tupdesc, &table);
         match op {
             pg_sys::TRIGGER_EVENT_INSERT => {
                 let key = key_text(td.tg_trigtuple, tupdesc, &cfg.keys, &table);
@@ -391,14 +513,13 @@ fn _rserv_log_<'a>(
                     .iter()
                     .any(|&a| !column_unchanged(old, new, tupdesc, a));
                 let watched_changed = key_changed
-                    || if cfg.all_dropped {
-                        false
-                    } else if cfg.watched.is_empty() {
-                        (1..=(*tupdesc).natts).any(|a| !column_unchanged(old, new, tupdesc, a))
-                    } else {
-                        cfg.watched
+                    || match &cfg.watched {
+                        None => {
+                            (1..=(*tupdesc).natts).any(|a| !column_unchanged(old, new, tupdesc, a))
+                        }
+                        Some(cols) => cols
                             .iter()
-                            .any(|&a| !column_unchanged(old, new, tupdesc, a))
+                            .any(|&a| !column_unchanged(old, new, tupdesc, a)),
                     };
                 if !watched_changed {
                     if debug_level() > 1 {
@@ -419,33 +540,6 @@ fn _rserv_log_<'a>(
         }
     }
     Ok(None)
-}
-
-/// BEFORE statement trigger on slave tables: local writes would make the slave diverge from
-/// its master, so they are refused unless the session asks for them. The apply itself runs
-/// with session_replication_role = replica, where this trigger does not fire.
-#[pg_trigger]
-fn _rserv_protect_<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
-    if crate::apply::ALLOW_SLAVE_WRITES.get() {
-        return Ok(None);
-    }
-    let op = match trigger.trigger_data().tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
-        pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
-        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
-        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
-        _ => "TRUNCATE",
-    };
-    let table = qualified(
-        &trigger.table_schema().unwrap_or_default(),
-        &trigger.table_name().unwrap_or_default(),
-    );
-    fail(
-        PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
-        format!("rserv: table {table} is a replication slave table; local {op} refused"),
-        "write on the master, or SET rserv.allow_slave_writes = on to write here anyway (the slave then differs from its master)",
-    )
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -469,16 +563,17 @@ mod tests {
     #[pg_test]
     fn identity_text_ignores_session_settings() {
         Spi::run(
-            "CREATE TABLE ev (at timestamptz, score float8, PRIMARY KEY (at, score));
+            "CREATE TABLE ev (at timestamptz, score float8, b bytea[], PRIMARY KEY (at, score, b));
              SELECT rserv_add_table('ev');
              SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kathmandu'; SET extra_float_digits = -3;
-             INSERT INTO ev VALUES ('2024-03-01 10:00:00+00', 0.1::float8 + 0.2::float8);",
+             SET bytea_output = 'escape';
+             INSERT INTO ev VALUES ('2024-03-01 10:00:00+00', 0.1::float8 + 0.2::float8, ARRAY['\\x01ff'::bytea]);",
         )
         .unwrap();
-        // the writer's session would print "01/03/2024 15:45:00 +0545" and "0.3"
+        // the writer's session would print "01/03/2024 15:45:00 +0545", "0.3" and escape bytea
         assert_eq!(
             logged(),
-            vec!["f {\"2024-03-01 10:00:00+00\",0.30000000000000004}"]
+            vec!["f {\"2024-03-01 10:00:00+00\",0.30000000000000004,\"{\\\"\\\\\\\\x01ff\\\"}\"}"]
         );
     }
 
@@ -496,6 +591,19 @@ mod tests {
         .unwrap();
         // the update of an unwatched column logged nothing; the key change logged both keys
         assert_eq!(logged(), vec!["f {1}", "f {2}", "t {1}", "t {2}"]);
+    }
+
+    #[pg_test]
+    fn unique_columns_count_as_watched() {
+        Spi::run(
+            "CREATE TABLE u (id int PRIMARY KEY, w text, code text UNIQUE, other text);
+             INSERT INTO u VALUES (1, 'a', 'x', 'o');
+             SELECT rserv_add_table('u', 'w');
+             UPDATE u SET other = 'not logged';
+             UPDATE u SET code = 'y';",
+        )
+        .unwrap();
+        assert_eq!(logged(), vec!["f {1}"]);
     }
 
     #[pg_test]

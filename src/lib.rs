@@ -1,19 +1,32 @@
 //! rserv: trigger-based asynchronous master-to-slave table replication for PostgreSQL.
 //!
-//! Modules by concern:
-//! - [`capture`]: the `_rserv_log_()` trigger that records changed row identities
-//! - [`registry`]: registering tables on the master and on the slave
-//! - [`sync`]: change sets bounded by MVCC snapshots; confirm; log clean-up
-//! - [`apply`]: applying a change set on the slave in one transaction
-//! - [`common`]: quoting, errors, catalog look-ups shared by the above
+//! Modules by protocol step (ARCHITECTURE.md says which invariant each keeps):
+//! - master: [`registry`] (tables), [`capture`] (the `_rserv_log_()` trigger), [`changeset`]
+//!   (prepare: change sets bounded by MVCC snapshots), [`slaves`] (registration, confirm,
+//!   drop), [`cleanup`] (log clean-up), [`schema`] (table definitions for new slaves)
+//! - slave: [`slave_registry`] (received tables, protection), [`apply`] and [`apply_copy`]
+//! - both: [`security`] (who may do what, as whom), [`staging`] (temp tables), [`node`]
+//! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]
 
 use pgrx::prelude::*;
 
 mod apply;
+mod apply_copy;
+mod canonical;
 mod capture;
-mod common;
+mod catalog;
+mod changeset;
+mod cleanup;
+mod error;
+mod guc;
+mod node;
 mod registry;
-mod sync;
+mod schema;
+mod security;
+mod slave_registry;
+mod slaves;
+mod sql;
+mod staging;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -28,7 +41,9 @@ pub extern "C-unwind" fn _PG_init() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    apply::register_gucs();
+    guc::register();
+    capture::register_callbacks();
+    apply_copy::install();
 }
 
 /// Required by `cargo pgrx test`.

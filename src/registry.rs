@@ -1,15 +1,18 @@
-//! Table registry: `rserv_add_table` / `rserv_remove_table` on the master and
-//! `rserv_slave_add_table` / `rserv_slave_remove_table` on the slave.
+//! Table registry on the master: `rserv_add_table` / `rserv_remove_table`, the capture
+//! triggers they install, and the identity (key) and watched columns of each table. The
+//! identity rules are shared with the slave's registry (`slave_registry.rs`).
 //!
 //! Registration is idempotent and self-repairing: calling it again with the same arguments is a
 //! NOTICE, a missing trigger is put back, and every trigger rserv creates depends on the
 //! extension so `DROP EXTENSION rserv` removes them all.
 
-use crate::common::{
-    call_hint, definer, ext_schema, fail, first, quote_ident, quote_literal, require_replicator,
-    require_table_owner, table_columns, table_info, Column, RegClass, SpiOrFail, TableInfo,
-    CAPTURE_TRIGGER, PROTECT_TRIGGER, TRUNCATE_TRIGGER,
+use crate::catalog::{
+    ext_schema, table_columns, table_info, Column, RegClass, TableInfo, CAPTURE_TRIGGER,
+    TRUNCATE_TRIGGER,
 };
+use crate::error::{fail, SpiOrFail};
+use crate::security::{definer, internal_ddl, require_table_owner};
+use crate::sql::{call_hint, first, quote_ident, quote_literal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -45,7 +48,7 @@ fn unstable_key_type(typoid: pg_sys::Oid) -> bool {
 }
 
 /// The table argument of a registration function; NULL is an error that names the function.
-fn required(tbl: Option<RegClass>, func: &str) -> pg_sys::Oid {
+pub fn required(tbl: Option<RegClass>, func: &str) -> pg_sys::Oid {
     match tbl {
         Some(t) => t.0,
         None => fail(
@@ -87,7 +90,10 @@ fn identity_candidates(reloid: pg_sys::Oid) -> Vec<(bool, Vec<String>)> {
     .or_fail("reading the table's unique indexes")
 }
 
-fn check_table_kind(info: &TableInfo) {
+/// Only permanent ordinary tables can be replicated: a temporary table has no master state to
+/// follow, and an unlogged one is emptied by crash recovery without any trigger firing, which
+/// would leave a slave silently different.
+pub fn check_table_kind(info: &TableInfo) {
     let table = info.qualified();
     match info.relkind.as_str() {
         "r" => {}
@@ -102,12 +108,20 @@ fn check_table_kind(info: &TableInfo) {
             "only ordinary tables can be replicated",
         ),
     }
-    if info.persistence == "t" {
-        fail(
+    match info.persistence.as_str() {
+        "t" => fail(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("rserv: {table} is a temporary table"),
             "temporary tables cannot be replicated",
-        );
+        ),
+        "u" => fail(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("rserv: {table} is an unlogged table"),
+            format!(
+                "crash recovery empties unlogged tables without telling rserv; make it logged first: ALTER TABLE {table} SET LOGGED"
+            ),
+        ),
+        _ => {}
     }
     let member = first::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend WHERE classid = 'pg_catalog.pg_class'::regclass \
@@ -153,22 +167,21 @@ fn named_columns(info: &TableInfo, cols: &[Column], column_name: &str) -> Vec<St
 }
 
 /// Row identity and watched columns for a registration. `watched` None = every column.
-struct Identity {
-    key: Vec<String>,
-    watched: Option<Vec<String>>,
+pub struct Identity {
+    pub key: Vec<String>,
+    pub watched: Option<Vec<String>>,
 }
 
 /// `registered`: the identity of an existing registration, which stays the identity when
 /// `column_name` names watched columns (or nothing).
-fn resolve_identity(
-    reloid: pg_sys::Oid,
+pub fn resolve_identity(
     info: &TableInfo,
     column_name: Option<&str>,
     registered: Option<&Vec<String>>,
 ) -> Identity {
     let table = info.qualified();
-    let cols = table_columns(reloid);
-    let candidates = identity_candidates(reloid);
+    let cols = table_columns(info.reloid);
+    let candidates = identity_candidates(info.reloid);
     let named = column_name.map(|c| named_columns(info, &cols, c));
 
     // A column list that is exactly a unique NOT NULL key is the identity (`MasterAddTable db
@@ -250,7 +263,7 @@ fn describe(identity: &Identity) -> String {
     )
 }
 
-fn trigger_oid(reloid: pg_sys::Oid, name: &str) -> Option<pg_sys::Oid> {
+pub fn trigger_oid(reloid: pg_sys::Oid, name: &str) -> Option<pg_sys::Oid> {
     first::<pg_sys::Oid>(
         "SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
         &[reloid.into(), name.into()],
@@ -259,7 +272,7 @@ fn trigger_oid(reloid: pg_sys::Oid, name: &str) -> Option<pg_sys::Oid> {
 }
 
 /// Make the trigger go away with the extension: an AUTO dependency, like an index on its table.
-fn depend_on_extension(reloid: pg_sys::Oid, trigger: &str) {
+pub fn depend_on_extension(reloid: pg_sys::Oid, trigger: &str) {
     let ext = first::<pg_sys::Oid>(
         "SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
         &[],
@@ -287,21 +300,37 @@ fn depend_on_extension(reloid: pg_sys::Oid, trigger: &str) {
     }
 }
 
-fn drop_trigger(reloid: pg_sys::Oid, table: &str, name: &str) {
+pub fn drop_trigger(reloid: pg_sys::Oid, table: &str, name: &str) {
     if trigger_oid(reloid, name).is_some() {
+        let _internal = internal_ddl();
         Spi::run(&format!("DROP TRIGGER {} ON {table}", quote_ident(name)))
             .or_fail("dropping a trigger");
     }
 }
 
-fn install_capture_triggers(reloid: pg_sys::Oid, table: &str, identity: &Identity) {
+fn attnums(cols: &[Column], names: &[String]) -> Vec<i16> {
+    names
+        .iter()
+        .filter_map(|n| cols.iter().find(|c| &c.name == n).map(|c| c.attnum))
+        .collect()
+}
+
+/// (Re)create the capture triggers of a registered table. Their arguments hold attribute
+/// numbers, which follow column renames.
+fn install_capture_triggers(
+    reloid: pg_sys::Oid,
+    table: &str,
+    key: &[i16],
+    watched: Option<&[i16]>,
+) {
     let schema = ext_schema();
+    let _internal = internal_ddl();
     drop_trigger(reloid, table, CAPTURE_TRIGGER);
     drop_trigger(reloid, table, TRUNCATE_TRIGGER);
-    let mut args = vec![quote_literal(&identity.key.len().to_string())];
-    args.extend(identity.key.iter().map(|k| quote_literal(k)));
-    if let Some(w) = &identity.watched {
-        args.extend(w.iter().map(|c| quote_literal(c)));
+    let mut args = vec![quote_literal(&format!("@{}", key.len()))];
+    args.extend(key.iter().map(|k| quote_literal(&k.to_string())));
+    if let Some(w) = watched {
+        args.extend(w.iter().map(|c| quote_literal(&c.to_string())));
     }
     Spi::run(&format!(
         "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} \
@@ -327,6 +356,37 @@ fn install_capture_triggers(reloid: pg_sys::Oid, table: &str, identity: &Identit
     }
 }
 
+/// A table's registration on this master: key column names, watched column names and their
+/// attribute numbers (None: every column is watched).
+struct Registration {
+    key: Vec<String>,
+    watched: Option<Vec<String>>,
+    watched_attnums: Option<Vec<i16>>,
+}
+
+fn registration(s: &str, reloid: pg_sys::Oid) -> Option<Registration> {
+    Spi::connect(|client| {
+        let tab = client.select(
+            &format!(
+                "SELECT key::text[], watched::text[], watched_attnums FROM {s}._rserv_tables_ \
+                 WHERE reloid = $1"
+            ),
+            None,
+            &[reloid.into()],
+        )?;
+        let mut out = None;
+        for r in tab {
+            out = Some(Registration {
+                key: r.get::<Vec<String>>(1)?.unwrap_or_default(),
+                watched: r.get::<Vec<String>>(2)?,
+                watched_attnums: r.get::<Vec<i16>>(3)?,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("reading _rserv_tables_")
+}
+
 fn to_opt_vec(v: Option<Vec<String>>) -> Option<Vec<Option<String>>> {
     v.map(|v| v.into_iter().map(Some).collect())
 }
@@ -342,33 +402,16 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
     let info = table_info(reloid);
     check_table_kind(&info);
     let table = info.qualified();
-    require_table_owner(reloid, &table, "rserv_add_table");
+    require_table_owner(info.owner, &table, "rserv_add_table");
     let s = ext_schema();
 
-    let existing = Spi::connect(|client| {
-        let tab = client.select(
-            &format!(
-                "SELECT key::text[], watched::text[] FROM {s}._rserv_tables_ WHERE reloid = $1"
-            ),
-            None,
-            &[reloid.into()],
-        )?;
-        let mut out = None;
-        for r in tab {
-            out = Some((
-                r.get::<Vec<String>>(1)?.unwrap_or_default(),
-                r.get::<Vec<String>>(2)?,
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("reading _rserv_tables_");
+    let existing = registration(&s, reloid).map(|r| (r.key, r.watched));
     let mut identity = resolve_identity(
-        reloid,
         &info,
         column_name.as_deref(),
         existing.as_ref().map(|(key, _)| key),
     );
+    let cols = table_columns(reloid);
 
     if let Some((old_key, old_watched)) = existing {
         if old_key != identity.key {
@@ -399,9 +442,15 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
         };
         let unchanged = first::<bool>(
             &format!(
-                "SELECT watched::text[] IS NOT DISTINCT FROM $2 FROM {s}._rserv_tables_ WHERE reloid = $1"
+                "SELECT watched::text[] IS NOT DISTINCT FROM $2 \
+                        AND watched_attnums IS NOT DISTINCT FROM $3::int2[] \
+                 FROM {s}._rserv_tables_ WHERE reloid = $1"
             ),
-            &[reloid.into(), to_opt_vec(identity.watched.clone()).into()],
+            &[
+                reloid.into(),
+                to_opt_vec(identity.watched.clone()).into(),
+                identity.watched.as_ref().map(|w| attnums(&cols, w)).into(),
+            ],
             "comparing registrations",
         )
         .unwrap_or(false);
@@ -417,7 +466,8 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
         }
         Spi::run_with_args(
             &format!(
-                "UPDATE {s}._rserv_tables_ SET watched = $2::name[], cname = coalesce($3, cname), tname = $4 \
+                "UPDATE {s}._rserv_tables_ SET watched = $2::name[], watched_attnums = $5::int2[], \
+                        cname = coalesce($3, cname), tname = $4 \
                  WHERE reloid = $1"
             ),
             &[
@@ -425,14 +475,15 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
                 to_opt_vec(identity.watched.clone()).into(),
                 column_name.clone().into(),
                 table.clone().into(),
+                identity.watched.as_ref().map(|w| attnums(&cols, w)).into(),
             ],
         )
         .or_fail("updating _rserv_tables_");
     } else {
         Spi::run_with_args(
             &format!(
-                "INSERT INTO {s}._rserv_tables_ (reloid, tname, cname, key, watched) \
-                 VALUES ($1, $2, $3, $4::name[], $5::name[])"
+                "INSERT INTO {s}._rserv_tables_ (reloid, tname, cname, key, watched, watched_attnums) \
+                 VALUES ($1, $2, $3, $4::name[], $5::name[], $6::int2[])"
             ),
             &[
                 reloid.into(),
@@ -440,11 +491,18 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
                 column_name.clone().into(),
                 identity.key.clone().into(),
                 to_opt_vec(identity.watched.clone()).into(),
+                identity.watched.as_ref().map(|w| attnums(&cols, w)).into(),
             ],
         )
         .or_fail("inserting into _rserv_tables_");
     }
-    install_capture_triggers(reloid, &table, &identity);
+    let watched = identity.watched.as_ref().map(|w| attnums(&cols, w));
+    install_capture_triggers(
+        reloid,
+        &table,
+        &attnums(&cols, &identity.key),
+        watched.as_deref(),
+    );
 }
 
 /// Stop replicating a table from this master: drops its triggers, its registration and its
@@ -455,17 +513,13 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
     let reloid = required(tbl, "rserv_remove_table");
     let info = table_info(reloid);
     let table = info.qualified();
-    require_table_owner(reloid, &table, "rserv_remove_table");
+    require_table_owner(info.owner, &table, "rserv_remove_table");
     let s = ext_schema();
-    let removed = Spi::get_one_with_args::<i64>(
-        &format!(
-            "WITH d AS (DELETE FROM {s}._rserv_tables_ WHERE reloid = $1 RETURNING 1) \
-             SELECT count(*) FROM d"
-        ),
+    let removed = crate::sql::count_rows(
+        &format!("DELETE FROM {s}._rserv_tables_ WHERE reloid = $1"),
         &[reloid.into()],
-    )
-    .or_fail("deleting from _rserv_tables_")
-    .unwrap_or(0);
+        "deleting from _rserv_tables_",
+    );
     drop_trigger(reloid, &table, CAPTURE_TRIGGER);
     drop_trigger(reloid, &table, TRUNCATE_TRIGGER);
     Spi::run_with_args(
@@ -481,238 +535,84 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
     }
 }
 
-/// Register a table on the slave. The identity must match the master's registration;
-/// `column_name` is accepted as on the master (a key, or a watched column, which only the
-/// master uses). Local writes to the table are refused from now on.
+/// Install the capture triggers of registered table `reloid` again from its registration (the
+/// upgrade from 1.0, whose triggers named columns instead of numbering them, uses this).
 #[pg_extern(volatile, security_definer)]
-fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, "NULL")) {
+fn _rserv_reinstall_capture_(reloid: pg_sys::Oid) {
     let _definer = definer();
-    let reloid = required(tbl, "rserv_slave_add_table");
-    let info = table_info(reloid);
-    check_table_kind(&info);
-    let table = info.qualified();
-    require_table_owner(reloid, &table, "rserv_slave_add_table");
     let s = ext_schema();
-    let old_key = first::<Vec<String>>(
-        &format!("SELECT key::text[] FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
-        &[reloid.into()],
-        "reading _rserv_slave_tables_",
-    );
-    let identity = resolve_identity(reloid, &info, column_name.as_deref(), old_key.as_ref());
-    match old_key {
-        Some(k) if k != identity.key => fail(
-            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!(
-                "rserv: table {table} is already registered as a slave table with identity ({}), not ({})",
-                k.join(", "),
-                identity.key.join(", ")
-            ),
-            format!(
-                "to change it: {}, then register it again",
-                call_hint("rserv_slave_remove_table", &table, "")
-            ),
-        ),
-        Some(_) if trigger_oid(reloid, PROTECT_TRIGGER).is_some() => {
-            notice!(
-                "rserv: table {} is already registered as a slave table (identity ({})); nothing changed",
-                table,
-                identity.key.join(", ")
-            );
-            return;
-        }
-        Some(_) => {}
-        None => {
-            Spi::run_with_args(
-                &format!(
-                    "INSERT INTO {s}._rserv_slave_tables_ (reloid, tname, cname, key) \
-                     VALUES ($1, $2, $3, $4::name[])"
-                ),
-                &[
-                    reloid.into(),
-                    table.clone().into(),
-                    column_name.into(),
-                    identity.key.clone().into(),
-                ],
-            )
-            .or_fail("inserting into _rserv_slave_tables_");
-        }
-    }
-    drop_trigger(reloid, &table, PROTECT_TRIGGER);
-    Spi::run(&format!(
-        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
-         FOR EACH STATEMENT EXECUTE FUNCTION {s}._rserv_protect_()",
-        quote_ident(PROTECT_TRIGGER)
-    ))
-    .or_fail("creating the protection trigger");
-    depend_on_extension(reloid, PROTECT_TRIGGER);
+    let registered = registration(&s, reloid).map(|r| (r.key, r.watched_attnums));
+    let Some((key, watched)) = registered else {
+        return;
+    };
+    let table = table_info(reloid).qualified();
+    let cols = table_columns(reloid);
+    install_capture_triggers(reloid, &table, &attnums(&cols, &key), watched.as_deref());
 }
 
-/// Stop receiving a table on this slave; it becomes an ordinary writable table again.
+/// After an ALTER TABLE of a registered master table (called by the DDL guard): watched columns
+/// follow renames (their names in `_rserv_tables_` are refreshed), and a dropped watched column
+/// leaves the registration with a WARNING; when none is left, every column is watched. Never a
+/// silent narrowing of what is replicated.
 #[pg_extern(volatile, security_definer)]
-fn rserv_slave_remove_table(tbl: Option<RegClass>) {
+fn _rserv_refresh_watched_(reloid: pg_sys::Oid) {
     let _definer = definer();
-    let reloid = required(tbl, "rserv_slave_remove_table");
-    let table = table_info(reloid).qualified();
-    require_table_owner(reloid, &table, "rserv_slave_remove_table");
     let s = ext_schema();
-    let removed = Spi::get_one_with_args::<i64>(
-        &format!(
-            "WITH d AS (DELETE FROM {s}._rserv_slave_tables_ WHERE reloid = $1 RETURNING 1) \
-             SELECT count(*) FROM d"
-        ),
-        &[reloid.into()],
-    )
-    .or_fail("deleting from _rserv_slave_tables_")
-    .unwrap_or(0);
-    drop_trigger(reloid, &table, PROTECT_TRIGGER);
-    if removed == 0 {
-        notice!(
-            "rserv: table {} is not registered on this slave; nothing to remove",
+    let registered = registration(&s, reloid).and_then(|r| r.watched_attnums.zip(r.watched));
+    let Some((attnums_now, names_before)) = registered else {
+        return; // every column is watched, or not registered
+    };
+    let info = table_info(reloid);
+    let table = info.qualified();
+    let cols = table_columns(reloid);
+    let live: Vec<&Column> = attnums_now
+        .iter()
+        .filter_map(|a| cols.iter().find(|c| c.attnum == *a))
+        .collect();
+    let gone: Vec<String> = attnums_now
+        .iter()
+        .zip(&names_before)
+        .filter(|(a, _)| !cols.iter().any(|c| c.attnum == **a))
+        .map(|(_, n)| quote_ident(n))
+        .collect();
+    let (names, kept): (Option<Vec<String>>, Option<Vec<i16>>) = if live.is_empty() {
+        warning!(
+            "rserv: watched column {} of replicated table {} was dropped; it was the last one, so every column of the table is watched from now on",
+            gone.join(", "),
             table
         );
-    }
-}
-
-/// Tables this master replicates, with their identity and the DDL that recreates them on a
-/// slave (`replicate --create-tables`).
-#[pg_extern(stable, security_definer)]
-#[allow(clippy::type_complexity)]
-fn rserv_table_list() -> TableIterator<
-    'static,
-    (
-        name!(schema_name, String),
-        name!(table_name, String),
-        name!(key_columns, Vec<String>),
-        name!(is_primary_key, bool),
-        name!(ddl, String),
-    ),
-> {
-    let _definer = definer();
-    require_replicator("rserv_table_list");
-    let s = ext_schema();
-    let rows = Spi::connect(|client| {
-        client
-            .select(
-                &format!(
-                    "SELECT n.nspname::text, c.relname::text, t.key::text[], \
-                            coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) \
-                               FROM pg_catalog.pg_index i \
-                               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-                               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                               WHERE i.indrelid = t.reloid AND i.indisprimary) = t.key::text[], false), \
-                            t.reloid \
-                     FROM {s}._rserv_tables_ t JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2"
-                ),
-                None,
-                &[],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<Vec<String>>(3)?.unwrap_or_default(),
-                    r.get::<bool>(4)?.unwrap_or(false),
-                    r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_fail("listing replicated tables");
-    TableIterator::new(
-        rows.into_iter()
-            .map(|(schema, table, key, pk, reloid)| (schema, table, key, pk, table_ddl(reloid))),
-    )
-}
-
-/// CREATE TABLE for a slave: columns with their types, NOT NULL, defaults that need no other
-/// object (no sequences), identity and generated columns, primary key, unique and check
-/// constraints, and unique indexes (a row identity may rest on one). Foreign keys are left out:
-/// the apply does not check them, and their targets may not exist yet.
-fn table_ddl(reloid: pg_sys::Oid) -> String {
-    first::<String>(
-        "SELECT format('CREATE TABLE %I.%I (%s)', n.nspname, c.relname, \
-                  concat_ws(', ', \
-                    (SELECT string_agg(format('%I %s%s%s%s', a.attname, \
-                              pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                              CASE a.attidentity WHEN 'a' THEN ' GENERATED ALWAYS AS IDENTITY' \
-                                                 WHEN 'd' THEN ' GENERATED BY DEFAULT AS IDENTITY' ELSE '' END, \
-                              CASE WHEN a.attgenerated = 's' \
-                                   THEN format(' GENERATED ALWAYS AS (%s) STORED', pg_catalog.pg_get_expr(d.adbin, d.adrelid)) \
-                                   WHEN d.adbin IS NOT NULL AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) NOT LIKE '%nextval(%' \
-                                   THEN ' DEFAULT ' || pg_catalog.pg_get_expr(d.adbin, d.adrelid) ELSE '' END, \
-                              CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum) \
-                       FROM pg_catalog.pg_attribute a \
-                       LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
-                    (SELECT string_agg(format('CONSTRAINT %I %s', o.conname, pg_catalog.pg_get_constraintdef(o.oid)), ', ' \
-                            ORDER BY o.contype, o.conname) \
-                       FROM pg_catalog.pg_constraint o WHERE o.conrelid = c.oid AND o.contype IN ('p', 'u', 'c')))) \
-              || coalesce((SELECT string_agg(';' || chr(10) || pg_catalog.pg_get_indexdef(i.indexrelid), '' ORDER BY i.indexrelid) \
-                   FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique \
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint o WHERE o.conindid = i.indexrelid)), '') \
-         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.oid = $1",
-        &[reloid.into()],
-        "building the table's DDL",
-    )
-    .unwrap_or_default()
-}
-
-/// Tables this slave receives (the master sends only these).
-#[pg_extern(stable, security_definer)]
-fn rserv_slave_table_list(
-) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String))> {
-    let _definer = definer();
-    require_replicator("rserv_slave_table_list");
-    let s = ext_schema();
-    let rows = Spi::connect(|client| {
-        client
-            .select(
-                &format!(
-                    "SELECT n.nspname::text, c.relname::text FROM {s}._rserv_slave_tables_ t \
-                     JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2"
-                ),
-                None,
-                &[],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_fail("listing the slave's tables");
-    TableIterator::new(rows)
-}
-
-/// The slave's registration of `schema.name`: (reloid, key columns).
-pub fn slave_table(schema: &str, name: &str) -> Option<(pg_sys::Oid, Vec<String>)> {
-    let s = ext_schema();
-    Spi::connect(|client| {
-        let tab = client.select(
-            &format!(
-                "SELECT t.reloid, t.key::text[] FROM {s}._rserv_slave_tables_ t \
-                 JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2"
-            ),
-            None,
-            &[schema.into(), name.into()],
-        )?;
-        let mut out = None;
-        for r in tab {
-            out = Some((
-                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                r.get::<Vec<String>>(2)?.unwrap_or_default(),
-            ));
+        (None, None)
+    } else {
+        if !gone.is_empty() {
+            warning!(
+                "rserv: watched column {} of replicated table {} was dropped and is no longer watched; watched now: {}",
+                gone.join(", "),
+                table,
+                live.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+            );
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("reading _rserv_slave_tables_")
+        (
+            Some(live.iter().map(|c| c.name.clone()).collect()),
+            Some(live.iter().map(|c| c.attnum).collect()),
+        )
+    };
+    Spi::run_with_args(
+        &format!(
+            "UPDATE {s}._rserv_tables_ SET watched = $2::name[], watched_attnums = $3::int2[] \
+             WHERE reloid = $1"
+        ),
+        &[reloid.into(), to_opt_vec(names).into(), kept.clone().into()],
+    )
+    .or_fail("updating _rserv_tables_");
+    if kept.as_ref().map(Vec::len) != Some(attnums_now.len()) {
+        let key = first::<Vec<String>>(
+            &format!("SELECT key::text[] FROM {s}._rserv_tables_ WHERE reloid = $1"),
+            &[reloid.into()],
+            "reading the registration",
+        )
+        .unwrap_or_default();
+        install_capture_triggers(reloid, &table, &attnums(&cols, &key), kept.as_deref());
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -757,6 +657,12 @@ mod tests {
         Spi::run("CREATE TABLE nokey (a int); SELECT rserv_add_table('nokey');").unwrap();
     }
 
+    #[pg_test(error = "rserv: public.ul is an unlogged table")]
+    fn unlogged_tables_are_refused() {
+        Spi::run("CREATE UNLOGGED TABLE ul (a int PRIMARY KEY); SELECT rserv_add_table('ul');")
+            .unwrap();
+    }
+
     #[pg_test(error = "rserv: column \"nosuch\" does not exist in table public.c")]
     fn unknown_column_is_refused() {
         Spi::run("CREATE TABLE c (id int PRIMARY KEY); SELECT rserv_add_table('c', 'nosuch');")
@@ -796,12 +702,46 @@ mod tests {
     }
 
     #[pg_test]
+    fn watched_columns_follow_renames_and_drops() {
+        Spi::run(
+            "CREATE TABLE t (id int PRIMARY KEY, w text, x text, y text);
+             SELECT rserv_add_table('t', 'w');
+             SELECT rserv_add_table('t', 'x');
+             ALTER TABLE t RENAME COLUMN w TO w2;",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<String>("SELECT watched::text FROM _rserv_tables_").unwrap(),
+            Some("{w2,x}".to_string())
+        );
+        Spi::run("ALTER TABLE t DROP COLUMN x").unwrap();
+        assert_eq!(
+            Spi::get_one::<String>("SELECT watched::text FROM _rserv_tables_").unwrap(),
+            Some("{w2}".to_string())
+        );
+        Spi::run("ALTER TABLE t DROP COLUMN w2").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT watched IS NULL FROM _rserv_tables_").unwrap(),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
     fn other_ddl_on_replicated_tables_is_fine() {
         Spi::run(
             "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT rserv_add_table('t');
              ALTER TABLE t ADD COLUMN w int; ALTER TABLE t RENAME COLUMN v TO vv;
              CREATE TABLE other (a int); DROP TABLE other;
              SELECT rserv_remove_table('t'); DROP TABLE t;",
+        )
+        .unwrap();
+    }
+
+    #[pg_test(error = "rserv: the capture triggers of replicated table public.t must stay enabled")]
+    fn disabling_the_capture_trigger_is_refused() {
+        Spi::run(
+            "CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t');
+             ALTER TABLE t DISABLE TRIGGER ALL;",
         )
         .unwrap();
     }

@@ -71,29 +71,63 @@ ROLLBACK;
 SELECT rserv_slave_sync_id(), rserv_slave_master_id();
 BEGIN;
 SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_version());
--- the apply runs as a replica, with canonical settings
+-- replica mode is only ever in force for rserv's own statements: not for the caller's
 SHOW session_replication_role;
 SHOW DateStyle;
--- DELETE section: the key columns of every changed identity, into a key staging table per
--- key shape (types, collations) that lives as long as the session
+-- DELETE section: the key columns of every changed identity, as text, into a staging table
+-- rserv made under an unpredictable name (it lives as long as the session)
 SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) AS copy_keys \gset
-SELECT :'copy_keys' ~ '^COPY pg_temp\._rserv_keys_[0-9a-f]{16} \(k1\) FROM STDIN$' AS keys_staged;
+SELECT :'copy_keys' ~ '^COPY pg_temp\._rserv_keys1_[0-9a-f]{32} \(c1\) FROM STDIN$' AS keys_staged;
 SELECT substring(:'copy_keys' from '^COPY (\S+) ') AS keys \gset
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 WHERE attrelid = :'keys'::regclass AND attnum > 0 ORDER BY attnum;
-INSERT INTO :keys VALUES (1), (2), (42);
+:copy_keys;
+1
+2
+42
+\.
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
--- INSERT section: the rows go straight into the table (any column order); merge does nothing
-SELECT rserv_apply_stage('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
-INSERT INTO t (n, id, v) VALUES (2.5, 2, 'TWO'), (10, 10, 'ten');
+-- INSERT section: the caller's COPY, exactly as stage returned it, goes straight into the
+-- table (run as the table's owner, in replica mode); merge has nothing left to do (-1)
+SELECT rserv_apply_stage('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']) AS copy_rows \gset
+SELECT :'copy_rows';
+:copy_rows;
+2.5	2	TWO
+10	10	ten
+\.
+SELECT rserv_apply_merge('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
+-- that COPY is allowed once; any other write to the table is an ordinary, refused local write
+COPY public.t (n, id, v) FROM STDIN;
+12	12	twelve
+\.
+ROLLBACK;
+BEGIN;
+SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_version());
+-- (the rolled-back transaction took its staging table with it: this is a new one)
+SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) AS copy_keys \gset
+SELECT substring(:'copy_keys' from '^COPY (\S+) ') <> :'keys' AS new_table;
+SELECT substring(:'copy_keys' from '^COPY (\S+) ') AS keys \gset
+:copy_keys;
+1
+2
+42
+\.
+SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
+SELECT rserv_apply_stage('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']) AS copy_rows \gset
+:copy_rows;
+2.5	2	TWO
+10	10	ten
+\.
 SELECT rserv_apply_merge('INSERT', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
 -- UPDATE section (written by 1.0 development builds): staged rows replace those with their
 -- identity, new ones are inserted
-SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
-INSERT INTO pg_temp._rserv_stage_ (n, id, v) VALUES (3.5, 3, 'THREE'), (11, 11, 'eleven');
+SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']) AS copy_upd \gset
+SELECT :'copy_upd' ~ '^COPY pg_temp\._rserv_rows3_[0-9a-f]{32} \(c1, c2, c3\) FROM STDIN$' AS rows_staged;
+:copy_upd;
+3.5	3	THREE
+11	11	eleven
+\.
 SELECT rserv_apply_merge('UPDATE', 'public', 't', ARRAY['n', 'id', 'v'], ARRAY['id']);
--- the staging table is gone after the merge
-SELECT to_regclass('pg_temp._rserv_stage_');
 SELECT * FROM t ORDER BY id;
 SELECT rserv_slave_sync_id(), rserv_slave_master_id();
 COMMIT;
@@ -170,7 +204,9 @@ ROLLBACK;
 BEGIN;
 SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']) = :'copy_keys' AS same_key_table;
-INSERT INTO :keys VALUES (2);
+:copy_keys;
+2
+\.
 SELECT rserv_apply_merge('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
 SELECT rserv_apply_stage('UPDATE', 'public', 'unregistered', ARRAY['id', 'v'], ARRAY['id']);
 ROLLBACK;
@@ -184,11 +220,11 @@ SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_versio
 SELECT rserv_apply_stage('TRUNCATE', 'public', 't', '{}', ARRAY['id']) IS NULL AS no_copy;
 SELECT rserv_apply_merge('TRUNCATE', 'public', 't', '{}', ARRAY['id']);
 SELECT count(*) FROM t;
--- after a TRUNCATE section the rows are COPYed straight into the emptied table (the caller
--- may insert there); merge has nothing left to do and says so with -1
-SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
-INSERT INTO public.t (id, v, n) VALUES (5, 'five', 5);
-SELECT rserv_apply_merge('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
+SELECT rserv_apply_stage('INSERT', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']) AS copy_rows \gset
+:copy_rows;
+5	five	5
+\.
+SELECT rserv_apply_merge('INSERT', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
 COMMIT;
 SELECT * FROM t ORDER BY id;
 SELECT rserv_slave_sync_id();
@@ -207,12 +243,18 @@ CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON parent FOR EACH ROW E
 BEGIN;
 SELECT rserv_apply_begin(3, '11111111-2222-3333-4444-555555555555', rserv_version());
 -- a child whose parent arrives later in the change set (or not at all)
-SELECT rserv_apply_stage('UPDATE', 'public', 'child', ARRAY['id', 'parent_id'], ARRAY['id']);
-INSERT INTO pg_temp._rserv_stage_ VALUES (1, 3);
-SELECT rserv_apply_merge('UPDATE', 'public', 'child', ARRAY['id', 'parent_id'], ARRAY['id']);
+SELECT rserv_apply_stage('INSERT', 'public', 'child', ARRAY['id', 'parent_id'], ARRAY['id']) AS copy_rows \gset
+:copy_rows;
+1	3
+\.
+SELECT rserv_apply_merge('INSERT', 'public', 'child', ARRAY['id', 'parent_id'], ARRAY['id']);
 -- codes swapped between two parents
-SELECT rserv_apply_stage('UPDATE', 'public', 'parent', ARRAY['id', 'code'], ARRAY['id']);
-INSERT INTO pg_temp._rserv_stage_ VALUES (1, 'b'), (2, 'a'), (3, 'c');
+SELECT rserv_apply_stage('UPDATE', 'public', 'parent', ARRAY['id', 'code'], ARRAY['id']) AS copy_upd \gset
+:copy_upd;
+1	b
+2	a
+3	c
+\.
 SELECT rserv_apply_merge('UPDATE', 'public', 'parent', ARRAY['id', 'code'], ARRAY['id']);
 COMMIT;
 SELECT * FROM parent ORDER BY id;
@@ -229,8 +271,11 @@ SELECT rserv_slave_add_table('"Weird Schema"."Mixed Case"');
 SELECT reloid::regclass, tname, key FROM _rserv_slave_tables_ WHERE reloid = '"Weird Schema"."Mixed Case"'::regclass;
 BEGIN;
 SELECT rserv_apply_begin(4, '11111111-2222-3333-4444-555555555555', rserv_version());
-SELECT rserv_apply_stage('UPDATE', 'Weird Schema', 'Mixed Case', ARRAY['Id', 'Day', 'Some Col'], ARRAY['Day', 'Id']);
-INSERT INTO pg_temp._rserv_stage_ VALUES (1, '2024-01-01', 'new'), (100, '2024-12-31', 'hundred');
+SELECT rserv_apply_stage('UPDATE', 'Weird Schema', 'Mixed Case', ARRAY['Id', 'Day', 'Some Col'], ARRAY['Day', 'Id']) AS copy_upd \gset
+:copy_upd;
+1	2024-01-01	new
+100	2024-12-31	hundred
+\.
 SELECT rserv_apply_merge('UPDATE', 'Weird Schema', 'Mixed Case', ARRAY['Id', 'Day', 'Some Col'], ARRAY['Day', 'Id']);
 COMMIT;
 SELECT * FROM "Weird Schema"."Mixed Case" ORDER BY 1;
@@ -253,24 +298,55 @@ BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('UPDATE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
 ROLLBACK;
--- Another key shape (type, collation) gets a key staging table of its own, whose columns
--- compare like the table's.
+-- Keys are compared with the key columns' own types and collations.
 CREATE TABLE k (id bigint, name text COLLATE "C", PRIMARY KEY (name, id));
 INSERT INTO k VALUES (5000000000, 'B'), (5000000000, 'b'), (1, 'B');
 SELECT rserv_slave_add_table('k');
 BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['name', 'id'], ARRAY['name', 'id']) AS copy_k \gset
-SELECT :'copy_k' <> :'copy_keys' AS own_key_table, :'copy_k' ~ '\(k1, k2\) FROM STDIN$' AS two_columns;
-SELECT substring(:'copy_k' from '^COPY (\S+) ') AS kt \gset
-SELECT attname, format_type(atttypid, atttypmod), attcollation::regcollation FROM pg_attribute
-WHERE attrelid = :'kt'::regclass AND attnum > 0 ORDER BY attnum;
-INSERT INTO :kt VALUES ('b', 5000000000);
+SELECT :'copy_k' ~ '_rserv_keys2_[0-9a-f]{32} \(c1, c2\) FROM STDIN$' AS two_columns;
+:copy_k;
+b	5000000000
+\.
 SELECT rserv_apply_merge('DELETE', 'public', 'k', ARRAY['name', 'id'], ARRAY['name', 'id']);
 COMMIT;
 SELECT * FROM k ORDER BY name, id;
 SELECT rserv_slave_remove_table('k');
 DROP TABLE k;
+--
+-- Every statement on a slave table runs as the table's owner: the owner's triggers (here an
+-- ENABLE ALWAYS one, which fires in replica mode) see the owner as current_user, whoever
+-- replicates, under a security-restricted operation.
+--
+CREATE ROLE rserv_regress_owner;
+CREATE TABLE owned (id int PRIMARY KEY, v text);
+CREATE TABLE seen (who text);
+ALTER TABLE owned OWNER TO rserv_regress_owner;
+ALTER TABLE seen OWNER TO rserv_regress_owner;
+CREATE FUNCTION record_user() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.seen VALUES (current_user);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER record_user AFTER INSERT OR DELETE ON owned FOR EACH STATEMENT EXECUTE FUNCTION record_user();
+ALTER TABLE owned ENABLE ALWAYS TRIGGER record_user;
+-- registering a slave table is a replication decision: its owner alone may not
+SET ROLE rserv_regress_owner;
+SELECT rserv_slave_add_table('owned');
+RESET ROLE;
+SELECT rserv_slave_add_table('owned');
+BEGIN;
+SELECT rserv_apply_begin(6, '11111111-2222-3333-4444-555555555555', rserv_version());
+SELECT rserv_apply_stage('TRUNCATE', 'public', 'owned', '{}', ARRAY['id']) IS NULL AS no_copy;
+SELECT rserv_apply_stage('INSERT', 'public', 'owned', ARRAY['id', 'v'], ARRAY['id']) AS copy_rows \gset
+:copy_rows;
+1	one
+\.
+SELECT rserv_apply_merge('INSERT', 'public', 'owned', ARRAY['id', 'v'], ARRAY['id']);
+COMMIT;
+SELECT DISTINCT who FROM seen;
+SELECT * FROM owned;
 --
 -- DROP EXTENSION removes the protection triggers.
 --
@@ -281,6 +357,8 @@ INSERT INTO parent VALUES (9, 'z');
 -- Clean up.
 DROP VIEW trig;
 DROP VIEW t_view;
-DROP TABLE t, nokey, dual_key, unregistered, gen, child, parent, "Weird Schema"."Mixed Case";
+DROP TABLE t, nokey, dual_key, unregistered, gen, child, parent, "Weird Schema"."Mixed Case", owned, seen;
 DROP FUNCTION refuse();
+DROP FUNCTION record_user();
+DROP ROLE rserv_regress_owner;
 DROP SCHEMA "Weird Schema";

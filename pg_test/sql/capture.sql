@@ -200,7 +200,8 @@ TRUNCATE _rserv_log_;
 --
 -- Renaming a key column of a replicated table is refused (it would break every later write);
 -- after removing the table from replication it works, and the table is registered again.
--- A dropped watched column simply stops counting.
+-- Dropping the last watched column makes every column watched (with a WARNING): never a
+-- silent narrowing of what is replicated.
 --
 ALTER TABLE pair RENAME COLUMN a TO aa;
 INSERT INTO pair VALUES (2, 'x', 'c');
@@ -216,7 +217,44 @@ SELECT rserv_remove_table('customer');
 SELECT rserv_add_table('customer');
 DELETE FROM customer WHERE id = 9;
 SELECT * FROM log;
+TRUNCATE _rserv_log_;
+--
+-- Watched columns follow renames; columns of unique indexes count as watched (a stale value
+-- there could collide on the slave).
+--
+CREATE TABLE w (id int PRIMARY KEY, note text, code text, other text, CONSTRAINT w_code UNIQUE (code));
+INSERT INTO w VALUES (1, 'n', 'c1', 'o');
+SELECT rserv_add_table('w', 'note');
+ALTER TABLE w RENAME COLUMN note TO remark;
+SELECT watched, watched_attnums FROM _rserv_tables_ WHERE reloid = 'w'::regclass;
+UPDATE w SET remark = 'renamed, still watched';
+UPDATE w SET code = 'c2';
+UPDATE w SET other = 'not watched';
+SELECT * FROM log;
+TRUNCATE _rserv_log_;
+-- a unique index created later counts too
+CREATE UNIQUE INDEX w_other ON w (lower(other));
+UPDATE w SET other = 'watched now';
+SELECT * FROM log;
+TRUNCATE _rserv_log_;
+--
+-- Two-phase commit: PREPARE TRANSACTION works on replicated tables (the wake-up NOTIFY is
+-- never sent from a prepared transaction), and the change is logged under its transaction.
+--
+BEGIN;
+INSERT INTO w VALUES (2, 'two', 'c3', 'x');
+PREPARE TRANSACTION 'rserv_regress_2pc';
+COMMIT PREPARED 'rserv_regress_2pc';
+SELECT * FROM log;
+TRUNCATE _rserv_log_;
+--
+-- Unlogged tables are refused (crash recovery would empty them behind rserv's back), and a
+-- replicated table cannot be made unlogged.
+--
+CREATE UNLOGGED TABLE ul (id int PRIMARY KEY);
+SELECT rserv_add_table('ul');
+ALTER TABLE w SET UNLOGGED;
 -- Clean up.
 DROP VIEW log;
 DROP EXTENSION rserv;
-DROP TABLE customer, item, pair, k_timestamp, k_date, k_float8, k_float4, k_numeric, k_interval, k_text;
+DROP TABLE customer, item, pair, w, ul, k_timestamp, k_date, k_float8, k_float4, k_numeric, k_interval, k_text;

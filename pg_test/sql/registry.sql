@@ -41,7 +41,15 @@ SELECT * FROM trig;
 SELECT rserv_add_table('customer', 'firstname');
 SELECT * FROM reg;
 -- A missing trigger is put back by registering again.
+-- rserv's capture triggers cannot be dropped or disabled while the table is replicated ...
 DROP TRIGGER _rserv_truncate_t_ ON customer;
+ALTER TABLE customer DISABLE TRIGGER _rserv_trigger_t_;
+ALTER TABLE customer DISABLE TRIGGER ALL;
+ALTER TABLE customer ENABLE REPLICA TRIGGER _rserv_trigger_t_;
+-- ... but a superuser can bypass event triggers (in replica mode): registering again repairs it
+SET session_replication_role = replica;
+DROP TRIGGER _rserv_truncate_t_ ON customer;
+RESET session_replication_role;
 SELECT rserv_add_table('customer');
 SELECT * FROM trig;
 --

@@ -175,8 +175,10 @@ impl Report {
 }
 
 fn tables(ep: &mut Endpoints) -> Result<Vec<Table>, Error> {
-    let received: BTreeSet<(String, String)> =
-        slave::tables(ep.slave, ep.slave_rs)?.into_iter().collect();
+    let received: BTreeSet<(String, String)> = slave::tables(ep.slave, ep.slave_rs)?
+        .into_iter()
+        .map(|(schema, table, _)| (schema, table))
+        .collect();
     let mut out = Vec::new();
     for t in master::tables(ep.master, ep.master_rs)? {
         if !received.contains(&(t.schema.clone(), t.table.clone())) {
@@ -199,24 +201,13 @@ fn tables(ep: &mut Endpoints) -> Result<Vec<Table>, Error> {
         let Some(r) = rows.first() else { continue };
         let qualified: String = r.get(0);
         let reltuples: i64 = r.get(1);
-        let watched = ep
-            .master
-            .query_one(
-                &format!(
-                    "SELECT watched IS NOT NULL FROM {} WHERE reloid = $1::text::regclass",
-                    ep.master_rs.func("_rserv_tables_")
-                ),
-                &[&qualified],
-            )
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false);
         out.push(Table {
             name: format!("{}.{}", t.schema, t.table),
             qualified: format!("{qualified} AS t"),
             col_exprs: r.get(2),
             key_exprs: r.get(3),
             buckets: (reltuples / 1000).clamp(1, 4096),
-            watched_only: watched,
+            watched_only: t.watched.is_some(),
         });
     }
     Ok(out)

@@ -374,6 +374,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         }
         Some(Command::Prepare { db, output }) => {
             let (mut c, rs) = located(f, Side::Master, db, d)?;
+            master::register(&mut c, &rs, &master::Target::server(cli.server))?;
             let prepared = match output {
                 Some(path) => {
                     let file = std::fs::File::create(path)

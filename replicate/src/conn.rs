@@ -571,7 +571,23 @@ impl Endpoint {
 
     /// Connects as libpq would with this `sslmode` (see the module documentation). The error
     /// names host/port/db/user, the SSL attempts made, and a likely fix.
+    /// Connect, then pin `search_path` to `pg_catalog, pg_temp` before any query: the
+    /// database's and the role's default search_path belong to their owners, and an operator
+    /// or function planted there would otherwise run as whoever runs replicate.
     pub fn connect(&self) -> Result<Client, ConnError> {
+        let mut client = self.connect_unpinned()?;
+        if let Err(error) = client.batch_execute("SET search_path = pg_catalog, pg_temp") {
+            return Err(ConnError::Connect {
+                endpoint: self.describe(),
+                detail: crate::error::describe_pg(&error),
+                hint: String::new(),
+                error,
+            });
+        }
+        Ok(client)
+    }
+
+    fn connect_unpinned(&self) -> Result<Client, ConnError> {
         let (first, fallback) = self.plan();
         let failure = match self.attempt(first) {
             Ok(client) => return Ok(client),

@@ -108,7 +108,11 @@ fn target(
         tables: Some(slave::tables(ep.slave, ep.slave_rs)?),
         verbose: opts.verbose,
     };
-    session.target = Some((t.clone(), Instant::now()));
+    master::register(ep.master, ep.master_rs, &t)?;
+    // A table the slave asks to receive whole stops asking once that copy is applied: keep
+    // reading the list until then, or the copy would be sent again.
+    let fresh = t.tables.iter().flatten().any(|(.., fresh)| *fresh);
+    session.target = (!fresh).then(|| (t.clone(), Instant::now()));
     Ok(t)
 }
 

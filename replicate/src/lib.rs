@@ -6,6 +6,7 @@
 //! - [`cycle`]: one replication cycle (the seed's `Replicate`)
 //! - [`cli`]: the command line
 
+pub mod argv;
 pub mod check;
 pub mod cli;
 pub mod conn;

@@ -16,12 +16,12 @@ pub fn add_table(
     table: &str,
     column: Option<&str>,
 ) -> Result<(), Error> {
-    rs.call_on_table(client, "rserv_add_table", table, Some(column))
+    rs.call_on_user_table(client, "rserv_add_table", table, Some(column))
         .ctx(format!("master: registering table {table}"))
 }
 
 pub fn remove_table(client: &mut Client, rs: &Rserv, table: &str) -> Result<(), Error> {
-    rs.call_on_table(client, "rserv_remove_table", table, None)
+    rs.call_on_user_table(client, "rserv_remove_table", table, None)
         .ctx(format!("master: removing table {table}"))
 }
 
@@ -41,8 +41,8 @@ pub struct Target {
     pub server: i32,
     /// the slave's rserv_node_id(): binds the server id to that database
     pub slave_node: Option<String>,
-    /// (schema, table) the slave receives; None: every registered table
-    pub tables: Option<Vec<(String, String)>>,
+    /// (schema, table, needs a fresh copy) the slave receives; None: every registered table
+    pub tables: Option<Vec<(String, String, bool)>>,
     /// report progress of initial copies even when short
     pub verbose: bool,
 }
@@ -54,6 +54,18 @@ impl Target {
             ..Target::default()
         }
     }
+}
+
+/// Register the slave on the master, in a transaction of its own, before its change sets are
+/// prepared (log clean-up only counts committed registrations).
+pub fn register(client: &mut Client, rs: &Rserv, target: &Target) -> Result<(), Error> {
+    client
+        .execute(
+            &format!("SELECT {}($1, $2)", rs.func("rserv_register_slave")),
+            &[&target.server, &target.slave_node],
+        )
+        .ctx(format!("master: registering slave {}", target.server))?;
+    Ok(())
 }
 
 /// Code to run on the master inside the prepare transaction, at the change set's snapshot,
@@ -79,12 +91,14 @@ pub fn prepare_with(
     at_snapshot: SnapshotHook<'_>,
 ) -> Result<Option<(i64, Stats)>, Error> {
     let server = target.server;
-    let (schemas, tables): (Option<Vec<String>>, Option<Vec<String>>) = match &target.tables {
+    type Columns = (Option<Vec<String>>, Option<Vec<String>>, Option<Vec<bool>>);
+    let (schemas, tables, fresh): Columns = match &target.tables {
         Some(t) => (
-            Some(t.iter().map(|(s, _)| s.clone()).collect()),
-            Some(t.iter().map(|(_, n)| n.clone()).collect()),
+            Some(t.iter().map(|(s, ..)| s.clone()).collect()),
+            Some(t.iter().map(|(_, n, _)| n.clone()).collect()),
+            Some(t.iter().map(|(.., f)| *f).collect()),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     let header_row = client
         .query_one(
@@ -101,9 +115,10 @@ pub fn prepare_with(
         server,
         rserv: header_row.get(1),
     };
-    // Nothing in the session's schemas can shadow a built-in while we read the change set.
+    // Nothing in the session's schemas can shadow a built-in while we read the change set, and
+    // no row-level security policy may filter it (the master then refuses, naming the table).
     client
-        .batch_execute("SET search_path = pg_catalog, pg_temp")
+        .batch_execute("SET search_path = pg_catalog, pg_temp; SET row_security = off")
         .ctx("master: pinning search_path")?;
     let mut attempt = 0;
     loop {
@@ -116,10 +131,10 @@ pub fn prepare_with(
         let rows = match tx.query(
             &format!(
                 "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                        column_types, estimated_rows FROM {}($1, $2, $3, $4)",
+                        column_types, estimated_rows FROM {}($1, $2, $3, $4, $5)",
                 rs.func("rserv_prepare")
             ),
-            &[&server, &target.slave_node, &schemas, &tables],
+            &[&server, &target.slave_node, &schemas, &tables, &fresh],
         ) {
             Ok(rows) => rows,
             Err(e) if attempt < PREPARE_ATTEMPTS && is_serialization_failure(&e) => {
@@ -227,20 +242,23 @@ pub fn drop_server(client: &mut Client, rs: &Rserv, server: i32) -> Result<bool,
     Ok(row.get(0))
 }
 
-/// A table the master replicates: (schema, name, key, key is the primary key, DDL).
+/// A table the master replicates: its name, key (and whether that is the primary key), watched
+/// columns (None: all) and its definition as data (the slave builds its own DDL from it).
 pub struct MasterTable {
     pub schema: String,
     pub table: String,
     pub key: Vec<String>,
     pub primary_key: bool,
-    pub ddl: String,
+    pub watched: Option<Vec<String>>,
+    pub definition: serde_json::Value,
 }
 
 pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<MasterTable>, Error> {
     let rows = client
         .query(
             &format!(
-                "SELECT schema_name, table_name, key_columns, is_primary_key, ddl FROM {}()",
+                "SELECT schema_name, table_name, key_columns, is_primary_key, watched_columns, \
+                        definition FROM {}()",
                 rs.func("rserv_table_list")
             ),
             &[],
@@ -253,7 +271,8 @@ pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<MasterTable>, Error
             table: r.get(1),
             key: r.get(2),
             primary_key: r.get(3),
-            ddl: r.get(4),
+            watched: r.get(4),
+            definition: r.get(5),
         })
         .collect())
 }

@@ -50,6 +50,23 @@ impl Rserv {
         .map(|_| ())
     }
 
+    /// [`Rserv::call_on_table`] for a table name as a user typed it: an unqualified name is
+    /// looked up along the database's own search_path, as in psql (replicate's connections
+    /// otherwise pin theirs to `pg_catalog, pg_temp`). Nothing else runs under it: the
+    /// function is schema-qualified and the name only goes through `regclass` input.
+    pub fn call_on_user_table(
+        &self,
+        client: &mut postgres::Client,
+        func: &str,
+        table: &str,
+        column: Option<Option<&str>>,
+    ) -> Result<(), postgres::Error> {
+        let mut tx = client.transaction()?;
+        tx.batch_execute("SET LOCAL search_path TO DEFAULT")?;
+        self.call_on_table(&mut tx, func, table, column)?;
+        tx.commit()
+    }
+
     /// `schema.function` for use in a statement.
     pub fn func(&self, name: &str) -> String {
         format!("{}.{name}", self.schema)
@@ -58,8 +75,13 @@ impl Rserv {
 
 /// `CREATE EXTENSION IF NOT EXISTS rserv` (MasterInit / SlaveInit: one extension serves both).
 pub fn init(client: &mut impl GenericClient, side: &str) -> Result<String, Error> {
+    // The extension goes into the first schema of the database's own search_path (usually
+    // public), as a plain CREATE EXTENSION would; the connection's pinned one comes back after.
     client
-        .batch_execute("CREATE EXTENSION IF NOT EXISTS rserv")
+        .batch_execute(
+            "RESET search_path; CREATE EXTENSION IF NOT EXISTS rserv; \
+             SET search_path = pg_catalog, pg_temp",
+        )
         .ctx(format!("{side}: CREATE EXTENSION rserv"))?;
     let row = client
         .query_one(

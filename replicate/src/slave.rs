@@ -12,12 +12,12 @@ pub fn add_table(
     table: &str,
     column: Option<&str>,
 ) -> Result<(), Error> {
-    rs.call_on_table(client, "rserv_slave_add_table", table, Some(column))
+    rs.call_on_user_table(client, "rserv_slave_add_table", table, Some(column))
         .ctx(format!("slave: registering table {table}"))
 }
 
 pub fn remove_table(client: &mut Client, rs: &Rserv, table: &str) -> Result<(), Error> {
-    rs.call_on_table(client, "rserv_slave_remove_table", table, None)
+    rs.call_on_user_table(client, "rserv_slave_remove_table", table, None)
         .ctx(format!("slave: removing table {table}"))
 }
 
@@ -29,18 +29,21 @@ pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
     Ok(row.get(0))
 }
 
-/// (schema, table) of every table the slave receives.
-pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<(String, String)>, Error> {
+/// (schema, table, needs a fresh copy) of every table the slave receives.
+pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<(String, String, bool)>, Error> {
     let rows = client
         .query(
             &format!(
-                "SELECT schema_name, table_name FROM {}()",
+                "SELECT schema_name, table_name, needs_copy FROM {}()",
                 rs.func("rserv_slave_table_list")
             ),
             &[],
         )
         .ctx("slave: listing its tables")?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Create the master's replicated tables that the slave lacks, and register them, in one
@@ -75,7 +78,12 @@ pub fn create_missing(
         if exists {
             continue;
         }
-        tx.batch_execute(&t.ddl).map_err(|source| Error::Db {
+        // The slave builds the DDL itself from the definition: no SQL text from the master runs.
+        tx.execute(
+            &format!("SELECT {}($1)", rs.func("rserv_slave_create_table")),
+            &[&t.definition],
+        )
+        .map_err(|source| Error::Db {
             context: format!(
                 "slave: creating table {name} from the master's definition (create what it needs, \
                  e.g. its schema or types, then run again)"

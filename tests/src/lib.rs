@@ -17,8 +17,10 @@
 //!   panics (default 300).
 
 pub mod daemon;
+pub mod oracle;
 pub mod pair;
 pub mod proxy;
+pub mod roles;
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

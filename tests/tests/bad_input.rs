@@ -34,17 +34,18 @@ fn table_registered_on_one_side_only() {
     let p = pair_with_changes("oneside");
     p.both("CREATE TABLE u (id int PRIMARY KEY)");
     p.slave.execute(DB, "SELECT rserv_slave_add_table('u')");
-    let before = state(&p, "t");
+    // the other tables keep flowing; the one the master lacks is named in a warning (a slave
+    // table's owner must not be able to stop replication by registering a table)
     let out = p.replicate(&[DB, DB]);
-    assert_fails(
-        &out,
-        1,
-        &[
-            "the slave receives public.u but this master does not replicate it",
-            "rserv_add_table('public.u')",
-        ],
+    assert_ok(&out, "replicate with a table the master lacks");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING")
+            && stderr.contains("the slave receives public.u but this master does not replicate it")
+            && stderr.contains("rserv_add_table('public.u')"),
+        "{stderr}"
     );
-    assert_eq!(state(&p, "t"), before, "nothing applied, nothing lost");
+    p.assert_equal("t");
     // registered on the master only: the slave simply does not receive it...
     p.slave.execute(DB, "SELECT rserv_slave_remove_table('u')");
     p.master.execute(
@@ -169,16 +170,18 @@ fn damaged_snapshots_are_refused() {
         assert_eq!(state(&p, "t"), before, "{what}: slave changed");
     }
     // another rserv version on the master is refused before anything is read
-    std::fs::write(
-        &file,
-        good.replacen("\"rserv\":\"1.0.0\"", "\"rserv\":\"0.9.0\"", 1),
-    )
-    .unwrap();
+    let version_at = good.find("\"rserv\":\"").expect("a version in the header") + 9;
+    let version_end = version_at + good[version_at..].find('"').expect("end of the version");
+    let other = format!("{}0.9.0{}", &good[..version_at], &good[version_end..]);
+    std::fs::write(&file, other).unwrap();
     let out = p.replicate(&["apply", DB, "--input", file.to_str().unwrap()]);
     assert_fails(
         &out,
         1,
-        &["the master runs rserv 0.9.0 but this slave runs rserv 1.0.0"],
+        &[&format!(
+            "the master runs rserv 0.9.0 but this slave runs rserv {}",
+            &good[version_at..version_end]
+        )],
     );
     assert_eq!(state(&p, "t"), before);
     // the good file still applies

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the rserv extension and installs it into a PostgreSQL installation atomically: every
+# file is written under a temporary name next to its destination and renamed into place, so a
+# server that has rserv.so mapped keeps its copy (a new inode), and never sees a half-written
+# library (`cargo pgrx install` rewrites rserv.so in place, which can crash running servers).
+#
+#   scripts/install-extension.sh [--release] [--pg-config PATH] [--features "a b"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=(--debug)
+pg_config=/usr/lib/postgresql/15/bin/pg_config
+features=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --release) profile=() ;;
+        --pg-config) pg_config=$2; shift ;;
+        --features) features=(--features "$2"); shift ;;
+        *) echo "install-extension.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+export PATH="$HOME/.cargo/bin:$PATH"
+out=$(mktemp -d /tmp/rserv-package.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+cargo pgrx package -p rserv "${profile[@]}" "${features[@]}" --pg-config "$pg_config" --out-dir "$out" >/dev/null
+# the package mirrors the installation's absolute paths
+(cd "$out" && find . -type f) | while read -r f; do
+    dest=/${f#./}
+    dir=$(dirname "$dest")
+    mkdir -p "$dir"
+    tmp=$(mktemp "$dir/.rserv-install.XXXXXX")
+    install -m 0644 "$out/$f" "$tmp"
+    [ "${dest##*.}" = so ] && chmod 0755 "$tmp"
+    mv -f "$tmp" "$dest"
+done
+echo "installed rserv $(sed -nE 's/^version = "([^"]+)".*/\1/p' Cargo.toml | head -n1) into $("$pg_config" --pkglibdir)" >&2

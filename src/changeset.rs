@@ -1,0 +1,663 @@
+//! Change sets: what a slave receives, bounded by MVCC snapshots of the master.
+//!
+//! A change set for slave `server` holds every row identity logged by a transaction that was
+//! not visible to the slave's last confirmed snapshot but is visible to the current one. The
+//! prepare transaction runs at REPEATABLE READ, so its snapshot both filters the log and reads
+//! the rows' current contents: the slave moves from one transaction-consistent master state to
+//! the next, and a transaction left open across a sync is picked up by a later one (its xid is
+//! in the confirmed snapshot's in-progress list).
+//!
+//! `rserv_prepare` works in phases: [`claim_server`] (ordering against other prepares for the
+//! same slave), [`subscribed_tables`] (what the slave receives, what needs an initial copy),
+//! [`collect_pending`] (the changed identities into a staging table), then per changed table
+//! [`guard_table`] (lock it, refuse row-level security, detect a TRUNCATE that raced the
+//! snapshot) and [`table_sections`] (the queries the caller runs with COPY).
+
+use crate::canonical::set_canonical_settings_local;
+use crate::catalog::{ext_schema, key_match, table_columns, table_info, Column, TableInfo};
+use crate::error::{fail, SpiOrFail};
+use crate::security::{definer, outer_user, require_replicator, role_name};
+use crate::sql::{call_hint, first, qualified, quote_ident, set_local};
+use crate::staging;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// Record the current snapshot as change set `syncid` for `server`, status 0 (prepared).
+fn record_snapshot(s: &str, server: i32, syncid: i64) {
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_sync_ (server, syncid, status, minid, maxid, active) \
+             SELECT $1, $2, 0, pg_catalog.pg_snapshot_xmin(c)::text::int8, \
+                    pg_catalog.pg_snapshot_xmax(c)::text::int8, \
+                    ARRAY(SELECT x::text::int8 FROM pg_catalog.pg_snapshot_xip(c) AS x ORDER BY 1) \
+             FROM pg_catalog.pg_current_snapshot() AS c"
+        ),
+        &[server.into(), syncid.into()],
+    )
+    .or_fail("recording the sync snapshot");
+}
+
+/// The seed's `_rserv_sync_(server)`: record the current snapshot as a prepared change set
+/// numbered `currval('_rserv_sync_seq_')`. Returns 0, as the original did.
+#[pg_extern(volatile, security_definer)]
+fn _rserv_sync_(server: i32) -> i32 {
+    let _definer = definer();
+    require_replicator("_rserv_sync_");
+    let s = ext_schema();
+    let syncid = Spi::get_one::<i64>(&format!(
+        "SELECT pg_catalog.currval('{s}._rserv_sync_seq_'::regclass)"
+    ))
+    .or_fail("reading _rserv_sync_seq_ (call nextval first)")
+    .unwrap_or(0);
+    record_snapshot(&s, server, syncid);
+    0
+}
+
+struct Section {
+    section: &'static str,
+    schema: String,
+    table: String,
+    columns: Vec<String>,
+    /// type of each of `columns` (with modifiers), for the slave's compatibility check
+    types: Vec<String>,
+    key: Vec<String>,
+    query: Option<String>,
+    /// for an initial copy: the table's estimated row count, for progress reports
+    estimate: Option<i64>,
+}
+
+/// Build the change set for slave `server` (PrepareSnapshot). Must run inside a REPEATABLE
+/// READ transaction; the caller then runs `COPY (query) TO STDOUT` for each returned row, in
+/// that same transaction, and commits. No row: nothing to send (no sync id is used; roll back).
+///
+/// The slave must be registered first, in a transaction of its own
+/// (`rserv_register_slave`). `slave_node` (the slave's rserv_node_id()) binds the server id
+/// to one slave database. `schemas`/`tables` name the tables the slave receives (NULL: every
+/// registered table), `fresh` those of them it asks to receive whole; a table the slave
+/// receives for the first time goes out whole too (TRUNCATE + every row, at this snapshot):
+/// the initial copy is an ordinary, atomic change set. Sections per table come in the order
+/// TRUNCATE (or, without one, DELETE: the key columns of every changed identity), INSERT (the
+/// current rows of those identities that still exist); `estimated_rows` is set for copies.
+// The SQL name is unchanged; the symbol carries the signature's version, so a 1.0 declaration
+// (four arguments) left over before ALTER EXTENSION UPDATE fails to load instead of misreading.
+#[pg_extern(volatile, security_definer, name = "rserv_prepare")]
+#[allow(clippy::type_complexity)]
+fn rserv_prepare_v11(
+    server: i32,
+    slave_node: default!(Option<String>, "NULL"),
+    schemas: default!(Option<Vec<String>>, "NULL"),
+    tables: default!(Option<Vec<String>>, "NULL"),
+    fresh: default!(Option<Vec<bool>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(syncid, i64),
+        name!(section, String),
+        name!(schema_name, String),
+        name!(table_name, String),
+        name!(columns, Vec<String>),
+        name!(key_columns, Vec<String>),
+        name!(query, Option<String>),
+        name!(column_types, Vec<String>),
+        name!(estimated_rows, Option<i64>),
+    ),
+> {
+    let _definer = definer();
+    require_replicator("rserv_prepare");
+    let how =
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM rserv_prepare(...); COPY ...; COMMIT";
+    // SAFETY: reading a backend global
+    if unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
+        fail(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "rserv_prepare() must run in a REPEATABLE READ transaction",
+            how,
+        );
+    }
+    // SAFETY: reading backend transaction state
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        fail(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "rserv_prepare() must run inside a transaction block",
+            how,
+        );
+    }
+    set_canonical_settings_local();
+    // The caller's COPY queries must see every row: a policy would silently filter them. With
+    // this off, PostgreSQL raises an error instead (checked up front in guard_table).
+    set_local("row_security", "off");
+    // Sync ids must never be handed out twice, even after a crash of the master: the prepare
+    // (which draws one from _rserv_sync_seq_) commits durably whatever synchronous_commit says.
+    set_local("synchronous_commit", "on");
+    let s = ext_schema();
+
+    claim_server(&s, server, slave_node.as_deref());
+    let (subscribed, wanted_fresh) = subscribed_tables(&s, schemas, tables, fresh);
+    let to_copy = tables_to_copy(&s, server, &subscribed, &wanted_fresh);
+    let (prev_xmax, prev_active) = last_confirmed(&s, server);
+
+    // Large change sets hash and sort millions of identities: keep that in memory.
+    set_local("work_mem", "64MB");
+    let window = "($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[]))";
+    // An idle poll (the daemon's) should cost one index-free scan of a small log, nothing more.
+    let anything = first::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}._rserv_log_ AS l \
+             WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) AND {window})"
+        ),
+        &[
+            prev_xmax.into(),
+            prev_active.clone().into(),
+            subscribed.clone().into(),
+            to_copy.clone().into(),
+        ],
+        "looking for pending changes",
+    )
+    .unwrap_or(false);
+    if !anything && to_copy.is_empty() {
+        return TableIterator::new(Vec::new());
+    }
+    let pending = staging::table(
+        "pending",
+        "reloid pg_catalog.oid NOT NULL, key pg_catalog.text[]",
+        staging::Access {
+            caller: "SELECT",
+            public_select: false,
+        },
+    );
+    let collected = collect_pending(&s, &pending, prev_xmax, prev_active, &subscribed, &to_copy);
+    if collected == 0 && to_copy.is_empty() {
+        return TableIterator::new(Vec::new());
+    }
+    let syncid = Spi::get_one::<i64>(&format!(
+        "SELECT pg_catalog.nextval('{s}._rserv_sync_seq_'::regclass)"
+    ))
+    .or_fail("allocating a sync id")
+    .unwrap_or(0);
+    record_snapshot(&s, server, syncid);
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_server_tables_ AS x (server, reloid, state, syncid) \
+             SELECT $1, r, 'copying', $2 FROM unnest($3::oid[]) AS r \
+             ON CONFLICT (server, reloid) DO UPDATE SET state = 'copying', syncid = excluded.syncid"
+        ),
+        &[server.into(), syncid.into(), to_copy.clone().into()],
+    )
+    .or_fail("recording the initial copies");
+
+    let mut sections = Vec::new();
+    for (reloid, key, truncated, copy) in changed_tables(&s, &pending, &to_copy) {
+        let info = table_info(reloid);
+        guard_table(&info);
+        sections.extend(table_sections(&info, &pending, key, truncated, copy));
+    }
+    sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
+    TableIterator::new(sections.into_iter().map(move |x| {
+        (
+            syncid,
+            x.section.to_string(),
+            x.schema,
+            x.table,
+            x.columns,
+            x.key,
+            x.query,
+            x.types,
+            x.estimate,
+        )
+    }))
+}
+
+/// Every prepare for a server updates its row: if another prepare committed after our snapshot
+/// was taken, this fails with a serialization error, so sync ids always follow snapshot order
+/// and a slave can never be moved back in time. The row must have been committed before this
+/// transaction's snapshot: log clean-up only sees committed slaves, and would otherwise remove
+/// rows this change set's successors still need.
+fn claim_server(s: &str, server: i32, slave_node: Option<&str>) {
+    let bound = Spi::connect_mut(|client| {
+        let tab = client.update(
+            &format!(
+                "UPDATE {s}._rserv_servers_ AS v SET last_prepare = coalesce(v.last_prepare, 0) + 1, \
+                        node = coalesce(v.node, $2::uuid) \
+                 WHERE v.server = $1 RETURNING v.node::text"
+            ),
+            None,
+            &[server.into(), slave_node.into()],
+        )?;
+        let mut out = None;
+        for r in tab {
+            out = Some(r.get::<String>(1)?);
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("registering the prepare");
+    let Some(bound) = bound else {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("rserv: slave {server} is not registered on this master"),
+            format!(
+                "register it first, in a transaction of its own: SELECT rserv_register_slave({server}, <the slave's rserv_node_id()>) (replicate does this by itself)"
+            ),
+        );
+    };
+    if let (Some(bound), Some(node)) = (bound, slave_node) {
+        crate::slaves::require_same_node(server, &bound, node);
+    }
+}
+
+/// Registered tables the slave receives: all of them, or those named by the slave, with the
+/// subset it asks to receive whole. A table the slave expects but this master does not
+/// replicate is skipped with a WARNING (it would never arrive; the others must keep flowing).
+fn subscribed_tables(
+    s: &str,
+    schemas: Option<Vec<String>>,
+    tables: Option<Vec<String>>,
+    fresh: Option<Vec<bool>>,
+) -> (Vec<pg_sys::Oid>, Vec<pg_sys::Oid>) {
+    let (Some(sch), Some(tab)) = (schemas, tables) else {
+        let all = crate::sql::column::<pg_sys::Oid>(
+            &format!("SELECT reloid FROM {s}._rserv_tables_"),
+            &[],
+            "listing replicated tables",
+        );
+        return (all, Vec::new());
+    };
+    let fresh = fresh.unwrap_or_else(|| vec![false; sch.len()]);
+    let rows = Spi::connect(|client| {
+        client
+            .select(
+                &format!(
+                    "SELECT t.reloid, pg_catalog.quote_ident(w.nsp) || '.' || pg_catalog.quote_ident(w.rel), \
+                            coalesce(w.fresh, false) \
+                     FROM unnest($1::text[], $2::text[], $3::bool[]) AS w(nsp, rel, fresh) \
+                     LEFT JOIN (pg_catalog.pg_class c \
+                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                                JOIN {s}._rserv_tables_ t ON t.reloid = c.oid) \
+                       ON w.nsp = n.nspname AND w.rel = c.relname"
+                ),
+                None,
+                &[sch.into(), tab.into(), fresh.into()],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<pg_sys::Oid>(1)?,
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<bool>(3)?.unwrap_or(false),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_fail("matching the slave's tables");
+    let missing: Vec<&str> = rows
+        .iter()
+        .filter(|(oid, ..)| oid.is_none())
+        .map(|(_, name, _)| name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        warning!(
+            "rserv: the slave receives {} but this master does not replicate it; it is left as it is (on the master: {}; or on the slave: SELECT rserv_slave_remove_table(...))",
+            missing.join(", "),
+            call_hint("rserv_add_table", missing[0], "")
+        );
+    }
+    let subscribed = rows.iter().filter_map(|(oid, ..)| *oid).collect();
+    let fresh = rows
+        .iter()
+        .filter(|(_, _, f)| *f)
+        .filter_map(|(oid, ..)| *oid)
+        .collect();
+    (subscribed, fresh)
+}
+
+/// Tables this change set carries whole: those the slave receives for the first time (or
+/// again after it stopped receiving them), and those it asks to receive whole.
+fn tables_to_copy(
+    s: &str,
+    server: i32,
+    subscribed: &[pg_sys::Oid],
+    fresh: &[pg_sys::Oid],
+) -> Vec<pg_sys::Oid> {
+    // A table this slave stopped receiving needs a fresh copy if it comes back.
+    Spi::run_with_args(
+        &format!(
+            "DELETE FROM {s}._rserv_server_tables_ WHERE server = $1 \
+             AND (reloid <> ALL ($2::oid[]) OR reloid = ANY ($3::oid[]))"
+        ),
+        &[
+            server.into(),
+            subscribed.to_vec().into(),
+            fresh.to_vec().into(),
+        ],
+    )
+    .or_fail("updating the slave's tables");
+    crate::sql::column::<pg_sys::Oid>(
+        &format!(
+            "SELECT t.reloid FROM {s}._rserv_tables_ t WHERE t.reloid = ANY ($2::oid[]) \
+             AND NOT EXISTS (SELECT 1 FROM {s}._rserv_server_tables_ x \
+                             WHERE x.server = $1 AND x.reloid = t.reloid AND x.state = 'ready')"
+        ),
+        &[server.into(), subscribed.to_vec().into()],
+        "finding tables to copy",
+    )
+}
+
+/// (xmax, in-progress xids) of the slave's last confirmed snapshot; (None, []) before the first.
+fn last_confirmed(s: &str, server: i32) -> (Option<i64>, Vec<i64>) {
+    Spi::connect(|client| {
+        let tab = client.select(
+            &format!(
+                "SELECT maxid, active FROM {s}._rserv_sync_ WHERE server = $1 AND status > 0 \
+                 ORDER BY syncid DESC LIMIT 1"
+            ),
+            None,
+            &[server.into()],
+        )?;
+        let mut out = (None, Vec::new());
+        for r in tab {
+            out = (r.get::<i64>(1)?, r.get::<Vec<i64>>(2)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("reading the last confirmed sync")
+}
+
+/// Copy the identities changed in the window into the pending staging table (emptied first).
+/// Tables being copied need no log: the copy carries their state at this snapshot. No DISTINCT
+/// here: sorting a million text[] keys costs seconds, while the DELETE section's DISTINCT and
+/// the INSERT section's semi-join hash the keys cheaply.
+fn collect_pending(
+    s: &str,
+    pending: &str,
+    prev_xmax: Option<i64>,
+    prev_active: Vec<i64>,
+    subscribed: &[pg_sys::Oid],
+    to_copy: &[pg_sys::Oid],
+) -> i64 {
+    staging::empty(pending, false);
+    let n = crate::sql::count_rows(
+        &format!(
+            "INSERT INTO {pending} (reloid, key) SELECT l.reloid, l.key FROM {s}._rserv_log_ AS l \
+             WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) \
+               AND ($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[]))"
+        ),
+        &[
+            prev_xmax.into(),
+            prev_active.into(),
+            subscribed.to_vec().into(),
+            to_copy.to_vec().into(),
+        ],
+        "collecting pending changes",
+    );
+    if n > 10_000 {
+        Spi::run(&format!("ANALYZE {pending}")).or_fail("analyzing the pending changes");
+    }
+    n
+}
+
+/// (table, key columns, truncated in the window, copied whole) of every table in the change set.
+fn changed_tables(
+    s: &str,
+    pending: &str,
+    to_copy: &[pg_sys::Oid],
+) -> Vec<(pg_sys::Oid, Vec<String>, bool, bool)> {
+    Spi::connect(|client| {
+        let tab = client.select(
+            &format!(
+                "SELECT t.reloid, t.key::text[], \
+                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]) \
+                 FROM {s}._rserv_tables_ t LEFT JOIN {pending} p ON p.reloid = t.reloid \
+                 WHERE t.reloid = ANY ($1::oid[]) OR p.reloid IS NOT NULL \
+                 GROUP BY t.reloid, t.key ORDER BY t.reloid"
+            ),
+            None,
+            &[to_copy.to_vec().into()],
+        )?;
+        let mut out = Vec::new();
+        for r in tab {
+            out.push((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
+                r.get::<bool>(4)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("listing changed tables")
+}
+
+/// Before a table is read for this change set: it must still be an ordinary logged table; the
+/// caller must be able to read every row of it (row-level security would filter the COPY);
+/// and it is locked against TRUNCATE for the rest of the transaction. TRUNCATE is not
+/// MVCC-safe: one that committed after this snapshot was taken would make the COPY read an
+/// empty table, a state the master never had, so then the prepare fails with a serialization
+/// error and the caller takes a new snapshot (pg_dump's lock-then-snapshot order, checked
+/// after the fact).
+fn guard_table(info: &TableInfo) {
+    let table = info.qualified();
+    if info.relkind != "r" || info.persistence != "p" {
+        fail(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("rserv: replicated table {table} is no longer an ordinary logged table"),
+            format!(
+                "make it one again, or stop replicating it: {}",
+                call_hint("rserv_remove_table", &table, "")
+            ),
+        );
+    }
+    if info.row_security {
+        let me = outer_user();
+        let bypass = first::<bool>(
+            "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE oid = $1",
+            &[me.into()],
+            "reading the role",
+        )
+        .unwrap_or(false);
+        // SAFETY: catalog look-up of existing roles
+        let owner = unsafe { pg_sys::has_privs_of_role(me, info.owner) };
+        if !bypass && (!owner || info.force_row_security) {
+            let who = quote_ident(&role_name(me));
+            fail(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "rserv: table {table} has row-level security, which would hide rows of it from role {who}: the change set would be incomplete"
+                ),
+                format!(
+                    "let the replication role read every row: ALTER ROLE {who} BYPASSRLS (as a superuser), or replicate as the table's owner{}",
+                    if info.force_row_security { " without FORCE ROW LEVEL SECURITY" } else { "" }
+                ),
+            );
+        }
+    }
+    // SAFETY: takes a lock held until the end of the transaction, as any reader of the table does
+    unsafe { pg_sys::LockRelationOid(info.reloid, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
+    // relfilenode as this transaction's snapshot sees it, and as it is now (the lock above made
+    // the backend read every committed catalog change)
+    let same = first::<bool>(
+        "SELECT c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
+         FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[info.reloid.into()],
+        "checking the table's storage",
+    )
+    .unwrap_or(false);
+    if !same {
+        fail(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!(
+                "rserv: table {table} was truncated or rewritten after this change set's snapshot was taken"
+            ),
+            "prepare the change set again (replicate retries by itself)",
+        );
+    }
+}
+
+fn table_sections(
+    info: &TableInfo,
+    pending: &str,
+    key: Vec<String>,
+    truncated: bool,
+    copy: bool,
+) -> Vec<Section> {
+    let table = qualified(&info.schema, &info.name);
+    let cols = table_columns(info.reloid);
+    let mut key_cols: Vec<&Column> = Vec::new();
+    for k in &key {
+        let Some(col) = cols.iter().find(|c| &c.name == k) else {
+            fail(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("rserv: key column \"{k}\" of replicated table {table} no longer exists"),
+                format!(
+                    "re-register the table with its key: {}; {}",
+                    call_hint("rserv_remove_table", &table, ""),
+                    call_hint("rserv_add_table", &table, "")
+                ),
+            );
+        };
+        key_cols.push(col);
+    }
+    let sent: Vec<&Column> = cols.iter().filter(|c| !c.generated).collect();
+    let pending_rows = format!(
+        "{pending} AS k WHERE k.reloid OPERATOR(pg_catalog.=) {}::pg_catalog.oid AND k.key IS NOT NULL",
+        info.reloid.to_u32()
+    );
+    let mk = |section, columns: Vec<String>, types: Vec<String>, query: Option<String>| Section {
+        section,
+        schema: info.schema.clone(),
+        table: info.name.clone(),
+        columns,
+        types,
+        key: key.clone(),
+        query,
+        estimate: None,
+    };
+    let select_list = sent
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names = |cs: &[&Column]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    let types = |cs: &[&Column]| cs.iter().map(|c| c.type_name.clone()).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    if copy {
+        // The initial copy: the whole table as of this snapshot.
+        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
+        let mut all = mk(
+            "INSERT",
+            names(&sent),
+            types(&sent),
+            Some(format!("SELECT {select_list} FROM ONLY {table} AS t")),
+        );
+        all.estimate = first::<i64>(
+            "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class WHERE oid = $1",
+            &[info.reloid.into()],
+            "estimating the table size",
+        );
+        out.push(all);
+        return out;
+    }
+    if truncated {
+        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
+    } else {
+        // Every changed identity goes, as the canonical text it was logged as: the INSERT
+        // section then brings back those that still exist, so the slave loads rows straight
+        // into the table with no merge step.
+        let logged = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("k.key[{}] AS {}", i + 1, quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(mk(
+            "DELETE",
+            key.clone(),
+            types(&key_cols),
+            Some(format!("SELECT DISTINCT {logged} FROM {pending_rows}")),
+        ));
+    }
+    let matches = key_cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            key_match(c).condition(
+                &format!("t.{}", quote_ident(&c.name)),
+                &format!("k.key[{}]", i + 1),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    out.push(mk(
+        "INSERT",
+        names(&sent),
+        types(&sent),
+        Some(format!(
+            "SELECT {select_list} FROM ONLY {table} AS t \
+             WHERE EXISTS (SELECT 1 FROM {pending_rows} AND {matches})"
+        )),
+    ));
+    out
+}
+
+/// Mark one row identity of a replicated table as changed, so the next change set carries its
+/// current state (or its deletion) to every slave: what `replicate check --repair` uses to fix
+/// only the rows that differ. `key` is the identity as text, one element per key column.
+/// Logged as "possibly deleted": the row may exist only on the slave.
+#[pg_extern(volatile, security_definer)]
+fn rserv_touch(tbl: crate::catalog::RegClass, key: Vec<String>) {
+    let _definer = definer();
+    require_replicator("rserv_touch");
+    let s = ext_schema();
+    let reloid = tbl.0;
+    let nkeys = first::<i32>(
+        &format!("SELECT pg_catalog.cardinality(key) FROM {s}._rserv_tables_ WHERE reloid = $1"),
+        &[reloid.into()],
+        "reading the registration",
+    );
+    let table = table_info(reloid).qualified();
+    match nkeys {
+        None => fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("rserv: table {table} is not replicated by this master"),
+            "",
+        ),
+        Some(n) if n as usize != key.len() => fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "rserv: table {table} has {n} key columns, but {} values were given",
+                key.len()
+            ),
+            "",
+        ),
+        Some(_) => {}
+    }
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_log_ (reloid, logid, deleted, key) \
+             VALUES ($1, pg_catalog.pg_current_xact_id()::text::int8, true, $2)"
+        ),
+        &[reloid.into(), key.into()],
+    )
+    .or_fail("marking the row");
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test(error = "rserv_prepare() must run in a REPEATABLE READ transaction")]
+    fn prepare_needs_repeatable_read() {
+        Spi::run("SELECT * FROM rserv_prepare(0)").unwrap();
+    }
+
+    #[pg_test]
+    fn sync_records_the_current_snapshot() {
+        Spi::run("SELECT nextval('_rserv_sync_seq_'); SELECT _rserv_sync_(3);").unwrap();
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT maxid = pg_snapshot_xmax(pg_current_snapshot())::text::int8 AND status = 0 \
+                 FROM _rserv_sync_ WHERE server = 3"
+            )
+            .unwrap(),
+            Some(true)
+        );
+    }
+}

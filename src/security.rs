@@ -1,0 +1,298 @@
+//! Who may do what, and as whom rserv's statements run.
+//!
+//! rserv's functions are SECURITY DEFINER and owned by the bootstrap superuser (rserv is a
+//! trusted extension). Three rules keep them from lending that power to anyone:
+//! - [`definer()`] pins `search_path` to `pg_catalog, pg_temp` for the function's own
+//!   statements, which name every user object schema-qualified;
+//! - a statement that touches a user's table and may run that user's code (triggers, defaults,
+//!   rules, CHECK and index expressions, domain checks) runs through [`run_as_owner`]: as the
+//!   table's owner, under SECURITY_RESTRICTED_OPERATION, with its own settings that vanish
+//!   afterwards, as PostgreSQL's own maintenance commands and logical replication do;
+//! - relations of the caller's `pg_temp` are only used when rserv created them (see
+//!   `staging.rs`).
+
+use crate::catalog::ext_schema;
+use crate::error::fail;
+use crate::sql::{c_string, first, quote_ident, quote_literal};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// Marks the body of a SECURITY DEFINER rserv function. While alive, search_path is
+/// `pg_catalog, pg_temp`, so nothing a user put in public or in their own schemas (functions,
+/// operators, casts overloading the built-in ones) can run with rserv's privileges. The previous
+/// search_path comes back when the function returns (on error the transaction is aborted anyway).
+pub struct Definer {
+    previous: Option<String>,
+}
+
+pub fn definer() -> Definer {
+    let previous = first::<String>(
+        "SELECT pg_catalog.current_setting('search_path')",
+        &[],
+        "reading search_path",
+    );
+    crate::sql::set_local("search_path", "pg_catalog, pg_temp");
+    Definer { previous }
+}
+
+impl Drop for Definer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(p) = self.previous.take() {
+            crate::sql::set_local("search_path", &p);
+        }
+    }
+}
+
+/// The role that called rserv (not the definer a SECURITY DEFINER function runs as).
+pub fn outer_user() -> pg_sys::Oid {
+    // SAFETY: plain read of the backend's user state
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// The role rserv's SECURITY DEFINER functions run as (their owner).
+pub fn definer_role() -> pg_sys::Oid {
+    // SAFETY: plain read of the backend's user state
+    unsafe { pg_sys::GetUserId() }
+}
+
+pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd C string (noerr: NULL for a dropped role)
+    let p = unsafe { pg_sys::GetUserNameFromId(role, true) };
+    if p.is_null() {
+        return format!("role {}", role.to_u32());
+    }
+    // SAFETY: non-NULL, NUL-terminated
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn outer_has_privs_of(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog look-ups of existing roles
+    unsafe { pg_sys::superuser_arg(outer_user()) || pg_sys::has_privs_of_role(outer_user(), role) }
+}
+
+/// Registering a table puts triggers on it: only its owner (or a superuser) may.
+pub fn require_table_owner(owner: pg_sys::Oid, table: &str, func: &str) {
+    if !outer_has_privs_of(owner) {
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "rserv: {func}(): role {} is not the owner of table {table}",
+                role_name(outer_user())
+            ),
+            "run it as the table's owner",
+        );
+    }
+}
+
+fn extension_owner() -> Option<pg_sys::Oid> {
+    first::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
+        &[],
+        "reading the extension's owner",
+    )
+}
+
+/// Is the calling role allowed to replicate: a superuser, the extension's owner, or a role
+/// granted with rserv_grant_replication()?
+pub fn is_replicator() -> bool {
+    if extension_owner().is_some_and(outer_has_privs_of) {
+        return true;
+    }
+    let s = ext_schema();
+    first::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}._rserv_replicators_ r \
+             WHERE pg_catalog.pg_has_role($1, r.role, 'USAGE'))"
+        ),
+        &[outer_user().into()],
+        "reading _rserv_replicators_",
+    )
+    .unwrap_or(false)
+}
+
+pub fn require_replicator(func: &str) {
+    if !is_replicator() {
+        let me = role_name(outer_user());
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("rserv: {func}(): role {me} may not replicate this database"),
+            format!(
+                "a superuser or the owner of extension rserv can allow it: SELECT rserv_grant_replication({})",
+                quote_literal(&me)
+            ),
+        );
+    }
+}
+
+/// Let the calling role use a temp table a definer function created for it.
+pub fn grant_to_caller(privilege: &str, table: &str) {
+    grant(privilege, table, &quote_ident(&role_name(outer_user())));
+}
+
+/// `GRANT privilege ON table TO grantee` (grantee already quoted, or PUBLIC).
+pub fn grant(privilege: &str, table: &str, grantee: &str) {
+    Spi::run(&format!("GRANT {privilege} ON {table} TO {grantee}"))
+        .unwrap_or_else(|e| crate::error::spi_fail("granting a staging table", e));
+}
+
+/// Settings every statement rserv runs on a user's table is made under.
+pub const SAFE_SETTINGS: &[(&str, &str)] = &[
+    ("search_path", "pg_catalog, pg_temp"),
+    // a policy must never filter what rserv reads or writes: with this, PostgreSQL raises an
+    // error instead of applying one (a table owner is exempt unless FORCE ROW LEVEL SECURITY)
+    ("row_security", "off"),
+];
+
+/// Undoes [`run_as_owner`]'s user switch even when the statement fails (the transaction's
+/// abort resets the settings' nest level).
+struct UserContext {
+    user: pg_sys::Oid,
+    sec: i32,
+}
+
+impl Drop for UserContext {
+    fn drop(&mut self) {
+        // SAFETY: restores the backend's user state saved in run_as_owner
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec) };
+    }
+}
+
+/// Set a configuration parameter for the current GUC nest level only.
+fn set_option(name: &str, value: &str) {
+    let (n, v) = (c_string(name), c_string(value));
+    // SAFETY: both strings live across the call; ERROR on a bad value
+    unsafe {
+        pg_sys::set_config_option(
+            n.as_ptr(),
+            v.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+}
+
+/// Run `f` (statements on a user's table) as `owner`, under SECURITY_RESTRICTED_OPERATION,
+/// with `settings` (plus [`SAFE_SETTINGS`]) in force only while `f` runs. Whatever the table's
+/// triggers, defaults, rules, CHECK and index expressions do, they do as the table's owner, who
+/// can do it anyway; they cannot create temp objects, change role or leave settings behind.
+pub fn run_as_owner<R>(owner: pg_sys::Oid, settings: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
+    // SAFETY: reads the backend's user state
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
+    // SAFETY: opens a GUC nest level closed below (or by the transaction's abort)
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    for (name, value) in SAFE_SETTINGS.iter().chain(settings) {
+        set_option(name, value);
+    }
+    let restore = UserContext { user, sec };
+    let restricted = sec
+        | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+        | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+    // SAFETY: switches the current user; `restore` switches back
+    unsafe { pg_sys::SetUserIdAndSecContext(owner, restricted) };
+    let out = f();
+    // SAFETY: closes the nest level opened above, discarding every setting made inside it
+    unsafe { pg_sys::AtEOXact_GUC(false, nest) };
+    drop(restore);
+    out
+}
+
+thread_local! {
+    /// Depth of rserv's own DDL on replicated tables (its triggers): the DDL guards let it pass.
+    static INTERNAL_DDL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, rserv is changing its own triggers: the DDL guards do not refuse it.
+pub struct InternalDdl;
+
+pub fn internal_ddl() -> InternalDdl {
+    INTERNAL_DDL.with(|d| d.set(d.get() + 1));
+    InternalDdl
+}
+
+impl Drop for InternalDdl {
+    fn drop(&mut self) {
+        INTERNAL_DDL.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// For the DDL guards (event triggers): is this DDL rserv's own?
+#[pg_extern(volatile, parallel_unsafe)]
+fn _rserv_internal_ddl_() -> bool {
+    INTERNAL_DDL.with(|d| d.get() > 0)
+}
+
+/// Allow `role` to run replication (replicate's prepare/apply/confirm/status) in this database
+/// without being a superuser. Only a superuser or the extension's owner may grant it.
+#[pg_extern(volatile, security_definer)]
+fn rserv_grant_replication(role: &str) {
+    let _definer = definer();
+    grant_or_revoke(role, true);
+}
+
+/// Take back rserv_grant_replication().
+#[pg_extern(volatile, security_definer)]
+fn rserv_revoke_replication(role: &str) {
+    let _definer = definer();
+    grant_or_revoke(role, false);
+}
+
+fn grant_or_revoke(role: &str, grant: bool) {
+    let s = ext_schema();
+    let me = outer_user();
+    // SAFETY: catalog look-ups of existing roles
+    let allowed = unsafe {
+        pg_sys::superuser_arg(me)
+            || extension_owner().is_some_and(|o| pg_sys::has_privs_of_role(me, o))
+    };
+    if !allowed {
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "rserv: only a superuser or the owner of extension rserv may grant or revoke replication",
+            "",
+        );
+    }
+    let Some(oid) = first::<pg_sys::Oid>(
+        "SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1",
+        &[role.into()],
+        "looking up the role",
+    ) else {
+        fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("rserv: role \"{role}\" does not exist"),
+            "create it first: CREATE ROLE ... LOGIN",
+        );
+    };
+    let (verb, prep) = if grant {
+        ("GRANT", "TO")
+    } else {
+        ("REVOKE", "FROM")
+    };
+    if grant {
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO {s}._rserv_replicators_ (role) VALUES ($1) ON CONFLICT DO NOTHING"
+            ),
+            &[oid.into()],
+        )
+    } else {
+        Spi::run_with_args(
+            &format!("DELETE FROM {s}._rserv_replicators_ WHERE role = $1"),
+            &[oid.into()],
+        )
+    }
+    .unwrap_or_else(|e| crate::error::spi_fail("updating _rserv_replicators_", e));
+    Spi::run(&format!(
+        "{verb} SELECT ON {s}.rserv_status {prep} {}",
+        quote_ident(role)
+    ))
+    .unwrap_or_else(|e| crate::error::spi_fail("granting rserv_status", e));
+}

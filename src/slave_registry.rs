@@ -1,0 +1,213 @@
+//! Table registry on the slave: `rserv_slave_add_table` / `rserv_slave_remove_table`, the
+//! protection trigger that refuses local writes to received tables, and the list of tables the
+//! slave receives (which the master sends only).
+
+use crate::catalog::{ext_schema, table_info, RegClass, PROTECT_TRIGGER};
+use crate::error::{fail, SpiOrFail};
+use crate::registry::{
+    check_table_kind, depend_on_extension, drop_trigger, required, resolve_identity, trigger_oid,
+};
+use crate::security::{definer, internal_ddl, require_replicator, require_table_owner};
+use crate::sql::{call_hint, count_rows, first, qualified, quote_ident};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// Register a table on the slave. The identity must match the master's registration;
+/// `column_name` is accepted as on the master (a key, or a watched column, which only the
+/// master uses). Local writes to the table are refused from now on. A table registered anew
+/// receives a fresh copy of the master's rows with the next change set, whatever it holds.
+#[pg_extern(volatile, security_definer)]
+fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, "NULL")) {
+    let _definer = definer();
+    let reloid = required(tbl, "rserv_slave_add_table");
+    let info = table_info(reloid);
+    check_table_kind(&info);
+    let table = info.qualified();
+    // Which tables a slave receives is a replication decision: a table owner who may not
+    // replicate could otherwise have a master's rows copied into a table of theirs (or stop
+    // every change set naming a table the master lacks). And the statements the apply runs on
+    // the table run as its owner, whom the registering replicator must be able to act as.
+    require_replicator("rserv_slave_add_table");
+    require_table_owner(info.owner, &table, "rserv_slave_add_table");
+    let s = ext_schema();
+    let old_key = first::<Vec<String>>(
+        &format!("SELECT key::text[] FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
+        &[reloid.into()],
+        "reading _rserv_slave_tables_",
+    );
+    let identity = resolve_identity(&info, column_name.as_deref(), old_key.as_ref());
+    match old_key {
+        Some(k) if k != identity.key => fail(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!(
+                "rserv: table {table} is already registered as a slave table with identity ({}), not ({})",
+                k.join(", "),
+                identity.key.join(", ")
+            ),
+            format!(
+                "to change it: {}, then register it again",
+                call_hint("rserv_slave_remove_table", &table, "")
+            ),
+        ),
+        Some(_) if trigger_oid(reloid, PROTECT_TRIGGER).is_some() => {
+            notice!(
+                "rserv: table {} is already registered as a slave table (identity ({})); nothing changed",
+                table,
+                identity.key.join(", ")
+            );
+            return;
+        }
+        Some(_) => {}
+        None => {
+            Spi::run_with_args(
+                &format!(
+                    "INSERT INTO {s}._rserv_slave_tables_ (reloid, tname, cname, key, needs_copy) \
+                     VALUES ($1, $2, $3, $4::name[], true)"
+                ),
+                &[
+                    reloid.into(),
+                    table.clone().into(),
+                    column_name.into(),
+                    identity.key.clone().into(),
+                ],
+            )
+            .or_fail("inserting into _rserv_slave_tables_");
+        }
+    }
+    let _internal = internal_ddl();
+    drop_trigger(reloid, &table, PROTECT_TRIGGER);
+    Spi::run(&format!(
+        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
+         FOR EACH STATEMENT EXECUTE FUNCTION {s}._rserv_protect_()",
+        quote_ident(PROTECT_TRIGGER)
+    ))
+    .or_fail("creating the protection trigger");
+    depend_on_extension(reloid, PROTECT_TRIGGER);
+}
+
+/// Stop receiving a table on this slave; it becomes an ordinary writable table again.
+#[pg_extern(volatile, security_definer)]
+fn rserv_slave_remove_table(tbl: Option<RegClass>) {
+    let _definer = definer();
+    let reloid = required(tbl, "rserv_slave_remove_table");
+    let info = table_info(reloid);
+    let table = info.qualified();
+    require_table_owner(info.owner, &table, "rserv_slave_remove_table");
+    let s = ext_schema();
+    let removed = count_rows(
+        &format!("DELETE FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
+        &[reloid.into()],
+        "deleting from _rserv_slave_tables_",
+    );
+    drop_trigger(reloid, &table, PROTECT_TRIGGER);
+    if removed == 0 {
+        notice!(
+            "rserv: table {} is not registered on this slave; nothing to remove",
+            table
+        );
+    }
+}
+
+/// Tables this slave receives (the master sends only these); `needs_copy`: registered anew,
+/// the next change set must carry all of its rows.
+#[pg_extern(stable, security_definer, name = "rserv_slave_table_list")]
+#[allow(clippy::type_complexity)]
+fn rserv_slave_table_list_v11() -> TableIterator<
+    'static,
+    (
+        name!(schema_name, String),
+        name!(table_name, String),
+        name!(needs_copy, bool),
+    ),
+> {
+    let _definer = definer();
+    require_replicator("rserv_slave_table_list");
+    let s = ext_schema();
+    let rows = Spi::connect(|client| {
+        client
+            .select(
+                &format!(
+                    "SELECT n.nspname::text, c.relname::text, t.needs_copy FROM {s}._rserv_slave_tables_ t \
+                     JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2"
+                ),
+                None,
+                &[],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<bool>(3)?.unwrap_or(true),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_fail("listing the slave's tables");
+    TableIterator::new(rows)
+}
+
+/// The slave's registration of `schema.name`: (reloid, key columns).
+pub fn slave_table(schema: &str, name: &str) -> Option<(pg_sys::Oid, Vec<String>)> {
+    let s = ext_schema();
+    Spi::connect(|client| {
+        let tab = client.select(
+            &format!(
+                "SELECT t.reloid, t.key::text[] FROM {s}._rserv_slave_tables_ t \
+                 JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2"
+            ),
+            None,
+            &[schema.into(), name.into()],
+        )?;
+        let mut out = None;
+        for r in tab {
+            out = Some((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("reading _rserv_slave_tables_")
+}
+
+/// The table now holds the master's rows as of the change set being applied.
+pub fn mark_copied(reloid: pg_sys::Oid) {
+    let s = ext_schema();
+    Spi::run_with_args(
+        &format!(
+            "UPDATE {s}._rserv_slave_tables_ SET needs_copy = false WHERE reloid = $1 AND needs_copy"
+        ),
+        &[reloid.into()],
+    )
+    .or_fail("recording the copy");
+}
+
+/// BEFORE statement trigger on slave tables: local writes would make the slave diverge from
+/// its master, so they are refused unless the session asks for them. The apply itself runs
+/// with session_replication_role = replica, where this trigger does not fire.
+#[pg_trigger]
+fn _rserv_protect_<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
+    if crate::guc::ALLOW_SLAVE_WRITES.get() {
+        return Ok(None);
+    }
+    let op = match trigger.trigger_data().tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
+        pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
+        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
+        _ => "TRUNCATE",
+    };
+    let table = qualified(
+        &trigger.table_schema().unwrap_or_default(),
+        &trigger.table_name().unwrap_or_default(),
+    );
+    fail(
+        PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        format!("rserv: table {table} is a replication slave table; local {op} refused"),
+        "write on the master, or SET rserv.allow_slave_writes = on to write here anyway (the slave then differs from its master)",
+    )
+}

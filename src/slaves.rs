@@ -1,0 +1,169 @@
+//! What a master knows of its slaves: their registration (one server id per slave database),
+//! their confirmed progress (MasterSync), and how to forget one.
+
+use crate::catalog::ext_schema;
+use crate::error::{fail, SpiOrFail};
+use crate::security::{definer, require_replicator};
+use crate::sql::{count_rows, first};
+use pgrx::prelude::*;
+
+/// Register slave `server`, the database whose rserv_node_id() is `slave_node`. Must commit
+/// before that slave's first change set is prepared: log clean-up then keeps every row the
+/// slave may still need (it keeps the whole log while a registered slave has confirmed
+/// nothing). Returns false if it was registered already; an id bound to another slave database
+/// is refused.
+#[pg_extern(volatile, security_definer)]
+fn rserv_register_slave(server: i32, slave_node: Option<String>) -> bool {
+    let _definer = definer();
+    require_replicator("rserv_register_slave");
+    let s = ext_schema();
+    let inserted = count_rows(
+        &format!(
+            "INSERT INTO {s}._rserv_servers_ (server, last_prepare, node) VALUES ($1, 0, $2::uuid) \
+             ON CONFLICT (server) DO NOTHING"
+        ),
+        &[server.into(), slave_node.clone().into()],
+        "registering the slave",
+    ) > 0;
+    if inserted {
+        return true;
+    }
+    let bound = first::<String>(
+        &format!("SELECT node::text FROM {s}._rserv_servers_ WHERE server = $1"),
+        &[server.into()],
+        "reading the slave's registration",
+    );
+    match (bound, &slave_node) {
+        (Some(bound), Some(node)) => require_same_node(server, &bound, node),
+        (None, Some(_)) => {
+            Spi::run_with_args(
+                &format!("UPDATE {s}._rserv_servers_ SET node = $2::uuid WHERE server = $1 AND node IS NULL"),
+                &[server.into(), slave_node.into()],
+            )
+            .or_fail("binding the slave's node");
+        }
+        _ => {}
+    }
+    false
+}
+
+/// A server id belongs to one slave database: a second one using it would make both miss
+/// changes (the original rserv's bug), so it is refused.
+pub fn require_same_node(server: i32, bound: &str, node: &str) {
+    let same = first::<bool>(
+        "SELECT $1::uuid = $2::uuid",
+        &[bound.into(), node.into()],
+        "comparing nodes",
+    )
+    .unwrap_or(false);
+    if !same {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("rserv: server id {server} belongs to another slave database (node {bound})"),
+            "give each slave its own id (replicate --server N); sharing one makes both miss changes",
+        );
+    }
+}
+
+/// Confirm that slave `server` applied change set `syncid` (the seed's MasterSync). The next
+/// prepare for that server starts from this snapshot. Returns false if there is no such
+/// prepared change set (already confirmed, superseded, or never prepared).
+#[pg_extern(volatile, security_definer)]
+fn rserv_confirm(server: i32, syncid: i64) -> bool {
+    let _definer = definer();
+    require_replicator("rserv_confirm");
+    let s = ext_schema();
+    let status = first::<i32>(
+        &format!(
+            "SELECT status FROM {s}._rserv_sync_ WHERE server = $1 AND syncid = $2 FOR UPDATE"
+        ),
+        &[server.into(), syncid.into()],
+        "reading _rserv_sync_",
+    );
+    match status {
+        // Nothing to do: never prepared for this server, already confirmed, or superseded.
+        None => false,
+        Some(st) if st > 0 => false,
+        Some(_) => {
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE {s}._rserv_sync_ SET status = 1, confirmed = now() WHERE server = $1 AND syncid = $2"
+                ),
+                &[server.into(), syncid.into()],
+            )
+            .or_fail("confirming the sync");
+            Spi::run_with_args(
+                &format!("DELETE FROM {s}._rserv_sync_ WHERE server = $1 AND syncid < $2"),
+                &[server.into(), syncid.into()],
+            )
+            .or_fail("removing superseded syncs");
+            // Initial copies carried by this change set (or an earlier one) are done.
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE {s}._rserv_server_tables_ SET state = 'ready' \
+                     WHERE server = $1 AND state = 'copying' AND syncid <= $2"
+                ),
+                &[server.into(), syncid.into()],
+            )
+            .or_fail("marking initial copies done");
+            true
+        }
+    }
+}
+
+/// Forget slave `server`: its registration and its change sets. Log clean-up stops waiting for
+/// it. Returns false if it was not registered.
+#[pg_extern(volatile, security_definer)]
+fn rserv_drop_server(server: i32) -> bool {
+    let _definer = definer();
+    require_replicator("rserv_drop_server");
+    let s = ext_schema();
+    Spi::run_with_args(
+        &format!("DELETE FROM {s}._rserv_sync_ WHERE server = $1"),
+        &[server.into()],
+    )
+    .or_fail("deleting the server's syncs");
+    count_rows(
+        &format!("DELETE FROM {s}._rserv_servers_ WHERE server = $1"),
+        &[server.into()],
+        "deleting the server",
+    ) > 0
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn confirm_of_an_unknown_change_set_is_false() {
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT rserv_confirm(0, 42)").unwrap(),
+            Some(false)
+        );
+    }
+
+    #[pg_test]
+    fn registering_twice_is_false_and_another_node_is_refused() {
+        let node = "11111111-2222-3333-4444-555555555555";
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT rserv_register_slave(1, '{node}')")).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT rserv_register_slave(1, '{node}')")).unwrap(),
+            Some(false)
+        );
+    }
+
+    #[pg_test(
+        error = "rserv: server id 1 belongs to another slave database (node 11111111-2222-3333-4444-555555555555)"
+    )]
+    fn another_node_is_refused() {
+        Spi::run(
+            "SELECT rserv_register_slave(1, '11111111-2222-3333-4444-555555555555');
+             SELECT rserv_register_slave(1, '99999999-2222-3333-4444-555555555555');",
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,140 @@
+//! Session-lived staging tables in the caller's `pg_temp`: the master's list of pending row
+//! identities (read by the caller's COPY), and the slave's text tables for DELETE and UPDATE
+//! sections (filled by the caller's COPY).
+//!
+//! The caller owns its `pg_temp`, so a relation found there by name could be the caller's own
+//! view, or a table with the caller's triggers. rserv therefore never looks one up by a name
+//! it did not make: each staging table gets an unpredictable name when rserv creates it, rserv
+//! remembers its OID, and before every use checks that this OID is still the plain, trigger-
+//! and rule-free table rserv's own role created in this session's temp schema. It is emptied at
+//! every commit, and created again if the transaction that made it rolled back.
+
+use crate::error::SpiOrFail;
+use crate::security::{definer_role, grant, grant_to_caller};
+use crate::sql::{first, quote_ident};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+
+struct Staging {
+    kind: String,
+    columns: String,
+    oid: pg_sys::Oid,
+    qualified: String,
+}
+
+thread_local! {
+    static TABLES: RefCell<Vec<Staging>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Is `oid` still the staging table rserv made under `qualified`?
+fn intact(oid: pg_sys::Oid, qualified: &str) -> bool {
+    first::<bool>(
+        "SELECT c.relkind = 'r' AND c.relpersistence = 't' AND c.relowner = $2 \
+                AND c.relnamespace = pg_catalog.pg_my_temp_schema() \
+                AND NOT c.relhastriggers AND NOT c.relhasrules AND NOT c.relrowsecurity \
+                AND pg_catalog.to_regclass($3) = c.oid \
+         FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[oid.into(), definer_role().into(), qualified.into()],
+        "checking a staging table",
+    )
+    .unwrap_or(false)
+}
+
+/// Who may do what with a staging table besides rserv itself.
+pub struct Access {
+    /// privilege of the calling role (e.g. INSERT: its COPY fills the table)
+    pub caller: &'static str,
+    /// readable by every role of this session (temp tables are private to the session):
+    /// statements run as a table's owner read it
+    pub public_select: bool,
+}
+
+/// The staging table of `kind` with `columns` (a column list in SQL, built by rserv), created
+/// on first use in this session; returns its schema-qualified quoted name.
+pub fn table(kind: &str, columns: &str, access: Access) -> String {
+    let known = TABLES.with(|t| {
+        t.borrow()
+            .iter()
+            .find(|s| s.kind == kind && s.columns == columns)
+            .map(|s| (s.oid, s.qualified.clone()))
+    });
+    if let Some((oid, qualified)) = known {
+        if intact(oid, &qualified) {
+            return qualified;
+        }
+        TABLES.with(|t| t.borrow_mut().retain(|s| s.oid != oid));
+    }
+    let suffix = first::<String>(
+        "SELECT pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', '')",
+        &[],
+        "naming a staging table",
+    )
+    .unwrap_or_default();
+    let qualified = format!(
+        "pg_temp.{}",
+        quote_ident(&format!("_rserv_{kind}_{suffix}"))
+    );
+    Spi::run(&format!(
+        "CREATE TEMP TABLE {qualified} ({columns}) ON COMMIT DELETE ROWS"
+    ))
+    .or_fail("creating a staging table");
+    let oid = first::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[qualified.clone().into()],
+        "finding the staging table",
+    )
+    .unwrap_or(pg_sys::InvalidOid);
+    if !access.caller.is_empty() {
+        grant_to_caller(access.caller, &qualified);
+    }
+    if access.public_select {
+        grant("SELECT", &qualified, "PUBLIC");
+    }
+    TABLES.with(|t| {
+        t.borrow_mut().push(Staging {
+            kind: kind.to_string(),
+            columns: columns.to_string(),
+            oid,
+            qualified: qualified.clone(),
+        })
+    });
+    qualified
+}
+
+/// `c1 text, c2 text, ...`: a staging table for `n` columns of COPY text.
+pub fn text_columns(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("c{i} pg_catalog.text"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `c1, c2, ...`
+pub fn column_names(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Empty a staging table before a section fills it (the table outlives sections).
+pub fn empty(qualified: &str, big: bool) {
+    let verb = if big { "TRUNCATE" } else { "DELETE FROM" };
+    Spi::run(&format!("{verb} {qualified}")).or_fail("emptying a staging table");
+}
+
+/// A large staging table deserves statistics before it is joined with a real one.
+/// Returns whether it was large.
+pub fn analyze_if_big(qualified: &str, bytes: i64) -> bool {
+    let big = first::<bool>(
+        "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
+        &[qualified.into(), bytes.into()],
+        "sizing a staging table",
+    )
+    .unwrap_or(false);
+    if big {
+        Spi::run(&format!("ANALYZE {qualified}")).or_fail("analyzing a staging table");
+    }
+    big
+}
