@@ -56,6 +56,13 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rserv_slave_create_table_wrapper';
 
+CREATE  FUNCTION "rserv_server_for_node"(
+	"slave_node" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_server_for_node_wrapper';
+
 DROP FUNCTION rserv_prepare(int, text, text[], text[]);
 CREATE  FUNCTION "rserv_prepare"(
 	"server" INT, /* i32 */

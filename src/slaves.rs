@@ -47,6 +47,42 @@ fn rserv_register_slave(server: i32, slave_node: Option<String>) -> bool {
     false
 }
 
+/// The server id of the slave database whose rserv_node_id() is `slave_node`: the one it is
+/// bound to, or (registering it, in this transaction) the lowest unused id from 1 up. Lets
+/// `replicate` identify a slave by its node id when no `--server` is given.
+#[pg_extern(volatile, security_definer)]
+fn rserv_server_for_node(slave_node: &str) -> i32 {
+    let _definer = definer();
+    require_replicator("rserv_server_for_node");
+    let s = ext_schema();
+    // two slaves asking at once must not both take the same free id
+    Spi::run(&format!(
+        "LOCK TABLE {s}._rserv_servers_ IN SHARE ROW EXCLUSIVE MODE"
+    ))
+    .or_fail("locking _rserv_servers_");
+    if let Some(server) = first::<i32>(
+        &format!(
+            "SELECT server FROM {s}._rserv_servers_ WHERE node = $1::uuid ORDER BY server LIMIT 1"
+        ),
+        &[slave_node.into()],
+        "looking up the slave's id",
+    ) {
+        return server;
+    }
+    first::<i32>(
+        &format!(
+            "INSERT INTO {s}._rserv_servers_ (server, last_prepare, node) \
+             SELECT min(g), 0, $1::uuid FROM generate_series(1, (SELECT coalesce(max(server), 0) + 1 \
+                                                                FROM {s}._rserv_servers_)) AS g \
+              WHERE g NOT IN (SELECT server FROM {s}._rserv_servers_) \
+             RETURNING server"
+        ),
+        &[slave_node.into()],
+        "registering the slave",
+    )
+    .unwrap_or(0)
+}
+
 /// A server id belongs to one slave database: a second one using it would make both miss
 /// changes (the original rserv's bug), so it is refused.
 pub fn require_same_node(server: i32, bound: &str, node: &str) {
@@ -154,6 +190,20 @@ mod tests {
             Spi::get_one::<bool>(&format!("SELECT rserv_register_slave(1, '{node}')")).unwrap(),
             Some(false)
         );
+    }
+
+    #[pg_test]
+    fn a_node_gets_the_lowest_free_id_once() {
+        Spi::run("SELECT rserv_register_slave(1, '11111111-2222-3333-4444-555555555555')").unwrap();
+        let id = |n: &str| {
+            Spi::get_one::<i32>(&format!("SELECT rserv_server_for_node('{n}')"))
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(id("11111111-2222-3333-4444-555555555555"), 1);
+        assert_eq!(id("22222222-2222-3333-4444-555555555555"), 2);
+        assert_eq!(id("33333333-2222-3333-4444-555555555555"), 3);
+        assert_eq!(id("22222222-2222-3333-4444-555555555555"), 2);
     }
 
     #[pg_test(
