@@ -96,6 +96,14 @@ CREATE TABLE _rserv_slave_tables_ (
     needs_copy bool      NOT NULL DEFAULT true
 );
 
+-- Slave: what rserv_slave_create_table still has to make of a table it created (indexes, foreign
+-- keys, triggers, policies: the master's definition), once the table's initial copy is in.
+CREATE TABLE _rserv_slave_pending_ (
+    reloid     oid         PRIMARY KEY,
+    definition jsonb       NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now()
+);
+
 -- Slave: the last change set applied (one row), and from which master.
 CREATE TABLE _rserv_slave_sync_ (
     syncid   int8        NOT NULL,

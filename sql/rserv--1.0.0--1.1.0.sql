@@ -18,6 +18,13 @@ UPDATE _rserv_tables_ t
 -- a registration whose watched columns are all gone watches every column
 UPDATE _rserv_tables_ SET watched = NULL WHERE watched IS NOT NULL AND watched_attnums IS NULL;
 
+-- what rserv_slave_create_table still has to make once a table's initial copy is in
+CREATE TABLE _rserv_slave_pending_ (
+    reloid     oid         PRIMARY KEY,
+    definition jsonb       NOT NULL,
+    created    timestamptz NOT NULL DEFAULT now()
+);
+
 -- tables a 1.0 slave received were copied then
 ALTER TABLE _rserv_slave_tables_ ADD COLUMN needs_copy bool NOT NULL DEFAULT false;
 ALTER TABLE _rserv_slave_tables_ ALTER COLUMN needs_copy SET DEFAULT true;
@@ -52,7 +59,7 @@ AS 'MODULE_PATHNAME', 'rserv_register_slave_wrapper';
 CREATE  FUNCTION "rserv_slave_create_table"(
 	"definition" jsonb /* pgrx :: JsonB */
 ) RETURNS TEXT /* String */
-STRICT VOLATILE
+STRICT VOLATILE SECURITY DEFINER
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rserv_slave_create_table_wrapper';
 
@@ -62,6 +69,11 @@ CREATE  FUNCTION "rserv_server_for_node"(
 STRICT VOLATILE SECURITY DEFINER
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rserv_server_for_node_wrapper';
+
+CREATE  FUNCTION "rserv_slave_finish_tables"() RETURNS SETOF TEXT /* String */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_slave_finish_tables_wrapper';
 
 DROP FUNCTION rserv_prepare(int, text, text[], text[]);
 CREATE  FUNCTION "rserv_prepare"(

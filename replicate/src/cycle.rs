@@ -175,6 +175,11 @@ fn run_inner(
             say(opts, "Succeeded");
             session.in_step = true;
         }
+        if opts.create_tables {
+            for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
+                eprintln!("created the indexes, foreign keys, triggers and policies of table {name} on the slave");
+            }
+        }
         if opts.clean_log {
             let n = master::clean_log(ep.master, ep.master_rs)?;
             say(

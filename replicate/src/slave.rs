@@ -105,6 +105,18 @@ pub fn create_missing(
     Ok(created)
 }
 
+/// Give tables created by `--create-tables` their indexes, foreign keys, triggers and policies
+/// once their initial copy is in (post-data after the load). Returns the tables finished.
+pub fn finish_tables(client: &mut Client, rs: &Rserv) -> Result<Vec<String>, Error> {
+    let rows = client
+        .query(
+            &format!("SELECT {}()", rs.func("rserv_slave_finish_tables")),
+            &[],
+        )
+        .ctx("slave: finishing the tables it created")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Last change set applied on the slave; None before the first.
 pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
     let row = client

@@ -1,0 +1,616 @@
+//! The slave builds a table, and what it needs, from a master's definition: schemas, types and
+//! sequences first, then the table (pre-data, before its initial copy); indexes, foreign keys,
+//! triggers, policies and comments after the copy (post-data). Every statement is built here:
+//! names quoted by this server, types looked up among this slave's own and printed by its
+//! `format_type()`; the master's clause texts (expressions, constraint, index, trigger and
+//! partition clauses) are embedded only into statements that `verify` then proves to be exactly
+//! one statement of the intended kind, and each new object is checked afterwards.
+
+use super::model::*;
+use super::verify::{bad_definition, check_statement, expression, risky_calls};
+use crate::catalog::format_type;
+use crate::error::fail;
+use crate::sql::{first, ident_list, qualified, quote_ident, quote_literal};
+use pgrx::pg_sys;
+use pgrx::pg_sys::AlterTableType as At;
+use pgrx::pg_sys::NodeTag as Tag;
+use pgrx::prelude::*;
+
+/// Run one statement built for `table` after checking it is exactly one statement of kind
+/// `tag` (and for ALTER TABLE, exactly one subcommand `alter`).
+fn run(table: &str, sql: &str, tag: pg_sys::NodeTag, alter: Option<At::Type>) {
+    check_statement(table, sql, tag, alter);
+    if let Err(e) = Spi::run(sql) {
+        crate::error::spi_fail(&format!("building table {table}"), e);
+    }
+}
+
+fn relation(schema: &str, name: &str) -> Option<pg_sys::Oid> {
+    first::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[qualified(schema, name).into()],
+        "looking up a relation",
+    )
+}
+
+fn type_oid(n: &Named) -> Option<pg_sys::Oid> {
+    first::<pg_sys::Oid>(
+        "SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+         WHERE n.nspname = $1 AND t.typname = $2",
+        &[n.schema.clone().into(), n.name.clone().into()],
+        "looking up a type",
+    )
+}
+
+/// The type `n` (with `typmod`) as this slave's server prints it; it must exist here.
+fn type_sql(table: &str, n: &Named, typmod: i32) -> String {
+    match type_oid(n) {
+        Some(oid) => format_type(oid, typmod),
+        None => fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "rserv: type {} of table {table} does not exist on this slave",
+                qualified(&n.schema, &n.name)
+            ),
+            "create it on the slave first (as on the master), then run again",
+        ),
+    }
+}
+
+fn collation_sql(table: &str, c: &Named) -> String {
+    let exists = first::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_collation o JOIN pg_catalog.pg_namespace n ON n.oid = o.collnamespace \
+         WHERE n.nspname = $1 AND o.collname = $2)",
+        &[c.schema.clone().into(), c.name.clone().into()],
+        "looking up a collation",
+    )
+    .unwrap_or(false);
+    if !exists {
+        fail(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "rserv: collation {} of table {table} does not exist on this slave",
+                qualified(&c.schema, &c.name)
+            ),
+            "create it on the slave first (as on the master), then run again",
+        );
+    }
+    format!(" COLLATE {}", qualified(&c.schema, &c.name))
+}
+
+fn ensure_schema(table: &str, schema: &str) {
+    let exists = first::<bool>(
+        "SELECT pg_catalog.to_regnamespace($1) IS NOT NULL",
+        &[quote_ident(schema).into()],
+        "looking up a schema",
+    )
+    .unwrap_or(false);
+    if !exists {
+        run(
+            table,
+            &format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
+            Tag::T_CreateSchemaStmt,
+            None,
+        );
+    }
+}
+
+/// Create the user-defined types the table needs that this slave lacks (an existing type of the
+/// same name is taken as it is). Returns the types made.
+fn ensure_types(table: &str, types: &[TypeDef]) -> Vec<pg_sys::Oid> {
+    let mut made = Vec::new();
+    for t in types {
+        let named = Named {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+        };
+        if type_oid(&named).is_some() {
+            continue;
+        }
+        ensure_schema(table, &t.schema);
+        let name = qualified(&t.schema, &t.name);
+        let (sql, tag) = match t.kind.as_str() {
+            "e" => {
+                let labels = t.labels.clone().unwrap_or_default();
+                let labels: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
+                (
+                    format!("CREATE TYPE {name} AS ENUM ({})", labels.join(", ")),
+                    Tag::T_CreateEnumStmt,
+                )
+            }
+            "d" => {
+                let Some(base) = &t.base else {
+                    bad_definition(table, format!("domain {name} has no base type"));
+                };
+                let mut sql = format!(
+                    "CREATE DOMAIN {name} AS {}",
+                    type_sql(table, base, t.typmod)
+                );
+                if let Some(c) = &t.collation {
+                    sql.push_str(&collation_sql(table, c));
+                }
+                if let Some(d) = &t.default {
+                    let what = format!("the default of domain {name}");
+                    sql.push_str(&format!(" DEFAULT {}", expression(table, &what, d)));
+                }
+                if t.not_null {
+                    sql.push_str(" NOT NULL");
+                }
+                for c in t.constraints.iter().flatten() {
+                    sql.push_str(&format!(
+                        " CONSTRAINT {} {}",
+                        quote_ident(&c.name),
+                        c.definition
+                    ));
+                }
+                (sql, Tag::T_CreateDomainStmt)
+            }
+            "c" => {
+                let attrs: Vec<String> = t
+                    .attributes
+                    .iter()
+                    .flatten()
+                    .map(|a| {
+                        format!(
+                            "{} {}",
+                            quote_ident(&a.name),
+                            type_sql(table, &a.typ, a.typmod)
+                        )
+                    })
+                    .collect();
+                (
+                    format!("CREATE TYPE {name} AS ({})", attrs.join(", ")),
+                    Tag::T_CompositeTypeStmt,
+                )
+            }
+            "r" => {
+                let Some(sub) = &t.subtype else {
+                    bad_definition(table, format!("range type {name} has no subtype"));
+                };
+                (
+                    format!(
+                        "CREATE TYPE {name} AS RANGE (SUBTYPE = {})",
+                        type_sql(table, sub, -1)
+                    ),
+                    Tag::T_CreateRangeStmt,
+                )
+            }
+            other => bad_definition(
+                table,
+                format!("type {name} is of an unknown kind {other:?}"),
+            ),
+        };
+        run(table, &sql, tag, None);
+        if let Some(c) = &t.comment {
+            run(
+                table,
+                &format!("COMMENT ON TYPE {name} IS {}", quote_literal(c)),
+                Tag::T_CommentStmt,
+                None,
+            );
+        }
+        if let Some(oid) = type_oid(&named) {
+            made.push(oid);
+        }
+    }
+    made
+}
+
+fn sequence_options(s: &SequenceDef) -> String {
+    format!(
+        "INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {} {}CYCLE",
+        s.increment,
+        s.min,
+        s.max,
+        s.start,
+        s.cache.max(1),
+        if s.cycle { "" } else { "NO " }
+    )
+}
+
+fn sequence_type(table: &str, s: &SequenceDef) -> &'static str {
+    match s.typ.as_str() {
+        "smallint" => "smallint",
+        "integer" => "integer",
+        "bigint" => "bigint",
+        other => bad_definition(table, format!("sequence {} has type {other:?}", s.name)),
+    }
+}
+
+/// Sequences the table's defaults use that this slave lacks (identity sequences come with
+/// their columns).
+fn ensure_sequences(table: &str, sequences: &[SequenceDef]) {
+    for s in sequences.iter().filter(|s| !s.identity) {
+        if relation(&s.schema, &s.name).is_some() {
+            continue;
+        }
+        ensure_schema(table, &s.schema);
+        run(
+            table,
+            &format!(
+                "CREATE SEQUENCE {} AS {} {}",
+                qualified(&s.schema, &s.name),
+                sequence_type(table, s),
+                sequence_options(s)
+            ),
+            Tag::T_CreateSeqStmt,
+            None,
+        );
+    }
+}
+
+fn column_sql(table: &str, def: &TableDef, c: &ColumnDef) -> String {
+    let mut sql = format!(
+        "{} {}",
+        quote_ident(&c.name),
+        type_sql(table, &c.typ, c.typmod)
+    );
+    if let Some(coll) = &c.collation {
+        sql.push_str(&collation_sql(table, coll));
+    }
+    match c.identity.as_deref() {
+        None => {}
+        Some(kind @ ("a" | "d")) => {
+            let how = if kind == "a" { "ALWAYS" } else { "BY DEFAULT" };
+            sql.push_str(&format!(" GENERATED {how} AS IDENTITY"));
+            let seq = def
+                .sequences
+                .iter()
+                .find(|s| s.identity && s.owned_by.as_deref() == Some(c.name.as_str()));
+            if let Some(s) = seq {
+                sql.push_str(&format!(
+                    " (SEQUENCE NAME {} {})",
+                    qualified(&s.schema, &s.name),
+                    sequence_options(s)
+                ));
+            }
+        }
+        Some(other) => bad_definition(table, format!("unknown identity kind {other:?}")),
+    }
+    if let Some(g) = &c.generated {
+        let what = format!(
+            "the generated expression of column {}",
+            quote_ident(&c.name)
+        );
+        sql.push_str(&format!(
+            " GENERATED ALWAYS AS {} STORED",
+            expression(table, &what, g)
+        ));
+    } else if let Some(d) = &c.default {
+        let what = format!("the default of column {}", quote_ident(&c.name));
+        sql.push_str(&format!(" DEFAULT {}", expression(table, &what, d)));
+    }
+    if c.not_null {
+        sql.push_str(" NOT NULL");
+    }
+    sql
+}
+
+/// The partitioned parent this table is created a partition of, when the slave has it.
+fn existing_parent(def: &TableDef) -> Option<(Rel, String)> {
+    let parent = def.partition_of.clone()?;
+    let bound = def.partition_bound.clone()?;
+    relation(&parent.schema, &parent.table).map(|_| (parent, bound))
+}
+
+/// The parents of `reloid` (inheritance or partitioning) are exactly `expected`.
+fn check_parents(table: &str, reloid: pg_sys::Oid, expected: Option<&Rel>) {
+    let parents = crate::sql::column::<String>(
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+         FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhparent \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE i.inhrelid = $1",
+        &[reloid.into()],
+        "reading the table's parents",
+    );
+    let want: Vec<String> = expected
+        .map(|p| vec![qualified(&p.schema, &p.table)])
+        .unwrap_or_default();
+    if parents != want {
+        bad_definition(table, "it would make the table a child of another table");
+    }
+}
+
+/// Pre-data: schemas, types and sequences the table needs, then the table with its columns and
+/// its primary key, unique, check and exclusion constraints (its identity must exist before
+/// it is registered). Returns the table and the types made.
+pub fn create_table(def: &TableDef) -> (pg_sys::Oid, Vec<pg_sys::Oid>) {
+    let table = qualified(&def.schema, &def.table);
+    if relation(&def.schema, &def.table).is_some() {
+        bad_definition(&table, "a relation of that name exists already");
+    }
+    ensure_schema(&table, &def.schema);
+    let types = ensure_types(&table, &def.types);
+    ensure_sequences(&table, &def.sequences);
+    let parent = existing_parent(def);
+    let wanted =
+        |o: &&ConstraintDef| o.valid && o.kind != "f" && (parent.is_none() || !o.inherited);
+    let constraints: Vec<String> = def
+        .constraints
+        .iter()
+        .filter(wanted)
+        .map(|o| format!("CONSTRAINT {} {}", quote_ident(&o.name), o.definition))
+        .collect();
+    let sql = match &parent {
+        Some((p, bound)) => {
+            let local = if constraints.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", constraints.join(", "))
+            };
+            format!(
+                "CREATE TABLE {table} PARTITION OF {}{local} {bound}",
+                qualified(&p.schema, &p.table)
+            )
+        }
+        None => {
+            let mut parts: Vec<String> = def
+                .columns
+                .iter()
+                .map(|c| column_sql(&table, def, c))
+                .collect();
+            parts.extend(constraints);
+            let key = match &def.partition_key {
+                Some(k) => format!(" PARTITION BY {k}"),
+                None => String::new(),
+            };
+            format!("CREATE TABLE {table} ({}){key}", parts.join(", "))
+        }
+    };
+    run(&table, &sql, Tag::T_CreateStmt, None);
+    let Some(reloid) = relation(&def.schema, &def.table) else {
+        bad_definition(&table, "it was not created");
+    };
+    check_parents(&table, reloid, parent.as_ref().map(|(p, _)| p));
+    // NOT VALID constraints cannot be part of CREATE TABLE (which would validate them)
+    for o in def
+        .constraints
+        .iter()
+        .filter(|o| !o.valid && o.kind == "c" && (parent.is_none() || !o.inherited))
+    {
+        run(
+            &table,
+            &format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {} {}",
+                quote_ident(&o.name),
+                o.definition
+            ),
+            Tag::T_AlterTableStmt,
+            Some(At::AT_AddConstraint),
+        );
+    }
+    for s in def.sequences.iter().filter(|s| !s.identity) {
+        if let Some(col) = &s.owned_by {
+            run(
+                &table,
+                &format!(
+                    "ALTER SEQUENCE {} OWNED BY {table}.{}",
+                    qualified(&s.schema, &s.name),
+                    quote_ident(col)
+                ),
+                Tag::T_AlterSeqStmt,
+                None,
+            );
+        }
+    }
+    if let Some(c) = &def.comment {
+        run(
+            &table,
+            &format!("COMMENT ON TABLE {table} IS {}", quote_literal(c)),
+            Tag::T_CommentStmt,
+            None,
+        );
+    }
+    for c in def.columns.iter().filter(|c| c.comment.is_some()) {
+        run(
+            &table,
+            &format!(
+                "COMMENT ON COLUMN {table}.{} IS {}",
+                quote_ident(&c.name),
+                quote_literal(c.comment.as_deref().unwrap_or_default())
+            ),
+            Tag::T_CommentStmt,
+            None,
+        );
+    }
+    (reloid, types)
+}
+
+/// Is this a function `schema.name()` returning trigger, that the trigger can call?
+fn trigger_function_exists(f: &Named) -> bool {
+    first::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1 AND p.proname = $2 AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype)",
+        &[f.schema.clone().into(), f.name.clone().into()],
+        "looking up a trigger function",
+    )
+    .unwrap_or(false)
+}
+
+fn roles_exist(roles: &[String]) -> Option<String> {
+    roles
+        .iter()
+        .find(|r| {
+            !first::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)",
+                &[(*r).clone().into()],
+                "looking up a role",
+            )
+            .unwrap_or(false)
+        })
+        .cloned()
+}
+
+/// Post-data, after the table's initial copy: indexes, foreign keys (to tables this slave
+/// receives), triggers (whose functions this slave has), policies (whose roles exist here) and
+/// row-level security. What cannot be made is skipped with a WARNING that says why.
+pub fn finish_table(def: &TableDef, reloid: pg_sys::Oid, receives: &dyn Fn(&Rel) -> bool) {
+    let table = qualified(&def.schema, &def.table);
+    let partition = existing_parent(def).is_some();
+    for i in def.indexes.iter().filter(|i| !(partition && i.inherited)) {
+        if relation(&def.schema, &i.name).is_some() {
+            continue;
+        }
+        run(&table, &i.definition, Tag::T_IndexStmt, None);
+        let on_table = first::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = $1 \
+               AND indexrelid = pg_catalog.to_regclass($2)::oid)",
+            &[reloid.into(), qualified(&def.schema, &i.name).into()],
+            "checking an index",
+        )
+        .unwrap_or(false);
+        if !on_table {
+            bad_definition(
+                &table,
+                format!("index {} is not on the table", quote_ident(&i.name)),
+            );
+        }
+    }
+    for o in def
+        .constraints
+        .iter()
+        .filter(|o| o.kind == "f" && !(partition && o.inherited))
+    {
+        let Some(target) = o.references.as_ref().filter(|r| receives(r)) else {
+            warning!(
+                "rserv: foreign key {} of table {} is not made on this slave: the table it references is not received here",
+                quote_ident(&o.name),
+                table
+            );
+            continue;
+        };
+        run(
+            &table,
+            &format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {} {}",
+                quote_ident(&o.name),
+                o.definition
+            ),
+            Tag::T_AlterTableStmt,
+            Some(At::AT_AddConstraint),
+        );
+        let references = first::<bool>(
+            "SELECT confrelid = pg_catalog.to_regclass($3)::oid FROM pg_catalog.pg_constraint \
+             WHERE conrelid = $1 AND conname = $2",
+            &[
+                reloid.into(),
+                o.name.clone().into(),
+                qualified(&target.schema, &target.table).into(),
+            ],
+            "checking a foreign key",
+        )
+        .unwrap_or(false);
+        if !references {
+            bad_definition(
+                &table,
+                format!(
+                    "foreign key {} references another table",
+                    quote_ident(&o.name)
+                ),
+            );
+        }
+    }
+    for t in &def.triggers {
+        if !trigger_function_exists(&t.function) {
+            warning!(
+                "rserv: trigger {} of table {} is not made on this slave: its function {}() does not exist here (create it, then SELECT rserv_slave_create_table ... again or add the trigger yourself)",
+                quote_ident(&t.name),
+                table,
+                qualified(&t.function.schema, &t.function.name)
+            );
+            continue;
+        }
+        run(&table, &t.definition, Tag::T_CreateTrigStmt, None);
+        let state = match t.enabled.as_str() {
+            "D" => Some("DISABLE TRIGGER"),
+            "R" => Some("ENABLE REPLICA TRIGGER"),
+            "A" => Some("ENABLE ALWAYS TRIGGER"),
+            _ => None,
+        };
+        if let Some(state) = state {
+            let subtype = match t.enabled.as_str() {
+                "D" => At::AT_DisableTrig,
+                "R" => At::AT_EnableReplicaTrig,
+                _ => At::AT_EnableAlwaysTrig,
+            };
+            run(
+                &table,
+                &format!("ALTER TABLE {table} {state} {}", quote_ident(&t.name)),
+                Tag::T_AlterTableStmt,
+                Some(subtype),
+            );
+        }
+    }
+    for p in &def.policies {
+        if let Some(missing) = roles_exist(&p.roles) {
+            warning!(
+                "rserv: policy {} of table {} is not made on this slave: role {} does not exist here",
+                quote_ident(&p.name),
+                table,
+                quote_ident(&missing)
+            );
+            continue;
+        }
+        let command = match p.command.as_str() {
+            "r" => "SELECT",
+            "a" => "INSERT",
+            "w" => "UPDATE",
+            "d" => "DELETE",
+            _ => "ALL",
+        };
+        let roles = if p.roles.is_empty() {
+            "PUBLIC".to_string()
+        } else {
+            ident_list(&p.roles)
+        };
+        let mut sql = format!(
+            "CREATE POLICY {} ON {table} AS {} FOR {command} TO {roles}",
+            quote_ident(&p.name),
+            if p.permissive {
+                "PERMISSIVE"
+            } else {
+                "RESTRICTIVE"
+            }
+        );
+        if let Some(u) = &p.using {
+            sql.push_str(&format!(
+                " USING {}",
+                expression(&table, "a policy's USING", u)
+            ));
+        }
+        if let Some(c) = &p.check {
+            sql.push_str(&format!(
+                " WITH CHECK {}",
+                expression(&table, "a policy's WITH CHECK", c)
+            ));
+        }
+        run(&table, &sql, Tag::T_CreatePolicyStmt, None);
+    }
+    if def.row_security {
+        run(
+            &table,
+            &format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"),
+            Tag::T_AlterTableStmt,
+            Some(At::AT_EnableRowSecurity),
+        );
+    }
+    if def.force_row_security {
+        warning!(
+            "rserv: table {} has FORCE ROW LEVEL SECURITY on the master; not on this slave, where its owner must apply every row",
+            table
+        );
+    }
+}
+
+/// After building: nothing the new objects' expressions call may have side effects or run SQL.
+pub fn check_calls(table: &str, reloid: pg_sys::Oid, types: &[pg_sys::Oid]) {
+    let risky = risky_calls(reloid, types);
+    if !risky.is_empty() {
+        bad_definition(
+            table,
+            format!(
+                "its expressions call functions with side effects: {}",
+                risky.join(", ")
+            ),
+        );
+    }
+}
