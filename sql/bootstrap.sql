@@ -45,6 +45,14 @@ CREATE TABLE _rserv_tables_ (
     watched_attnums int2[]
 );
 
+-- Master: replicated sequences; `source`: the table that brought it (its own sequences come
+-- and go with it), NULL for one added by itself (rserv_add_sequence).
+CREATE TABLE _rserv_sequences_ (
+    seqoid   oid         PRIMARY KEY,
+    source   oid,
+    added    timestamptz NOT NULL DEFAULT now()
+);
+
 -- Master: per slave, the tables it receives and whether their initial copy is done.
 -- 'copying': the full table went out in change set syncid; 'ready' once that is confirmed.
 -- No row: the next change set for that slave carries the whole table.
@@ -94,6 +102,12 @@ CREATE TABLE _rserv_slave_tables_ (
     key      name[]      NOT NULL,
     added    timestamptz NOT NULL DEFAULT now(),
     needs_copy bool      NOT NULL DEFAULT true
+);
+
+-- Slave: sequences received besides those the received tables use (rserv_slave_add_sequence).
+CREATE TABLE _rserv_slave_sequences_ (
+    seqoid   oid         PRIMARY KEY,
+    added    timestamptz NOT NULL DEFAULT now()
 );
 
 -- Slave: what rserv_slave_create_table still has to make of a table it created (indexes, foreign

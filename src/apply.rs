@@ -429,6 +429,17 @@ fn rows_stage(n: usize) -> String {
     )
 }
 
+fn sequences_stage() -> String {
+    staging::table(
+        "sequences",
+        &staging::text_columns(crate::sequences::COLUMNS.len()),
+        staging::Access {
+            caller: "INSERT",
+            public_select: true,
+        },
+    )
+}
+
 /// Prepare one section of the change set. TRUNCATE is carried out at once and returns NULL;
 /// the others return the COPY command that loads the section's rows.
 #[pg_extern(volatile, security_definer)]
@@ -442,6 +453,14 @@ fn rserv_apply_stage(
 ) -> Option<String> {
     let _definer = definer();
     require_apply_begun();
+    if section == "SEQUENCE" {
+        let stage = sequences_stage();
+        staging::empty(&stage, false);
+        return Some(format!(
+            "COPY {stage} ({}) FROM STDIN",
+            staging::column_names(crate::sequences::COLUMNS.len())
+        ));
+    }
     let t = resolve_target(
         schema_name,
         table_name,
@@ -503,7 +522,7 @@ fn rserv_apply_stage(
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
-            "sections are TRUNCATE, DELETE, INSERT and UPDATE",
+            "sections are TRUNCATE, DELETE, INSERT, UPDATE and SEQUENCE",
         ),
     }
 }
@@ -553,6 +572,12 @@ fn rserv_apply_merge(
     require_apply_begun();
     match section {
         "TRUNCATE" => 0,
+        "SEQUENCE" => {
+            let stage = sequences_stage();
+            let set = crate::sequences::apply(&stage);
+            staging::empty(&stage, false);
+            set
+        }
         "INSERT" => {
             STATE.with(|s| s.borrow_mut().copy = None);
             -1
@@ -606,7 +631,7 @@ fn rserv_apply_merge(
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
-            "sections are TRUNCATE, DELETE, INSERT and UPDATE",
+            "sections are TRUNCATE, DELETE, INSERT, UPDATE and SEQUENCE",
         ),
     }
 }

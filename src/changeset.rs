@@ -192,6 +192,27 @@ fn rserv_prepare_v11(
         sections.extend(table_sections(&info, &pending, key, truncated, copy));
     }
     sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
+    // read after the snapshot: never behind a value any row of this change set holds
+    if let Some(query) = crate::sequences::section_query(&s) {
+        sections.push(Section {
+            section: "SEQUENCE",
+            schema: String::new(),
+            table: String::new(),
+            columns: crate::sequences::COLUMNS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            types: vec![
+                "text".into(),
+                "text".into(),
+                "bigint".into(),
+                "boolean".into(),
+            ],
+            key: Vec::new(),
+            query: Some(query),
+            estimate: None,
+        });
+    }
     TableIterator::new(sections.into_iter().map(move |x| {
         (
             syncid,

@@ -3,7 +3,8 @@
 //! Modules by protocol step (ARCHITECTURE.md says which invariant each keeps):
 //! - master: [`registry`] (tables), [`capture`] (the `_rserv_log_()` trigger), [`changeset`]
 //!   (prepare: change sets bounded by MVCC snapshots), [`slaves`] (registration, confirm,
-//!   drop), [`cleanup`] (log clean-up), [`schema`] (table definitions for new slaves)
+//!   drop), [`cleanup`] (log clean-up), [`schema`] (table definitions for new slaves),
+//!   [`sequences`] (sequence state in every change set)
 //! - slave: [`slave_registry`] (received tables, protection), [`apply`] and [`apply_copy`]
 //! - both: [`security`] (who may do what, as whom), [`staging`] (temp tables), [`node`]
 //! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]
@@ -23,6 +24,7 @@ mod node;
 mod registry;
 mod schema;
 mod security;
+mod sequences;
 mod slave_registry;
 mod slaves;
 mod sql;

@@ -456,6 +456,7 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
         .unwrap_or(false);
         let triggers_present = trigger_oid(reloid, CAPTURE_TRIGGER).is_some()
             && trigger_oid(reloid, TRUNCATE_TRIGGER).is_some();
+        crate::sequences::register_table_sequences(&s, reloid);
         if unchanged && triggers_present {
             notice!(
                 "rserv: table {} is already registered for replication ({}); nothing changed",
@@ -496,6 +497,7 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
         )
         .or_fail("inserting into _rserv_tables_");
     }
+    crate::sequences::register_table_sequences(&s, reloid);
     let watched = identity.watched.as_ref().map(|w| attnums(&cols, w));
     install_capture_triggers(
         reloid,
@@ -522,6 +524,7 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
     );
     drop_trigger(reloid, &table, CAPTURE_TRIGGER);
     drop_trigger(reloid, &table, TRUNCATE_TRIGGER);
+    crate::sequences::forget_table_sequences(&s, reloid);
     Spi::run_with_args(
         &format!("DELETE FROM {s}._rserv_log_ WHERE reloid = $1"),
         &[reloid.into()],

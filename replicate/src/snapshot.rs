@@ -47,6 +47,8 @@ pub enum SectionKind {
     Delete,
     Insert,
     Update,
+    /// the state of the master's replicated sequences
+    Sequence,
 }
 
 impl SectionKind {
@@ -56,6 +58,7 @@ impl SectionKind {
             SectionKind::Delete => "DELETE",
             SectionKind::Insert => "INSERT",
             SectionKind::Update => "UPDATE",
+            SectionKind::Sequence => "SEQUENCE",
         }
     }
 
@@ -65,6 +68,7 @@ impl SectionKind {
             "DELETE" => Some(SectionKind::Delete),
             "INSERT" => Some(SectionKind::Insert),
             "UPDATE" => Some(SectionKind::Update),
+            "SEQUENCE" => Some(SectionKind::Sequence),
             _ => None,
         }
     }
