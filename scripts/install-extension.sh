@@ -33,4 +33,13 @@ cargo pgrx package -p rserv "${profile[@]}" "${features[@]}" --pg-config "$pg_co
     [ "${dest##*.}" = so ] && chmod 0755 "$tmp"
     mv -f "$tmp" "$dest"
 done
+# install scripts of earlier versions, frozen as they shipped: the upgrade tests create a database
+# at such a version and ALTER EXTENSION ... UPDATE it (pgrx packages only the current one)
+extdir="$("$pg_config" --sharedir)/extension"
+for f in sql/archive/rserv--*.sql; do
+    [ -e "$f" ] || continue
+    tmp=$(mktemp "$extdir/.rserv-install.XXXXXX")
+    install -m 0644 "$f" "$tmp"
+    mv -f "$tmp" "$extdir/$(basename "$f")"
+done
 echo "installed rserv $(sed -nE 's/^version = "([^"]+)".*/\1/p' Cargo.toml | head -n1) into $("$pg_config" --pkglibdir)" >&2

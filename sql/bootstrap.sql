@@ -53,6 +53,13 @@ CREATE TABLE _rserv_sequences_ (
     added    timestamptz NOT NULL DEFAULT now()
 );
 
+-- Master: the leaf partitions of replicated partitioned tables, as rserv last saw them (a
+-- partition that arrives or leaves is noticed by the DDL guard).
+CREATE TABLE _rserv_partitions_ (
+    part     oid         PRIMARY KEY,
+    root     oid         NOT NULL
+);
+
 -- Master: per slave, the tables it receives and whether their initial copy is done.
 -- 'copying': the full table went out in change set syncid; 'ready' once that is confirmed.
 -- No row: the next change set for that slave carries the whole table.
@@ -123,5 +130,8 @@ CREATE TABLE _rserv_slave_sync_ (
     syncid   int8        NOT NULL,
     synctime timestamptz NOT NULL DEFAULT now(),
     master   uuid        NOT NULL,
-    singleton bool       NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton)
+    singleton bool       NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    -- the server id this database is known by on its master (change sets for another id are
+    -- refused); NULL after rserv_slave_resync()
+    server   int4
 );

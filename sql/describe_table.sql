@@ -53,7 +53,11 @@ SELECT pg_catalog.jsonb_build_object(
   'indexes', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
        'name', ic.relname,
        'definition', pg_catalog.pg_get_indexdef(i.indexrelid),
-       'inherited', EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid))
+       'inherited', EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid),
+       'parent', (SELECT pg_catalog.jsonb_build_object('schema', pn.nspname, 'table', pc.relname)
+                    FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class pc ON pc.oid = h.inhparent
+                    JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
+                   WHERE h.inhrelid = i.indexrelid))
      ORDER BY ic.relname)
      FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
      WHERE i.indrelid = c.oid
@@ -68,7 +72,7 @@ SELECT pg_catalog.jsonb_build_object(
                      WHERE f.oid = g.tgfoid)) ORDER BY g.tgname)
      FROM pg_catalog.pg_trigger g
      WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0
-       AND g.tgname NOT IN ('_rserv_trigger_t_', '_rserv_truncate_t_', '_rserv_protect_t_')), '[]'),
+       AND g.tgname NOT IN ('_rserv_trigger_t_', '_rserv_truncate_t_', '_rserv_truncate_p_', '_rserv_protect_t_')), '[]'),
   'policies', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
        'name', p.polname,
        'permissive', p.polpermissive,

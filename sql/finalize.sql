@@ -12,8 +12,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     names text;
 BEGIN
-    IF tg_tag = 'DROP EXTENSION' THEN
-        RETURN;  -- DROP EXTENSION rserv removes the catalog itself
+    IF tg_tag = 'DROP EXTENSION' OR @extschema@._rserv_internal_ddl_() THEN
+        RETURN;  -- DROP EXTENSION rserv removes the catalog itself; rserv's own DDL passes
     END IF;
     SELECT string_agg(d.object_identity, ', ' ORDER BY d.object_identity) INTO names
       FROM pg_event_trigger_dropped_objects() AS d
@@ -24,6 +24,18 @@ BEGIN
         RAISE EXCEPTION 'rserv: cannot drop %: it is replicated', names
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = 'remove it from replication first: SELECT rserv_remove_table(...) on the master, rserv_slave_remove_table(...) on a slave';
+    END IF;
+    -- a partition of a replicated partitioned table: its rows would vanish without a trace
+    SELECT string_agg(DISTINCT regexp_replace(d.object_identity, '^_rserv_[a-z_]+_ on ', ''), ', ') INTO names
+      FROM pg_event_trigger_dropped_objects() AS d
+     WHERE d.object_type = 'trigger'
+       AND (d.object_identity LIKE '\_rserv\_trigger\_t\_ on %'
+            OR d.object_identity LIKE '\_rserv\_truncate\_p\_ on %'
+            OR d.object_identity LIKE '\_rserv\_protect\_t\_ on %');
+    IF names IS NOT NULL THEN
+        RAISE EXCEPTION 'rserv: cannot drop %: partition of a replicated table', names
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'detach it first (ALTER TABLE ... DETACH PARTITION ...: its rows then leave the slaves too), then drop it';
     END IF;
 END
 $$;
@@ -36,6 +48,23 @@ BEGIN
     IF @extschema@._rserv_internal_ddl_() THEN
         RETURN;
     END IF;
+    -- slaves find their tables by name: a rename would silently leave the slave's copy behind
+    -- (and the usual swap, renaming another table into its place, would send that one's rows)
+    FOR r IN
+        SELECT c.oid::regclass AS tbl, t.tname
+          FROM (SELECT reloid, tname FROM @extschema@._rserv_tables_
+                UNION ALL SELECT reloid, tname FROM @extschema@._rserv_slave_tables_) AS t
+          JOIN pg_class c ON c.oid = t.reloid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE t.tname <> quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+         LIMIT 1
+    LOOP
+        RAISE EXCEPTION 'rserv: replicated table % cannot be renamed or moved (to %)', r.tname, r.tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'master and slaves find the table by its name; remove it from replication first (rserv_remove_table on the master, rserv_slave_remove_table on slaves), rename it on every side, then register it again';
+    END LOOP;
+    -- partitions that arrived or left replicated partitioned tables
+    PERFORM @extschema@._rserv_reconcile_partitions_();
     FOR r IN
         SELECT c.objid::regclass AS tbl, k.col
           FROM pg_event_trigger_ddl_commands() AS c
@@ -69,6 +98,11 @@ BEGIN
          WHERE (SELECT count(*) FROM pg_trigger g
                  WHERE g.tgrelid = t.reloid AND g.tgname IN ('_rserv_trigger_t_', '_rserv_truncate_t_')
                    AND g.tgenabled = 'A') <> 2
+            OR EXISTS (SELECT 1 FROM pg_partition_tree(t.reloid) p
+                        WHERE p.isleaf AND p.relid <> t.reloid
+                          AND (SELECT count(*) FROM pg_trigger g
+                                WHERE g.tgrelid = p.relid AND g.tgname IN ('_rserv_trigger_t_', '_rserv_truncate_p_')
+                                  AND g.tgenabled = 'A') <> 2)
          LIMIT 1
     LOOP
         RAISE EXCEPTION 'rserv: the capture triggers of replicated table % must stay enabled', r.tbl
@@ -84,7 +118,8 @@ END
 $$;
 
 CREATE EVENT TRIGGER _rserv_drop_guard_ ON sql_drop EXECUTE FUNCTION _rserv_guard_drop_();
-CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'DROP TRIGGER')
+CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'DROP TRIGGER', 'CREATE TABLE')
     EXECUTE FUNCTION _rserv_guard_alter_();
 
 -- rserv's trigger functions are attached by rserv's registration functions only: a table owner
@@ -94,6 +129,7 @@ REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_refresh_watched_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reinstall_capture_(oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_reconcile_partitions_() FROM PUBLIC;
 
 -- How far behind each slave is. lag_seconds: age of the slave's data (the time of the snapshot
 -- it last applied) while changes are waiting for it, 0 when it has everything.

@@ -10,7 +10,7 @@
 //! SECURITY_RESTRICTED_OPERATION ([`run_as_owner`]); replica mode never outlives the statement.
 //! The table owner consented by registering the table (`rserv_slave_add_table`); the calling
 //! replication role decides which rows arrive, never what code runs.
-//! - TRUNCATE: `DELETE FROM ONLY t`, at once.
+//! - TRUNCATE: `DELETE FROM ONLY t` (without ONLY for a partitioned table), at once.
 //! - DELETE: the caller COPYs the keys (text) into a staging table; merge deletes those rows.
 //! - INSERT: the caller's `COPY t FROM STDIN` itself is run as the owner, straight into the
 //!   table (see `apply_copy.rs`): the command stage returns is the only one allowed.
@@ -46,6 +46,8 @@ struct Target {
     reloid: pg_sys::Oid,
     owner: pg_sys::Oid,
     table: String,
+    /// `ONLY ` for an ordinary table; nothing for a partitioned one (its rows are in partitions)
+    only: &'static str,
     key: Vec<String>,
     columns: Vec<String>,
     /// the slave's columns, in the order of `columns`
@@ -146,11 +148,24 @@ fn rserv_slave_master_id() -> Option<String> {
 }
 
 /// Start applying change set `syncid` from master `master` (its rserv_node_id()) running rserv
-/// `version`. Returns false when this slave already has that change set or a newer one: the
-/// caller rolls back, nothing else is done (an old or repeated change set is a no-op).
+/// `version`, prepared for slave `server` (bound on the master to the database `slave_node`),
+/// holding the changes since change set `base` (the last one the master knows this slave
+/// applied; NULL for its first). Returns false when this slave already has that change set or
+/// a newer one: the caller rolls back, nothing else is done (an old or repeated change set is a
+/// no-op). Refused: a change set for another slave database or another server id, and one
+/// that builds on a change set this slave has not applied (it was restored from a backup):
+/// applying it would silently miss the changes in between.
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
-#[pg_extern(volatile, security_definer)]
-fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
+// The symbol carries the signature's version (1.0.0 had three arguments).
+#[pg_extern(volatile, security_definer, name = "rserv_apply_begin")]
+fn rserv_apply_begin_v11(
+    syncid: i64,
+    master: String,
+    version: String,
+    server: default!(Option<i32>, "NULL"),
+    base: default!(Option<i64>, "NULL"),
+    slave_node: default!(Option<String>, "NULL"),
+) -> bool {
     let _definer = definer();
     require_replicator("rserv_apply_begin");
     // SAFETY: reading backend transaction state
@@ -175,9 +190,14 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
     ))
     .or_fail("locking _rserv_slave_sync_");
     // Compared as uuid, so any spelling of the same id matches and a malformed one is an error.
+    if let Some(node) = &slave_node {
+        require_this_node(node, server);
+    }
     let current = Spi::connect(|client| {
         let tab = client.select(
-            &format!("SELECT syncid, master::text, master = $1::uuid FROM {s}._rserv_slave_sync_"),
+            &format!(
+                "SELECT syncid, master::text, master = $1::uuid, server FROM {s}._rserv_slave_sync_"
+            ),
             None,
             &[master.clone().into()],
         )?;
@@ -187,12 +207,22 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
                 r.get::<i64>(1)?.unwrap_or(0),
                 r.get::<String>(2)?.unwrap_or_default(),
                 r.get::<bool>(3)?.unwrap_or(false),
+                r.get::<i32>(4)?,
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("reading _rserv_slave_sync_");
-    if let Some((applied, from, same)) = &current {
+    if let (Some((_, _, true, Some(mine))), Some(server)) = (&current, server) {
+        if *mine != server {
+            fail(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("rserv: this slave database is slave {mine} of its master, but the change set was prepared for slave {server}"),
+                format!("replicate it as --server {mine} (or without --server); under two ids its change sets could take it back in time"),
+            );
+        }
+    }
+    if let Some((applied, from, same, _)) = &current {
         if !same {
             fail(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -209,12 +239,18 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
             return false;
         }
     }
+    let applied = current.as_ref().map(|c| c.0);
+    if let Some(base) = base.filter(|b| applied.is_none_or(|a| a < *b)) {
+        require_all_copied(&s, syncid, base, applied);
+    }
     Spi::run_with_args(
         &format!(
-            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master) VALUES ($1, now(), $2::uuid) \
-             ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime"
+            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server) \
+             VALUES ($1, now(), $2::uuid, $3) \
+             ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
+                 server = coalesce(excluded.server, x.server)"
         ),
-        &[syncid.into(), master.into()],
+        &[syncid.into(), master.into(), server.into()],
     )
     .or_fail("recording the sync id");
     // The master is told this change set is applied right after COMMIT returns: it must be
@@ -232,6 +268,53 @@ fn rserv_apply_begin(syncid: i64, master: String, version: String) -> bool {
     true
 }
 
+/// A change set the master prepared for another slave database is refused.
+fn require_this_node(node: &str, server: Option<i32>) {
+    let s = ext_schema();
+    let mine = first::<bool>(
+        &format!("SELECT node_id = $1::uuid FROM {s}._rserv_node_"),
+        &[node.into()],
+        "reading this database's node id",
+    )
+    .unwrap_or(false);
+    if !mine {
+        let id = server.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("rserv: the change set was prepared for slave {id}, which is another database (node {node})"),
+            "give each slave database its own server id (replicate --server N, or no --server: replicate then finds this database's own)",
+        );
+    }
+}
+
+/// The change set holds what changed after change set `base`, which this slave never applied
+/// (it has `applied`): the changes in between would be missing, unless every table it receives
+/// gets a fresh copy in this change set anyway.
+fn require_all_copied(s: &str, syncid: i64, base: i64, applied: Option<i64>) {
+    let stale = first::<String>(
+        &format!(
+            "SELECT pg_catalog.string_agg(t.reloid::pg_catalog.regclass::text, ', ' ORDER BY 1) \
+             FROM {s}._rserv_slave_tables_ t WHERE NOT t.needs_copy"
+        ),
+        &[],
+        "reading _rserv_slave_tables_",
+    );
+    if let Some(tables) = stale {
+        let has = applied
+            .map(|a| format!("has change sets up to {a}"))
+            .unwrap_or_else(|| "has applied no change set".into());
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "rserv: this slave {has}, but change set {syncid} follows change set {base}: the changes in between are missing here (was it restored from a backup?)"
+            ),
+            format!(
+                "have its tables ({tables}) copied afresh: SELECT rserv_slave_resync(); on this slave, then replicate again"
+            ),
+        );
+    }
+}
+
 /// Type names as format_type() prints them, without a schema qualification that depends on
 /// each side's search_path.
 fn unqualified(type_name: &str) -> &str {
@@ -241,41 +324,81 @@ fn unqualified(type_name: &str) -> &str {
     }
 }
 
-/// Rows the master sends as `master_type` text must load into this slave's column without
-/// losing anything: the same type and modifiers, the same type unconstrained on the slave, or
-/// a type the master's converts to implicitly (int4 to int8, varchar to text). A narrower
-/// modifier (numeric(10,3) to numeric(10,2), timestamp(6) to timestamp(3)) would round values
-/// silently, and an assignment-only cast (numeric to int4) too: both are refused.
-fn check_type(table: &str, column: &str, master_type: &str, slave: &Column) {
-    if unqualified(master_type) == unqualified(&slave.type_name) {
-        return;
+/// The type and modifier a master's `format_type()` text names on this slave, if it exists.
+fn parse_type(name: &str) -> Option<(pg_sys::Oid, i32)> {
+    // to_regtype() never raises; parseTypeString() then cannot fail either
+    first::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regtype($1)::oid",
+        &[name.into()],
+        "looking up a type",
+    )?;
+    let c = crate::sql::c_string(name);
+    let (mut oid, mut typmod) = (pg_sys::InvalidOid, -1i32);
+    // SAFETY: both out-parameters live across the call; the name exists (checked above)
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        pg_sys::parseTypeString(c.as_ptr(), &mut oid, &mut typmod, true);
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        pg_sys::parseTypeString(c.as_ptr(), &mut oid, &mut typmod, std::ptr::null_mut());
     }
-    let ok = first::<bool>(
-        "SELECT m.t = $2 AND $3 = -1 \
-                OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast \
-                           WHERE castsource = m.t AND casttarget = $2 AND castcontext = 'i') \
-         FROM (SELECT pg_catalog.to_regtype($1)::oid AS t) AS m",
+    (oid != pg_sys::InvalidOid).then_some((oid, typmod))
+}
+
+/// Does every value of the master's column type arrive unchanged in the slave's? The same type
+/// with the same modifier (or none on the slave: `numeric` takes any `numeric(p,s)`), a wider
+/// length where a too long value would be an error anyway, a domain over such a type (its
+/// checks then apply, as errors), or a widening that loses nothing. A narrower modifier would
+/// round or pad values silently (`numeric(10,3)` into `numeric(10,2)`), and so would an
+/// implicit cast such as numeric to double precision: refused.
+fn lossless(master: (pg_sys::Oid, i32), slave: &Column) -> bool {
+    first::<bool>(
+        "WITH s AS (SELECT coalesce(nullif(t.typbasetype, 0), t.oid) AS t, \
+                           CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE $4 END AS m \
+                    FROM pg_catalog.pg_type t WHERE t.oid = $3), \
+              widening(f, t) AS (VALUES \
+                ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype), \
+                ('pg_catalog.int2', 'pg_catalog.int8'), ('pg_catalog.int4', 'pg_catalog.int8'), \
+                ('pg_catalog.int2', 'pg_catalog.numeric'), ('pg_catalog.int4', 'pg_catalog.numeric'), \
+                ('pg_catalog.int8', 'pg_catalog.numeric'), ('pg_catalog.float4', 'pg_catalog.float8'), \
+                ('pg_catalog.varchar', 'pg_catalog.text'), ('pg_catalog.text', 'pg_catalog.varchar'), \
+                ('pg_catalog.cidr', 'pg_catalog.inet')) \
+         SELECT CASE WHEN s.t = $1 THEN s.m = -1 OR s.m = $2 \
+                          OR ($2 <> -1 AND s.m > $2 \
+                              AND s.t IN ('pg_catalog.varchar'::pg_catalog.regtype, 'pg_catalog.varbit'::pg_catalog.regtype)) \
+                     ELSE s.m = -1 AND EXISTS (SELECT 1 FROM widening w WHERE w.f = $1 AND w.t = s.t) \
+                END FROM s",
         &[
-            master_type.into(),
+            master.0.into(),
+            master.1.into(),
             slave.type_oid.into(),
             slave.typmod.into(),
         ],
         "checking column types",
     )
-    .unwrap_or(false);
-    if !ok {
-        fail(
-            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!(
-                "rserv: column \"{column}\" of table {table} is {master_type} on the master but {} on this slave",
-                slave.type_name
-            ),
-            format!(
-                "make the types match, e.g. on the slave: ALTER TABLE {table} ALTER COLUMN {} TYPE {master_type}",
-                quote_ident(column)
-            ),
-        );
+    .unwrap_or(false)
+}
+
+/// Rows the master sends as `master_type` text must load into this slave's column without
+/// losing anything (see `lossless`); otherwise the apply stops before it changes anything.
+fn check_type(table: &str, column: &str, master_type: &str, slave: &Column) {
+    // the same type, named from each side's schemas
+    if unqualified(master_type) == unqualified(&slave.type_name) {
+        return;
     }
+    if parse_type(master_type).is_some_and(|m| lossless(m, slave)) {
+        return;
+    }
+    fail(
+        PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+        format!(
+            "rserv: column \"{column}\" of table {table} is {master_type} on the master but {} on this slave",
+            slave.type_name
+        ),
+        format!(
+            "values would change on the way; make the types match, e.g. on the slave: ALTER TABLE {table} ALTER COLUMN {} TYPE {master_type}",
+            quote_ident(column)
+        ),
+    );
 }
 
 fn resolve_target(
@@ -341,7 +464,7 @@ fn resolve_uncached(
         pg_sys::LockRelationOid(reloid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
     }
     let info = table_info(reloid);
-    if info.relkind != "r" || info.persistence != "p" {
+    if !matches!(info.relkind.as_str(), "r" | "p") || info.persistence != "p" {
         fail(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("rserv: slave table {table} is not an ordinary logged table"),
@@ -391,6 +514,7 @@ fn resolve_uncached(
     Target {
         reloid,
         owner: info.owner,
+        only: if info.relkind == "p" { "" } else { "ONLY " },
         table,
         key: key.to_vec(),
         columns: columns.to_vec(),
@@ -472,7 +596,7 @@ fn rserv_apply_stage(
         "TRUNCATE" => {
             // DELETE, not TRUNCATE: in replica mode it leaves referencing slave tables alone,
             // and the change set's own sections bring those to the master's state.
-            let sql = format!("DELETE FROM ONLY {}", t.table);
+            let sql = format!("DELETE FROM {}{}", t.only, t.table);
             run_as_owner(t.owner, &apply_settings(), || {
                 Spi::run(&sql).or_fail("emptying the table")
             });
@@ -480,6 +604,14 @@ fn rserv_apply_stage(
             mark_copied(t.reloid);
             None
         }
+        "DELETE" | "INSERT" | "UPDATE" if crate::slave_registry::needs_copy(t.reloid) => fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "rserv: table {} waits for its initial copy, but this change set only carries changes to it",
+                t.table
+            ),
+            "prepare change sets with both connections (replicate MASTERDB SLAVEDB): the master then learns which tables this slave needs copied",
+        ),
         "DELETE" => {
             if t.columns != t.key {
                 fail(
@@ -546,8 +678,8 @@ fn staged_identity(t: &Target, position_of: impl Fn(usize, &str) -> usize) -> St
 /// Delete the rows of `t` whose identity is staged in `stage`, as the table's owner.
 fn delete_staged(t: &Target, stage: &str, matches: &str) -> i64 {
     let sql = format!(
-        "DELETE FROM ONLY {} AS t USING {stage} AS s WHERE {matches}",
-        t.table
+        "DELETE FROM {}{} AS t USING {stage} AS s WHERE {matches}",
+        t.only, t.table
     );
     run_as_owner(t.owner, &apply_settings(), || {
         count_rows(&sql, &[], "deleting changed rows")

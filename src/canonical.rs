@@ -12,6 +12,10 @@ pub const CANONICAL_SETTINGS: &[(&str, &str)] = &[
     ("TimeZone", "UTC"),
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
+    // with array_nulls off, a NULL array element would be read back as the string 'NULL'
+    ("array_nulls", "on"),
+    // every XML document is also valid content; the reverse is not
+    ("xmloption", "content"),
 ];
 
 /// Apply [`CANONICAL_SETTINGS`] until the end of the current transaction.

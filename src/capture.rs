@@ -104,6 +104,9 @@ unsafe fn notify_throttled() {
 struct Config {
     /// the trigger this was read from (re-registration makes a new one)
     tgoid: pg_sys::Oid,
+    /// the registered table changes are logged for: the table itself, or for a partition the
+    /// partitioned table that was registered (its trigger is a clone of that table's)
+    log_reloid: pg_sys::Oid,
     keys: Vec<i32>,
     /// None: every column is watched. Some: the registered watched columns plus every column of
     /// a unique index or exclusion constraint (a stale value there could collide on the slave)
@@ -205,6 +208,39 @@ fn unique_index_columns(reloid: pg_sys::Oid) -> Vec<i32> {
     )
 }
 
+/// The table whose trigger `tgoid` was cloned from (through every level of partitioning).
+fn registered_root(tgoid: pg_sys::Oid) -> pg_sys::Oid {
+    crate::sql::first::<pg_sys::Oid>(
+        "WITH RECURSIVE up(oid, relid, parent) AS ( \
+           SELECT g.oid, g.tgrelid, g.tgparentid FROM pg_catalog.pg_trigger g \
+            WHERE g.oid OPERATOR(pg_catalog.=) $1 \
+           UNION ALL SELECT g.oid, g.tgrelid, g.tgparentid FROM pg_catalog.pg_trigger g \
+             JOIN up ON g.oid OPERATOR(pg_catalog.=) up.parent) \
+         SELECT relid FROM up WHERE parent OPERATOR(pg_catalog.=) 0",
+        &[tgoid.into()],
+        "finding the partitioned table a trigger belongs to",
+    )
+    .unwrap_or(pg_sys::InvalidOid)
+}
+
+/// Attribute numbers of the partitioned table `root` as attribute numbers of its partition
+/// (whose columns may come in another order, or after dropped ones): matched by name.
+fn root_attnums_here(root: pg_sys::Oid, here: pg_sys::Oid, args: &[String]) -> Vec<String> {
+    args.iter()
+        .map(|a| {
+            crate::sql::first::<i16>(
+                "SELECT p.attnum FROM pg_catalog.pg_attribute r JOIN pg_catalog.pg_attribute p \
+                   ON p.attname OPERATOR(pg_catalog.=) r.attname AND p.attrelid OPERATOR(pg_catalog.=) $2 \
+                  WHERE r.attrelid OPERATOR(pg_catalog.=) $1 \
+                    AND r.attnum OPERATOR(pg_catalog.=) $3::pg_catalog.int2 AND NOT p.attisdropped",
+                &[root.into(), here.into(), a.parse::<i16>().unwrap_or(0).into()],
+                "matching a partition's columns",
+            )
+            .map_or_else(|| "0".to_string(), |n| n.to_string())
+        })
+        .collect()
+}
+
 /// Read the trigger's arguments into attribute numbers of the table as it is now.
 unsafe fn read_config(
     trigger: &PgTrigger,
@@ -212,7 +248,17 @@ unsafe fn read_config(
     tupdesc: pg_sys::TupleDesc,
     table: &TableName,
 ) -> Config {
-    let args = trigger.extra_args().unwrap_or_default();
+    let mut args = trigger.extra_args().unwrap_or_default();
+    let mut log_reloid = reloid;
+    if trigger.trigger().tgisclone {
+        // a partition: the arguments number the registered partitioned table's columns
+        log_reloid = registered_root(trigger.trigger().tgoid);
+        if args.len() > 1 && args[0].starts_with('@') {
+            let mapped = root_attnums_here(log_reloid, reloid, &args[1..]);
+            args.truncate(1);
+            args.extend(mapped);
+        }
+    }
     let Some(first) = args.first() else {
         bad_arguments(table)
     };
@@ -272,6 +318,7 @@ unsafe fn read_config(
     };
     Config {
         tgoid: trigger.trigger().tgoid,
+        log_reloid,
         keys,
         watched,
     }
@@ -334,6 +381,15 @@ unsafe fn key_text(
     tupdesc: pg_sys::TupleDesc,
     keys: &[i32],
     table: &TableName,
+) -> Vec<String> {
+    key_text_named(tuple, tupdesc, keys, table.get())
+}
+
+unsafe fn key_text_named(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    keys: &[i32],
+    table: &str,
 ) -> Vec<String> {
     let _canonical = CanonicalOutput::enter();
     keys.iter()
@@ -410,7 +466,23 @@ unsafe fn append_log(
     deleted: bool,
     key: Option<&[String]>,
 ) {
-    let log_oid = log_relation(trigger.trigger().tgfoid);
+    insert_log_row(log_relation(trigger.trigger().tgfoid), reloid, deleted, key);
+    if debug_level() > 0 {
+        let what = match key {
+            None => "TRUNCATE".to_string(),
+            Some(k) => format!("key {k:?}"),
+        };
+        notice!("_rserv_log_: {} {} deleted={}", table, what, deleted);
+    }
+}
+
+/// Append one row to log `log_oid` with `heap_insert` (no privilege needed on the log).
+pub unsafe fn insert_log_row(
+    log_oid: pg_sys::Oid,
+    reloid: pg_sys::Oid,
+    deleted: bool,
+    key: Option<&[String]>,
+) {
     let xid = pg_sys::GetTopFullTransactionId().value as i64;
     let key_datum = match key {
         None => pg_sys::Datum::from(0usize),
@@ -446,20 +518,111 @@ unsafe fn append_log(
     pg_sys::simple_heap_insert(log, tuple);
     pg_sys::table_close(log, pg_sys::NoLock as i32);
     LOGGED.with(|l| l.set(true));
+}
 
-    if debug_level() > 0 {
-        let what = match key {
-            None => "TRUNCATE".to_string(),
-            Some(k) => format!("key {k:?}"),
-        };
-        notice!(
-            "_rserv_log_: {} {} deleted={} xid={}",
-            table,
-            what,
-            deleted,
-            xid
-        );
+thread_local! {
+    /// (transaction, command, partitioned table) whose TRUNCATE is under way: its partitions'
+    /// own TRUNCATE triggers, which fire right after, then have nothing to add.
+    static ROOT_TRUNCATED: Cell<(u64, u32, pg_sys::Oid)> =
+        const { Cell::new((0, 0, pg_sys::InvalidOid)) };
+}
+
+fn command() -> (u64, u32) {
+    // SAFETY: plain reads of the backend's transaction state
+    unsafe {
+        (
+            pg_sys::GetTopFullTransactionIdIfAny().value,
+            pg_sys::GetCurrentCommandId(false),
+        )
     }
+}
+
+/// A TRUNCATE of a replicated table. Arguments: none (an ordinary table: the whole table is
+/// gone); `@root` (a registered partitioned table, before it and its partitions are emptied);
+/// `@part, <root>, <root's key attribute numbers>` (a partition of one, emptied on its own:
+/// only its rows leave the partitioned table, so each of their identities is logged as deleted).
+unsafe fn truncated(trigger: &PgTrigger, table: &TableName, reloid: pg_sys::Oid) {
+    let args = trigger.extra_args().unwrap_or_default();
+    match args.first().map(String::as_str) {
+        Some("@root") => {
+            let (x, c) = command();
+            ROOT_TRUNCATED.with(|r| r.set((x, c, reloid)));
+            append_log(trigger, table, reloid, true, None);
+        }
+        Some("@part") if args.len() > 2 => {
+            let root = pg_sys::Oid::from(args[1].parse::<u32>().unwrap_or(0));
+            let (x, c) = command();
+            if ROOT_TRUNCATED.with(|r| r.get()) == (x, c, root) {
+                return;
+            }
+            log_every_identity(trigger, table, reloid, root, &args[2..]);
+        }
+        _ => append_log(trigger, table, reloid, true, None),
+    }
+}
+
+/// Log every identity in partition `part` as deleted from `root`.
+unsafe fn log_every_identity(
+    trigger: &PgTrigger,
+    _table: &TableName,
+    part: pg_sys::Oid,
+    root: pg_sys::Oid,
+    root_keys: &[String],
+) {
+    log_rows_of(
+        log_relation(trigger.trigger().tgfoid),
+        root,
+        part,
+        root_keys,
+        true,
+    );
+}
+
+/// Log every row of partition `part` of registered table `root` as an identity of `root`:
+/// deleted (the partition was emptied or detached) or present (attached). `root_keys`: the key
+/// columns' attribute numbers in `root`. Read as the partition's owner, who may read it
+/// whoever changes it.
+pub unsafe fn log_rows_of(
+    log_oid: pg_sys::Oid,
+    root: pg_sys::Oid,
+    part: pg_sys::Oid,
+    root_keys: &[String],
+    deleted: bool,
+) {
+    let here = root_attnums_here(root, part, root_keys);
+    let info = crate::catalog::table_info(part);
+    let names: Vec<String> = here
+        .iter()
+        .map(|a| {
+            crate::sql::first::<String>(
+                "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute \
+                  WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.=) $2::pg_catalog.int2",
+                &[part.into(), a.parse::<i16>().unwrap_or(0).into()],
+                "naming a partition's key columns",
+            )
+            .unwrap_or_default()
+        })
+        .collect();
+    let sql = crate::sql::c_string(&format!(
+        "SELECT {} FROM ONLY {}",
+        names.join(", "),
+        info.qualified()
+    ));
+    let keys: Vec<i32> = (1..=names.len() as i32).collect();
+    let name = info.qualified();
+    crate::security::run_as_owner(info.owner, &[], || {
+        pg_sys::SPI_connect();
+        pg_sys::SPI_execute(sql.as_ptr(), true, 0);
+        let tuptable = pg_sys::SPI_tuptable;
+        if !tuptable.is_null() {
+            for i in 0..pg_sys::SPI_processed as usize {
+                let tuple = *(*tuptable).vals.add(i);
+                let key = key_text_named(tuple, (*tuptable).tupdesc, &keys, &name);
+                insert_log_row(log_oid, root, deleted, Some(&key));
+            }
+        }
+        pg_sys::SPI_finish();
+    });
 }
 
 /// The capture trigger (AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, and AFTER TRUNCATE
@@ -477,16 +640,16 @@ fn _rserv_log_<'a>(
         let rel = td.tg_relation;
         let reloid = (*rel).rd_id;
         let table = TableName::new(trigger);
+        if op == pg_sys::TRIGGER_EVENT_TRUNCATE {
+            truncated(trigger, &table, reloid);
+            return Ok(None);
+        }
         if event & pg_sys::TRIGGER_EVENT_BEFORE != 0 {
             fail(
                 PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
                 "_rserv_log_: must be fired AFTER the change",
                 "",
             );
-        }
-        if op == pg_sys::TRIGGER_EVENT_TRUNCATE {
-            append_log(trigger, &table, reloid, true, None);
-            return Ok(None);
         }
         if event & pg_sys::TRIGGER_EVENT_ROW == 0 {
             fail(
@@ -500,11 +663,11 @@ fn _rserv_log_<'a>(
         match op {
             pg_sys::TRIGGER_EVENT_INSERT => {
                 let key = key_text(td.tg_trigtuple, tupdesc, &cfg.keys, &table);
-                append_log(trigger, &table, reloid, false, Some(&key));
+                append_log(trigger, &table, cfg.log_reloid, false, Some(&key));
             }
             pg_sys::TRIGGER_EVENT_DELETE => {
                 let key = key_text(td.tg_trigtuple, tupdesc, &cfg.keys, &table);
-                append_log(trigger, &table, reloid, true, Some(&key));
+                append_log(trigger, &table, cfg.log_reloid, true, Some(&key));
             }
             _ => {
                 let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
@@ -532,10 +695,10 @@ fn _rserv_log_<'a>(
                 if key_changed {
                     // The old identity is gone, the new one holds the row.
                     let old_key = key_text(old, tupdesc, &cfg.keys, &table);
-                    append_log(trigger, &table, reloid, true, Some(&old_key));
+                    append_log(trigger, &table, cfg.log_reloid, true, Some(&old_key));
                 }
                 let key = key_text(new, tupdesc, &cfg.keys, &table);
-                append_log(trigger, &table, reloid, false, Some(&key));
+                append_log(trigger, &table, cfg.log_reloid, false, Some(&key));
             }
         }
     }

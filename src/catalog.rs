@@ -51,6 +51,8 @@ pgrx::impl_sql_translatable!(RegClass, "regclass");
 pub const CAPTURE_TRIGGER: &str = "_rserv_trigger_t_";
 /// Statement-level TRUNCATE capture on master tables.
 pub const TRUNCATE_TRIGGER: &str = "_rserv_truncate_t_";
+/// Logs a TRUNCATE of one partition of a replicated partitioned table.
+pub const PART_TRUNCATE_TRIGGER: &str = "_rserv_truncate_p_";
 /// Refuses local writes on slave tables.
 pub const PROTECT_TRIGGER: &str = "_rserv_protect_t_";
 

@@ -100,6 +100,8 @@ fn rserv_prepare_v11(
         name!(query, Option<String>),
         name!(column_types, Vec<String>),
         name!(estimated_rows, Option<i64>),
+        name!(base_syncid, Option<i64>),
+        name!(slave_node, Option<String>),
     ),
 > {
     let _definer = definer();
@@ -131,10 +133,10 @@ fn rserv_prepare_v11(
     set_local("synchronous_commit", "on");
     let s = ext_schema();
 
-    claim_server(&s, server, slave_node.as_deref());
+    let bound_node = claim_server(&s, server, slave_node.as_deref());
     let (subscribed, wanted_fresh) = subscribed_tables(&s, schemas, tables, fresh);
     let to_copy = tables_to_copy(&s, server, &subscribed, &wanted_fresh);
-    let (prev_xmax, prev_active) = last_confirmed(&s, server);
+    let (base, prev_xmax, prev_active) = last_confirmed(&s, server);
 
     // Large change sets hash and sort millions of identities: keep that in memory.
     set_local("work_mem", "64MB");
@@ -224,6 +226,8 @@ fn rserv_prepare_v11(
             x.query,
             x.types,
             x.estimate,
+            base,
+            bound_node.clone(),
         )
     }))
 }
@@ -233,7 +237,12 @@ fn rserv_prepare_v11(
 /// and a slave can never be moved back in time. The row must have been committed before this
 /// transaction's snapshot: log clean-up only sees committed slaves, and would otherwise remove
 /// rows this change set's successors still need.
-fn claim_server(s: &str, server: i32, slave_node: Option<&str>) {
+/// Returns the slave database the id is bound to (its node), if known: the slave refuses a
+/// change set meant for another database.
+fn claim_server(s: &str, server: i32, slave_node: Option<&str>) -> Option<String> {
+    if let Some(node) = slave_node {
+        crate::slaves::require_one_id(s, server, node);
+    }
     let bound = Spi::connect_mut(|client| {
         let tab = client.update(
             &format!(
@@ -260,9 +269,10 @@ fn claim_server(s: &str, server: i32, slave_node: Option<&str>) {
             ),
         );
     };
-    if let (Some(bound), Some(node)) = (bound, slave_node) {
-        crate::slaves::require_same_node(server, &bound, node);
+    if let (Some(bound), Some(node)) = (&bound, slave_node) {
+        crate::slaves::require_same_node(server, bound, node);
     }
+    bound
 }
 
 /// Registered tables the slave receives: all of them, or those named by the slave, with the
@@ -361,20 +371,26 @@ fn tables_to_copy(
     )
 }
 
-/// (xmax, in-progress xids) of the slave's last confirmed snapshot; (None, []) before the first.
-fn last_confirmed(s: &str, server: i32) -> (Option<i64>, Vec<i64>) {
+/// (sync id, xmax, in-progress xids) of the slave's last confirmed change set; (None, None, [])
+/// before the first. The next change set holds what committed since that snapshot: it builds
+/// on that sync id, and a slave that has not got it (restored from a backup) would miss changes.
+fn last_confirmed(s: &str, server: i32) -> (Option<i64>, Option<i64>, Vec<i64>) {
     Spi::connect(|client| {
         let tab = client.select(
             &format!(
-                "SELECT maxid, active FROM {s}._rserv_sync_ WHERE server = $1 AND status > 0 \
+                "SELECT syncid, maxid, active FROM {s}._rserv_sync_ WHERE server = $1 AND status > 0 \
                  ORDER BY syncid DESC LIMIT 1"
             ),
             None,
             &[server.into()],
         )?;
-        let mut out = (None, Vec::new());
+        let mut out = (None, None, Vec::new());
         for r in tab {
-            out = (r.get::<i64>(1)?, r.get::<Vec<i64>>(2)?.unwrap_or_default());
+            out = (
+                r.get::<i64>(1)?,
+                r.get::<i64>(2)?,
+                r.get::<Vec<i64>>(3)?.unwrap_or_default(),
+            );
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
@@ -455,7 +471,7 @@ fn changed_tables(
 /// after the fact).
 fn guard_table(info: &TableInfo) {
     let table = info.qualified();
-    if info.relkind != "r" || info.persistence != "p" {
+    if !matches!(info.relkind.as_str(), "r" | "p") || info.persistence != "p" {
         fail(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("rserv: replicated table {table} is no longer an ordinary logged table"),
@@ -489,14 +505,29 @@ fn guard_table(info: &TableInfo) {
             );
         }
     }
-    // SAFETY: takes a lock held until the end of the transaction, as any reader of the table does
-    unsafe { pg_sys::LockRelationOid(info.reloid, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
-    // relfilenode as this transaction's snapshot sees it, and as it is now (the lock above made
+    // A partitioned table's rows live in its partitions: each is locked and checked.
+    let parts = if info.relkind == "p" {
+        crate::sql::column::<pg_sys::Oid>(
+            "SELECT relid FROM pg_catalog.pg_partition_tree($1) WHERE isleaf AND relid <> $1",
+            &[info.reloid.into()],
+            "listing partitions",
+        )
+    } else {
+        Vec::new()
+    };
+    for rel in std::iter::once(info.reloid).chain(parts.iter().copied()) {
+        // SAFETY: a lock held until the end of the transaction, as any reader of the table takes
+        unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
+    }
+    // relfilenode as this transaction's snapshot sees it, and as it is now (the locks above made
     // the backend read every committed catalog change)
     let same = first::<bool>(
-        "SELECT c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
-         FROM pg_catalog.pg_class c WHERE c.oid = $1",
-        &[info.reloid.into()],
+        "SELECT coalesce(bool_and(c.relfilenode = pg_catalog.pg_relation_filenode(c.oid)), true) \
+         FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1) AND c.relkind = 'r'",
+        &[std::iter::once(info.reloid)
+            .chain(parts)
+            .collect::<Vec<_>>()
+            .into()],
         "checking the table's storage",
     )
     .unwrap_or(false);
@@ -506,6 +537,39 @@ fn guard_table(info: &TableInfo) {
             format!(
                 "rserv: table {table} was truncated or rewritten after this change set's snapshot was taken"
             ),
+            "prepare the change set again (replicate retries by itself)",
+        );
+    }
+    // The queries name the table and its columns; as of now, those names must still mean what
+    // they meant at the snapshot (a rename or a swap committed since would read another table,
+    // or other columns).
+    // SAFETY: syscache look-ups, which see the catalog as it is now
+    let (name_now, cols_now) = unsafe {
+        let rel = pg_sys::get_rel_name(info.reloid);
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(info.reloid));
+        let name = (!rel.is_null() && !nsp.is_null()).then(|| {
+            (
+                std::ffi::CStr::from_ptr(nsp).to_string_lossy().into_owned(),
+                std::ffi::CStr::from_ptr(rel).to_string_lossy().into_owned(),
+            )
+        });
+        let cols: Vec<Option<String>> = table_columns(info.reloid)
+            .iter()
+            .map(|c| {
+                let n = pg_sys::get_attname(info.reloid, c.attnum, true);
+                (!n.is_null()).then(|| std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned())
+            })
+            .collect();
+        (name, cols)
+    };
+    let cols_then: Vec<Option<String>> = table_columns(info.reloid)
+        .into_iter()
+        .map(|c| Some(c.name))
+        .collect();
+    if name_now != Some((info.schema.clone(), info.name.clone())) || cols_now != cols_then {
+        fail(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!("rserv: table {table} was renamed, or its columns were, after this change set's snapshot was taken"),
             "prepare the change set again (replicate retries by itself)",
         );
     }
@@ -519,6 +583,8 @@ fn table_sections(
     copy: bool,
 ) -> Vec<Section> {
     let table = qualified(&info.schema, &info.name);
+    // a partitioned table holds no rows itself: read it with its partitions
+    let only = if info.relkind == "p" { "" } else { "ONLY " };
     let cols = table_columns(info.reloid);
     let mut key_cols: Vec<&Column> = Vec::new();
     for k in &key {
@@ -565,10 +631,12 @@ fn table_sections(
             "INSERT",
             names(&sent),
             types(&sent),
-            Some(format!("SELECT {select_list} FROM ONLY {table} AS t")),
+            Some(format!("SELECT {select_list} FROM {only}{table} AS t")),
         );
         all.estimate = first::<i64>(
-            "SELECT greatest(reltuples, 0)::int8 FROM pg_catalog.pg_class WHERE oid = $1",
+            // pg_partition_tree() has no rows for a table that is not partitioned
+            "SELECT sum(greatest(c.reltuples, 0))::int8 FROM pg_catalog.pg_class c \
+             WHERE c.oid = $1 OR c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree($1))",
             &[info.reloid.into()],
             "estimating the table size",
         );
@@ -610,7 +678,7 @@ fn table_sections(
         names(&sent),
         types(&sent),
         Some(format!(
-            "SELECT {select_list} FROM ONLY {table} AS t \
+            "SELECT {select_list} FROM {only}{table} AS t \
              WHERE EXISTS (SELECT 1 FROM {pending_rows} AND {matches})"
         )),
     ));

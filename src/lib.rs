@@ -20,6 +20,7 @@ mod changeset;
 mod cleanup;
 mod error;
 mod guc;
+mod legacy;
 mod node;
 mod registry;
 mod schema;

@@ -8,10 +8,12 @@
 
 use crate::catalog::{
     ext_schema, table_columns, table_info, Column, RegClass, TableInfo, CAPTURE_TRIGGER,
-    TRUNCATE_TRIGGER,
+    PART_TRUNCATE_TRIGGER, TRUNCATE_TRIGGER,
 };
 use crate::error::{fail, SpiOrFail};
-use crate::security::{definer, internal_ddl, require_table_owner};
+use crate::security::{
+    definer, internal_ddl, internal_definer, require_replicator, require_table_owner,
+};
 use crate::sql::{call_hint, first, quote_ident, quote_literal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -90,18 +92,14 @@ fn identity_candidates(reloid: pg_sys::Oid) -> Vec<(bool, Vec<String>)> {
     .or_fail("reading the table's unique indexes")
 }
 
-/// Only permanent ordinary tables can be replicated: a temporary table has no master state to
-/// follow, and an unlogged one is emptied by crash recovery without any trigger firing, which
-/// would leave a slave silently different.
+/// Only permanent ordinary and partitioned tables can be replicated: a temporary table has no
+/// master state to follow, and an unlogged one is emptied by crash recovery without any trigger
+/// firing, which would leave a slave silently different. A partitioned table is replicated with
+/// every partition it has and will have.
 pub fn check_table_kind(info: &TableInfo) {
     let table = info.qualified();
     match info.relkind.as_str() {
-        "r" => {}
-        "p" => fail(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: {table} is a partitioned table"),
-            "register each of its partitions instead",
-        ),
+        "r" | "p" => {}
         _ => fail(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("rserv: {table} is not a table"),
@@ -316,7 +314,10 @@ fn attnums(cols: &[Column], names: &[String]) -> Vec<i16> {
 }
 
 /// (Re)create the capture triggers of a registered table. Their arguments hold attribute
-/// numbers, which follow column renames.
+/// numbers, which follow column renames. On a partitioned table the row trigger is cloned by
+/// PostgreSQL onto every partition, present and future; its TRUNCATE trigger runs before the
+/// partitions are emptied, and each partition gets a trigger of its own for a TRUNCATE of just
+/// that partition (`reconcile_partitions`).
 fn install_capture_triggers(
     reloid: pg_sys::Oid,
     table: &str,
@@ -332,6 +333,7 @@ fn install_capture_triggers(
     if let Some(w) = watched {
         args.extend(w.iter().map(|c| quote_literal(&c.to_string())));
     }
+    let partitioned = table_info(reloid).relkind == "p";
     Spi::run(&format!(
         "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} \
          FOR EACH ROW EXECUTE FUNCTION {schema}._rserv_log_({})",
@@ -339,21 +341,172 @@ fn install_capture_triggers(
         args.join(", ")
     ))
     .or_fail("creating the capture trigger");
+    let (when, truncate_args) = if partitioned {
+        ("BEFORE", "'@root'")
+    } else {
+        ("AFTER", "")
+    };
     Spi::run(&format!(
-        "CREATE TRIGGER {} AFTER TRUNCATE ON {table} \
-         FOR EACH STATEMENT EXECUTE FUNCTION {schema}._rserv_log_()",
+        "CREATE TRIGGER {} {when} TRUNCATE ON {table} \
+         FOR EACH STATEMENT EXECUTE FUNCTION {schema}._rserv_log_({truncate_args})",
         quote_ident(TRUNCATE_TRIGGER)
     ))
     .or_fail("creating the truncate trigger");
     // ALWAYS: changes a slave applies (as replica) are captured too, so it can feed a cascade.
     for t in [CAPTURE_TRIGGER, TRUNCATE_TRIGGER] {
-        Spi::run(&format!(
-            "ALTER TABLE {table} ENABLE ALWAYS TRIGGER {}",
-            quote_ident(t)
-        ))
-        .or_fail("enabling the capture trigger");
-        depend_on_extension(reloid, t);
+        enable_always(reloid, table, t);
     }
+    if partitioned {
+        reconcile_partitions(&schema, reloid, key, false);
+    }
+}
+
+fn enable_always(reloid: pg_sys::Oid, table: &str, trigger: &str) {
+    Spi::run(&format!(
+        "ALTER TABLE {table} ENABLE ALWAYS TRIGGER {}",
+        quote_ident(trigger)
+    ))
+    .or_fail("enabling the capture trigger");
+    depend_on_extension(reloid, trigger);
+}
+
+/// The leaf partitions of partitioned table `root` (every level), with their names.
+fn leaf_partitions(root: pg_sys::Oid) -> Vec<(pg_sys::Oid, String)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT t.relid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+                 FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE t.isleaf AND t.relid <> $1",
+                None,
+                &[root.into()],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_fail("listing partitions")
+}
+
+/// Bring the partitions rserv knows of a registered partitioned table up to date with its tree:
+/// a new partition gets its TRUNCATE trigger, and if it came with rows (ATTACH) each of them is
+/// logged as changed; a partition that left the tree (DETACH) has each of its rows logged as
+/// deleted, and loses rserv's trigger. `log_rows`: false while the table is being registered
+/// (its initial copy carries everything).
+fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_rows: bool) {
+    let _internal = internal_ddl();
+    let schema = s;
+    let leaves = leaf_partitions(root);
+    let known = crate::sql::column::<pg_sys::Oid>(
+        &format!("SELECT part FROM {s}._rserv_partitions_ WHERE root = $1"),
+        &[root.into()],
+        "reading known partitions",
+    );
+    let log_oid = crate::sql::first::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::oid",
+        &[format!("{s}._rserv_log_").into()],
+        "finding the log",
+    )
+    .unwrap_or(pg_sys::InvalidOid);
+    let root_keys: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+    let mut args = vec![
+        quote_literal("@part"),
+        quote_literal(&root.to_u32().to_string()),
+    ];
+    args.extend(root_keys.iter().map(|k| quote_literal(k)));
+    for (part, name) in leaves.iter().filter(|(p, _)| !known.contains(p)) {
+        if registration(s, *part).is_some() {
+            fail(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!(
+                    "rserv: {name} is replicated on its own and cannot become a partition of replicated table {}",
+                    table_info(root).qualified()
+                ),
+                format!("stop replicating it on its own first: SELECT rserv_remove_table('{}')", name.replace('\'', "''")),
+            );
+        }
+        if trigger_oid(*part, PART_TRUNCATE_TRIGGER).is_none() {
+            Spi::run(&format!(
+                "CREATE TRIGGER {} BEFORE TRUNCATE ON {name} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {schema}._rserv_log_({})",
+                quote_ident(PART_TRUNCATE_TRIGGER),
+                args.join(", ")
+            ))
+            .or_fail("creating a partition's truncate trigger");
+            enable_always(*part, name, PART_TRUNCATE_TRIGGER);
+        }
+        Spi::run_with_args(
+            &format!("INSERT INTO {s}._rserv_partitions_ (part, root) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+            &[(*part).into(), root.into()],
+        )
+        .or_fail("recording a partition");
+        if log_rows {
+            // SAFETY: appends to rserv's own log
+            unsafe { crate::capture::log_rows_of(log_oid, root, *part, &root_keys, false) };
+        }
+    }
+    for part in known
+        .iter()
+        .filter(|k| !leaves.iter().any(|(p, _)| p == *k))
+    {
+        let exists = crate::sql::first::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1)",
+            &[(*part).into()],
+            "looking up a partition",
+        )
+        .unwrap_or(false);
+        if exists {
+            if log_rows {
+                // SAFETY: appends to rserv's own log
+                unsafe { crate::capture::log_rows_of(log_oid, root, *part, &root_keys, true) };
+            }
+            let name = table_info(*part).qualified();
+            drop_trigger(*part, &name, PART_TRUNCATE_TRIGGER);
+        }
+        Spi::run_with_args(
+            &format!("DELETE FROM {s}._rserv_partitions_ WHERE part = $1"),
+            &[(*part).into()],
+        )
+        .or_fail("forgetting a partition");
+    }
+}
+
+/// After DDL (called by the DDL guard): every registered partitioned table's partitions are
+/// brought up to date (see `reconcile_partitions`); on a slave, every partition of a received
+/// partitioned table refuses local writes, and one that left such a table does not any more.
+#[pg_extern(volatile, security_definer)]
+fn _rserv_reconcile_partitions_() {
+    let _definer = internal_definer();
+    let s = ext_schema();
+    let roots = Spi::connect(|client| {
+        client
+            .select(
+                &format!(
+                    "SELECT t.reloid, t.key::text[] FROM {s}._rserv_tables_ t \
+                     JOIN pg_catalog.pg_class c ON c.oid = t.reloid WHERE c.relkind = 'p'"
+                ),
+                None,
+                &[],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_fail("listing partitioned tables");
+    for (root, key) in roots {
+        let cols = table_columns(root);
+        reconcile_partitions(&s, root, &attnums(&cols, &key), true);
+    }
+    crate::slave_registry::reconcile_protection(&s);
 }
 
 /// A table's registration on this master: key column names, watched column names and their
@@ -391,6 +544,46 @@ fn to_opt_vec(v: Option<Vec<String>>) -> Option<Vec<Option<String>>> {
     v.map(|v| v.into_iter().map(Some).collect())
 }
 
+/// A partitioned table replicates with all its partitions: neither may be registered (in
+/// `catalog`, this side's registry) while the other is.
+pub fn check_partition_overlap(info: &TableInfo, catalog: &str, remove: &str) {
+    let s = ext_schema();
+    let table = info.qualified();
+    let ancestor = first::<String>(
+        &format!(
+            "SELECT a.relid::pg_catalog.regclass::text FROM pg_catalog.pg_partition_ancestors($1) AS a(relid) \
+             JOIN {s}.{catalog} t ON t.reloid = a.relid WHERE a.relid <> $1 LIMIT 1"
+        ),
+        &[info.reloid.into()],
+        "checking the table's partition ancestors",
+    );
+    if let Some(root) = ancestor {
+        fail(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("rserv: {table} is a partition of replicated table {root}"),
+            format!("its rows replicate with {root} already"),
+        );
+    }
+    let partition = first::<String>(
+        &format!(
+            "SELECT p.relid::pg_catalog.regclass::text FROM pg_catalog.pg_partition_tree($1) p \
+             JOIN {s}.{catalog} t ON t.reloid = p.relid WHERE p.relid <> $1 ORDER BY p.level LIMIT 1"
+        ),
+        &[info.reloid.into()],
+        "checking the table's partitions",
+    );
+    if let Some(part) = partition {
+        fail(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("rserv: partition {part} of {table} is replicated on its own"),
+            format!(
+                "stop replicating it on its own first: SELECT {remove}('{}')",
+                part.replace('\'', "''")
+            ),
+        );
+    }
+}
+
 /// Register a table on the master. `column_name` is either the table's identity (a column,
 /// or comma-separated columns, with a unique index and NOT NULL) or a column to watch: then
 /// only UPDATEs that change a watched column are replicated (INSERT and DELETE always are),
@@ -401,7 +594,12 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
     let reloid = required(tbl, "rserv_add_table");
     let info = table_info(reloid);
     check_table_kind(&info);
+    check_partition_overlap(&info, "_rserv_tables_", "rserv_remove_table");
     let table = info.qualified();
+    // What the slaves receive is a replication decision: a table owner who may not replicate
+    // could otherwise have their rows sent into a slave table of the same name, someone
+    // else's. And the capture trigger then runs as the owner on every change.
+    require_replicator("rserv_add_table");
     require_table_owner(info.owner, &table, "rserv_add_table");
     let s = ext_schema();
 
@@ -524,6 +722,19 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
     );
     drop_trigger(reloid, &table, CAPTURE_TRIGGER);
     drop_trigger(reloid, &table, TRUNCATE_TRIGGER);
+    for part in crate::sql::column::<pg_sys::Oid>(
+        &format!("SELECT part FROM {s}._rserv_partitions_ WHERE root = $1"),
+        &[reloid.into()],
+        "reading the partitions",
+    ) {
+        let name = table_info(part).qualified();
+        drop_trigger(part, &name, PART_TRUNCATE_TRIGGER);
+    }
+    Spi::run_with_args(
+        &format!("DELETE FROM {s}._rserv_partitions_ WHERE root = $1"),
+        &[reloid.into()],
+    )
+    .or_fail("forgetting the partitions");
     crate::sequences::forget_table_sequences(&s, reloid);
     Spi::run_with_args(
         &format!("DELETE FROM {s}._rserv_log_ WHERE reloid = $1"),
@@ -538,11 +749,12 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
     }
 }
 
-/// Install the capture triggers of registered table `reloid` again from its registration (the
-/// upgrade from 1.0, whose triggers named columns instead of numbering them, uses this).
+/// Install the capture triggers of registered table `reloid` again from its registration, and
+/// register the sequences it uses (the upgrade from 1.0, whose triggers named columns instead of
+/// numbering them and which replicated no sequences, uses this).
 #[pg_extern(volatile, security_definer)]
 fn _rserv_reinstall_capture_(reloid: pg_sys::Oid) {
-    let _definer = definer();
+    let _definer = internal_definer();
     let s = ext_schema();
     let registered = registration(&s, reloid).map(|r| (r.key, r.watched_attnums));
     let Some((key, watched)) = registered else {
@@ -550,6 +762,7 @@ fn _rserv_reinstall_capture_(reloid: pg_sys::Oid) {
     };
     let table = table_info(reloid).qualified();
     let cols = table_columns(reloid);
+    crate::sequences::register_table_sequences(&s, reloid);
     install_capture_triggers(reloid, &table, &attnums(&cols, &key), watched.as_deref());
 }
 
@@ -559,7 +772,7 @@ fn _rserv_reinstall_capture_(reloid: pg_sys::Oid) {
 /// silent narrowing of what is replicated.
 #[pg_extern(volatile, security_definer)]
 fn _rserv_refresh_watched_(reloid: pg_sys::Oid) {
-    let _definer = definer();
+    let _definer = internal_definer();
     let s = ext_schema();
     let registered = registration(&s, reloid).and_then(|r| r.watched_attnums.zip(r.watched));
     let Some((attnums_now, names_before)) = registered else {

@@ -27,6 +27,13 @@ pub struct Definer {
 }
 
 pub fn definer() -> Definer {
+    refuse_owner_code();
+    internal_definer()
+}
+
+/// [`definer()`] for rserv's internal functions, which only its own event triggers may call
+/// (EXECUTE is revoked from PUBLIC), also while a table owner's code runs DDL.
+pub fn internal_definer() -> Definer {
     let previous = first::<String>(
         "SELECT pg_catalog.current_setting('search_path')",
         &[],
@@ -67,6 +74,24 @@ pub fn role_name(role: pg_sys::Oid) -> String {
     }
     // SAFETY: non-NULL, NUL-terminated
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+thread_local! {
+    /// How deep inside [`run_as_owner`] this backend is: a table owner's code is running.
+    static OWNER_CODE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// rserv decides by the calling role (`GetOuterUserId`), which the code of a table owner that
+/// rserv runs (a trigger, a default) would inherit from the replication session: rserv's
+/// functions refuse to be called from there.
+fn refuse_owner_code() {
+    if OWNER_CODE.with(|d| d.get() > 0) {
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "rserv: its functions cannot be called from a table owner's code that rserv runs (a trigger, a default, a check)",
+            "rserv's functions act with the rights of the role that called rserv, which that code does not have",
+        );
+    }
 }
 
 fn outer_has_privs_of(role: pg_sys::Oid) -> bool {
@@ -158,6 +183,49 @@ impl Drop for UserContext {
     fn drop(&mut self) {
         // SAFETY: restores the backend's user state saved in run_as_owner
         unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec) };
+        OWNER_CODE.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// A table owner's code must not find what another role of this session put in its temporary
+/// schema: `pg_temp` is on every search_path (first, unless named), so a temp table, view or
+/// type of the replication role would stand in for the owner's own under an unqualified name,
+/// and its triggers or functions would then run as the owner (a superuser, perhaps). While the
+/// owner's code runs, no temp object can be made (SECURITY_RESTRICTED_OPERATION); before it,
+/// the temp schema must hold nothing but rserv's own staging tables.
+fn require_clean_temp_schema(owner: pg_sys::Oid) {
+    if owner == outer_user() {
+        return; // the session's own role: it sees what it could see anyway
+    }
+    let foreign = first::<String>(
+        "WITH staging AS (SELECT unnest($1::oid[]) AS oid) \
+         SELECT pg_catalog.string_agg(x, ', ') FROM ( \
+           SELECT 'pg_temp.' || pg_catalog.quote_ident(c.relname) AS x FROM pg_catalog.pg_class c \
+            WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() \
+              AND c.oid NOT IN (SELECT oid FROM staging) \
+              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                               WHERE i.indexrelid = c.oid AND i.indrelid IN (SELECT oid FROM staging)) \
+           UNION ALL \
+           SELECT 'type pg_temp.' || pg_catalog.quote_ident(t.typname) FROM pg_catalog.pg_type t \
+            WHERE t.typnamespace = pg_catalog.pg_my_temp_schema() \
+              AND t.typrelid NOT IN (SELECT oid FROM pg_catalog.pg_class \
+                                      WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e \
+                               WHERE e.oid = t.typelem AND e.typrelid <> 0 \
+                                 AND e.typnamespace = pg_catalog.pg_my_temp_schema()) \
+           ORDER BY 1 LIMIT 5) AS f",
+        &[crate::staging::oids().into()],
+        "checking the session's temporary objects",
+    );
+    if let Some(objects) = foreign {
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "rserv: this session has temporary objects ({objects}) that code of role {} would see",
+                role_name(owner)
+            ),
+            "rserv runs statements on a table as its owner; run replication in a session without temporary tables, views or types of its own (DISCARD TEMP)",
+        );
     }
 }
 
@@ -184,6 +252,7 @@ fn set_option(name: &str, value: &str) {
 /// triggers, defaults, rules, CHECK and index expressions do, they do as the table's owner, who
 /// can do it anyway; they cannot create temp objects, change role or leave settings behind.
 pub fn run_as_owner<R>(owner: pg_sys::Oid, settings: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
+    require_clean_temp_schema(owner);
     let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
     // SAFETY: reads the backend's user state
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
@@ -192,6 +261,7 @@ pub fn run_as_owner<R>(owner: pg_sys::Oid, settings: &[(&str, &str)], f: impl Fn
     for (name, value) in SAFE_SETTINGS.iter().chain(settings) {
         set_option(name, value);
     }
+    OWNER_CODE.with(|d| d.set(d.get() + 1));
     let restore = UserContext { user, sec };
     let restricted = sec
         | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32

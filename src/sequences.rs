@@ -71,6 +71,7 @@ fn require_sequence(seq: pg_sys::Oid, func: &str) -> String {
 #[pg_extern(volatile, security_definer)]
 fn rserv_add_sequence(seq: RegClass) {
     let _definer = definer();
+    require_replicator("rserv_add_sequence");
     let name = require_sequence(seq.0, "rserv_add_sequence");
     let s = ext_schema();
     let added = count_rows(

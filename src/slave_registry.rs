@@ -5,7 +5,8 @@
 use crate::catalog::{ext_schema, table_info, RegClass, PROTECT_TRIGGER};
 use crate::error::{fail, SpiOrFail};
 use crate::registry::{
-    check_table_kind, depend_on_extension, drop_trigger, required, resolve_identity, trigger_oid,
+    check_partition_overlap, check_table_kind, depend_on_extension, drop_trigger, required,
+    resolve_identity, trigger_oid,
 };
 use crate::security::{definer, internal_ddl, require_replicator, require_table_owner};
 use crate::sql::{call_hint, count_rows, first, qualified, quote_ident};
@@ -22,6 +23,7 @@ fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<Str
     let reloid = required(tbl, "rserv_slave_add_table");
     let info = table_info(reloid);
     check_table_kind(&info);
+    check_partition_overlap(&info, "_rserv_slave_tables_", "rserv_slave_remove_table");
     let table = info.qualified();
     // Which tables a slave receives is a replication decision: a table owner who may not
     // replicate could otherwise have a master's rows copied into a table of theirs (or stop
@@ -76,6 +78,13 @@ fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<Str
     }
     let _internal = internal_ddl();
     drop_trigger(reloid, &table, PROTECT_TRIGGER);
+    protect(&s, reloid, &table);
+    // a statement on a partition does not fire its parent's statement triggers
+    reconcile_protection(&s);
+}
+
+fn protect(s: &str, reloid: pg_sys::Oid, table: &str) {
+    let _internal = internal_ddl();
     Spi::run(&format!(
         "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
          FOR EACH STATEMENT EXECUTE FUNCTION {s}._rserv_protect_()",
@@ -83,6 +92,54 @@ fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<Str
     ))
     .or_fail("creating the protection trigger");
     depend_on_extension(reloid, PROTECT_TRIGGER);
+}
+
+/// Every partition of a received partitioned table refuses local writes like the table itself;
+/// a table that left one (DETACH) or was never received loses the protection.
+pub fn reconcile_protection(s: &str) {
+    let _internal = internal_ddl();
+    let (missing, stray) = Spi::connect(|client| {
+        // pg_partition_tree() has no rows for a table that is not partitioned
+        let protected_tree = format!(
+            "SELECT t.reloid FROM {s}._rserv_slave_tables_ t UNION \
+             SELECT p.relid FROM {s}._rserv_slave_tables_ t \
+             CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.reloid) p"
+        );
+        let names = |sql: &str| -> Result<Vec<(pg_sys::Oid, String)>, pgrx::spi::Error> {
+            client
+                .select(sql, None, &[])?
+                .map(|r| {
+                    Ok((
+                        r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                    ))
+                })
+                .collect()
+        };
+        let named = "pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)";
+        let missing = names(&format!(
+            "SELECT c.oid, {named} FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid IN ({protected_tree}) AND c.relkind IN ('r', 'p') \
+               AND c.oid NOT IN (SELECT reloid FROM {s}._rserv_slave_tables_) \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g \
+                                WHERE g.tgrelid = c.oid AND g.tgname = '_rserv_protect_t_')"
+        ))?;
+        let stray = names(&format!(
+            "SELECT c.oid, {named} FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_trigger g ON g.tgrelid = c.oid AND g.tgname = '_rserv_protect_t_' \
+             WHERE c.oid NOT IN ({protected_tree})"
+        ))?;
+        Ok::<_, pgrx::spi::Error>((missing, stray))
+    })
+    .or_fail("checking the protection of partitions");
+    for (reloid, name) in missing {
+        protect(s, reloid, &name);
+    }
+    for (reloid, name) in stray {
+        drop_trigger(reloid, &name, PROTECT_TRIGGER);
+    }
 }
 
 /// Stop receiving a table on this slave; it becomes an ordinary writable table again.
@@ -100,6 +157,7 @@ fn rserv_slave_remove_table(tbl: Option<RegClass>) {
         "deleting from _rserv_slave_tables_",
     );
     drop_trigger(reloid, &table, PROTECT_TRIGGER);
+    reconcile_protection(&s);
     if removed == 0 {
         notice!(
             "rserv: table {} is not registered on this slave; nothing to remove",
@@ -171,6 +229,34 @@ pub fn slave_table(schema: &str, name: &str) -> Option<(pg_sys::Oid, Vec<String>
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("reading _rserv_slave_tables_")
+}
+
+/// Is slave table `reloid` waiting for its initial copy?
+pub fn needs_copy(reloid: pg_sys::Oid) -> bool {
+    let s = ext_schema();
+    first::<bool>(
+        &format!("SELECT needs_copy FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
+        &[reloid.into()],
+        "reading _rserv_slave_tables_",
+    )
+    .unwrap_or(false)
+}
+
+/// Have every table this slave receives copied afresh with the next change set (after a
+/// restore from a backup, or to start over); the slave also forgets which server id it was.
+/// Returns how many tables will be copied.
+#[pg_extern(volatile, security_definer)]
+fn rserv_slave_resync() -> i64 {
+    let _definer = definer();
+    require_replicator("rserv_slave_resync");
+    let s = ext_schema();
+    Spi::run(&format!("UPDATE {s}._rserv_slave_sync_ SET server = NULL"))
+        .or_fail("forgetting the server id");
+    count_rows(
+        &format!("UPDATE {s}._rserv_slave_tables_ SET needs_copy = true"),
+        &[],
+        "marking tables for a fresh copy",
+    )
 }
 
 /// The table now holds the master's rows as of the change set being applied.

@@ -17,6 +17,15 @@ fn rserv_register_slave(server: i32, slave_node: Option<String>) -> bool {
     let _definer = definer();
     require_replicator("rserv_register_slave");
     let s = ext_schema();
+    if let Some(node) = &slave_node {
+        // two registrations at once must not both pass (a lock that conflicts with itself, not
+        // with the row updates of prepares, which may stream an initial copy for minutes)
+        Spi::run(&format!(
+            "LOCK TABLE {s}._rserv_servers_ IN SHARE UPDATE EXCLUSIVE MODE"
+        ))
+        .or_fail("locking _rserv_servers_");
+        require_one_id(&s, server, node);
+    }
     let inserted = count_rows(
         &format!(
             "INSERT INTO {s}._rserv_servers_ (server, last_prepare, node) VALUES ($1, 0, $2::uuid) \
@@ -55,9 +64,9 @@ fn rserv_server_for_node(slave_node: &str) -> i32 {
     let _definer = definer();
     require_replicator("rserv_server_for_node");
     let s = ext_schema();
-    // two slaves asking at once must not both take the same free id
+    // two slaves asking at once must not both take the same free id (see rserv_register_slave)
     Spi::run(&format!(
-        "LOCK TABLE {s}._rserv_servers_ IN SHARE ROW EXCLUSIVE MODE"
+        "LOCK TABLE {s}._rserv_servers_ IN SHARE UPDATE EXCLUSIVE MODE"
     ))
     .or_fail("locking _rserv_servers_");
     if let Some(server) = first::<i32>(
@@ -81,6 +90,28 @@ fn rserv_server_for_node(slave_node: &str) -> i32 {
         "registering the slave",
     )
     .unwrap_or(0)
+}
+
+/// A slave database has one server id: under two, its change sets would come from two
+/// independent sequences of snapshots, and one could take it back in time.
+pub fn require_one_id(s: &str, server: i32, node: &str) {
+    let other = first::<i32>(
+        &format!(
+            "SELECT server FROM {s}._rserv_servers_ WHERE node = $1::uuid AND server <> $2 \
+             ORDER BY server LIMIT 1"
+        ),
+        &[node.into(), server.into()],
+        "looking up the slave's id",
+    );
+    if let Some(other) = other {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("rserv: this slave database (node {node}) is slave {other} of this master, not {server}"),
+            format!(
+                "replicate it as --server {other} (or without --server); to give it another id, first drop the old one on the master: SELECT rserv_drop_server({other})"
+            ),
+        );
+    }
 }
 
 /// A server id belongs to one slave database: a second one using it would make both miss

@@ -27,6 +27,12 @@ thread_local! {
     static TABLES: RefCell<Vec<Staging>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Every staging table rserv made in this session (they may be all this session's temp schema
+/// holds while a table owner's code runs, see `security::run_as_owner`).
+pub fn oids() -> Vec<pg_sys::Oid> {
+    TABLES.with(|t| t.borrow().iter().map(|s| s.oid).collect())
+}
+
 /// Is `oid` still the staging table rserv made under `qualified`?
 fn intact(oid: pg_sys::Oid, qualified: &str) -> bool {
     first::<bool>(

@@ -69,6 +69,14 @@ SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
 ROLLBACK;
 -- nothing applied yet
 SELECT rserv_slave_sync_id(), rserv_slave_master_id();
+-- a table registered anew waits for its initial copy (a TRUNCATE section, then its rows):
+-- a change set that only carries changes to it is refused
+BEGIN;
+SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_version());
+SELECT rserv_apply_stage('DELETE', 'public', 't', ARRAY['id'], ARRAY['id']);
+ROLLBACK;
+SELECT needs_copy FROM _rserv_slave_tables_ WHERE reloid = 't'::regclass;
+UPDATE _rserv_slave_tables_ SET needs_copy = false;  -- as if their initial copies were in
 BEGIN;
 SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_version());
 -- replica mode is only ever in force for rserv's own statements: not for the caller's
@@ -196,6 +204,7 @@ ROLLBACK;
 -- a column generated on the slave
 CREATE TABLE gen (id int PRIMARY KEY, price numeric, doubled numeric GENERATED ALWAYS AS (price * 2) STORED);
 SELECT rserv_slave_add_table('gen');
+UPDATE _rserv_slave_tables_ SET needs_copy = false;  -- as if their initial copies were in
 BEGIN;
 SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('UPDATE', 'public', 'gen', ARRAY['id', 'price', 'doubled'], ARRAY['id']);
@@ -237,6 +246,7 @@ CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent);
 INSERT INTO parent VALUES (1, 'a'), (2, 'b');
 SELECT rserv_slave_add_table('parent');
 SELECT rserv_slave_add_table('child');
+UPDATE _rserv_slave_tables_ SET needs_copy = false;  -- as if their initial copies were in
 CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'user trigger fired on %', TG_TABLE_NAME; END $$;
 CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON parent FOR EACH ROW EXECUTE FUNCTION refuse();
@@ -268,6 +278,7 @@ CREATE TABLE "Weird Schema"."Mixed Case" (
     local_note text DEFAULT 'slave only', PRIMARY KEY ("Id", "Day"));
 INSERT INTO "Weird Schema"."Mixed Case" ("Day", "Some Col", local_note) VALUES ('2024-01-01', 'old', 'mine');
 SELECT rserv_slave_add_table('"Weird Schema"."Mixed Case"');
+UPDATE _rserv_slave_tables_ SET needs_copy = false;  -- as if their initial copies were in
 SELECT reloid::regclass, tname, key FROM _rserv_slave_tables_ WHERE reloid = '"Weird Schema"."Mixed Case"'::regclass;
 BEGIN;
 SELECT rserv_apply_begin(4, '11111111-2222-3333-4444-555555555555', rserv_version());
@@ -302,6 +313,7 @@ ROLLBACK;
 CREATE TABLE k (id bigint, name text COLLATE "C", PRIMARY KEY (name, id));
 INSERT INTO k VALUES (5000000000, 'B'), (5000000000, 'b'), (1, 'B');
 SELECT rserv_slave_add_table('k');
+UPDATE _rserv_slave_tables_ SET needs_copy = false;  -- as if their initial copies were in
 BEGIN;
 SELECT rserv_apply_begin(5, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('DELETE', 'public', 'k', ARRAY['name', 'id'], ARRAY['name', 'id']) AS copy_k \gset
@@ -336,6 +348,13 @@ SET ROLE rserv_regress_owner;
 SELECT rserv_slave_add_table('owned');
 RESET ROLE;
 SELECT rserv_slave_add_table('owned');
+UPDATE _rserv_slave_tables_ SET needs_copy = false;  -- as if their initial copies were in
+-- the owner's code must not find the replicating session's temporary objects (here: trig)
+BEGIN;
+SELECT rserv_apply_begin(6, '11111111-2222-3333-4444-555555555555', rserv_version());
+SELECT rserv_apply_stage('TRUNCATE', 'public', 'owned', '{}', ARRAY['id']);
+ROLLBACK;
+DROP VIEW trig;
 BEGIN;
 SELECT rserv_apply_begin(6, '11111111-2222-3333-4444-555555555555', rserv_version());
 SELECT rserv_apply_stage('TRUNCATE', 'public', 'owned', '{}', ARRAY['id']) IS NULL AS no_copy;
@@ -347,6 +366,9 @@ SELECT rserv_apply_merge('INSERT', 'public', 'owned', ARRAY['id', 'v'], ARRAY['i
 COMMIT;
 SELECT DISTINCT who FROM seen;
 SELECT * FROM owned;
+CREATE TEMP VIEW trig AS
+    SELECT tgrelid::regclass AS tbl, tgname, tgenabled, pg_get_triggerdef(oid) AS def
+    FROM pg_trigger WHERE tgname LIKE '\_rserv%' ORDER BY tgrelid::regclass::text, tgname;
 --
 -- DROP EXTENSION removes the protection triggers.
 --

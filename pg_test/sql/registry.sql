@@ -114,10 +114,27 @@ CREATE SEQUENCE some_seq;
 SELECT rserv_add_table('some_seq');
 CREATE TABLE part (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
 CREATE TABLE part_1 PARTITION OF part FOR VALUES FROM (0) TO (100);
-SELECT rserv_add_table('part');
--- ... but a partition can be registered
+-- a partition can be registered on its own ...
 SELECT rserv_add_table('part_1');
 SELECT * FROM reg WHERE tbl = 'part_1'::regclass;
+-- ... but then not its partitioned table (the partition's rows would be logged twice)
+SELECT rserv_add_table('part');
+SELECT rserv_remove_table('part_1');
+-- a partitioned table replicates with all its partitions
+SELECT rserv_add_table('part');
+SELECT * FROM reg WHERE tbl = 'part'::regclass;
+SELECT rserv_add_table('part_1');
+-- a table registered on its own cannot become one of its partitions
+CREATE TABLE part_2 (id int PRIMARY KEY, v text);
+SELECT rserv_add_table('part_2');
+ALTER TABLE part ATTACH PARTITION part_2 FOR VALUES FROM (100) TO (200);
+SELECT rserv_remove_table('part_2');
+ALTER TABLE part ATTACH PARTITION part_2 FOR VALUES FROM (100) TO (200);
+SELECT tgrelid::regclass, tgname, tgenabled FROM pg_trigger
+ WHERE tgrelid IN ('part_1'::regclass, 'part_2'::regclass) ORDER BY 1, 2;
+SELECT rserv_remove_table('part');
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgrelid IN ('part'::regclass, 'part_1'::regclass, 'part_2'::regclass) ORDER BY 1, 2;
 -- a temporary table (its schema name, pg_temp_N, varies: shown as pg_temp_N)
 CREATE TEMP TABLE tmp (id int PRIMARY KEY);
 DO $$

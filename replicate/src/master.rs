@@ -110,10 +110,12 @@ pub fn prepare_with(
             &[],
         )
         .ctx("master: reading node id")?;
-    let header = Header {
+    let mut header = Header {
         master: header_row.get(0),
         server,
         rserv: header_row.get(1),
+        base: None,
+        slave: None,
     };
     // Nothing in the session's schemas can shadow a built-in while we read the change set, and
     // no row-level security policy may filter it (the master then refuses, naming the table).
@@ -131,7 +133,8 @@ pub fn prepare_with(
         let rows = match tx.query(
             &format!(
                 "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                        column_types, estimated_rows FROM {}($1, $2, $3, $4, $5)",
+                        column_types, estimated_rows, base_syncid, slave_node \
+                 FROM {}($1, $2, $3, $4, $5)",
                 rs.func("rserv_prepare")
             ),
             &[&server, &target.slave_node, &schemas, &tables, &fresh],
@@ -152,6 +155,8 @@ pub fn prepare_with(
             return Ok(None);
         };
         let syncid: i64 = first.get(0);
+        header.base = first.get(9);
+        header.slave = first.get(10);
         let mut sections = Vec::with_capacity(rows.len());
         for r in &rows {
             let word: String = r.get(1);

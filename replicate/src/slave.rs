@@ -150,8 +150,18 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
         .ctx("slave: starting the apply transaction")?;
     let began: bool = tx
         .query_one(
-            &format!("SELECT {}($1, $2, $3)", rs.func("rserv_apply_begin")),
-            &[&syncid, &reader.header.master, &reader.header.rserv],
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6)",
+                rs.func("rserv_apply_begin")
+            ),
+            &[
+                &syncid,
+                &reader.header.master,
+                &reader.header.rserv,
+                &reader.header.server,
+                &reader.header.base,
+                &reader.header.slave,
+            ],
         )
         .ctx(format!("slave: starting change set {syncid}"))?
         .get(0);

@@ -31,7 +31,7 @@ use std::io::{BufRead, Read, Write};
 pub const MAGIC: &str = "-- RSERV SNAPSHOT 1";
 
 /// Facts about the change set as a whole.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct Header {
     /// `rserv_node_id()` of the master that prepared it
     pub master: String,
@@ -39,6 +39,13 @@ pub struct Header {
     pub server: i32,
     /// rserv version on the master
     pub rserv: String,
+    /// the change set this one follows: the last one the master knows the slave applied
+    /// (absent for a slave's first, and in files written before 1.1.0)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<i64>,
+    /// `rserv_node_id()` of the slave database the server id is bound to, when the master knows it
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slave: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,11 +258,7 @@ impl<R: BufRead> SnapshotReader<R> {
             line: Vec::new(),
             line_no: 0,
             syncid: 0,
-            header: Header {
-                master: String::new(),
-                server: 0,
-                rserv: String::new(),
-            },
+            header: Header::default(),
             stats: Stats::default(),
         };
         if !r.read_line()? {
@@ -428,6 +431,7 @@ mod tests {
             master: "m".into(),
             server: 0,
             rserv: "1.0.0".into(),
+            ..Header::default()
         };
         let meta = SectionMeta {
             schema: "public".into(),
@@ -498,6 +502,7 @@ mod tests {
             master: "m".into(),
             server: 0,
             rserv: "1".into(),
+            ..Header::default()
         };
         let mut buf = Vec::new();
         let w = SnapshotWriter::start(&mut buf, 1, &header).unwrap();

@@ -7,7 +7,9 @@
 //! one statement of the intended kind, and each new object is checked afterwards.
 
 use super::model::*;
-use super::verify::{bad_definition, check_statement, expression, risky_calls};
+use super::verify::{
+    bad_definition, check_statement, expression, partition_bound, risky_calls, trusted_type,
+};
 use crate::catalog::format_type;
 use crate::error::fail;
 use crate::sql::{first, ident_list, qualified, quote_ident, quote_literal};
@@ -42,10 +44,27 @@ fn type_oid(n: &Named) -> Option<pg_sys::Oid> {
     )
 }
 
+/// A type of this slave that a definition names must be a superuser's or the replication
+/// role's: another user's domain would run its CHECK as the table's owner on every row applied.
+fn require_trusted_type(table: &str, oid: pg_sys::Oid) {
+    if !trusted_type(oid, crate::security::outer_user()) {
+        bad_definition(
+            table,
+            format!(
+                "it uses type {} of this slave, which belongs to another user",
+                format_type(oid, -1)
+            ),
+        );
+    }
+}
+
 /// The type `n` (with `typmod`) as this slave's server prints it; it must exist here.
 fn type_sql(table: &str, n: &Named, typmod: i32) -> String {
     match type_oid(n) {
-        Some(oid) => format_type(oid, typmod),
+        Some(oid) => {
+            require_trusted_type(table, oid);
+            format_type(oid, typmod)
+        }
         None => fail(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!(
@@ -104,7 +123,8 @@ fn ensure_types(table: &str, types: &[TypeDef]) -> Vec<pg_sys::Oid> {
             schema: t.schema.clone(),
             name: t.name.clone(),
         };
-        if type_oid(&named).is_some() {
+        if let Some(oid) = type_oid(&named) {
+            require_trusted_type(table, oid);
             continue;
         }
         ensure_schema(table, &t.schema);
@@ -330,6 +350,10 @@ pub fn create_table(def: &TableDef) -> (pg_sys::Oid, Vec<pg_sys::Oid>) {
         .filter(wanted)
         .map(|o| format!("CONSTRAINT {} {}", quote_ident(&o.name), o.definition))
         .collect();
+    let key = match &def.partition_key {
+        Some(k) => format!(" PARTITION BY {k}"),
+        None => String::new(),
+    };
     let sql = match &parent {
         Some((p, bound)) => {
             let local = if constraints.is_empty() {
@@ -338,8 +362,9 @@ pub fn create_table(def: &TableDef) -> (pg_sys::Oid, Vec<pg_sys::Oid>) {
                 format!(" ({})", constraints.join(", "))
             };
             format!(
-                "CREATE TABLE {table} PARTITION OF {}{local} {bound}",
-                qualified(&p.schema, &p.table)
+                "CREATE TABLE {table} PARTITION OF {}{local} {}{key}",
+                qualified(&p.schema, &p.table),
+                partition_bound(&table, bound)
             )
         }
         None => {
@@ -349,10 +374,6 @@ pub fn create_table(def: &TableDef) -> (pg_sys::Oid, Vec<pg_sys::Oid>) {
                 .map(|c| column_sql(&table, def, c))
                 .collect();
             parts.extend(constraints);
-            let key = match &def.partition_key {
-                Some(k) => format!(" PARTITION BY {k}"),
-                None => String::new(),
-            };
             format!("CREATE TABLE {table} ({}){key}", parts.join(", "))
         }
     };
@@ -446,8 +467,17 @@ fn roles_exist(roles: &[String]) -> Option<String> {
 pub fn finish_table(def: &TableDef, reloid: pg_sys::Oid, receives: &dyn Fn(&Rel) -> bool) {
     let table = qualified(&def.schema, &def.table);
     let partition = existing_parent(def).is_some();
-    for i in def.indexes.iter().filter(|i| !(partition && i.inherited)) {
+    // a partition's copies of its parent's indexes are made here and attached to the parent's
+    // (which a partitioned parent made ON ONLY itself), as pg_dump does
+    for i in &def.indexes {
         if relation(&def.schema, &i.name).is_some() {
+            continue;
+        }
+        let attach_to = i
+            .parent
+            .as_ref()
+            .filter(|p| partition && relation(&p.schema, &p.table).is_some());
+        if partition && i.inherited && attach_to.is_none() {
             continue;
         }
         run(&table, &i.definition, Tag::T_IndexStmt, None);
@@ -462,6 +492,18 @@ pub fn finish_table(def: &TableDef, reloid: pg_sys::Oid, receives: &dyn Fn(&Rel)
             bad_definition(
                 &table,
                 format!("index {} is not on the table", quote_ident(&i.name)),
+            );
+        }
+        if let Some(p) = attach_to {
+            run(
+                &table,
+                &format!(
+                    "ALTER INDEX {} ATTACH PARTITION {}",
+                    qualified(&p.schema, &p.table),
+                    qualified(&def.schema, &i.name)
+                ),
+                Tag::T_AlterTableStmt,
+                Some(At::AT_AttachPartition),
             );
         }
     }
@@ -603,7 +645,15 @@ pub fn finish_table(def: &TableDef, reloid: pg_sys::Oid, receives: &dyn Fn(&Rel)
 
 /// After building: nothing the new objects' expressions call may have side effects or run SQL.
 pub fn check_calls(table: &str, reloid: pg_sys::Oid, types: &[pg_sys::Oid]) {
-    let risky = risky_calls(reloid, types);
+    // the domains of its columns too, made here or not: their checks run on every row applied
+    let mut types = types.to_vec();
+    types.extend(crate::sql::column::<pg_sys::Oid>(
+        "SELECT DISTINCT a.atttypid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND t.typtype = 'd'",
+        &[reloid.into()],
+        "listing the table's domains",
+    ));
+    let risky = risky_calls(reloid, &types);
     if !risky.is_empty() {
         bad_definition(
             table,

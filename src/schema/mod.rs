@@ -74,12 +74,37 @@ fn rserv_table_list_v11() -> TableIterator<
     let out: Vec<_> = rows
         .into_iter()
         .map(|(schema, table, key, pk, watched, reloid)| {
-            let def = first::<pgrx::JsonB>(DESCRIBE, &[reloid.into()], "describing a table")
-                .unwrap_or(pgrx::JsonB(serde_json::Value::Null));
-            (schema, table, key, pk, watched, def)
+            (
+                schema,
+                table,
+                key,
+                pk,
+                watched,
+                pgrx::JsonB(describe(reloid)),
+            )
         })
         .collect();
     TableIterator::new(out)
+}
+
+/// The definition of table `reloid`, with those of its partitions (parents first).
+fn describe(reloid: pg_sys::Oid) -> serde_json::Value {
+    let one = |oid: pg_sys::Oid| {
+        first::<pgrx::JsonB>(DESCRIBE, &[oid.into()], "describing a table")
+            .map(|j| j.0)
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mut def = one(reloid);
+    let partitions = crate::sql::column::<pg_sys::Oid>(
+        "SELECT relid FROM pg_catalog.pg_partition_tree($1) WHERE level > 0 ORDER BY level, relid",
+        &[reloid.into()],
+        "listing partitions",
+    );
+    if let (Some(obj), false) = (def.as_object_mut(), partitions.is_empty()) {
+        let defs = partitions.into_iter().map(one).collect();
+        obj.insert("partitions".into(), serde_json::Value::Array(defs));
+    }
+    def
 }
 
 fn parse_definition(definition: serde_json::Value) -> TableDef {
@@ -112,6 +137,11 @@ fn rserv_slave_create_table(definition: pgrx::JsonB) -> String {
     let table = qualified(&def.schema, &def.table);
     let (reloid, types) = run_as_owner(outer_user(), &[], || build::create_table(&def));
     build::check_calls(&table, reloid, &types);
+    for part in &def.partitions {
+        let name = qualified(&part.schema, &part.table);
+        let (oid, types) = run_as_owner(outer_user(), &[], || build::create_table(part));
+        build::check_calls(&name, oid, &types);
+    }
     let s = ext_schema();
     Spi::run_with_args(
         &format!(
@@ -215,6 +245,20 @@ fn rserv_slave_finish_tables() -> SetOfIterator<'static, String> {
             build::finish_table(&def, reloid, &receives_here)
         });
         build::check_calls(&table, reloid, &[]);
+        for part in &def.partitions {
+            let name = qualified(&part.schema, &part.table);
+            let Some(oid) = first::<pg_sys::Oid>(
+                "SELECT pg_catalog.to_regclass($1)::oid",
+                &[name.clone().into()],
+                "finding a partition",
+            ) else {
+                continue; // dropped since
+            };
+            run_as_owner(owner, &[], || {
+                build::finish_table(part, oid, &receives_here)
+            });
+            build::check_calls(&name, oid, &[]);
+        }
         forget();
         finished.push(table);
     }

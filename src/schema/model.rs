@@ -66,6 +66,9 @@ pub struct IndexDef {
     /// a partition's copy of an index of its parent
     #[serde(default)]
     pub inherited: bool,
+    /// the parent's index this one is attached to (`table` holds the index's name)
+    #[serde(default)]
+    pub parent: Option<Rel>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -179,4 +182,7 @@ pub struct TableDef {
     pub sequences: Vec<SequenceDef>,
     #[serde(default)]
     pub types: Vec<TypeDef>,
+    /// a partitioned table's partitions at every level, each after its parent
+    #[serde(default)]
+    pub partitions: Vec<TableDef>,
 }

@@ -81,6 +81,59 @@ pub fn expression(table: &str, what: &str, expr: &str) -> String {
     format!("({expr}\n)")
 }
 
+/// The nodes of a parse-tree List (none for NIL).
+unsafe fn nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    (0..(*list).length as usize)
+        .map(|i| (*(*list).elements.add(i)).ptr_value as *mut pg_sys::Node)
+        .collect()
+}
+
+/// One bound value of a partition: a literal, a cast literal, or MINVALUE / MAXVALUE (which the
+/// grammar reads as a column reference). Anything else could call a function while the
+/// partition is created.
+unsafe fn constant_datum(n: *mut pg_sys::Node) -> bool {
+    if n.is_null() {
+        return false;
+    }
+    match (*n).type_ {
+        pg_sys::NodeTag::T_A_Const => true,
+        pg_sys::NodeTag::T_TypeCast => {
+            let arg = (*(n as *mut pg_sys::TypeCast)).arg;
+            !arg.is_null() && (*arg).type_ == pg_sys::NodeTag::T_A_Const
+        }
+        pg_sys::NodeTag::T_ColumnRef => (*(*(n as *mut pg_sys::ColumnRef)).fields).length == 1,
+        _ => false,
+    }
+}
+
+/// A partition bound from a master's definition (`FOR VALUES ...` or `DEFAULT`) made of
+/// constants only, or an error naming the table.
+pub fn partition_bound(table: &str, bound: &str) -> String {
+    let sql = format!("CREATE TABLE t PARTITION OF p {bound}\n");
+    // SAFETY: parse trees of the statement just parsed
+    let ok = unsafe {
+        let stmts = parse(&sql, pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        match stmts.as_slice() {
+            [stmt] if !stmt.is_null() && (**stmt).type_ == pg_sys::NodeTag::T_CreateStmt => {
+                let spec = (*(*stmt as *mut pg_sys::CreateStmt)).partbound;
+                !spec.is_null()
+                    && [(*spec).listdatums, (*spec).lowerdatums, (*spec).upperdatums]
+                        .into_iter()
+                        .flat_map(|l| nodes(l))
+                        .all(|n| constant_datum(n))
+            }
+            _ => false,
+        }
+    };
+    if !ok {
+        bad_definition(table, "its partition bound is not made of constants");
+    }
+    format!("{bound}\n")
+}
+
 /// A statement rserv built around texts from a master's definition must be exactly one
 /// statement of the intended kind (and, for ALTER TABLE, exactly one subcommand of the intended
 /// kind); otherwise nothing runs.
@@ -130,6 +183,23 @@ const RUNS_SQL: &str = "ARRAY['query_to_xml', 'query_to_xmlschema', 'query_to_xm
     'database_to_xml_and_xmlschema', 'ts_stat', 'pg_read_file', 'pg_read_binary_file', \
     'pg_ls_dir', 'pg_stat_file', 'lo_import', 'lo_export', 'dblink', 'dblink_exec']::name[]";
 
+/// A slave object a definition may use (a type) or call (a function) must be a superuser's or
+/// the replication role's own (`$3`), never another user's: their code would then run as the
+/// replication role or as the tables' owners (and a function's volatility is its owner's word).
+const TRUSTED: &str = "coalesce((SELECT a.rolsuper OR a.oid = $3 FROM pg_catalog.pg_roles a \
+                       WHERE a.oid = f.proowner), false)";
+
+/// Is type `oid` a superuser's or `role`'s (see `TRUSTED`)?
+pub fn trusted_type(oid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    crate::sql::first::<bool>(
+        "SELECT coalesce((SELECT a.rolsuper OR a.oid = $2 FROM pg_catalog.pg_roles a \
+                          WHERE a.oid = t.typowner), false) FROM pg_catalog.pg_type t WHERE t.oid = $1",
+        &[oid.into(), role.into()],
+        "checking a type's owner",
+    )
+    .unwrap_or(false)
+}
+
 /// Functions with side effects, or that run SQL text, which the expressions of table `reloid`
 /// (defaults, constraints, generated columns, indexes, policies, trigger conditions) or of the
 /// types `types` (domain defaults and constraints) would call. PostgreSQL records every
@@ -160,10 +230,11 @@ pub fn risky_calls(reloid: pg_sys::Oid, types: &[pg_sys::Oid]) -> Vec<String> {
               WHERE NOT (c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
                          AND f.oid = (SELECT g.tgfoid FROM pg_catalog.pg_trigger g WHERE g.oid = c.objid)) \
                 AND ((f.provolatile = 'v' AND f.oid <> ALL ({VOLATILE_ALLOWED}::oid[])) \
-                     OR f.proname = ANY ({RUNS_SQL})) \
+                     OR f.proname = ANY ({RUNS_SQL}) \
+                     OR NOT {TRUSTED}) \
               ORDER BY 1"
         ),
-        &[reloid.into(), types.to_vec().into()],
+        &[reloid.into(), types.to_vec().into(), crate::security::outer_user().into()],
         "checking the table's expressions",
     )
 }

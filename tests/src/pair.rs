@@ -211,3 +211,36 @@ pub fn transfer_sql(
         ),
     }
 }
+
+/// Wait until some backend of `c` waits for a lock on `table` (a name, as `regclass` reads it);
+/// panics after a minute.
+pub fn wait_for_lock_waiter(c: &Cluster, table: &str) {
+    let mut client = c.connect(DB);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE relation = $1::text::regclass AND NOT granted",
+                &[&table],
+            )
+            .expect("pg_locks")
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backend ever waited for a lock on {table}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The number `sql` returns on `app` (0 for NULL); panics naming the query otherwise.
+pub fn number(c: &Cluster, sql: &str) -> i64 {
+    c.query_strings(DB, sql)[0][0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}

@@ -14,11 +14,10 @@ use postgres::{Client, NoTls};
 use replicate::cycle::{CycleOptions, Outcome};
 use replicate::error::{DbContext, Error};
 use rserv_tests::oracle::{self, options, public, Checked};
-use rserv_tests::pair::{assert_ok, start_clusters, Pair, DB};
+use rserv_tests::pair::{assert_ok, start_clusters, wait_for_lock_waiter, Pair, DB};
 use rserv_tests::{describe_pg_error, Cluster};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// A pair whose clusters get extra settings (started in parallel).
 fn pair_with(name: &str, settings: &[(&str, &str)]) -> Pair {
@@ -925,29 +924,6 @@ fn row_level_security_never_filters_a_change_set() {
 // ---------------------------------------------------------------------------------------------
 // Item 4: TRUNCATE between the snapshot and the reads
 // ---------------------------------------------------------------------------------------------
-
-/// Wait until some backend of `c` waits for a lock on `table`; panics after a minute.
-fn wait_for_lock_waiter(c: &Cluster, table: &str) {
-    let mut client = c.connect(DB);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE relation = $1::text::regclass AND NOT granted",
-                &[&table],
-            )
-            .expect("pg_locks")
-            .get(0);
-        if n > 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no backend ever waited for a lock on {table}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Item 4: transaction X truncates t and inserts, holding its ACCESS EXCLUSIVE lock, while a
 /// committed change to t is pending; a cycle starts and its prepare blocks on t; X commits.

@@ -636,7 +636,6 @@ fn f5_master_table_owner_cannot_read_secrets_as_replication_role() {
          CREATE DOMAIN public.leaky_key AS int CHECK (public.leak('domain check'));
          CREATE TABLE f5_domain (id public.leaky_key PRIMARY KEY, v text);
          INSERT INTO f5_domain SELECT g, 'x' FROM generate_series(1, 5) g;
-         SELECT rserv_add_table('f5_domain');
          GRANT SELECT ON f5_domain TO rserv_repl;
          CREATE TABLE f5_rls (id int PRIMARY KEY, v text);
          ALTER TABLE f5_rls ENABLE ROW LEVEL SECURITY;
@@ -644,6 +643,8 @@ fn f5_master_table_owner_cannot_read_secrets_as_replication_role() {
          INSERT INTO f5_rls SELECT g, 'x' FROM generate_series(1, 5) g;
          GRANT SELECT ON f5_rls TO rserv_repl;",
     );
+    // registering is a replication decision: a superuser registers mallory's table
+    m.execute(DB, "SELECT rserv_add_table('f5_domain')");
     let mut mal = connect_as(m, "mallory");
     let denied = try_sql(&mut mal, "SELECT * FROM public.secret");
     assert!(
@@ -679,7 +680,8 @@ fn f5_master_table_owner_cannot_read_secrets_as_replication_role() {
     exec_as(m, "mallory", "UPDATE f5_domain SET v = 'z' WHERE id = 3");
     outputs.push(("domain: check", replicate_as(&p, REPL, &["check", DB, DB])));
     // The RLS table, on its own (the fix refuses it: it must not stop the domain case above).
-    exec_as(m, "mallory", "SELECT rserv_add_table('f5_rls')");
+    // registering is a replication decision: a superuser registers mallory's tables
+    m.execute(DB, "SELECT rserv_add_table('f5_rls')");
     exec_as(&p.slave, OWNER, "SELECT rserv_slave_add_table('f5_rls')");
     outputs.push(("rls: initial copy", replicate_as(&p, REPL, &[DB, DB])));
     exec_as(m, "mallory", "UPDATE f5_rls SET v = 'y' WHERE id <= 2");
@@ -1597,6 +1599,8 @@ fn keep_forged_change_sets_are_refused() {
          CREATE SCHEMA other; CREATE TABLE other.t (id int PRIMARY KEY, v text);
          INSERT INTO other.t VALUES (1, 'keep');",
     );
+    // as if t's initial copy were in: the forged sections then reach their own checks
+    c.execute(DB, "UPDATE _rserv_slave_tables_ SET needs_copy = false");
     let state = |c: &Cluster| {
         (
             census(c),
@@ -1672,6 +1676,7 @@ fn keep_forged_change_sets_are_refused() {
             master: FORGED_MASTER.to_string(),
             server: 0,
             rserv: version.clone(),
+            ..Default::default()
         };
         let mut w = replicate::snapshot::SnapshotWriter::start(out, 1000, &header).expect("start");
         for f in sections {
@@ -1794,7 +1799,8 @@ fn hostile_name(rng: &mut Rng, taken: &mut Vec<String>) -> String {
 }
 
 /// Tables, columns and schemas whose names carry SQL (quotes, semicolons, comments, dollar
-/// quotes, backslashes) registered by their non-superuser owner (by SQL and through the CLI),
+/// quotes, backslashes) registered by their non-superuser owner, who may replicate (by SQL and
+/// through the CLI),
 /// created on the slave by --create-tables, changed, truncated and checked: every name is
 /// quoted, nothing injected ever exists.
 #[test]
@@ -1811,6 +1817,8 @@ fn keep_quote_injected_names_are_quoted() {
             OWNER,
             &format!("CREATE SCHEMA {qs}; GRANT USAGE, CREATE ON SCHEMA {qs} TO mallory, {REPL};"),
         );
+        // registering is a replication decision: mallory may replicate (her own tables)
+        exec_as(c, OWNER, "SELECT rserv_grant_replication('mallory')");
     }
     let before_master = census(&p.master);
     let mut tables = Vec::new();
@@ -1840,9 +1848,9 @@ fn keep_quote_injected_names_are_quoted() {
         );
         if i % 2 == 0 {
             // registered by SQL, with a hostile watched column; the slave's copy by its owner
-            exec_as(
-                &p.master,
-                "mallory",
+            // (registering is a replication decision: a superuser registers mallory's table)
+            p.master.execute(
+                DB,
                 &format!(
                     "SELECT rserv_add_table({}, {})",
                     sql_literal(&qt),

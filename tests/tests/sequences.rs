@@ -1,15 +1,7 @@
 //! Sequences travel with the change sets: after a burst of inserts and a promotion of the slave
 //! (its tables made writable), inserts on the slave never collide with rows from the master.
 
-use rserv_tests::pair::{assert_ok, Pair, DB};
-
-fn value(p: &rserv_tests::Cluster, sql: &str) -> i64 {
-    p.query_strings(DB, sql)[0][0]
-        .as_deref()
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
+use rserv_tests::pair::{assert_ok, number, Pair, DB};
 
 #[test]
 fn sequences_follow_and_a_promoted_slave_never_collides() {
@@ -51,9 +43,9 @@ fn sequences_follow_and_a_promoted_slave_never_collides() {
             ("ident_t_id_seq", "ident_t"),
             ("shared_seq", "shared_t"),
         ] {
-            let slave_seq = value(&p.slave, &format!("SELECT last_value FROM {seq}"));
-            let master_max = value(&p.master, &format!("SELECT max(id) FROM {table}"));
-            let master_seq = value(&p.master, &format!("SELECT last_value FROM {seq}"));
+            let slave_seq = number(&p.slave, &format!("SELECT last_value FROM {seq}"));
+            let master_max = number(&p.master, &format!("SELECT max(id) FROM {table}"));
+            let master_seq = number(&p.master, &format!("SELECT last_value FROM {seq}"));
             assert!(
                 slave_seq >= master_max,
                 "round {round}: slave's {seq} is at {slave_seq}, behind the master's rows (max id {master_max})"
@@ -61,8 +53,8 @@ fn sequences_follow_and_a_promoted_slave_never_collides() {
             assert_eq!(slave_seq, master_seq, "round {round}: {seq} differs");
         }
         assert_eq!(
-            value(&p.slave, "SELECT last_value FROM app_counter"),
-            value(&p.master, "SELECT last_value FROM app_counter"),
+            number(&p.slave, "SELECT last_value FROM app_counter"),
+            number(&p.master, "SELECT last_value FROM app_counter"),
             "round {round}: app_counter differs"
         );
     }
@@ -79,11 +71,11 @@ fn sequences_follow_and_a_promoted_slave_never_collides() {
          INSERT INTO shared_t (v) SELECT 'on the slave' FROM generate_series(1, 10);",
     );
     for t in ["serial_t", "ident_t", "shared_t"] {
-        let min_new = value(
+        let min_new = number(
             &p.slave,
             &format!("SELECT min(id) FROM {t} WHERE v = 'on the slave'"),
         );
-        let master_max = value(&p.master, &format!("SELECT max(id) FROM {t}"));
+        let master_max = number(&p.master, &format!("SELECT max(id) FROM {t}"));
         assert!(
             min_new > master_max,
             "{t}: the promoted slave handed out {min_new}, not beyond the master's {master_max}"
