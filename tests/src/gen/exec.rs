@@ -6,8 +6,9 @@
 //! read again through it (so row-level security cannot hide rows from the oracle); right after
 //! the cycle the slave must equal that state (for tables with watched columns: key, watched
 //! and unique columns). The read before the cycle must equal the one at the snapshot (the
-//! driver committed nothing in between). At the end every transaction is committed, each
-//! slave runs two more cycles and `replicate check`.
+//! driver committed nothing in between). Every third cycle goes through a snapshot file, the
+//! others stream. At the end every transaction is committed, each slave runs two more cycles
+//! and `replicate check`.
 
 use super::schedule::{Schedule, Step, WRITER_SETTINGS};
 use super::schema::{
@@ -421,11 +422,17 @@ pub fn execute(env: &Env, sch: &Schedule) -> Result<Stats, Failure> {
         });
     let stats = run.stats;
     drop(run);
+    let t0 = std::time::Instant::now();
     if std::env::var_os("RSERV_GEN_KEEP_DBS").is_none() {
         env.ensure_running();
-        env.drop_db(&env.master, &dbs[0]);
-        env.drop_db(&env.slave, &dbs[1]);
-        env.drop_db(&env.slave, &dbs[2]);
+        std::thread::scope(|sc| {
+            sc.spawn(|| env.drop_db(&env.master, &dbs[0]));
+            env.drop_db(&env.slave, &dbs[1]);
+            env.drop_db(&env.slave, &dbs[2]);
+        });
+    }
+    if trace() {
+        eprintln!("rserv-gen: dropping the databases took {:?}", t0.elapsed());
     }
     result.map(|()| stats)
 }
@@ -597,19 +604,9 @@ impl<'a> Run<'a> {
     // setup
     // -----------------------------------------------------------------------------------------
 
-    fn create_db(&mut self, which: usize) -> Result<(), Failure> {
-        let (cluster, db) = if which == 0 {
-            (&self.env.master, self.dbs[0].clone())
-        } else {
-            (&self.env.slave, self.dbs[which].clone())
-        };
-        let mut su =
-            try_connect(cluster, "postgres", "postgres").map_err(|e| self.harness("connect", e))?;
-        su.batch_execute(&format!(
-            "CREATE DATABASE \"{}\" OWNER {OWNER}",
-            db.replace('"', "\"\"")
-        ))
-        .map_err(|e| self.harness("CREATE DATABASE", e))?;
+    /// The statements that prepare a new database: schemas, the extension, the replication
+    /// grant, the types.
+    fn db_setup_sql(&mut self) -> String {
         let mut sql = Vec::new();
         for s in self.sch.schemas.clone() {
             sql.push(format!("CREATE SCHEMA {}", self.q(&s)));
@@ -655,17 +652,38 @@ impl<'a> Run<'a> {
                 self.q(&d.name)
             ));
         }
-        let mut owner = self.connect(which == 0, &db, OWNER, TIMEOUTS)?;
-        self.sql_on(&mut owner, &sql.join(";\n"), which != 0)
-            .map_err(|f| {
-                fail(
-                    Kind::Setup {
-                        message: f.signature(),
-                    },
-                    None,
-                    f.detail,
-                )
-            })
+        sql.join(";\n")
+    }
+
+    /// Create databases `which` (0: the master's, 1 and 2: the slaves') side by side.
+    fn create_dbs(&mut self, which: &[usize]) -> Result<(), Failure> {
+        let sql = self.db_setup_sql();
+        let env = self.env;
+        let dbs = &self.dbs;
+        let results: Vec<Result<(), Failure>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = which
+                .iter()
+                .map(|&w| {
+                    let sql = &sql;
+                    sc.spawn(move || create_db(env, w == 0, &dbs[w], sql))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(fail(
+                            Kind::Harness {
+                                message: "creating a database panicked".into(),
+                            },
+                            None,
+                            "",
+                        ))
+                    })
+                })
+                .collect()
+        });
+        results.into_iter().collect()
     }
 
     fn register_master(&mut self, t: usize) -> Result<(), Failure> {
@@ -819,8 +837,11 @@ impl<'a> Run<'a> {
     }
 
     fn setup(&mut self) -> Result<(), Failure> {
-        self.create_db(0)?;
-        self.create_db(1)?;
+        let t0 = std::time::Instant::now();
+        self.create_dbs(&[0, 1])?;
+        if trace() {
+            eprintln!("rserv-gen: databases created in {:?}", t0.elapsed());
+        }
         {
             let role = if self.sch.superuser || self.sch.bypass_rls {
                 "BYPASSRLS"
@@ -867,7 +888,11 @@ impl<'a> Run<'a> {
     }
 
     fn run_all(&mut self) -> Result<(), Failure> {
+        let t0 = std::time::Instant::now();
         self.setup()?;
+        if trace() {
+            eprintln!("rserv-gen: setup took {:?}", t0.elapsed());
+        }
         for (i, step) in self.sch.steps.iter().enumerate() {
             self.step = Some(i);
             if trace() {
@@ -877,7 +902,12 @@ impl<'a> Run<'a> {
             self.stats.steps += 1;
         }
         self.step = None;
-        self.finale()
+        let t0 = std::time::Instant::now();
+        let r = self.finale();
+        if trace() {
+            eprintln!("rserv-gen: final phase took {:?}", t0.elapsed());
+        }
+        r
     }
 
     fn finale(&mut self) -> Result<(), Failure> {
@@ -1160,9 +1190,12 @@ impl<'a> Run<'a> {
         let cat = self.cat.clone();
         let q = &mut |x: &str| self.quoter.q(self.env, x);
         let target = qualified(&lt.schema, &name, q);
-        let may_insert = lt.partitions.is_empty()
+        // (rows in a partition must belong there; an identity primary key would take the
+        // slave's own sequence, which never saw the master's values)
+        let may_insert = (lt.partitions.is_empty()
             || self.slaves[s].create_tables
-            || self.sch.tables[t].slave.plain_partitions;
+            || self.sch.tables[t].slave.plain_partitions)
+            && lt.pk_identity.is_none();
         let sql = match vals {
             None => delete_sql(&target, &lt, Some(k), &cat, q),
             Some(v) => {
@@ -1185,7 +1218,7 @@ impl<'a> Run<'a> {
         if self.slaves[1].joined {
             return Ok(());
         }
-        self.create_db(2)?;
+        self.create_dbs(&[2])?;
         self.slaves[1].joined = true;
         self.slaves[1].create_tables = create_tables;
         if create_tables {
@@ -1430,10 +1463,21 @@ impl<'a> Run<'a> {
             None
         };
         let mut repl = self.repl[s].take().expect("connected");
+        // every third cycle goes through a snapshot file (replicate --snapshot), the others
+        // stream the change set
+        let file = (self.stats.cycles % 3 == 1).then(|| {
+            static FILES: AtomicU32 = AtomicU32::new(0);
+            std::env::temp_dir().join(format!(
+                "rserv-gen-{}-{}.snapshot",
+                std::process::id(),
+                FILES.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
         let opts = CycleOptions {
             server: s as i32 + 1,
             clean_log: clean,
             create_tables: self.slaves[s].create_tables,
+            snapshot: file.clone(),
             ..CycleOptions::default()
         };
         let mut captured: Option<State> = None;
@@ -1473,6 +1517,9 @@ impl<'a> Run<'a> {
             cycle::run_with(&mut ep, &opts, &mut f)
         };
         self.repl[s] = Some(repl);
+        if let Some(f) = file {
+            let _ = std::fs::remove_file(f);
+        }
         self.step = step;
         self.stats.cycles += 1;
         if trace() {
@@ -1771,6 +1818,33 @@ impl<'a> Run<'a> {
             )),
         }
     }
+}
+
+/// CREATE DATABASE `db` owned by gen_owner, then run `sql` in it as gen_owner.
+fn create_db(env: &Env, master: bool, db: &str, sql: &str) -> Result<(), Failure> {
+    let cluster = if master { &env.master } else { &env.slave };
+    let setup = |what: &str, e: postgres::Error| {
+        fail(
+            Kind::Setup {
+                message: format!("{what}: {}", pg_short(&e)),
+            },
+            None,
+            format!(
+                "{what}: {}\n--- SQL ---\n{sql}",
+                crate::describe_pg_error(&e)
+            ),
+        )
+    };
+    let mut su = try_connect(cluster, "postgres", "postgres").map_err(|e| setup("connect", e))?;
+    su.batch_execute(&format!(
+        "CREATE DATABASE \"{}\" OWNER {OWNER}",
+        db.replace('"', "\"\"")
+    ))
+    .map_err(|e| setup("CREATE DATABASE", e))?;
+    let mut owner = try_connect(cluster, db, OWNER).map_err(|e| setup("connect", e))?;
+    owner
+        .batch_execute(&format!("{TIMEOUTS}; {sql}"))
+        .map_err(|e| setup("setting up the database", e))
 }
 
 /// `RSERV_GEN_TRACE=1`: print every step and cycle outcome on stderr.
