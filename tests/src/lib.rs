@@ -17,6 +17,7 @@
 //!   panics (default 300).
 
 pub mod daemon;
+pub mod gen;
 pub mod oracle;
 pub mod pair;
 pub mod proxy;
