@@ -114,6 +114,16 @@ CREATE TABLE _rserv_sync_ (
     PRIMARY KEY (server, syncid)
 );
 
+-- Master: a switchover in progress (replicate switchover). While this row exists, every
+-- replicated table refuses local writes as a slave's does; `successor`: the node taking over.
+CREATE TABLE _rserv_fence_ (
+    singleton bool        NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    since     timestamptz NOT NULL DEFAULT now(),
+    successor uuid
+);
+-- the protection trigger, run by any writer, reads it to say why it refuses
+GRANT SELECT ON _rserv_fence_ TO PUBLIC;
+
 -- Slave: tables this database receives, with the identity the master must send.
 -- needs_copy: registered anew, the next change set must carry all its rows (the master's
 -- record of earlier copies does not know what happened to the table here meanwhile).

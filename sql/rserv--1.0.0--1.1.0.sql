@@ -398,6 +398,46 @@ CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end
     EXECUTE FUNCTION _rserv_guard_alter_();
 CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rserv_guard_rewrite_();
 
+-- switchover (src/takeover.rs)
+CREATE TABLE _rserv_fence_ (
+    singleton bool        NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    since     timestamptz NOT NULL DEFAULT now(),
+    successor uuid
+);
+GRANT SELECT ON _rserv_fence_ TO PUBLIC;
+
+CREATE  FUNCTION "rserv_fence"(
+	"successor" TEXT /* Option < String > */
+) RETURNS bigint /* i64 */
+VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_fence_wrapper';
+
+CREATE  FUNCTION "rserv_unfence"() RETURNS bool /* bool */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_unfence_wrapper';
+
+CREATE  FUNCTION "rserv_promote"(
+	"old_master" TEXT, /* String */
+	"server" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS TABLE (
+	"server" INT,  /* i32 */
+	"syncid" bigint  /* i64 */
+)
+VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_promote_wrapper';
+
+CREATE  FUNCTION "rserv_demote"(
+	"new_master" TEXT, /* String */
+	"server" INT, /* i32 */
+	"syncid" bigint /* i64 */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_demote_wrapper';
+
 REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;

@@ -6,6 +6,7 @@
 //!   drop), [`cleanup`] (log clean-up), [`schema`] (table definitions for new slaves),
 //!   [`sequences`] (sequence state in every change set)
 //! - slave: [`slave_registry`] (received tables, protection), [`apply`] and [`apply_copy`]
+//! - switchover: [`takeover`] (fence, promote, demote)
 //! - both: [`security`] (who may do what, as whom), [`staging`] (temp tables), [`node`]
 //! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]
 
@@ -31,6 +32,7 @@ mod slave_registry;
 mod slaves;
 mod sql;
 mod staging;
+mod takeover;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -28,6 +28,8 @@ struct Deferred {
     owner: pg_sys::Oid,
     reloid: pg_sys::Oid,
     def: TableDef,
+    /// the master turned row-level security on or off (otherwise the slave's own setting stays)
+    row_security_changed: bool,
 }
 
 thread_local! {
@@ -93,12 +95,15 @@ pub fn apply_section(payload: &str) {
             Spi::run(&format!("DELETE FROM {old_name}")).or_fail("emptying the table")
         });
     }
+    let fresh = p.recopy || crate::slave_registry::needs_copy(reloid);
     let types = run_as_owner(owner, &[], || {
         ensure_schema(&old_name, &new.schema);
         let types = ensure_types(&old_name, &new.types);
+        // sequences a column added now uses (serial, identity) exist before the column
+        crate::schema::build::ensure_sequences(&old_name, &new.sequences);
         let mut current = old_name.clone();
         for step in &steps.before {
-            current = before_step(&current, &new, step, p.recopy);
+            current = before_step(&current, &new, step, p.recopy, fresh);
         }
         types
     });
@@ -154,19 +159,26 @@ pub fn apply_section(payload: &str) {
         return; // rserv_slave_finish_tables makes it, from the definition just updated
     }
     // what checks rows is made to match the table's last definition in this change set
+    let mut row_security_changed = old.row_security != new.row_security;
     DEFERRED.with(|d| {
         let mut d = d.borrow_mut();
-        d.retain(|x| x.reloid != reloid);
+        d.retain(|x| {
+            if x.reloid == reloid {
+                row_security_changed |= x.row_security_changed;
+            }
+            x.reloid != reloid
+        });
         d.push(Deferred {
             owner,
             reloid,
             def: new,
+            row_security_changed,
         })
     });
 }
 
 /// Run one reshaping step on table `table` (its current name); returns its name afterwards.
-fn before_step(table: &str, new: &TableDef, step: &Step, recopy: bool) -> String {
+fn before_step(table: &str, new: &TableDef, step: &Step, recopy: bool, fresh: bool) -> String {
     let alter = |sql: String, subtype: At::Type| {
         run(table, &sql, Tag::T_AlterTableStmt, Some(subtype));
     };
@@ -181,6 +193,27 @@ fn before_step(table: &str, new: &TableDef, step: &Step, recopy: bool) -> String
             "reading a column",
         )
     };
+    // a partition's columns are its partitioned table's: their changes are made there (as on
+    // the master), once, for every partition (the other partitions' steps then find them done)
+    if matches!(
+        step,
+        Step::AddColumn(_)
+            | Step::DropColumn(_)
+            | Step::RenameColumn { .. }
+            | Step::AlterType(_)
+            | Step::DropNotNull(_)
+    ) {
+        let root = first::<String>(
+            "SELECT pg_catalog.pg_partition_root(c.oid)::pg_catalog.regclass::pg_catalog.text              FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)::oid AND c.relispartition",
+            &[table.into()],
+            "finding the partition's root",
+        );
+        if let Some(root) = root {
+            // (a column the root has already was added by a sibling partition's step)
+            before_step(&root, new, step, recopy, true);
+            return table.to_string();
+        }
+    }
     // a step on a column this table lacks was done already (the table was created here from a
     // later definition) or is for a column dropped since: nothing to do
     let column = match step {
@@ -297,7 +330,18 @@ fn before_step(table: &str, new: &TableDef, step: &Step, recopy: bool) -> String
         ),
         Step::AddColumn(c) => {
             if column_type(&c.name).is_some() {
-                return table.to_string(); // added already
+                if fresh {
+                    // made here from a later definition, and copied whole with this change set
+                    return table.to_string();
+                }
+                fail(
+                    PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
+                    format!(
+                        "rserv: the master added column {} to table {table}, which this slave has already (a column of its own)",
+                        quote_ident(&c.name)
+                    ),
+                    "rename or drop this slave's column, then replicate again (nothing of this change set was applied)",
+                );
             }
             let mut c = c.clone();
             c.not_null = false; // set after the rows
@@ -413,7 +457,7 @@ fn detach_partition(table: &str, rel: &Rel) {
 /// Make the indexes, constraints, triggers and policies of `def` (a table or one of its
 /// partitions) those of the master's definition: kept when identical, made again when
 /// different, made when missing.
-fn objects(def: &TableDef) {
+fn objects(def: &TableDef, row_security_changed: bool) {
     let name = qualified(&def.schema, &def.table);
     let Some(reloid) = relation(&def.schema, &def.table) else {
         return;
@@ -514,7 +558,9 @@ fn objects(def: &TableDef) {
         }
         make_policy(def, p);
     }
-    set_row_security(def);
+    if row_security_changed {
+        set_row_security(def);
+    }
     build::check_calls(&name, reloid, &[]);
 }
 
@@ -554,9 +600,9 @@ pub fn finish_deferred() -> i64 {
     for d in deferred {
         run_as_owner(d.owner, &[], || {
             set_not_null(&d.def);
-            objects(&d.def);
+            objects(&d.def, d.row_security_changed);
             for p in &d.def.partitions {
-                objects(p);
+                objects(p, d.row_security_changed);
             }
         });
     }

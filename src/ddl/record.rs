@@ -33,7 +33,7 @@ fn _rserv_note_rewrite_(rel: pg_sys::Oid) {
 /// those schemas (a dropped index, trigger or policy no longer names its table).
 fn touched(s: &str, dropped_in: Option<Vec<String>>) -> Vec<pg_sys::Oid> {
     if let Some(schemas) = dropped_in {
-        return crate::sql::column::<pg_sys::Oid>(
+        let candidates = crate::sql::column::<pg_sys::Oid>(
             &format!(
                 "SELECT t.reloid FROM {s}._rserv_tables_ t WHERE EXISTS ( \
                    SELECT 1 FROM pg_catalog.pg_partition_tree(t.reloid) p \
@@ -47,6 +47,21 @@ fn touched(s: &str, dropped_in: Option<Vec<String>>) -> Vec<pg_sys::Oid> {
             &[schemas.into()],
             "finding tables touched by DROP",
         );
+        // what this DROP changed, it holds a lock on already; a table another transaction has
+        // locked exclusively (an open TRUNCATE, ALTER) was not changed by it, and waiting for
+        // that would stall this DROP behind unrelated work
+        return candidates
+            .into_iter()
+            .filter(|reloid| {
+                // SAFETY: takes (or already holds) a lock until the end of the transaction
+                unsafe {
+                    pg_sys::ConditionalLockRelationOid(
+                        *reloid,
+                        pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+                    )
+                }
+            })
+            .collect();
     }
     crate::sql::column::<pg_sys::Oid>(
         &format!(
@@ -181,6 +196,8 @@ fn record_table(s: &str, reloid: pg_sys::Oid) {
     )
     .or_fail("recording the DDL");
     store(key);
+    // a column added with a serial or identity brings a sequence of the table's
+    crate::sequences::register_table_sequences(s, reloid);
     if recopy {
         // every slave gets the table whole with the change set that carries this DDL
         Spi::run_with_args(

@@ -214,6 +214,28 @@ const RUNS_SQL: &str = "ARRAY['query_to_xml', 'query_to_xmlschema', 'query_to_xm
 const TRUSTED: &str = "coalesce((SELECT a.rolsuper OR a.oid = $3 FROM pg_catalog.pg_roles a \
                        WHERE a.oid = f.proowner), false)";
 
+/// Of functions `functions` and the functions of operators `operators`, those an expression of
+/// a table owned by `owner` may not call (the rules of [`risky_calls`]).
+pub fn risky_functions(
+    functions: Vec<pg_sys::Oid>,
+    operators: Vec<pg_sys::Oid>,
+    owner: pg_sys::Oid,
+) -> Vec<String> {
+    column::<String>(
+        &format!(
+            "SELECT DISTINCT f.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc f \
+              WHERE (f.oid = ANY ($1::oid[]) \
+                     OR f.oid IN (SELECT o.oprcode FROM pg_catalog.pg_operator o WHERE o.oid = ANY ($2::oid[]))) \
+                AND ((f.provolatile = 'v' AND f.oid <> ALL ({VOLATILE_ALLOWED}::oid[])) \
+                     OR f.proname = ANY ({RUNS_SQL}) \
+                     OR NOT {TRUSTED}) \
+              ORDER BY 1"
+        ),
+        &[functions.into(), operators.into(), owner.into()],
+        "checking the functions an expression calls",
+    )
+}
+
 /// Is type `oid` a superuser's or `role`'s (see `TRUSTED`)?
 pub fn trusted_type(oid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     crate::sql::first::<bool>(

@@ -66,10 +66,7 @@ fn table_registered_on_one_side_only() {
 #[test]
 fn column_missing_on_slave() {
     let p = pair_with_changes("missingcol");
-    p.slave.execute(
-        DB,
-        "ALTER TABLE t DROP COLUMN v; ALTER TABLE t ADD COLUMN extra int",
-    );
+    p.slave.execute(DB, "ALTER TABLE t DROP COLUMN v");
     p.master.execute(
         DB,
         "ALTER TABLE t ADD COLUMN extra int DEFAULT 7; UPDATE t SET v = 'x' WHERE id = 2",

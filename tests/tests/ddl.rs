@@ -310,3 +310,31 @@ fn schema_changes_pass_down_a_cascade() {
         );
     }
 }
+
+/// A DROP of an index, trigger or policy says only which schema lost something: rserv looks at
+/// every replicated table of that schema, but never waits for one another transaction has
+/// locked (an open TRUNCATE or ALTER of an unrelated table) — the DROP did not change it. And
+/// the dropped index still reaches the slave.
+#[test]
+fn a_drop_never_waits_for_unrelated_tables() {
+    let p = Pair::start("ddl-drop");
+    p.table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", None);
+    p.table("CREATE TABLE busy (id int PRIMARY KEY)", "busy", None);
+    p.master
+        .execute(DB, "CREATE INDEX t_v ON t (v); INSERT INTO busy VALUES (1)");
+    p.sync();
+    assert_same(&p, "t", "the index arrived");
+    let mut holder = p.master.connect(DB);
+    holder
+        .batch_execute("BEGIN; TRUNCATE busy")
+        .expect("an open TRUNCATE of another table");
+    let mut c = p.master.connect(DB);
+    let dropped = try_sql(&mut c, "SET lock_timeout = '5s'; DROP INDEX t_v");
+    holder.batch_execute("ROLLBACK").expect("rollback");
+    assert!(
+        dropped.is_ok(),
+        "DROP INDEX waited for the unrelated TRUNCATE: {dropped:?}"
+    );
+    p.sync();
+    assert_same(&p, "t", "the index is gone on the slave too");
+}

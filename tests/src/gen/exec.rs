@@ -314,10 +314,10 @@ struct SlaveState {
     created: BTreeSet<usize>,
     /// physical tables registered on this slave
     registered: BTreeSet<(usize, usize)>,
-    /// ALTER TABLE actions on logical tables (table, action) committed on the master since this
-    /// slave's last cycle: they reach it through the stream, unless it stops receiving the table
-    /// first (then it is given them by hand, as its user would)
-    unapplied_ddl: Vec<(usize, String)>,
+    /// ALTER TABLE actions (table, physical table, action) committed on the master since this
+    /// slave's last cycle: they reach it through the stream, unless it stops receiving that
+    /// physical table first (then it is given them by hand, as its user would)
+    unapplied_ddl: Vec<(usize, usize, String)>,
 }
 
 /// Counts for the report.
@@ -799,15 +799,23 @@ impl<'a> Run<'a> {
             self.slaves[s].registered.insert((t, p));
         } else {
             self.slaves[s].registered.remove(&(t, p));
-            if !self.slaves[s].registered.iter().any(|(x, _)| *x == t) {
-                // the stream no longer brings this table's DDL to this slave
+            // the stream no longer brings this physical table's DDL to this slave (a partition
+            // of a partitioned tree follows its registered siblings' DDL, or none is left)
+            let tree = self.slave_tree(s, t);
+            let others = self.slaves[s].registered.iter().any(|(x, _)| *x == t);
+            if !tree || !others {
                 let (missed, rest): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut self.slaves[s].unapplied_ddl)
                         .into_iter()
-                        .partition(|(x, _)| *x == t);
+                        .partition(|(x, y, _)| *x == t && (*y == p || tree));
                 self.slaves[s].unapplied_ddl = rest;
-                for (_, action) in missed {
-                    self.alter_slave(s, t, &action)?;
+                let mut done: Vec<String> = Vec::new();
+                for (_, _, action) in missed {
+                    if tree && done.contains(&action) {
+                        continue;
+                    }
+                    self.alter_slave(s, t, Some(p), &action)?;
+                    done.push(action);
                 }
             }
         }
@@ -1161,7 +1169,7 @@ impl<'a> Run<'a> {
     }
 
     /// ALTER TABLE on the master: the slaves that receive the table follow through the
-    /// change-set stream; one that has the table but does not receive it now gets it by hand.
+    /// change-set stream; a physical table a slave has but does not receive now gets it by hand.
     fn alter(&mut self, t: usize, action: &str) -> Result<(), Failure> {
         let lt = self.live[t].clone();
         let target = dml_target(&lt, &mut |x| self.quoter.q(self.env, x));
@@ -1170,23 +1178,46 @@ impl<'a> Run<'a> {
             if !self.slaves[s].joined || !self.slaves[s].created.contains(&t) {
                 continue;
             }
-            if self.slaves[s].registered.iter().any(|(x, _)| *x == t) {
-                self.slaves[s].unapplied_ddl.push((t, action.to_string()));
-            } else {
-                self.alter_slave(s, t, action)?;
+            let tree = self.slave_tree(s, t);
+            let received: Vec<usize> = (0..lt.physical().len())
+                .filter(|p| self.slaves[s].registered.contains(&(t, *p)))
+                .collect();
+            if received.is_empty() {
+                self.alter_slave(s, t, None, action)?;
+                continue;
+            }
+            for p in 0..lt.physical().len() {
+                if received.contains(&p) {
+                    self.slaves[s]
+                        .unapplied_ddl
+                        .push((t, p, action.to_string()));
+                } else if !tree {
+                    self.alter_slave(s, t, Some(p), action)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// ALTER TABLE on slave s's copy of table t, by hand.
-    fn alter_slave(&mut self, s: usize, t: usize, action: &str) -> Result<(), Failure> {
+    /// Does slave s hold table t as one partitioned table (rather than plain tables)?
+    fn slave_tree(&self, s: usize, t: usize) -> bool {
+        !self.live[t].partitions.is_empty()
+            && (self.slaves[s].create_tables || !self.sch.tables[t].slave.plain_partitions)
+    }
+
+    /// ALTER TABLE on slave s's copy of table t by hand: physical table p, or all of it.
+    fn alter_slave(
+        &mut self,
+        s: usize,
+        t: usize,
+        p: Option<usize>,
+        action: &str,
+    ) -> Result<(), Failure> {
         let lt = self.live[t].clone();
-        let plain = self.slaves[s].create_tables || self.sch.tables[t].slave.plain_partitions;
-        let names = if lt.partitions.is_empty() || !plain {
-            vec![lt.name.clone()]
-        } else {
-            lt.partitions.clone()
+        let names = match p {
+            _ if lt.partitions.is_empty() || self.slave_tree(s, t) => vec![lt.name.clone()],
+            Some(p) => lt.physical().get(p).cloned().into_iter().collect(),
+            None => lt.partitions.clone(),
         };
         for n in names {
             let table = qualified(&lt.schema, &n, &mut |x| self.quoter.q(self.env, x));
@@ -1350,6 +1381,30 @@ impl<'a> Run<'a> {
         Ok(st)
     }
 
+    /// Slave s's rows of the probed tables as whole-row text: what a refused change set must
+    /// leave unchanged (read by position, since the slave's column names may lag the master's
+    /// until a change set brings their DDL).
+    fn read_slave_rows(&mut self, s: usize, probes: &[Probe]) -> Result<State, Failure> {
+        let step = self.step;
+        let c = self.soracle(s)?;
+        let mut out = State::new();
+        for pr in probes {
+            let rows = c
+                .query(
+                    &format!("SELECT t::text FROM {} t ORDER BY 1", pr.name),
+                    &[],
+                )
+                .map_err(|e| oracle_err(step, "reading the slave", e))?;
+            out.insert(
+                (pr.t, pr.p),
+                rows.iter()
+                    .map(|r| vec![r.get::<_, Option<String>>(0)])
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
+
     fn read_slave(&mut self, s: usize, probes: &[Probe]) -> Result<State, Failure> {
         let step = self.step;
         let c = self.soracle(s)?;
@@ -1485,7 +1540,7 @@ impl<'a> Run<'a> {
         let before = self.read_master(&probes)?;
         let rls = self.rls_refusal_possible(&probes);
         let slave_before = if rls {
-            Some(self.read_slave(s, &probes)?)
+            Some(self.read_slave_rows(s, &probes)?)
         } else {
             None
         };
@@ -1616,7 +1671,7 @@ impl<'a> Run<'a> {
         let step = self.step;
         let text = e.to_string();
         if rls && text.contains("BYPASSRLS") {
-            let after = self.read_slave(s, probes)?;
+            let after = self.read_slave_rows(s, probes)?;
             if let Some(before) = slave_before {
                 if before != after {
                     return Err(fail(
@@ -1673,7 +1728,7 @@ impl<'a> Run<'a> {
         let probes = self.probes(s);
         let rls = self.rls_refusal_possible(&probes);
         let slave_before = if rls {
-            Some(self.read_slave(s, &probes)?)
+            Some(self.read_slave_rows(s, &probes)?)
         } else {
             None
         };
