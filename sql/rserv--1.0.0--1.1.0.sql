@@ -70,6 +70,8 @@ CREATE TABLE _rserv_slave_sequences_ (
 
 -- the server id a slave database is known by on its master: learnt from the next change set
 ALTER TABLE _rserv_slave_sync_ ADD COLUMN server int4;
+ALTER TABLE _rserv_slave_sync_ ADD COLUMN fingerprint uuid;
+ALTER TABLE _rserv_sync_ ADD COLUMN fingerprint uuid NOT NULL DEFAULT gen_random_uuid();
 
 CREATE  FUNCTION "_rserv_internal_ddl_"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE
@@ -192,7 +194,8 @@ CREATE  FUNCTION "rserv_prepare"(
 	"column_types" TEXT[],  /* Vec < String > */
 	"estimated_rows" bigint,  /* Option < i64 > */
 	"base_syncid" bigint,  /* Option < i64 > */
-	"slave_node" TEXT  /* Option < String > */
+	"slave_node" TEXT,  /* Option < String > */
+	"fingerprint" TEXT  /* Option < String > */
 )
 VOLATILE SECURITY DEFINER 
 LANGUAGE c /* Rust */
@@ -228,7 +231,8 @@ CREATE  FUNCTION "rserv_apply_begin"(
 	"version" TEXT, /* String */
 	"server" INT DEFAULT NULL, /* Option < i32 > */
 	"base" bigint DEFAULT NULL, /* Option < i64 > */
-	"slave_node" TEXT DEFAULT NULL /* Option < String > */
+	"slave_node" TEXT DEFAULT NULL, /* Option < String > */
+	"fingerprint" TEXT DEFAULT NULL /* Option < String > */
 ) RETURNS bool /* bool */
 VOLATILE SECURITY DEFINER 
 LANGUAGE c /* Rust */

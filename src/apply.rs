@@ -154,7 +154,9 @@ fn rserv_slave_master_id() -> Option<String> {
 /// a newer one: the caller rolls back, nothing else is done (an old or repeated change set is a
 /// no-op). Refused: a change set for another slave database or another server id, and one
 /// that builds on a change set this slave has not applied (it was restored from a backup):
-/// applying it would silently miss the changes in between.
+/// applying it would silently miss the changes in between; and one with the sync id this
+/// slave applied last but another `fingerprint` (its master was restored from a backup and
+/// issues that id again).
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
 // The symbol carries the signature's version (1.0.0 had three arguments).
 #[pg_extern(volatile, security_definer, name = "rserv_apply_begin")]
@@ -165,6 +167,7 @@ fn rserv_apply_begin_v11(
     server: default!(Option<i32>, "NULL"),
     base: default!(Option<i64>, "NULL"),
     slave_node: default!(Option<String>, "NULL"),
+    fingerprint: default!(Option<String>, "NULL"),
 ) -> bool {
     let _definer = definer();
     require_replicator("rserv_apply_begin");
@@ -196,10 +199,12 @@ fn rserv_apply_begin_v11(
     let current = Spi::connect(|client| {
         let tab = client.select(
             &format!(
-                "SELECT syncid, master::text, master = $1::uuid, server FROM {s}._rserv_slave_sync_"
+                "SELECT syncid, master::text, master = $1::uuid, server, \
+                        fingerprint IS DISTINCT FROM $2::uuid AND fingerprint IS NOT NULL AND $2 IS NOT NULL \
+                 FROM {s}._rserv_slave_sync_"
             ),
             None,
-            &[master.clone().into()],
+            &[master.clone().into(), fingerprint.clone().into()],
         )?;
         let mut out = None;
         for r in tab {
@@ -208,12 +213,13 @@ fn rserv_apply_begin_v11(
                 r.get::<String>(2)?.unwrap_or_default(),
                 r.get::<bool>(3)?.unwrap_or(false),
                 r.get::<i32>(4)?,
+                r.get::<bool>(5)?.unwrap_or(false),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("reading _rserv_slave_sync_");
-    if let (Some((_, _, true, Some(mine))), Some(server)) = (&current, server) {
+    if let (Some((_, _, true, Some(mine), _)), Some(server)) = (&current, server) {
         if *mine != server {
             fail(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -222,12 +228,19 @@ fn rserv_apply_begin_v11(
             );
         }
     }
-    if let Some((applied, from, same, _)) = &current {
+    if let Some((applied, from, same, _, other_fingerprint)) = &current {
         if !same {
             fail(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("rserv: this slave follows master {from}, but the change set comes from master {master}"),
                 "replicate each slave from one master only; to switch masters, reset the slave: DELETE FROM _rserv_slave_sync_ (after making its tables equal to the new master)",
+            );
+        }
+        if *applied == syncid && *other_fingerprint {
+            fail(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("rserv: this slave applied another change set {syncid} of this master: the master lost change sets it had prepared (was it restored from a backup, or failed over to a standby that missed transactions?), and this slave may hold changes the master no longer has"),
+                "copy the slave afresh from this master: SELECT rserv_slave_resync(); on the slave, then replicate again",
             );
         }
         if *applied >= syncid {
@@ -245,12 +258,12 @@ fn rserv_apply_begin_v11(
     }
     Spi::run_with_args(
         &format!(
-            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server) \
-             VALUES ($1, now(), $2::uuid, $3) \
+            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint) \
+             VALUES ($1, now(), $2::uuid, $3, $4::uuid) \
              ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
-                 server = coalesce(excluded.server, x.server)"
+                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint"
         ),
-        &[syncid.into(), master.into(), server.into()],
+        &[syncid.into(), master.into(), server.into(), fingerprint.into()],
     )
     .or_fail("recording the sync id");
     // The master is told this change set is applied right after COMMIT returns: it must be

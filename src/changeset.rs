@@ -22,19 +22,20 @@ use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// Record the current snapshot as change set `syncid` for `server`, status 0 (prepared).
-fn record_snapshot(s: &str, server: i32, syncid: i64) {
-    Spi::run_with_args(
+/// Record the current snapshot as change set `syncid` for `server`, status 0 (prepared);
+/// returns its fingerprint.
+fn record_snapshot(s: &str, server: i32, syncid: i64) -> Option<String> {
+    first::<String>(
         &format!(
             "INSERT INTO {s}._rserv_sync_ (server, syncid, status, minid, maxid, active) \
              SELECT $1, $2, 0, pg_catalog.pg_snapshot_xmin(c)::text::int8, \
                     pg_catalog.pg_snapshot_xmax(c)::text::int8, \
                     ARRAY(SELECT x::text::int8 FROM pg_catalog.pg_snapshot_xip(c) AS x ORDER BY 1) \
-             FROM pg_catalog.pg_current_snapshot() AS c"
+             FROM pg_catalog.pg_current_snapshot() AS c RETURNING fingerprint::pg_catalog.text"
         ),
         &[server.into(), syncid.into()],
+        "recording the sync snapshot",
     )
-    .or_fail("recording the sync snapshot");
 }
 
 /// The seed's `_rserv_sync_(server)`: record the current snapshot as a prepared change set
@@ -102,6 +103,7 @@ fn rserv_prepare_v11(
         name!(estimated_rows, Option<i64>),
         name!(base_syncid, Option<i64>),
         name!(slave_node, Option<String>),
+        name!(fingerprint, Option<String>),
     ),
 > {
     let _definer = definer();
@@ -177,7 +179,7 @@ fn rserv_prepare_v11(
     ))
     .or_fail("allocating a sync id")
     .unwrap_or(0);
-    record_snapshot(&s, server, syncid);
+    let fingerprint = record_snapshot(&s, server, syncid);
     Spi::run_with_args(
         &format!(
             "INSERT INTO {s}._rserv_server_tables_ AS x (server, reloid, state, syncid) \
@@ -248,6 +250,7 @@ fn rserv_prepare_v11(
             x.estimate,
             base,
             bound_node.clone(),
+            fingerprint.clone(),
         )
     }))
 }

@@ -773,13 +773,13 @@ pub fn unregister(s: &str, reloid: pg_sys::Oid) -> Option<Vec<String>> {
     )
     .or_fail("forgetting the partitions");
     crate::sequences::forget_table_sequences(s, reloid);
-    for log in ["_rserv_log_", "_rserv_ddl_"] {
-        Spi::run_with_args(
-            &format!("DELETE FROM {s}.{log} WHERE reloid = $1"),
-            &[reloid.into()],
-        )
-        .or_fail("deleting log rows");
-    }
+    // (its recorded DDL stays until clean-up: slaves that still receive the table when it is
+    // registered again must reshape it before its fresh copy arrives)
+    Spi::run_with_args(
+        &format!("DELETE FROM {s}._rserv_log_ WHERE reloid = $1"),
+        &[reloid.into()],
+    )
+    .or_fail("deleting log rows");
     key
 }
 

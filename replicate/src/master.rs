@@ -116,6 +116,7 @@ pub fn prepare_with(
         rserv: header_row.get(1),
         base: None,
         slave: None,
+        fingerprint: None,
     };
     // Nothing in the session's schemas can shadow a built-in while we read the change set, and
     // no row-level security policy may filter it (the master then refuses, naming the table).
@@ -133,7 +134,7 @@ pub fn prepare_with(
         let rows = match tx.query(
             &format!(
                 "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                        column_types, estimated_rows, base_syncid, slave_node \
+                        column_types, estimated_rows, base_syncid, slave_node, fingerprint \
                  FROM {}($1, $2, $3, $4, $5)",
                 rs.func("rserv_prepare")
             ),
@@ -157,6 +158,7 @@ pub fn prepare_with(
         let syncid: i64 = first.get(0);
         header.base = first.get(9);
         header.slave = first.get(10);
+        header.fingerprint = first.get(11);
         let mut sections = Vec::with_capacity(rows.len());
         for r in &rows {
             let word: String = r.get(1);

@@ -166,7 +166,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
     let began: bool = tx
         .query_one(
             &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6)",
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7)",
                 rs.func("rserv_apply_begin")
             ),
             &[
@@ -176,6 +176,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
                 &reader.header.server,
                 &reader.header.base,
                 &reader.header.slave,
+                &reader.header.fingerprint,
             ],
         )
         .ctx(format!("slave: starting change set {syncid}"))?

@@ -46,6 +46,10 @@ pub struct Header {
     /// `rserv_node_id()` of the slave database the server id is bound to, when the master knows it
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slave: Option<String>,
+    /// tells this change set from another with the same sync id (a master restored from a
+    /// backup issues its ids again); absent in files written before 1.1.0
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
