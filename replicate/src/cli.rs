@@ -2,7 +2,7 @@
 //! subcommands, with libpq-style connection options.
 
 use crate::conn::{ConnArgs, Endpoint};
-use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use crate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use crate::daemon::{Config, Daemon, SlaveSpec};
 use crate::error::{Error, IoContext};
 use crate::rserv::{self, Rserv};
@@ -313,7 +313,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             let (mut m, mrs) = located(f, Side::Master, mdb, d)?;
             let (mut s, srs) = located(f, Side::Slave, sdb, d)?;
             let opts = CycleOptions {
-                server: cli.server,
+                server: Some(cli.server),
                 snapshot: cli.snapshot.clone(),
                 keep_snapshot: cli.debug,
                 clean_log: !cli.no_clean_log,
@@ -326,7 +326,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 slave: &mut s,
                 slave_rs: &srs,
             };
-            match cycle::run(&mut ep, &opts)? {
+            match cycle::run(&mut ep, &opts, &mut Session::default(), None)? {
                 Outcome::Applied {
                     syncid,
                     stats,
@@ -380,16 +380,26 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                     let file = std::fs::File::create(path)
                         .io_ctx(format!("creating {}", path.display()))?;
                     let mut w = std::io::BufWriter::new(file);
-                    let p =
-                        master::prepare(&mut c, &rs, &master::Target::server(cli.server), &mut w)?;
+                    let p = master::prepare(
+                        &mut c,
+                        &rs,
+                        &master::Target::server(cli.server),
+                        &mut w,
+                        None,
+                    )?;
                     w.flush().io_ctx(format!("writing {}", path.display()))?;
                     p
                 }
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::new(stdout.lock());
-                    let p =
-                        master::prepare(&mut c, &rs, &master::Target::server(cli.server), &mut w)?;
+                    let p = master::prepare(
+                        &mut c,
+                        &rs,
+                        &master::Target::server(cli.server),
+                        &mut w,
+                        None,
+                    )?;
                     w.flush().io_ctx("writing to stdout")?;
                     p
                 }
@@ -414,7 +424,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 None => slave::apply(&mut c, &rs, std::io::stdin().lock())?,
             };
             match applied {
-                slave::Applied::Applied {
+                Outcome::Applied {
                     syncid,
                     stats,
                     changed,
@@ -423,9 +433,10 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                     rows(stats.rows),
                     rows(changed.max(0) as u64)
                 ),
-                slave::Applied::Skipped { syncid } => eprintln!(
+                Outcome::Skipped { syncid } => eprintln!(
                     "change set {syncid} skipped: the slave already has it or a newer one"
                 ),
+                Outcome::InSync => {}
             }
         }
         Some(Command::SyncId { db }) => {
@@ -492,7 +503,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                         master,
                         vec![SlaveSpec {
                             name: sdb.clone(),
-                            server: cli.server,
+                            server: Some(cli.server),
                             create_tables: cli.create_tables,
                             endpoint: slave,
                         }],
@@ -524,7 +535,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 slave_rs: &srs,
             };
             let opts = CycleOptions {
-                server: cli.server,
+                server: Some(cli.server),
                 clean_log: !cli.no_clean_log,
                 verbose: cli.verbose,
                 ..CycleOptions::default()

@@ -21,3 +21,4 @@ pub mod rserv;
 pub mod slave;
 pub mod snapshot;
 pub mod status;
+pub mod table;

@@ -31,9 +31,6 @@ struct Section {
     query: Option<String>,
 }
 
-/// Write the change set for slave `server` to `out`. Returns None when nothing changed since
-/// the slave's last confirmed sync (then nothing is written). The end line is written only
-/// after the master transaction committed, so a reader that sees it may commit too.
 /// Which slave a change set is for.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
@@ -68,27 +65,35 @@ pub fn register(client: &mut Client, rs: &Rserv, target: &Target) -> Result<(), 
     Ok(())
 }
 
+/// The server id of the slave database whose node id is `slave_node`: the one it is bound to,
+/// or (registered now, in a transaction of its own) the lowest free id from 1 up. How a slave
+/// is identified when no `--server` is given.
+pub fn server_for_node(client: &mut Client, rs: &Rserv, slave_node: &str) -> Result<i32, Error> {
+    let row = client
+        .query_one(
+            &format!("SELECT {}($1)", rs.func("rserv_server_for_node")),
+            &[&slave_node],
+        )
+        .ctx("master: finding the slave's server id by its node id")?;
+    Ok(row.get(0))
+}
+
 /// Code to run on the master inside the prepare transaction, at the change set's snapshot,
 /// just before it commits (or rolls back when there is nothing to send).
 pub type SnapshotHook<'h> =
     &'h mut (dyn FnMut(&mut postgres::Transaction<'_>) -> Result<(), Error> + Send);
 
+/// Write the change set for the slave `target` names to `out`. Returns None when nothing
+/// changed since the slave's last confirmed sync (then nothing is written). The end line is
+/// written only after the master transaction committed, so a reader that sees it may commit
+/// too. `at_snapshot` runs in the prepare transaction, at the change set's snapshot, just
+/// before it ends.
 pub fn prepare(
     client: &mut Client,
     rs: &Rserv,
     target: &Target,
     out: impl Write,
-) -> Result<Option<(i64, Stats)>, Error> {
-    prepare_with(client, rs, target, out, &mut |_| Ok(()))
-}
-
-/// [`prepare`], running `at_snapshot` in the prepare transaction before it ends.
-pub fn prepare_with(
-    client: &mut Client,
-    rs: &Rserv,
-    target: &Target,
-    out: impl Write,
-    at_snapshot: SnapshotHook<'_>,
+    mut at_snapshot: Option<SnapshotHook<'_>>,
 ) -> Result<Option<(i64, Stats)>, Error> {
     let server = target.server;
     type Columns = (Option<Vec<String>>, Option<Vec<String>>, Option<Vec<bool>>);
@@ -149,7 +154,9 @@ pub fn prepare_with(
             Err(e) => return Err(e).ctx("master: preparing the change set"),
         };
         let Some(first) = rows.first() else {
-            at_snapshot(&mut tx)?;
+            if let Some(hook) = at_snapshot.as_mut() {
+                hook(&mut tx)?;
+            }
             tx.rollback()
                 .ctx("master: ending the prepare transaction")?;
             return Ok(None);
@@ -207,7 +214,10 @@ pub fn prepare_with(
             }
             Ok(())
         })();
-        let streamed = streamed.and_then(|()| at_snapshot(&mut tx));
+        let streamed = streamed.and_then(|()| match at_snapshot.as_mut() {
+            Some(hook) => hook(&mut tx),
+            None => Ok(()),
+        });
         if let Err(e) = streamed {
             let _ = w.fail(&e.to_string());
             return Err(e);
@@ -245,41 +255,6 @@ pub fn drop_server(client: &mut Client, rs: &Rserv, server: i32) -> Result<bool,
         )
         .ctx(format!("master: dropping server {server}"))?;
     Ok(row.get(0))
-}
-
-/// A table the master replicates: its name, key (and whether that is the primary key), watched
-/// columns (None: all) and its definition as data (the slave builds its own DDL from it).
-pub struct MasterTable {
-    pub schema: String,
-    pub table: String,
-    pub key: Vec<String>,
-    pub primary_key: bool,
-    pub watched: Option<Vec<String>>,
-    pub definition: serde_json::Value,
-}
-
-pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<MasterTable>, Error> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT schema_name, table_name, key_columns, is_primary_key, watched_columns, \
-                        definition FROM {}()",
-                rs.func("rserv_table_list")
-            ),
-            &[],
-        )
-        .ctx("master: listing replicated tables")?;
-    Ok(rows
-        .iter()
-        .map(|r| MasterTable {
-            schema: r.get(0),
-            table: r.get(1),
-            key: r.get(2),
-            primary_key: r.get(3),
-            watched: r.get(4),
-            definition: r.get(5),
-        })
-        .collect())
 }
 
 /// Remove log rows no registered slave needs any more; returns how many.

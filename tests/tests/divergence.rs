@@ -3,7 +3,7 @@
 //!
 //! The oracle everywhere (tests/src/oracle.rs): after a cycle, the slave holds exactly the
 //! master's state as of that cycle's snapshot, dumped inside the prepare transaction by the
-//! at_snapshot hook of `replicate::cycle::run_with`. Races are made deterministic with that
+//! at_snapshot hook of `replicate::cycle::run`. Races are made deterministic with that
 //! hook and with locks held by open transactions, never with sleeps.
 //!
 //! The key-type generator of item 1 is seeded: the seed is printed, and

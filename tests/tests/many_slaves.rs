@@ -1,6 +1,6 @@
 //! Many slaves, cascading, initial copy and online table changes.
 
-use replicate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use replicate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use replicate::rserv::Rserv;
 use rserv_tests::pair::{assert_fails, assert_ok, start_clusters};
 use rserv_tests::{run_replicate, Cluster};
@@ -22,12 +22,13 @@ fn cycle(m: &Cluster, s: &Cluster, server: i32, create_tables: bool) -> Outcome 
         slave_rs: &srs,
     };
     let opts = CycleOptions {
-        server,
+        server: Some(server),
         clean_log: true,
         create_tables,
         ..CycleOptions::default()
     };
-    cycle::run(&mut ep, &opts).unwrap_or_else(|e| panic!("cycle to server {server}: {e}"))
+    cycle::run(&mut ep, &opts, &mut Session::default(), None)
+        .unwrap_or_else(|e| panic!("cycle to server {server}: {e}"))
 }
 
 fn rows(c: &Cluster, table: &str) -> Vec<String> {
