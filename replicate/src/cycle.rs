@@ -41,9 +41,10 @@ pub struct Endpoints<'a> {
     pub slave_rs: &'a Rserv,
 }
 
+/// A `--verbose` line (the seed's words).
 fn say(opts: &CycleOptions, msg: &str) {
     if opts.verbose {
-        eprintln!("{msg}");
+        tracing::info!("{msg}");
     }
 }
 
@@ -97,7 +98,7 @@ fn target(
     if opts.create_tables {
         let wanted = table::list(ep.master, ep.master_rs)?;
         for name in slave::create_missing(ep.slave, ep.slave_rs, &wanted)? {
-            eprintln!("created and registered table {name} on the slave");
+            tracing::info!("created and registered table {name} on the slave");
         }
     } else if let Some((t, at)) = &session.target {
         if at.elapsed() < TARGET_TTL && opts.server.is_none_or(|s| s == t.server) {

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod cycle;
 pub mod daemon;
 pub mod error;
+pub mod log;
 pub mod master;
 pub mod metrics;
 pub mod pipe;

@@ -310,12 +310,12 @@ fn wait_backends_gone(c: &Cluster) {
     }
 }
 
-/// (highest sync id prepared for server 0, highest confirmed) on the master.
+/// (highest sync id prepared for the pair's one slave, highest confirmed) on the master.
 fn master_syncs(m: &Cluster) -> (i64, i64) {
     let r = m.query_strings(
         DB,
         "SELECT coalesce(max(syncid), 0)::text, coalesce(max(syncid) FILTER (WHERE status = 1), 0)::text \
-         FROM _rserv_sync_ WHERE server = 0",
+         FROM _rserv_sync_",
     );
     (
         r[0][0].as_deref().unwrap().parse().unwrap(),

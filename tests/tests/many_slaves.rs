@@ -325,28 +325,56 @@ fn clean_log_waits_for_the_lagging_slave() {
     assert_eq!(one(m, "SELECT count(*) FROM _rserv_log_"), "0");
 }
 
-/// Two slave databases can not share a server id (the original's silent-loss bug).
+/// Two slave databases can not share a server id (the original's silent-loss bug). Without
+/// --server each slave database is known by its node id and gets an id of its own from the
+/// master once; a slave bound to the seed's id 0 keeps it.
 #[test]
 fn a_server_id_belongs_to_one_slave() {
-    let c = start_clusters(&["id-m", "id-s1", "id-s2"]);
-    let (m, s1, s2) = (&c[0], &c[1], &c[2]);
+    let c = start_clusters(&["id-m", "id-s1", "id-s2", "id-s3"]);
+    let (m, s1, s2, s3) = (&c[0], &c[1], &c[2], &c[3]);
     m.execute(DB, "CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t'); INSERT INTO t VALUES (1);");
+    let server_of = |s: &Cluster| {
+        let node = one(s, "SELECT rserv_node_id()");
+        one(
+            m,
+            &format!("SELECT string_agg(server::text, ',') FROM rserv_status WHERE slave_node = '{node}'"),
+        )
+    };
     assert_ok(
         &replicate_to(m, s1, &["--create-tables", DB, DB]),
-        "first slave",
+        "first slave, no --server",
     );
-    let out = replicate_to(m, s2, &["--create-tables", DB, DB]);
+    assert_eq!(server_of(s1), "1", "the lowest free id from 1 up");
+    // an explicit id wins, and one bound to another slave database is refused
     assert_fails(
-        &out,
+        &replicate_to(m, s2, &["--create-tables", "--server=1", DB, DB]),
         1,
         &[
-            "server id 0 belongs to another slave database",
+            "server id 1 belongs to another slave database",
             "--server N",
         ],
     );
     assert_ok(
-        &replicate_to(m, s2, &["--server=7", DB, DB]),
-        "second slave with its own id",
+        &replicate_to(m, s2, &["--create-tables", DB, DB]),
+        "second slave, no --server",
     );
+    assert_eq!(server_of(s2), "2");
     assert_eq!(rows(m, "t"), rows(s2, "t"));
+    // the seed's command line: id 0, kept when --server is left out afterwards
+    assert_ok(
+        &replicate_to(m, s3, &["--create-tables", "--server=0", DB, DB]),
+        "third slave, --server 0",
+    );
+    m.execute(DB, "INSERT INTO t VALUES (2)");
+    for s in [s3, s1, s2] {
+        assert_ok(&replicate_to(m, s, &[DB, DB]), "again, no --server");
+    }
+    assert_eq!(
+        (server_of(s1), server_of(s2), server_of(s3)),
+        ("1".into(), "2".into(), "0".into()),
+        "no slave registered twice"
+    );
+    for s in [s1, s2, s3] {
+        assert_eq!(rows(m, "t"), rows(s, "t"));
+    }
 }

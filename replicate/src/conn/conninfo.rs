@@ -44,8 +44,9 @@ fn url_prefix_len(s: &str) -> Option<usize> {
         .map(|p| p.len())
 }
 
-/// libpq's `recognized_connection_string`.
-pub(super) fn looks_like_conninfo(s: &str) -> bool {
+/// Whether a database argument is really a connection string (libpq's
+/// `recognized_connection_string`: a URL, or anything with `=`).
+pub fn looks_like_conninfo(s: &str) -> bool {
     url_prefix_len(s).is_some() || s.contains('=')
 }
 

@@ -52,8 +52,8 @@ use std::time::Duration;
 
 use postgres::{Client, Config};
 
-pub use conninfo::conninfo_dbname;
 use conninfo::quote_value;
+pub use conninfo::{conninfo_dbname, looks_like_conninfo};
 use tls::TlsSettings;
 
 /// libpq's compiled-in unix-socket directory on Debian/Ubuntu (`DEFAULT_PGSOCKET_DIR`).
@@ -279,9 +279,15 @@ impl Endpoint {
             // Server NOTICEs (e.g. "already registered; nothing changed") are meant for the
             // user: show them, as psql does.
             .notice_callback(|notice| {
-                eprintln!("{}: {}", notice.severity(), notice.message());
-                if let Some(hint) = notice.hint() {
-                    eprintln!("HINT: {hint}");
+                let hint = notice
+                    .hint()
+                    .map(|h| format!("\nHINT: {h}"))
+                    .unwrap_or_default();
+                let text = format!("{}: {}{hint}", notice.severity(), notice.message());
+                if notice.severity() == "WARNING" {
+                    tracing::warn!(target: crate::log::NOTICE, "{text}");
+                } else {
+                    tracing::info!(target: crate::log::NOTICE, "{text}");
                 }
             });
         if let Some(Password(p)) = &self.password {

@@ -13,7 +13,7 @@ pub(super) enum PgpassOutcome {
     Found(Vec<u8>),
     /// Missing, unreadable, or no matching line (libpq is silent about all of these).
     NoMatch,
-    /// Not used; the text is libpq's warning for stderr.
+    /// Not used; the text is libpq's warning (logged as a warning).
     Ignored(String),
 }
 
@@ -32,13 +32,13 @@ pub(super) fn lookup(
     };
     if !meta.is_file() {
         return PgpassOutcome::Ignored(format!(
-            "WARNING: password file \"{}\" is not a plain file",
+            "password file \"{}\" is not a plain file",
             path.display()
         ));
     }
     if meta.mode() & 0o077 != 0 {
         return PgpassOutcome::Ignored(format!(
-            "WARNING: password file \"{}\" has group or world access; permissions should be \
+            "password file \"{}\" has group or world access; permissions should be \
              u=rw (0600) or less",
             path.display()
         ));

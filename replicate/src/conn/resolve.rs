@@ -195,7 +195,7 @@ impl Endpoint {
                     PgpassOutcome::Found(p) => Some((p, PasswordSource::File(file))),
                     PgpassOutcome::Ignored(warning) => {
                         // libpq prints this and carries on without the file.
-                        eprintln!("{warning}");
+                        tracing::warn!("{warning}");
                         None
                     }
                     PgpassOutcome::NoMatch => None,
