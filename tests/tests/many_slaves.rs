@@ -3,6 +3,7 @@
 use replicate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use replicate::rserv::Rserv;
 use rserv_tests::pair::{assert_fails, assert_ok, start_clusters};
+use rserv_tests::rng::Rng;
 use rserv_tests::{run_replicate, Cluster};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -66,14 +67,11 @@ fn money_writers(m: &Cluster, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHa
             let mut c = m.connect(DB);
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut x: u64 = 88172645463325252 ^ (w + 1);
+                let mut rng = Rng::new(88172645463325252 ^ (w + 1));
                 while !stop.load(Ordering::Relaxed) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let a = (x % ACCOUNTS as u64) as i64 + 1;
-                    let b = ((x >> 20) % ACCOUNTS as u64) as i64 + 1;
-                    let amt = (x >> 40) % 20 + 1;
+                    let a = rng.below(ACCOUNTS as usize) + 1;
+                    let b = rng.below(ACCOUNTS as usize) + 1;
+                    let amt = rng.below(20) + 1;
                     if a == b {
                         continue;
                     }
@@ -114,14 +112,9 @@ fn two_slaves_in_random_interleavings() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers = money_writers(m, &stop);
     let total = (ACCOUNTS * 1000).to_string();
-    let mut x: u32 = 12345;
+    let mut rng = Rng::new(12345);
     for i in 0..40 {
-        x = x.wrapping_mul(1103515245).wrapping_add(12345);
-        let (s, server) = if (x >> 16).is_multiple_of(3) {
-            (s2, 2)
-        } else {
-            (s1, 1)
-        };
+        let (s, server) = if rng.below(3) == 0 { (s2, 2) } else { (s1, 1) };
         cycle(m, s, server, false);
         assert_eq!(
             one(s, "SELECT sum(balance)::text FROM account"),
