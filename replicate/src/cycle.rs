@@ -106,16 +106,16 @@ fn target(
         }
     }
     let node = slave::node_id(ep.slave, ep.slave_rs)?;
-    let server = match opts.server {
-        Some(server) => server,
-        None => {
-            let server = master::server_for_node(ep.master, ep.master_rs, &node)?;
-            if session.server != Some(server) {
-                say(
-                    opts,
-                    &format!("Slave {node} is server {server} on the master"),
-                );
-            }
+    let server = match (opts.server, session.server) {
+        (Some(server), _) => server,
+        // a database's node id does not change: once per session is enough
+        (None, Some(server)) => server,
+        (None, None) => {
+            let server = server_by_node(ep, &node)?;
+            say(
+                opts,
+                &format!("Slave {node} is server {server} on the master"),
+            );
             server
         }
     };
@@ -132,6 +132,27 @@ fn target(
     let fresh = t.tables.iter().flatten().any(|(.., fresh)| *fresh);
     session.target = (!fresh).then(|| (t.clone(), Instant::now()));
     Ok(t)
+}
+
+/// The id of the slave database whose node id is `node`, when no `--server` names one: the id
+/// it is bound to; else a registration of the seed's `prepare` (bound to no database) whose
+/// last confirmed change set is the one this slave applied last from this master, which is then
+/// bound to it; else a new id (`rserv_server_for_node`: the lowest free one from 1 up).
+fn server_by_node(ep: &mut Endpoints, node: &str) -> Result<i32, Error> {
+    if let Some(server) = master::bound_server(ep.master, ep.master_rs, node)? {
+        return Ok(server);
+    }
+    if let Some(applied) = slave::sync_id(ep.slave, ep.slave_rs)? {
+        let follows = slave::master_id(ep.slave, ep.slave_rs)?;
+        if follows == Some(master::node_id(ep.master, ep.master_rs)?) {
+            if let Some(server) =
+                master::unbound_server_confirmed_at(ep.master, ep.master_rs, applied)?
+            {
+                return Ok(server);
+            }
+        }
+    }
+    master::server_for_node(ep.master, ep.master_rs, node)
 }
 
 /// One cycle: the slave's last change set confirmed on the master, the next one prepared

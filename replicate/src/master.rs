@@ -65,9 +65,49 @@ pub fn register(client: &mut Client, rs: &Rserv, target: &Target) -> Result<(), 
     Ok(())
 }
 
+/// The server id the slave database whose node id is `slave_node` is bound to, if any. Read
+/// from `rserv_status`, which takes no lock that waits for a prepare in progress.
+pub fn bound_server(
+    client: &mut Client,
+    rs: &Rserv,
+    slave_node: &str,
+) -> Result<Option<i32>, Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT server FROM {} WHERE slave_node = $1::text::uuid ORDER BY server LIMIT 1",
+                rs.func("rserv_status")
+            ),
+            &[&slave_node],
+        )
+        .ctx("master: looking up the slave's server id")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// A registration bound to no slave database (the seed's `prepare` registers slaves so) whose
+/// last confirmed change set is `syncid`. Sync ids are unique on a master: the slave that
+/// applied `syncid` is that registration's slave.
+pub fn unbound_server_confirmed_at(
+    client: &mut Client,
+    rs: &Rserv,
+    syncid: i64,
+) -> Result<Option<i32>, Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT server FROM {} WHERE slave_node IS NULL AND confirmed_syncid = $1 \
+                 ORDER BY server LIMIT 1",
+                rs.func("rserv_status")
+            ),
+            &[&syncid],
+        )
+        .ctx("master: looking for the slave's registration")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// The server id of the slave database whose node id is `slave_node`: the one it is bound to,
-/// or (registered now, in a transaction of its own) the lowest free id from 1 up. How a slave
-/// is identified when no `--server` is given.
+/// or (registered now, in a transaction of its own) the lowest free id from 1 up
+/// (`rserv_server_for_node`, which locks the slave registry while it looks).
 pub fn server_for_node(client: &mut Client, rs: &Rserv, slave_node: &str) -> Result<i32, Error> {
     let row = client
         .query_one(
@@ -75,6 +115,28 @@ pub fn server_for_node(client: &mut Client, rs: &Rserv, slave_node: &str) -> Res
             &[&slave_node],
         )
         .ctx("master: finding the slave's server id by its node id")?;
+    Ok(row.get(0))
+}
+
+/// Every registered slave's server id, in order.
+pub fn servers(client: &mut Client, rs: &Rserv) -> Result<Vec<i32>, Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT server FROM {} ORDER BY server",
+                rs.func("rserv_status")
+            ),
+            &[],
+        )
+        .ctx("master: listing its slaves")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// This master's node id.
+pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
+    let row = client
+        .query_one(&format!("SELECT {}()", rs.func("rserv_node_id")), &[])
+        .ctx("master: reading its node id")?;
     Ok(row.get(0))
 }
 

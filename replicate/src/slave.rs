@@ -118,6 +118,17 @@ pub fn finish_tables(client: &mut Client, rs: &Rserv) -> Result<Vec<String>, Err
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The node id of the master this slave follows; None before its first change set.
+pub fn master_id(client: &mut Client, rs: &Rserv) -> Result<Option<String>, Error> {
+    let row = client
+        .query_one(
+            &format!("SELECT {}()", rs.func("rserv_slave_master_id")),
+            &[],
+        )
+        .ctx("slave: reading its master's node id")?;
+    Ok(row.get(0))
+}
+
 /// Last change set applied on the slave; None before the first.
 pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
     let row = client

@@ -195,6 +195,66 @@ fn help_and_version() {
     );
 }
 
+/// The seed's pipeline registers its slave as server 0 without knowing the slave database; the
+/// one-shot command without --server finds that registration by the change set the slave
+/// applied last, binds it, and keeps using it: one slave, one id, one log horizon. The
+/// pipeline's commands, without --server, use the master's only slave.
+#[test]
+fn the_seed_pipeline_and_the_one_shot_command_agree_on_the_slave_id() {
+    let p = Pair::start("cli-seed");
+    p.table("CREATE TABLE t (id int PRIMARY KEY, v int)", "t", None);
+    p.master.execute(
+        DB,
+        "INSERT INTO t SELECT g, g FROM generate_series(1, 20) g",
+    );
+    let file = p.master.socket_dir().join("change.set");
+    let f = file.to_str().unwrap();
+    assert_ok(&p.replicate(&["prepare", DB, "--output", f]), "prepare");
+    assert_ok(&p.replicate(&["apply", DB, "--input", f]), "apply");
+    let id = p.replicate(&["sync-id", DB]);
+    let id = stdout(&id).trim().to_string();
+    assert_ok(&p.replicate(&["master-sync", DB, &id]), "master-sync");
+    let slaves = || {
+        p.master.query_strings(
+            DB,
+            "SELECT server::text, slave_node::text FROM rserv_status ORDER BY server",
+        )
+    };
+    assert_eq!(
+        slaves(),
+        vec![vec![Some("0".into()), None]],
+        "the seed's id, no node"
+    );
+    p.master.execute(DB, "UPDATE t SET v = -v WHERE id <= 5");
+    p.sync();
+    p.assert_equal("t");
+    let node = p.slave.query_strings(DB, "SELECT rserv_node_id()")[0][0].clone();
+    assert_eq!(
+        slaves(),
+        vec![vec![Some("0".into()), node.clone()]],
+        "bound, not added"
+    );
+    // and the pipeline again: the only slave
+    p.master.execute(DB, "DELETE FROM t WHERE id > 15");
+    assert_ok(
+        &p.replicate(&["prepare", DB, "--output", f]),
+        "prepare again",
+    );
+    assert_ok(&p.replicate(&["apply", DB, "--input", f]), "apply again");
+    let id = stdout(&p.replicate(&["sync-id", DB])).trim().to_string();
+    assert_ok(&p.replicate(&["master-sync", DB, &id]), "master-sync again");
+    p.assert_equal("t");
+    assert_ok(&p.replicate(&["clean-log", DB]), "clean-log");
+    assert_eq!(
+        p.master
+            .query_strings(DB, "SELECT count(*)::text FROM _rserv_log_")[0][0]
+            .as_deref(),
+        Some("0"),
+        "no second registration holds the log"
+    );
+    assert_eq!(slaves(), vec![vec![Some("0".into()), node]]);
+}
+
 /// A slave of a configuration file without `server`: known by its node id.
 #[test]
 fn a_configured_slave_needs_no_server_id() {

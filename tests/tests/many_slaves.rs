@@ -353,6 +353,19 @@ fn a_server_id_belongs_to_one_slave() {
     );
     assert_eq!(server_of(s2), "2");
     assert_eq!(rows(m, "t"), rows(s2, "t"));
+    // a command that sees only the master cannot tell which of two slaves is meant
+    let master_only = [
+        format!("--masterhost={}", m.socket_dir().display()),
+        format!("--masterport={}", m.port()),
+        "--user=postgres".into(),
+        "prepare".into(),
+        DB.into(),
+    ];
+    assert_fails(
+        &run_replicate(&master_only.iter().map(String::as_str).collect::<Vec<_>>()),
+        2,
+        &["several slaves (servers 1, 2)", "--server N"],
+    );
     // the seed's command line: id 0, kept when --server is left out afterwards
     assert_ok(
         &replicate_to(m, s3, &["--create-tables", "--server=0", DB, DB]),
