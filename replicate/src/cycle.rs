@@ -199,7 +199,9 @@ pub fn run(
         }
         if opts.create_tables {
             for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
-                eprintln!("created the indexes, foreign keys, triggers and policies of table {name} on the slave");
+                tracing::info!(
+                    "created the indexes, foreign keys, triggers and policies of table {name} on the slave"
+                );
             }
         }
         if opts.clean_log {
