@@ -42,7 +42,22 @@ CREATE TABLE _rserv_tables_ (
     added    timestamptz NOT NULL DEFAULT now(),
     -- attribute numbers of the watched columns (what the capture trigger uses): they follow
     -- renames; `watched` holds their current names
-    watched_attnums int2[]
+    watched_attnums int2[],
+    -- the table's definition as slaves last learnt it (rserv_table_list's format): DDL that
+    -- changes it is recorded in _rserv_ddl_
+    definition jsonb
+);
+
+-- Master: schema changes of replicated tables, for the slaves to follow at this point of their
+-- change-set streams (logid: the DDL transaction, as in _rserv_log_). recopy: the change gave
+-- existing rows values a slave cannot compute the same way: the table goes whole with it.
+CREATE TABLE _rserv_ddl_ (
+    ddlid    bigserial   PRIMARY KEY,
+    logid    int8        NOT NULL,
+    reloid   oid         NOT NULL,
+    old      jsonb       NOT NULL,
+    new      jsonb       NOT NULL,
+    recopy   bool        NOT NULL
 );
 
 -- Master: replicated sequences; `source`: the table that brought it (its own sequences come

@@ -18,6 +18,7 @@ mod capture;
 mod catalog;
 mod changeset;
 mod cleanup;
+mod ddl;
 mod error;
 mod guc;
 mod legacy;
@@ -46,6 +47,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     capture::register_callbacks();
+    ddl::register_callbacks();
     apply_copy::install();
 }
 

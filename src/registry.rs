@@ -476,11 +476,26 @@ fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_rows: bool)
     }
 }
 
+thread_local! {
+    static RECONCILING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// After DDL (called by the DDL guard): every registered partitioned table's partitions are
 /// brought up to date (see `reconcile_partitions`); on a slave, every partition of a received
 /// partitioned table refuses local writes, and one that left such a table does not any more.
 #[pg_extern(volatile, security_definer)]
 fn _rserv_reconcile_partitions_() {
+    // its own trigger DDL fires the DDL guard, which calls it again
+    if RECONCILING.with(|r| r.replace(true)) {
+        return;
+    }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            RECONCILING.with(|r| r.set(false));
+        }
+    }
+    let _done = Done;
     let _definer = internal_definer();
     let s = ext_schema();
     let roots = Spi::connect(|client| {
@@ -703,6 +718,7 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
         &attnums(&cols, &identity.key),
         watched.as_deref(),
     );
+    crate::ddl::remember_definition(&s, reloid);
 }
 
 /// Stop replicating a table from this master: drops its triggers, its registration and its
@@ -736,11 +752,13 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
     )
     .or_fail("forgetting the partitions");
     crate::sequences::forget_table_sequences(&s, reloid);
-    Spi::run_with_args(
-        &format!("DELETE FROM {s}._rserv_log_ WHERE reloid = $1"),
-        &[reloid.into()],
-    )
-    .or_fail("deleting log rows");
+    for log in ["_rserv_log_", "_rserv_ddl_"] {
+        Spi::run_with_args(
+            &format!("DELETE FROM {s}.{log} WHERE reloid = $1"),
+            &[reloid.into()],
+        )
+        .or_fail("deleting log rows");
+    }
     if removed == 0 {
         notice!(
             "rserv: table {} is not registered on this master; nothing to remove",
@@ -764,6 +782,7 @@ fn _rserv_reinstall_capture_(reloid: pg_sys::Oid) {
     let cols = table_columns(reloid);
     crate::sequences::register_table_sequences(&s, reloid);
     install_capture_triggers(reloid, &table, &attnums(&cols, &key), watched.as_deref());
+    crate::ddl::remember_definition(&s, reloid);
 }
 
 /// After an ALTER TABLE of a registered master table (called by the DDL guard): watched columns

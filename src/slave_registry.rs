@@ -250,8 +250,12 @@ fn rserv_slave_resync() -> i64 {
     let _definer = definer();
     require_replicator("rserv_slave_resync");
     let s = ext_schema();
-    Spi::run(&format!("UPDATE {s}._rserv_slave_sync_ SET server = NULL"))
-        .or_fail("forgetting the server id");
+    // and its change sets: their ids may mean something else to its master now (a master
+    // restored from a backup issues them again)
+    Spi::run(&format!(
+        "UPDATE {s}._rserv_slave_sync_ SET server = NULL, syncid = 0"
+    ))
+    .or_fail("forgetting the server id");
     count_rows(
         &format!("UPDATE {s}._rserv_slave_tables_ SET needs_copy = true"),
         &[],

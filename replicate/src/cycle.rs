@@ -52,11 +52,16 @@ fn say(opts: &CycleOptions, msg: &str) {
 /// between apply and confirm this is what makes the master move on.
 fn sync_back(ep: &mut Endpoints, opts: &CycleOptions, server: i32) -> Result<Option<i64>, Error> {
     say(opts, ">>>>>>>>>>>>> Sync SyncID");
-    let id = slave::sync_id(ep.slave, ep.slave_rs)?;
+    let (id, follows) = slave::sync_state(ep.slave, ep.slave_rs)?;
     match id {
         Some(id) => {
             say(opts, &format!("Last SyncID applied: {id}"));
-            if master::confirm(ep.master, ep.master_rs, server, id)? {
+            // a change set of another master means nothing to this one (the apply then
+            // refuses, naming both)
+            let here = master::node_id(ep.master, ep.master_rs)?;
+            if follows.is_none_or(|m| m.eq_ignore_ascii_case(&here))
+                && master::confirm(ep.master, ep.master_rs, server, id)?
+            {
                 say(opts, "Succeeded");
             }
         }
@@ -142,9 +147,8 @@ fn server_by_node(ep: &mut Endpoints, node: &str) -> Result<i32, Error> {
     if let Some(server) = master::bound_server(ep.master, ep.master_rs, node)? {
         return Ok(server);
     }
-    if let Some(applied) = slave::sync_id(ep.slave, ep.slave_rs)? {
-        let follows = slave::master_id(ep.slave, ep.slave_rs)?;
-        if follows == Some(master::node_id(ep.master, ep.master_rs)?) {
+    if let (Some(applied), Some(follows)) = slave::sync_state(ep.slave, ep.slave_rs)? {
+        if follows.eq_ignore_ascii_case(&master::node_id(ep.master, ep.master_rs)?) {
             if let Some(server) =
                 master::unbound_server_confirmed_at(ep.master, ep.master_rs, applied)?
             {

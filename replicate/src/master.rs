@@ -132,7 +132,7 @@ pub fn servers(client: &mut Client, rs: &Rserv) -> Result<Vec<i32>, Error> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// This master's node id.
+/// This master's node id (change sets name their master by it).
 pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
     let row = client
         .query_one(&format!("SELECT {}()", rs.func("rserv_node_id")), &[])

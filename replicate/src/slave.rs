@@ -118,23 +118,28 @@ pub fn finish_tables(client: &mut Client, rs: &Rserv) -> Result<Vec<String>, Err
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The node id of the master this slave follows; None before its first change set.
-pub fn master_id(client: &mut Client, rs: &Rserv) -> Result<Option<String>, Error> {
-    let row = client
-        .query_one(
-            &format!("SELECT {}()", rs.func("rserv_slave_master_id")),
-            &[],
-        )
-        .ctx("slave: reading its master's node id")?;
-    Ok(row.get(0))
-}
-
 /// Last change set applied on the slave; None before the first.
 pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
     let row = client
         .query_one(&format!("SELECT {}()", rs.func("rserv_slave_sync_id")), &[])
         .ctx("slave: reading its sync id")?;
     Ok(row.get(0))
+}
+
+/// The slave's last applied change set and the node id of the master it came from (both None
+/// before its first change set).
+pub fn sync_state(client: &mut Client, rs: &Rserv) -> Result<(Option<i64>, Option<String>), Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT {}(), {}()",
+                rs.func("rserv_slave_sync_id"),
+                rs.func("rserv_slave_master_id")
+            ),
+            &[],
+        )
+        .ctx("slave: reading its sync id")?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// What applying a change set (or a whole cycle) did.
@@ -238,6 +243,9 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
         // -1: the rows went straight into the table; COPY counted them
         changed += if n < 0 { loaded } else { n };
     }
+    // what the change set's schema changes left for after the rows (constraints, indexes)
+    tx.query_one(&format!("SELECT {}()", rs.func("rserv_apply_end")), &[])
+        .ctx(format!("slave: finishing change set {syncid}"))?;
     tx.commit()
         .ctx(format!("slave: committing change set {syncid}"))?;
     Ok(Outcome::Applied {

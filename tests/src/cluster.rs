@@ -236,6 +236,13 @@ impl Cluster {
         self.pg_ctl_stop("immediate");
     }
 
+    /// Stops the server, runs `f` on its data directory, starts it again.
+    pub fn while_stopped(&self, f: impl FnOnce(&Path)) {
+        self.stop();
+        f(self.data_dir());
+        self.start_again();
+    }
+
     /// Starts a stopped cluster again on the same port; panics on failure.
     pub fn start_again(&self) {
         let out = self.pg_ctl_start();

@@ -39,3 +39,9 @@ pub use replicate::error::describe_pg_verbose as describe_pg_error;
 fn is_pg_env(key: &std::ffi::OsStr) -> bool {
     key.to_string_lossy().starts_with("PG")
 }
+
+/// Run a command that must succeed (a file operation of a test).
+pub fn run_ok(cmd: &mut std::process::Command) {
+    let out = cmd.output().expect("command");
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}

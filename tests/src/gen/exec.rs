@@ -314,6 +314,10 @@ struct SlaveState {
     created: BTreeSet<usize>,
     /// physical tables registered on this slave
     registered: BTreeSet<(usize, usize)>,
+    /// ALTER TABLE actions on logical tables (table, action) committed on the master since this
+    /// slave's last cycle: they reach it through the stream, unless it stops receiving the table
+    /// first (then it is given them by hand, as its user would)
+    unapplied_ddl: Vec<(usize, String)>,
 }
 
 /// Counts for the report.
@@ -795,6 +799,17 @@ impl<'a> Run<'a> {
             self.slaves[s].registered.insert((t, p));
         } else {
             self.slaves[s].registered.remove(&(t, p));
+            if !self.slaves[s].registered.iter().any(|(x, _)| *x == t) {
+                // the stream no longer brings this table's DDL to this slave
+                let (missed, rest): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.slaves[s].unapplied_ddl)
+                        .into_iter()
+                        .partition(|(x, _)| *x == t);
+                self.slaves[s].unapplied_ddl = rest;
+                for (_, action) in missed {
+                    self.alter_slave(s, t, &action)?;
+                }
+            }
         }
         Ok(())
     }
@@ -1145,7 +1160,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// ALTER TABLE on the master and on every slave that has the table.
+    /// ALTER TABLE on the master: the slaves that receive the table follow through the
+    /// change-set stream; one that has the table but does not receive it now gets it by hand.
     fn alter(&mut self, t: usize, action: &str) -> Result<(), Failure> {
         let lt = self.live[t].clone();
         let target = dml_target(&lt, &mut |x| self.quoter.q(self.env, x));
@@ -1154,16 +1170,27 @@ impl<'a> Run<'a> {
             if !self.slaves[s].joined || !self.slaves[s].created.contains(&t) {
                 continue;
             }
-            let plain = self.slaves[s].create_tables || self.sch.tables[t].slave.plain_partitions;
-            let names = if lt.partitions.is_empty() || !plain {
-                vec![lt.name.clone()]
+            if self.slaves[s].registered.iter().any(|(x, _)| *x == t) {
+                self.slaves[s].unapplied_ddl.push((t, action.to_string()));
             } else {
-                lt.partitions.clone()
-            };
-            for n in names {
-                let table = qualified(&lt.schema, &n, &mut |x| self.quoter.q(self.env, x));
-                self.slave_sql(s, &format!("ALTER TABLE IF EXISTS {table} {action}"))?;
+                self.alter_slave(s, t, action)?;
             }
+        }
+        Ok(())
+    }
+
+    /// ALTER TABLE on slave s's copy of table t, by hand.
+    fn alter_slave(&mut self, s: usize, t: usize, action: &str) -> Result<(), Failure> {
+        let lt = self.live[t].clone();
+        let plain = self.slaves[s].create_tables || self.sch.tables[t].slave.plain_partitions;
+        let names = if lt.partitions.is_empty() || !plain {
+            vec![lt.name.clone()]
+        } else {
+            lt.partitions.clone()
+        };
+        for n in names {
+            let table = qualified(&lt.schema, &n, &mut |x| self.quoter.q(self.env, x));
+            self.slave_sql(s, &format!("ALTER TABLE IF EXISTS {table} {action}"))?;
         }
         Ok(())
     }
@@ -1462,6 +1489,7 @@ impl<'a> Run<'a> {
         } else {
             None
         };
+        let ddl_before = self.slaves[s].unapplied_ddl.len();
         let mut repl = self.repl[s].take().expect("connected");
         // every third cycle goes through a snapshot file (replicate --snapshot), the others
         // stream the change set
@@ -1543,6 +1571,8 @@ impl<'a> Run<'a> {
                 if let Outcome::Applied { .. } = outcome {
                     self.stats.applied += 1;
                 }
+                // DDL committed before this cycle is on the slave now (or in its change set)
+                self.slaves[s].unapplied_ddl.drain(..ddl_before);
                 let Some(at) = captured else {
                     return Err(self.harness("the at_snapshot hook did not run", ""));
                 };
@@ -1844,7 +1874,22 @@ fn create_db(env: &Env, master: bool, db: &str, sql: &str) -> Result<(), Failure
     let mut owner = try_connect(cluster, db, OWNER).map_err(|e| setup("connect", e))?;
     owner
         .batch_execute(&format!("{TIMEOUTS}; {sql}"))
-        .map_err(|e| setup("setting up the database", e))
+        .map_err(|e| setup("setting up the database", e))?;
+    if !master {
+        // A slave's types that --create-tables uses must be a superuser's (or the replication
+        // role's): another user's domain CHECK would run as the new tables' owner.
+        let mut su = try_connect(cluster, db, "postgres").map_err(|e| setup("connect", e))?;
+        su.batch_execute(&format!(
+            "DO $$DECLARE t regtype; BEGIN
+               FOR t IN SELECT oid::regtype FROM pg_type
+                         WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'd')
+                           AND typowner = '{OWNER}'::regrole
+               LOOP EXECUTE format('ALTER TYPE %s OWNER TO postgres', t); END LOOP;
+             END$$"
+        ))
+        .map_err(|e| setup("handing the slave's types to the superuser", e))?;
+    }
+    Ok(())
 }
 
 /// `RSERV_GEN_TRACE=1`: print every step and cycle outcome on stderr.

@@ -515,7 +515,7 @@ fn render_step(out: &mut String, prefix: &str, s: &Step, live: &mut [LiveTable],
                 .and_then(|lt| lt.col(*col))
                 .map(|c| {
                     format!(
-                        "ALTER TABLE {} RENAME COLUMN {} TO {} (master and slaves)",
+                        "ALTER TABLE {} RENAME COLUMN {} TO {} (on the master; the slaves follow)",
                         dml_target(&live[*t], q),
                         q(&c.name),
                         q(to)
@@ -536,7 +536,7 @@ fn render_step(out: &mut String, prefix: &str, s: &Step, live: &mut [LiveTable],
                 .and_then(|lt| lt.col(*col))
                 .map(|c| {
                     format!(
-                        "ALTER TABLE {} DROP COLUMN {} (master and slaves)",
+                        "ALTER TABLE {} DROP COLUMN {} (on the master; the slaves follow)",
                         dml_target(&live[*t], q),
                         q(&c.name)
                     )
@@ -555,7 +555,7 @@ fn render_step(out: &mut String, prefix: &str, s: &Step, live: &mut [LiveTable],
                 .get(*t)
                 .map(|lt| {
                     format!(
-                        "ALTER TABLE {} ADD COLUMN {} {}{} (master and slaves)",
+                        "ALTER TABLE {} ADD COLUMN {} {}{} (on the master; the slaves follow)",
                         dml_target(lt, q),
                         q(&col.name),
                         col.ty.sql(cat, q),
