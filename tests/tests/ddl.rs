@@ -60,6 +60,8 @@ fn schema_changes_follow_the_stream_under_writes() {
     assert_ok(&p.replicate(&["--create-tables", DB, DB]), "create tables");
     assert_same(&p, "t", "the initial copy");
     let mut s = p.session();
+    // the run above had no --server: the slave is known by its node id, as server 1
+    let opts = options(1);
 
     // a writer keeps changing rows (only columns no step touches) while the steps run
     let stop = AtomicBool::new(false);
@@ -91,7 +93,15 @@ fn schema_changes_follow_the_stream_under_writes() {
              ALTER TABLE t ALTER COLUMN f SET DEFAULT 2; ALTER TABLE t DROP COLUMN d; COMMIT",
         ),
     ];
+    // a failing step must stop the writer too, or the scope would wait for it forever
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|sc| {
+        let _stop_writer = StopOnDrop(&stop);
         let writer = sc.spawn(|| {
             let mut w = p.master.connect(DB);
             let mut i = 0i64;
@@ -116,7 +126,7 @@ fn schema_changes_follow_the_stream_under_writes() {
         });
         for (what, sql) in steps {
             p.master.execute(DB, sql);
-            let checked = oracle::assert_cycle(&mut s, &options(0), what);
+            let checked = oracle::assert_cycle(&mut s, &opts, what);
             assert!(
                 matches!(checked.outcome, Outcome::Applied { .. }),
                 "{what}: nothing was applied"
@@ -131,7 +141,7 @@ fn schema_changes_follow_the_stream_under_writes() {
         let writes = writer.join().expect("writer thread");
         assert!(writes > 0, "the writer never ran");
     });
-    oracle::assert_cycle(&mut s, &options(0), "after the writer stopped");
+    oracle::assert_cycle(&mut s, &opts, "after the writer stopped");
     assert_same(&p, "t", "the last cycle");
 
     // renames: the slave's table follows (the oracle reads tables by the slave's names, so
