@@ -312,9 +312,10 @@ fn assert_all_equal(p: &Pair, when: &str) {
     assert_schema_equal(p, when);
 }
 
-#[test]
-fn pagila_replicates_whole_with_one_command() {
-    let p = Pair::start("pagila");
+/// Two clusters; the master with pagila loaded and its 15 tables registered, the slave with
+/// rserv and pagila's `last_updated()`; one `replicate --create-tables`.
+fn pagila_pair(name: &str) -> Pair {
+    let p = Pair::start(name);
     let dir = data_dir();
     psql_file(&p.master, &dir.join("pagila-schema.sql"));
     psql_file(&p.master, &dir.join("pagila-data.sql"));
@@ -349,6 +350,12 @@ fn pagila_replicates_whole_with_one_command() {
         11996,
         "the initial copy of rental"
     );
+    p
+}
+
+#[test]
+fn pagila_replicates_whole_with_one_command() {
+    let p = pagila_pair("pagila");
     assert_all_equal(&p, "after the initial copy");
 
     // a workload: rentals and their payments in every monthly partition, a payment moving
@@ -421,6 +428,16 @@ fn pagila_replicates_whole_with_one_command() {
     assert!(number(&p.slave, "SELECT count(*) FROM payment_p2022_08") > 40);
     assert_all_equal(&p, "after the schema changes");
 
+    // `replicate check` agrees, and the new partition is protected like the others
+    let out = p.replicate(&["check", DB, DB]);
+    assert_ok(&out, "replicate check");
+    let mut slave = p.slave.connect(DB);
+    let err = slave
+        .batch_execute("DELETE FROM payment_p2022_08")
+        .expect_err("a slave partition made by a schema change must refuse local writes");
+    let err = rserv_tests::describe_pg_error(&err);
+    assert!(err.contains("rserv"), "{err}");
+
     // promote-like: the slave written to as a promoted slave would be; keys from the
     // sequences must lie beyond every key the master handed out
     let max = |c: &Cluster, sql: &str| number(c, sql);
@@ -454,4 +471,72 @@ fn pagila_replicates_whole_with_one_command() {
         got[2]
     );
     assert_eq!(got[3], 0, "the new column's default on the slave");
+}
+
+/// Known gap (not fixed): changes to the types a replicated table uses do not follow the
+/// stream, and are not refused on the master either. A value added to pagila's enum, or a
+/// domain CHECK widened, and a row using it: the slave stops at that change set
+/// ("invalid input value for enum", "violates check constraint") until someone repeats the
+/// ALTER TYPE / ALTER DOMAIN there. This test asserts the behaviour issue 15 asks for.
+#[test]
+#[ignore = "known gap: ALTER TYPE / ALTER DOMAIN do not follow the stream"]
+fn type_changes_follow_the_stream() {
+    let p = pagila_pair("pagila-types");
+    p.master.execute(
+        DB,
+        "ALTER TYPE mpaa_rating ADD VALUE 'NR';
+         ALTER DOMAIN year DROP CONSTRAINT year_check;
+         ALTER DOMAIN year ADD CONSTRAINT year_check CHECK (VALUE >= 1800 AND VALUE <= 2155);",
+    );
+    p.master.execute(
+        DB,
+        "UPDATE film SET rating = 'NR' WHERE film_id = 10;
+         UPDATE film SET release_year = 1850 WHERE film_id = 11;",
+    );
+    replicate(&p, &[], "replicate after ALTER TYPE and ALTER DOMAIN");
+    assert_all_equal(&p, "after ALTER TYPE and ALTER DOMAIN");
+}
+
+/// Known gap (not fixed): storage and planner settings of a table are neither created by
+/// `--create-tables` nor followed when changed (`pg_dump --schema-only` shows them, issue 15's
+/// test of the schema copy compares it): storage parameters (`WITH (fillfactor ...)`), column
+/// statistics targets, storage modes and attribute options, REPLICA IDENTITY, CLUSTER ON.
+/// This test asserts the behaviour issue 15 asks for.
+#[test]
+#[ignore = "known gap: reloptions, SET STATISTICS/STORAGE, REPLICA IDENTITY, CLUSTER ON are not copied"]
+fn storage_settings_are_copied_and_follow() {
+    let p = Pair::start("pagila-storage");
+    let dir = data_dir();
+    psql_file(&p.master, &dir.join("pagila-schema.sql"));
+    psql_file(&p.master, &dir.join("pagila-data.sql"));
+    let settings =
+        "ALTER TABLE rental SET (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.05);
+         ALTER TABLE address ALTER COLUMN phone SET STATISTICS 500;
+         ALTER TABLE staff ALTER COLUMN picture SET STORAGE EXTERNAL;
+         ALTER TABLE film_actor ALTER COLUMN last_update SET (n_distinct = 100);
+         ALTER TABLE city REPLICA IDENTITY FULL;
+         ALTER TABLE customer CLUSTER ON idx_last_name;";
+    // made before the slave exists: --create-tables must copy them
+    p.master.execute(DB, settings);
+    for t in TABLES {
+        p.master
+            .execute(DB, &format!("SELECT rserv_add_table('public.{t}')"));
+    }
+    let schema = std::fs::read_to_string(dir.join("pagila-schema.sql")).expect("schema file");
+    p.slave.execute(
+        DB,
+        &schema_statement(&schema, "CREATE FUNCTION public.last_updated()"),
+    );
+    replicate(&p, &["--create-tables"], "replicate --create-tables");
+    assert_schema_equal(&p, "after the initial copy");
+    // changed afterwards: they must follow
+    p.master.execute(
+        DB,
+        "ALTER TABLE inventory SET (fillfactor = 70);
+         ALTER TABLE actor ALTER COLUMN last_name SET STATISTICS 1000;
+         ALTER TABLE store REPLICA IDENTITY USING INDEX idx_unq_manager_staff_id;
+         UPDATE actor SET last_name = upper(last_name) WHERE actor_id < 10;",
+    );
+    replicate(&p, &[], "replicate after the settings changed");
+    assert_schema_equal(&p, "after the settings changed");
 }
