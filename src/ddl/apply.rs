@@ -526,7 +526,7 @@ fn objects(def: &TableDef, row_security_changed: bool) {
     }
     for t in &def.triggers {
         let here = first::<String>(
-            "SELECT pg_catalog.pg_get_triggerdef(oid) || ' ' || tgenabled FROM pg_catalog.pg_trigger \
+            "SELECT pg_catalog.pg_get_triggerdef(oid) || ' ' || tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger \
              WHERE tgrelid = $1 AND tgname = $2",
             &[reloid.into(), t.name.clone().into()],
             "reading a trigger",

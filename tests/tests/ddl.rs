@@ -348,3 +348,44 @@ fn a_drop_never_waits_for_unrelated_tables() {
     p.sync();
     assert_same(&p, "t", "the index is gone on the slave too");
 }
+
+/// A table with a trigger of its own (pagila's `last_updated`): a schema change sends its
+/// definition, triggers included, and the slave compares its triggers with the master's
+/// (regression: that comparison once failed with "operator is not unique: text || "char"",
+/// which stopped replication at the first DDL on any table with a user trigger).
+#[test]
+fn schema_changes_of_a_table_with_triggers() {
+    let p = Pair::start("ddl-trig");
+    let function = "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN NEW.changed = now(); RETURN NEW; END $$;";
+    p.master.execute(
+        DB,
+        &format!(
+            "{function}
+             CREATE TABLE t (id int PRIMARY KEY, v text, changed timestamptz);
+             CREATE TRIGGER t_touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch();
+             CREATE TRIGGER t_off BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION touch();
+             ALTER TABLE t DISABLE TRIGGER t_off;
+             INSERT INTO t SELECT i, 'v', NULL FROM generate_series(1, 10) i;
+             SELECT rserv_add_table('t');"
+        ),
+    );
+    p.slave.execute(DB, function);
+    assert_ok(&p.replicate(&["--create-tables", DB, DB]), "create tables");
+    let triggers = |c: &Cluster| {
+        c.query_strings(
+            DB,
+            "SELECT tgname || ' ' || tgenabled::text || ' ' || pg_get_triggerdef(oid) FROM pg_trigger
+              WHERE tgrelid = 't'::regclass AND tgname NOT LIKE '\\_rserv%' ORDER BY 1",
+        )
+    };
+    assert_eq!(triggers(&p.master), triggers(&p.slave));
+    p.master.execute(
+        DB,
+        "ALTER TABLE t ADD COLUMN n int DEFAULT 1; UPDATE t SET v = 'w' WHERE id < 4;
+         ALTER TABLE t ENABLE TRIGGER t_off;",
+    );
+    p.sync();
+    assert_same(&p, "t", "ADD COLUMN on a table with triggers");
+    assert_eq!(triggers(&p.master), triggers(&p.slave));
+}
