@@ -1827,6 +1827,11 @@ impl<'a> Run<'a> {
         let step = self.step;
         let probes = self.probes(s);
         let a = self.read_master(&probes)?;
+        let mut slave_before = if self.rls_refusal_possible(&probes) {
+            Some(self.read_slave_rows(s, &probes)?)
+        } else {
+            None
+        };
         let mut x = vec!["BEGIN".to_string()];
         x.extend(self.dml_sql(&Step::Truncate { c, t }));
         for (k, vals) in rows {
@@ -1893,7 +1898,17 @@ impl<'a> Run<'a> {
         committed?;
         let (outcome, waited) = match result {
             Ok(o) => o,
-            Err(e) => return self.cycle_error(s, &probes, e, None, false),
+            Err(e) => {
+                // a table with row-level security the role cannot bypass: the prepare refuses
+                // (before it reads anything), and the slave must be left as it was
+                let rls = self.rls_refusal_possible(&probes);
+                let before = if rls {
+                    Some(slave_before.take().unwrap_or_default())
+                } else {
+                    None
+                };
+                return self.cycle_error(s, &probes, e, before, rls);
+            }
         };
         let b = self.read_master(&probes)?;
         let after = self.read_slave(s, &probes)?;
