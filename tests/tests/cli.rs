@@ -282,6 +282,10 @@ fn a_configured_slave_needs_no_server_id() {
         cfg.display().to_string(),
     ]);
     eventually(60, "the configured slave's copy", || same(&p, "t"));
+    // (the daemon logs it once the cycle that applied the copy has returned)
+    eventually(30, "the slave's id in the log", || {
+        d.log().contains("slave identified")
+    });
     let log = d.log();
     assert!(d.stop().success());
     // JSON lines for log shippers: every line an object with level, target and message
