@@ -246,3 +246,23 @@ pub fn number(c: &Cluster, sql: &str) -> i64 {
         .parse()
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
+
+/// A replicate run either refused (naming `needle` on stderr) or left `table` equal on both
+/// sides: what the adversary tests accept as fixed.
+pub fn refused_or_equal(p: &Pair, out: &Output, table: &str, needle: &str, what: &str) {
+    if out.status.success() {
+        assert_eq!(
+            Pair::rows(&p.slave, table),
+            Pair::rows(&p.master, table),
+            "{what}: replicate succeeded and the slave silently differs\n{}",
+            crate::roles::output_text(out)
+        );
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(needle),
+            "{what}: refused, but without naming {needle}: {}",
+            crate::roles::output_text(out)
+        );
+    }
+}

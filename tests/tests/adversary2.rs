@@ -94,40 +94,11 @@
 //! `RSERV_PG_BINDIR=…/bin cargo test -p rserv-tests --test adversary2 -- --nocapture`.
 
 use rserv_tests::oracle::{self, options};
-use rserv_tests::pair::{Pair, DB};
+use rserv_tests::pair::{refused_or_equal, Pair, DB};
 use rserv_tests::roles::{
     self, connect_as, create_roles, exec_as, output_text, replicate_as, try_sql, value, OWNER, REPL,
 };
-use rserv_tests::Cluster;
 use std::io::Write;
-
-/// Every row of `table` (`t::text`), sorted, as superuser.
-fn rows(c: &Cluster, table: &str) -> Vec<String> {
-    c.query_strings(DB, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
-        .into_iter()
-        .map(|r| r.into_iter().next().flatten().unwrap_or_default())
-        .collect()
-}
-
-/// A replicate run either refused (exit 1, naming `needle` on stderr) or left `table` equal
-/// on both sides.
-fn refused_or_equal(p: &Pair, out: &std::process::Output, table: &str, needle: &str, what: &str) {
-    if out.status.success() {
-        assert_eq!(
-            rows(&p.slave, table),
-            rows(&p.master, table),
-            "{what}: replicate succeeded and the slave silently differs\n{}",
-            output_text(out)
-        );
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(needle),
-            "{what}: refused, but without naming {needle}: {}",
-            output_text(out)
-        );
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // B10 (security, HIGH): --create-tables attaches a slave user's trigger function
@@ -314,8 +285,8 @@ fn b6_master_restored_from_backup_reissues_sync_ids_the_slave_has() {
             return; // refused: the operator learns the slave must be resynchronised
         }
         assert_eq!(
-            rows(&p.slave, "t"),
-            rows(&p.master, "t"),
+            Pair::rows(&p.slave, "t"),
+            Pair::rows(&p.master, "t"),
             "B6: run {i} after the master's restore exited 0 but the slave holds the lost \
              master's rows and misses the restored master's\n{}",
             output_text(&out)
@@ -400,8 +371,8 @@ fn b1_partition_truncate_attach_detach_at_repeatable_read_lose_rows() {
     eprintln!("partition DDL at REPEATABLE READ: {ddl:?}");
     oracle::assert_cycle(&mut s, &options(0), "B1: after the partition DDL");
     assert_eq!(
-        rows(&p.slave, "m"),
-        rows(&p.master, "m"),
+        Pair::rows(&p.slave, "m"),
+        Pair::rows(&p.master, "m"),
         "B1: partition TRUNCATE/DETACH/ATTACH at REPEATABLE READ ({ddl:?}) left the slave \
          different"
     );

@@ -39,37 +39,9 @@
 //! Run against the PostgreSQL under test with
 //! `RSERV_PG_BINDIR=…/bin cargo test -p rserv-tests --test adversary3 -- --nocapture`.
 
-use rserv_tests::pair::{Pair, DB};
+use rserv_tests::pair::{refused_or_equal, Pair, DB};
 use rserv_tests::roles::{exec_as, output_text, value};
 use rserv_tests::Cluster;
-
-/// Every row of `table` (`t::text`), sorted, as superuser.
-fn rows(c: &Cluster, table: &str) -> Vec<String> {
-    c.query_strings(DB, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
-        .into_iter()
-        .map(|r| r.into_iter().next().flatten().unwrap_or_default())
-        .collect()
-}
-
-/// A replicate run either refused (exit 1, naming `needle` on stderr) or left `table` equal
-/// on both sides.
-fn refused_or_equal(p: &Pair, out: &std::process::Output, table: &str, needle: &str, what: &str) {
-    if out.status.success() {
-        assert_eq!(
-            rows(&p.slave, table),
-            rows(&p.master, table),
-            "{what}: replicate succeeded and the slave silently differs\n{}",
-            output_text(out)
-        );
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(needle),
-            "{what}: refused, but without naming {needle}: {}",
-            output_text(out)
-        );
-    }
-}
 
 /// The state of sequence `seq` (`last_value`, `is_called`) on one side.
 fn sequence_state(c: &Cluster, seq: &str) -> Option<String> {
@@ -220,12 +192,12 @@ fn c3_sequence_of_a_column_added_by_ddl_is_never_replicated() {
     let out = p.replicate(&["--create-tables", DB, DB]);
     let text = output_text(&out);
     assert!(out.status.success(), "first run failed\n{text}");
-    assert_eq!(rows(&p.slave, "t"), rows(&p.master, "t"));
+    assert_eq!(Pair::rows(&p.slave, "t"), Pair::rows(&p.master, "t"));
     assert_eq!(
         sequence_state(&p.slave, "t_n_seq"),
         sequence_state(&p.master, "t_n_seq"),
         "C3: the slave's t_n_seq is behind the values its rows hold (rows: {:?})\n{text}",
-        rows(&p.slave, "t")
+        Pair::rows(&p.slave, "t")
     );
     // an existing slave follows a second serial column
     p.master.execute(
@@ -238,7 +210,7 @@ fn c3_sequence_of_a_column_added_by_ddl_is_never_replicated() {
         out.status.success(),
         "C3: the slave cannot follow ADD COLUMN … bigserial\n{text}"
     );
-    assert_eq!(rows(&p.slave, "t"), rows(&p.master, "t"));
+    assert_eq!(Pair::rows(&p.slave, "t"), Pair::rows(&p.master, "t"));
     assert_eq!(
         sequence_state(&p.slave, "t_m_seq"),
         sequence_state(&p.master, "t_m_seq"),
@@ -437,8 +409,8 @@ fn c6_restored_master_through_the_prepare_apply_pipeline() {
         }
     }
     assert_eq!(
-        rows(&p.slave, "t"),
-        rows(&p.master, "t"),
+        Pair::rows(&p.slave, "t"),
+        Pair::rows(&p.master, "t"),
         "C6: the pipeline exited 0 after the master's restore, but the slave holds the lost \
          master's rows and misses the restored master's"
     );
