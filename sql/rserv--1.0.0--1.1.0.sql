@@ -14,7 +14,9 @@
 -- - partitioned tables can be registered (_rserv_partitions_);
 -- - the DDL guards also refuse renaming a replicated table, SET UNLOGGED, disabling or dropping
 --   capture triggers and dropping a partition of a replicated table;
--- - rserv's trigger and internal functions are not executable by PUBLIC.
+-- - rserv's trigger and internal functions are not executable by PUBLIC;
+-- - a slave applies change sets of any rserv release whose change-set format it reads
+--   (rserv_apply_begin takes the format; 1.0.0 required the same rserv version).
 
 ALTER TABLE _rserv_tables_ ADD COLUMN watched_attnums int2[];
 UPDATE _rserv_tables_ t
@@ -194,7 +196,8 @@ CREATE  FUNCTION "rserv_apply_begin"(
 	"version" TEXT, /* String */
 	"server" INT DEFAULT NULL, /* Option < i32 > */
 	"base" bigint DEFAULT NULL, /* Option < i64 > */
-	"slave_node" TEXT DEFAULT NULL /* Option < String > */
+	"slave_node" TEXT DEFAULT NULL, /* Option < String > */
+	"format" INT DEFAULT NULL /* Option < i32 > */
 ) RETURNS bool /* bool */
 VOLATILE SECURITY DEFINER 
 LANGUAGE c /* Rust */

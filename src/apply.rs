@@ -147,14 +147,29 @@ fn rserv_slave_master_id() -> Option<String> {
     )
 }
 
+/// Change-set formats this slave reads (README, "Snapshot format"). A change set names its
+/// format; master and slave may run different rserv versions as long as the slave reads it.
+const READABLE_FORMATS: std::ops::RangeInclusive<i32> = 1..=1;
+
+fn readable_formats() -> String {
+    let (a, b) = (READABLE_FORMATS.start(), READABLE_FORMATS.end());
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a} to {b}")
+    }
+}
+
 /// Start applying change set `syncid` from master `master` (its rserv_node_id()) running rserv
-/// `version`, prepared for slave `server` (bound on the master to the database `slave_node`),
-/// holding the changes since change set `base` (the last one the master knows this slave
-/// applied; NULL for its first). Returns false when this slave already has that change set or
-/// a newer one: the caller rolls back, nothing else is done (an old or repeated change set is a
-/// no-op). Refused: a change set for another slave database or another server id, and one
-/// that builds on a change set this slave has not applied (it was restored from a backup):
-/// applying it would silently miss the changes in between.
+/// `version`, written in change-set format `format` (NULL: by a replicate older than 1.1.0,
+/// which writes format 1 only), prepared for slave `server` (bound on the master to the
+/// database `slave_node`), holding the changes since change set `base` (the last one the
+/// master knows this slave applied; NULL for its first). Returns false when this slave already
+/// has that change set or a newer one: the caller rolls back, nothing else is done (an old or
+/// repeated change set is a no-op). Refused: a format this slave does not read, a change set
+/// for another slave database or another server id, and one that builds on a change set this
+/// slave has not applied (it was restored from a backup): applying it would silently miss the
+/// changes in between.
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
 // The symbol carries the signature's version (1.0.0 had three arguments).
 #[pg_extern(volatile, security_definer, name = "rserv_apply_begin")]
@@ -165,6 +180,7 @@ fn rserv_apply_begin_v11(
     server: default!(Option<i32>, "NULL"),
     base: default!(Option<i64>, "NULL"),
     slave_node: default!(Option<String>, "NULL"),
+    format: default!(Option<i32>, "NULL"),
 ) -> bool {
     let _definer = definer();
     require_replicator("rserv_apply_begin");
@@ -177,12 +193,16 @@ fn rserv_apply_begin_v11(
         );
     }
     let s = ext_schema();
-    let own = ext_version();
-    if own != version {
+    let format = format.unwrap_or(1);
+    if !READABLE_FORMATS.contains(&format) {
+        let own = ext_version();
         fail(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("rserv: the master runs rserv {version} but this slave runs rserv {own}"),
-            "install the same rserv version on both and run ALTER EXTENSION rserv UPDATE",
+            format!(
+                "rserv: the change set is in format {format} (the master runs rserv {version}), but this slave's rserv {own} reads format {}",
+                readable_formats()
+            ),
+            "upgrade rserv on this slave first (install it, then ALTER EXTENSION rserv UPDATE), or replicate with the replicate of this slave's release",
         );
     }
     Spi::run(&format!(

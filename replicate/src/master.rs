@@ -116,6 +116,7 @@ pub fn prepare_with(
         rserv: header_row.get(1),
         base: None,
         slave: None,
+        postgres: Some(rs.server_version),
     };
     // Nothing in the session's schemas can shadow a built-in while we read the change set, and
     // no row-level security policy may filter it (the master then refuses, naming the table).

@@ -1,6 +1,7 @@
 //! Slave side: registration, apply (ApplySnapshot), sync id (GetSyncID).
 
 use crate::error::{DbContext, Error, IoContext};
+use crate::majors::{self, Screen};
 use crate::rserv::Rserv;
 use crate::snapshot::{SnapshotReader, Stats};
 use postgres::Client;
@@ -151,7 +152,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
     let began: bool = tx
         .query_one(
             &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6)",
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7)",
                 rs.func("rserv_apply_begin")
             ),
             &[
@@ -161,6 +162,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
                 &reader.header.server,
                 &reader.header.base,
                 &reader.header.slave,
+                &reader.format,
             ],
         )
         .ctx(format!("slave: starting change set {syncid}"))?
@@ -207,12 +209,21 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
                     "slave: no staging table for {table}"
                 )));
             };
-            let mut w = tx.copy_in(&copy).ctx(format!("slave: loading {table}"))?;
-            let copied = reader.data(&mut w);
+            // Values the slave's PostgreSQL major cannot store are refused before they load.
+            let screen = Screen::new(&meta, reader.header.postgres, rs.server_version);
+            let loading = format!(
+                "slave: loading {table}{}",
+                majors::hint(reader.header.postgres, rs.server_version)
+            );
+            let mut w = tx.copy_in(&copy).ctx(&loading)?;
+            let copied = reader.data_checked(&mut w, &mut |line| match &screen {
+                Some(s) => s.check(line),
+                None => Ok(()),
+            });
             // A damaged snapshot must not be hidden behind the COPY error it causes.
             copied?;
-            w.flush().io_ctx(format!("slave: loading {table}"))?;
-            loaded = w.finish().ctx(format!("slave: loading {table}"))? as i64;
+            w.flush().io_ctx(&loading)?;
+            loaded = w.finish().ctx(&loading)? as i64;
         }
         let n: i64 = tx
             .query_one(&merge, &args)
