@@ -244,11 +244,44 @@ psql_as pma "$S" booktown -c "SELECT * FROM customer ORDER BY cust_id"
 say "and nothing left to send:"
 run "${REPLICATE[@]}"
 
+step "Beyond the seed — schema changes, partitions and sequences follow the stream"
+say "a partitioned orders table with an identity column, registered on the master only;"
+say "--create-tables builds its whole tree (and its sequence) on the slave:"
+ORDERS_SQL="
+CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY, placed date NOT NULL,
+                     cust_id integer NOT NULL, PRIMARY KEY (id, placed)) PARTITION BY RANGE (placed);
+CREATE TABLE orders_2025 PARTITION OF orders FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE orders_2026 PARTITION OF orders FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO orders (placed, cust_id) VALUES ('2025-05-01', 1), ('2026-02-03', 10);
+SELECT rserv_add_table('orders');"
+psql_as pma "$M" booktown -c "$ORDERS_SQL" >/dev/null
+run replicate --user=pma --host="$DEMO_DIR" --masterhost=localhost --masterport="$M" \
+    --slavehost=localhost --slaveport="$S" --create-tables booktown booktown
+say "now, on the master only: a new column, a new partition, more orders:"
+DDL_SQL="ALTER TABLE customer ADD COLUMN email text DEFAULT 'unknown';
+CREATE TABLE orders_2027 PARTITION OF orders FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+INSERT INTO orders (placed, cust_id) VALUES ('2027-03-04', 12);
+UPDATE customer SET email = 'annie@example.org' WHERE cust_id = 1;"
+printf '   master=# %s\n' "$DDL_SQL"
+psql_as pma "$M" booktown -c "$DDL_SQL" >/dev/null
+run "${REPLICATE[@]}"
+say "the slave followed with no manual step:"
+psql_as pma "$S" booktown -c "SELECT * FROM customer ORDER BY cust_id"
+psql_as pma "$S" booktown -c "SELECT tableoid::regclass AS partition, * FROM orders ORDER BY id"
+say "and its identity sequence is where the master's is (a promoted slave never reuses an id):"
+psql_as pma "$S" booktown -c "SELECT last_value FROM orders_id_seq"
+for q in "SELECT id, placed, cust_id FROM orders ORDER BY id" \
+         "SELECT relid::text FROM pg_partition_tree('orders') ORDER BY 1" \
+         "SELECT last_value FROM orders_id_seq"; do
+    [ "$(psql_as pma "$M" booktown -At -c "$q")" = "$(psql_as pma "$S" booktown -At -c "$q")" ] \
+        || die "master and slave differ: $q"
+done
+
 say "the last change set the slave applied (GetSyncID):"
 run replicate --user=pma --slavehost=localhost --slaveport="$S" sync-id booktown
 
 # Master and slave must hold the same rows.
-DUMP_SQL="SELECT cust_id, lastname, firstname FROM customer ORDER BY cust_id"
+DUMP_SQL="SELECT cust_id, lastname, firstname, email FROM customer ORDER BY cust_id"
 master_rows=$(psql_as pma "$M" booktown -At -c "$DUMP_SQL")
 slave_rows=$(psql_as pma "$S" booktown -At -c "$DUMP_SQL")
 if [ "$master_rows" != "$slave_rows" ]; then
@@ -256,5 +289,5 @@ if [ "$master_rows" != "$slave_rows" ]; then
     die "master and slave customer tables differ (< master, > slave)"
 fi
 
-printf '\nOK: rserv replicated booktown.customer master:%s -> slave:%s (update, insert, delete) in %ss (the demo clusters are stopped and removed on exit)\n' \
+printf '\nOK: rserv replicated booktown.customer master:%s -> slave:%s (update, insert, delete, a new column, a new partition) in %ss (the demo clusters are stopped and removed on exit)\n' \
     "$M" "$S" "$((SECONDS - START))"

@@ -42,7 +42,22 @@ CREATE TABLE _rserv_tables_ (
     added    timestamptz NOT NULL DEFAULT now(),
     -- attribute numbers of the watched columns (what the capture trigger uses): they follow
     -- renames; `watched` holds their current names
-    watched_attnums int2[]
+    watched_attnums int2[],
+    -- the table's definition as slaves last learnt it (rserv_table_list's format): DDL that
+    -- changes it is recorded in _rserv_ddl_
+    definition jsonb
+);
+
+-- Master: schema changes of replicated tables, for the slaves to follow at this point of their
+-- change-set streams (logid: the DDL transaction, as in _rserv_log_). recopy: the change gave
+-- existing rows values a slave cannot compute the same way: the table goes whole with it.
+CREATE TABLE _rserv_ddl_ (
+    ddlid    bigserial   PRIMARY KEY,
+    logid    int8        NOT NULL,
+    reloid   oid         NOT NULL,
+    old      jsonb       NOT NULL,
+    new      jsonb       NOT NULL,
+    recopy   bool        NOT NULL
 );
 
 -- Master: replicated sequences; `source`: the table that brought it (its own sequences come
@@ -98,6 +113,16 @@ CREATE TABLE _rserv_sync_ (
     active   int8[]      NOT NULL,
     PRIMARY KEY (server, syncid)
 );
+
+-- Master: a switchover in progress (replicate switchover). While this row exists, every
+-- replicated table refuses local writes as a slave's does; `successor`: the node taking over.
+CREATE TABLE _rserv_fence_ (
+    singleton bool        NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    since     timestamptz NOT NULL DEFAULT now(),
+    successor uuid
+);
+-- the protection trigger, run by any writer, reads it to say why it refuses
+GRANT SELECT ON _rserv_fence_ TO PUBLIC;
 
 -- Slave: tables this database receives, with the identity the master must send.
 -- needs_copy: registered anew, the next change set must carry all its rows (the master's

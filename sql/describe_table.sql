@@ -18,6 +18,7 @@ SELECT pg_catalog.jsonb_build_object(
   'comment', pg_catalog.obj_description(c.oid, 'pg_class'),
   'columns', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
        'name', a.attname,
+       'attnum', a.attnum,
        'type', pg_catalog.jsonb_build_object('schema', tn.nspname, 'name', t.typname),
        'typmod', a.atttypmod,
        'not_null', a.attnotnull,

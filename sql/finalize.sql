@@ -1,41 +1,54 @@
--- DDL guards. A replicated table that is dropped, altered so that its row identity is gone,
--- made unlogged, or stripped of its capture triggers would make later change sets fail, or
--- (worse) silently miss changes. PostgreSQL refuses such DDL with a clear error instead;
--- remove the table from replication first. Watched columns follow renames, and a dropped
--- watched column leaves the registration with a WARNING (_rserv_refresh_watched_).
--- SECURITY DEFINER with a pinned search_path: any user may run DDL on their own tables
--- without rights on rserv's catalog, and nothing in their schemas is ever called here.
--- rserv's own trigger changes (rserv_add_table & co.) pass: _rserv_internal_ddl_().
+-- DDL guards and DDL capture. A schema change to a replicated master table is recorded for the
+-- slaves to follow (_rserv_record_ddl_, see src/ddl/); what cannot follow is refused there.
+-- Refused here, with a clear error: dropping a replicated table or one of its partitions,
+-- dropping a key column, making it unlogged, stripping it of its capture triggers, and on a
+-- slave renaming a received table (which would lose its master's changes). Watched columns
+-- follow renames, and a dropped watched column leaves the registration with a WARNING
+-- (_rserv_refresh_watched_). SECURITY DEFINER with a pinned search_path: any user may run DDL
+-- on their own tables without rights on rserv's catalog, and nothing in their schemas is ever
+-- called here. rserv's own DDL (its triggers; a slave following its master) passes the
+-- refusals: _rserv_internal_ddl_().
 
 CREATE FUNCTION _rserv_guard_drop_() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     names text;
+    schemas text[];
 BEGIN
-    IF tg_tag = 'DROP EXTENSION' OR @extschema@._rserv_internal_ddl_() THEN
-        RETURN;  -- DROP EXTENSION rserv removes the catalog itself; rserv's own DDL passes
+    IF tg_tag = 'DROP EXTENSION' THEN
+        RETURN;  -- DROP EXTENSION rserv removes the catalog itself
     END IF;
-    SELECT string_agg(d.object_identity, ', ' ORDER BY d.object_identity) INTO names
-      FROM pg_event_trigger_dropped_objects() AS d
-     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
-       AND (d.objid IN (SELECT reloid FROM @extschema@._rserv_tables_)
-            OR d.objid IN (SELECT reloid FROM @extschema@._rserv_slave_tables_));
-    IF names IS NOT NULL THEN
-        RAISE EXCEPTION 'rserv: cannot drop %: it is replicated', names
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  HINT = 'remove it from replication first: SELECT rserv_remove_table(...) on the master, rserv_slave_remove_table(...) on a slave';
+    IF NOT @extschema@._rserv_internal_ddl_() THEN
+        SELECT string_agg(d.object_identity, ', ' ORDER BY d.object_identity) INTO names
+          FROM pg_event_trigger_dropped_objects() AS d
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
+           AND (d.objid IN (SELECT reloid FROM @extschema@._rserv_tables_)
+                OR d.objid IN (SELECT reloid FROM @extschema@._rserv_slave_tables_));
+        IF names IS NOT NULL THEN
+            RAISE EXCEPTION 'rserv: cannot drop %: it is replicated', names
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = 'remove it from replication first: SELECT rserv_remove_table(...) on the master, rserv_slave_remove_table(...) on a slave';
+        END IF;
+        -- a partition of a replicated partitioned table: its rows would vanish without a trace
+        SELECT string_agg(DISTINCT regexp_replace(d.object_identity, '^_rserv_[a-z_]+_ on ', ''), ', ') INTO names
+          FROM pg_event_trigger_dropped_objects() AS d
+         WHERE d.object_type = 'trigger'
+           AND (d.object_identity LIKE '\_rserv\_trigger\_t\_ on %'
+                OR d.object_identity LIKE '\_rserv\_truncate\_p\_ on %'
+                OR d.object_identity LIKE '\_rserv\_protect\_t\_ on %');
+        IF names IS NOT NULL THEN
+            RAISE EXCEPTION 'rserv: cannot drop %: partition of a replicated table', names
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = 'detach it first (ALTER TABLE ... DETACH PARTITION ...: its rows then leave the slaves too), then drop it';
+        END IF;
     END IF;
-    -- a partition of a replicated partitioned table: its rows would vanish without a trace
-    SELECT string_agg(DISTINCT regexp_replace(d.object_identity, '^_rserv_[a-z_]+_ on ', ''), ', ') INTO names
+    -- an index, constraint, trigger or policy of a replicated table: the slaves follow
+    SELECT array_agg(DISTINCT d.schema_name) INTO schemas
       FROM pg_event_trigger_dropped_objects() AS d
-     WHERE d.object_type = 'trigger'
-       AND (d.object_identity LIKE '\_rserv\_trigger\_t\_ on %'
-            OR d.object_identity LIKE '\_rserv\_truncate\_p\_ on %'
-            OR d.object_identity LIKE '\_rserv\_protect\_t\_ on %');
-    IF names IS NOT NULL THEN
-        RAISE EXCEPTION 'rserv: cannot drop %: partition of a replicated table', names
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  HINT = 'detach it first (ALTER TABLE ... DETACH PARTITION ...: its rows then leave the slaves too), then drop it';
+     WHERE d.object_type IN ('index', 'table constraint', 'trigger', 'policy')
+       AND d.schema_name IS NOT NULL;
+    IF schemas IS NOT NULL THEN
+        PERFORM @extschema@._rserv_record_ddl_(schemas);
     END IF;
 END
 $$;
@@ -44,71 +57,93 @@ CREATE FUNCTION _rserv_guard_alter_() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
+    internal bool := @extschema@._rserv_internal_ddl_();
 BEGIN
-    IF @extschema@._rserv_internal_ddl_() THEN
-        RETURN;
+    IF NOT internal THEN
+        -- a slave finds its tables by the names its master sends (the master's own renames
+        -- follow through the stream, and the slave renames its table with them)
+        FOR r IN
+            SELECT c.oid::regclass AS tbl, t.tname
+              FROM @extschema@._rserv_slave_tables_ AS t
+              JOIN pg_class c ON c.oid = t.reloid
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE t.tname <> quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+             LIMIT 1
+        LOOP
+            RAISE EXCEPTION 'rserv: slave table % cannot be renamed or moved (to %)', r.tname, r.tbl
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'rename it on the master: the slaves follow; or stop receiving it here first (rserv_slave_remove_table)';
+        END LOOP;
+        FOR r IN
+            SELECT c.objid::regclass AS tbl, k.col
+              FROM pg_event_trigger_ddl_commands() AS c
+              JOIN (SELECT reloid, key FROM @extschema@._rserv_tables_
+                    UNION ALL SELECT reloid, key FROM @extschema@._rserv_slave_tables_) AS t
+                ON t.reloid = c.objid
+              CROSS JOIN LATERAL unnest(t.key) AS k(col)
+             WHERE c.classid = 'pg_catalog.pg_class'::regclass
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                WHERE a.attrelid = c.objid AND a.attname = k.col
+                                  AND a.attnum > 0 AND NOT a.attisdropped)
+               -- a key column renamed on a master follows (the registration is updated)
+               AND NOT (t.reloid IN (SELECT reloid FROM @extschema@._rserv_tables_)
+                        AND EXISTS (SELECT 1 FROM @extschema@._rserv_tables_ m
+                                     CROSS JOIN LATERAL jsonb_array_elements(m.definition->'columns') AS col(v)
+                                     JOIN pg_attribute a ON a.attrelid = m.reloid
+                                                        AND a.attnum = (col.v->>'attnum')::int2
+                                                        AND NOT a.attisdropped
+                                    WHERE m.reloid = t.reloid AND col.v->>'name' = k.col::text))
+             LIMIT 1
+        LOOP
+            RAISE EXCEPTION 'rserv: this ALTER TABLE removes key column "%" of replicated table %', r.col, r.tbl
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = format('remove the table from replication first: SELECT rserv_remove_table(%L) on the master (rserv_slave_remove_table on a slave), then register it again with its new key', r.tbl::text);
+        END LOOP;
     END IF;
-    -- slaves find their tables by name: a rename would silently leave the slave's copy behind
-    -- (and the usual swap, renaming another table into its place, would send that one's rows)
+    -- (also for rserv's own DDL: a slave following its master must not take an unlogged
+    -- partition either) every partition of a replicated table is a logged, local table
     FOR r IN
-        SELECT c.oid::regclass AS tbl, t.tname
-          FROM (SELECT reloid, tname FROM @extschema@._rserv_tables_
-                UNION ALL SELECT reloid, tname FROM @extschema@._rserv_slave_tables_) AS t
-          JOIN pg_class c ON c.oid = t.reloid
-          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE t.tname <> quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+        SELECT c.oid::regclass AS tbl, c.relkind FROM pg_class c
+         WHERE (c.relpersistence <> 'p' OR c.relkind = 'f')
+           AND c.oid IN (SELECT t.reloid FROM @extschema@._rserv_tables_ t
+                         UNION SELECT t.reloid FROM @extschema@._rserv_slave_tables_ t
+                         UNION SELECT p.relid FROM @extschema@._rserv_tables_ t,
+                                      pg_partition_tree(t.reloid) p
+                         UNION SELECT p.relid FROM @extschema@._rserv_slave_tables_ t,
+                                      pg_partition_tree(t.reloid) p)
          LIMIT 1
     LOOP
-        RAISE EXCEPTION 'rserv: replicated table % cannot be renamed or moved (to %)', r.tname, r.tbl
+        IF r.relkind = 'f' THEN
+            RAISE EXCEPTION 'rserv: % cannot be a partition of a replicated table: it is a foreign table', r.tbl
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'rserv sees no change made to a foreign table; keep it out of the replicated tree';
+        END IF;
+        RAISE EXCEPTION 'rserv: replicated table % cannot be unlogged', r.tbl
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'master and slaves find the table by its name; remove it from replication first (rserv_remove_table on the master, rserv_slave_remove_table on slaves), rename it on every side, then register it again';
+                  HINT = 'crash recovery empties unlogged tables without telling rserv; make it LOGGED, or remove the table from replication first';
     END LOOP;
     -- partitions that arrived or left replicated partitioned tables
     PERFORM @extschema@._rserv_reconcile_partitions_();
-    FOR r IN
-        SELECT c.objid::regclass AS tbl, k.col
-          FROM pg_event_trigger_ddl_commands() AS c
-          JOIN (SELECT reloid, key FROM @extschema@._rserv_tables_
-                UNION ALL SELECT reloid, key FROM @extschema@._rserv_slave_tables_) AS t
-            ON t.reloid = c.objid
-          CROSS JOIN LATERAL unnest(t.key) AS k(col)
-         WHERE c.classid = 'pg_catalog.pg_class'::regclass
-           AND NOT EXISTS (SELECT 1 FROM pg_attribute a
-                            WHERE a.attrelid = c.objid AND a.attname = k.col
-                              AND a.attnum > 0 AND NOT a.attisdropped)
-         LIMIT 1
-    LOOP
-        RAISE EXCEPTION 'rserv: this ALTER TABLE removes or renames key column "%" of replicated table %', r.col, r.tbl
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  HINT = format('remove the table from replication first: SELECT rserv_remove_table(%L) on the master (rserv_slave_remove_table on a slave), then register it again with its new key', r.tbl::text);
-    END LOOP;
-    FOR r IN
-        SELECT c.oid::regclass AS tbl FROM pg_class c
-         WHERE c.relpersistence <> 'p'
-           AND (c.oid IN (SELECT reloid FROM @extschema@._rserv_tables_)
-                OR c.oid IN (SELECT reloid FROM @extschema@._rserv_slave_tables_))
-         LIMIT 1
-    LOOP
-        RAISE EXCEPTION 'rserv: replicated table % cannot be made unlogged', r.tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'crash recovery empties unlogged tables without telling rserv; remove the table from replication first';
-    END LOOP;
-    FOR r IN
-        SELECT t.reloid::regclass AS tbl FROM @extschema@._rserv_tables_ t
-         WHERE (SELECT count(*) FROM pg_trigger g
-                 WHERE g.tgrelid = t.reloid AND g.tgname IN ('_rserv_trigger_t_', '_rserv_truncate_t_')
-                   AND g.tgenabled = 'A') <> 2
-            OR EXISTS (SELECT 1 FROM pg_partition_tree(t.reloid) p
-                        WHERE p.isleaf AND p.relid <> t.reloid
-                          AND (SELECT count(*) FROM pg_trigger g
-                                WHERE g.tgrelid = p.relid AND g.tgname IN ('_rserv_trigger_t_', '_rserv_truncate_p_')
-                                  AND g.tgenabled = 'A') <> 2)
-         LIMIT 1
-    LOOP
-        RAISE EXCEPTION 'rserv: the capture triggers of replicated table % must stay enabled', r.tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = format('without them changes are silently not replicated; to stop replicating the table: SELECT rserv_remove_table(%L)', r.tbl::text);
-    END LOOP;
+    -- what changed in the definitions of replicated tables: recorded for the slaves
+    PERFORM @extschema@._rserv_record_ddl_();
+    IF NOT internal THEN
+        FOR r IN
+            SELECT t.reloid::regclass AS tbl FROM @extschema@._rserv_tables_ t
+             WHERE (SELECT count(*) FROM pg_trigger g
+                     WHERE g.tgrelid = t.reloid AND g.tgname IN ('_rserv_trigger_t_', '_rserv_truncate_t_')
+                       AND g.tgenabled = 'A' AND g.tgfoid = '@extschema@._rserv_log_()'::regprocedure) <> 2
+                OR EXISTS (SELECT 1 FROM pg_partition_tree(t.reloid) p
+                            WHERE p.isleaf AND p.relid <> t.reloid
+                              AND (SELECT count(*) FROM pg_trigger g
+                                    WHERE g.tgrelid = p.relid AND g.tgname IN ('_rserv_trigger_t_', '_rserv_truncate_p_')
+                                      AND g.tgenabled = 'A' AND g.tgfoid = '@extschema@._rserv_log_()'::regprocedure) <> 2)
+             LIMIT 1
+        LOOP
+            RAISE EXCEPTION 'rserv: the capture triggers of replicated table % must stay enabled', r.tbl
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('without them changes are silently not replicated; to stop replicating the table: SELECT rserv_remove_table(%L)', r.tbl::text);
+        END LOOP;
+    END IF;
     PERFORM @extschema@._rserv_refresh_watched_(t.reloid)
        FROM @extschema@._rserv_tables_ t
       WHERE t.watched_attnums IS NOT NULL
@@ -117,10 +152,21 @@ BEGIN
 END
 $$;
 
+-- A table PostgreSQL rewrites gets new row values the slaves could compute differently (a
+-- volatile default, a type change's conversion): the slaves then receive it whole.
+CREATE FUNCTION _rserv_guard_rewrite_() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM @extschema@._rserv_note_rewrite_(pg_event_trigger_table_rewrite_oid());
+END
+$$;
+
 CREATE EVENT TRIGGER _rserv_drop_guard_ ON sql_drop EXECUTE FUNCTION _rserv_guard_drop_();
 CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'DROP TRIGGER', 'CREATE TABLE')
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'DROP TRIGGER', 'CREATE TABLE', 'CREATE INDEX',
+                 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE POLICY', 'ALTER POLICY', 'COMMENT')
     EXECUTE FUNCTION _rserv_guard_alter_();
+CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rserv_guard_rewrite_();
 
 -- rserv's trigger functions are attached by rserv's registration functions only: a table owner
 -- attaching them by hand would write to (and bloat) the log without registering anything.
@@ -130,6 +176,8 @@ REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_refresh_watched_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reinstall_capture_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reconcile_partitions_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_record_ddl_(text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_note_rewrite_(oid) FROM PUBLIC;
 
 -- How far behind each slave is. lag_seconds: age of the slave's data (the time of the snapshot
 -- it last applied) while changes are waiting for it, 0 when it has everything.

@@ -401,8 +401,11 @@ fn lossless(master: (pg_sys::Oid, i32), slave: &Column) -> bool {
 /// Rows the master sends as `master_type` text must load into this slave's column without
 /// losing anything (see `lossless`); otherwise the apply stops before it changes anything.
 fn check_type(table: &str, column: &str, master_type: &str, slave: &Column) {
-    // the same type, named from each side's schemas
-    if unqualified(master_type) == unqualified(&slave.type_name) {
+    // the same type, named from each side's schemas (a domain here is checked by its base: the
+    // master sends its own domains' base types)
+    // SAFETY: syscache look-up of an existing type
+    let domain = unsafe { pg_sys::get_typtype(slave.type_oid) } as u8 == b'd';
+    if !domain && unqualified(master_type) == unqualified(&slave.type_name) {
         return;
     }
     if parse_type(master_type).is_some_and(|m| lossless(m, slave)) {
@@ -531,6 +534,24 @@ fn resolve_uncached(
             }
         }
     }
+    // the master's generated columns (named after the types of the columns it sends)
+    let generated_there = types
+        .unwrap_or_default()
+        .iter()
+        .skip(columns.len())
+        .filter_map(|t| t.strip_prefix(crate::changeset::GENERATED_MARK));
+    for c in generated_there {
+        if cols.iter().any(|x| x.name == c && !x.generated) {
+            fail(
+                PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+                format!("rserv: column \"{c}\" of table {table} is generated on the master but not on this slave, where it would stay empty"),
+                format!(
+                    "define it the same way on the slave: ALTER TABLE {table} DROP COLUMN {0}, ADD COLUMN {0} ... GENERATED ALWAYS AS (...) STORED",
+                    quote_ident(c)
+                ),
+            );
+        }
+    }
     Target {
         reloid,
         owner: info.owner,
@@ -584,6 +605,33 @@ fn sequences_stage() -> String {
     )
 }
 
+/// End the apply of a change set, just before COMMIT: what its DDL sections left for after the
+/// rows (NOT NULL, constraints, indexes) is done now. Returns the number of tables finished. A
+/// change set with DDL does not commit without it.
+#[pg_extern(volatile, security_definer)]
+fn rserv_apply_end() -> i64 {
+    let _definer = definer();
+    require_apply_begun();
+    crate::ddl::finish_deferred()
+}
+
+/// Where a DDL section's payload (one JSON text) is loaded.
+fn ddl_stage() -> String {
+    staging::table(
+        "ddl",
+        &staging::text_columns(1),
+        staging::Access {
+            caller: "INSERT",
+            public_select: false,
+        },
+    )
+}
+
+/// Targets resolved in this transaction are resolved again (a DDL section changed a table).
+pub fn forget_resolved() {
+    STATE.with(|s| s.borrow_mut().resolved.clear());
+}
+
 /// Prepare one section of the change set. TRUNCATE is carried out at once and returns NULL;
 /// the others return the COPY command that loads the section's rows.
 #[pg_extern(volatile, security_definer)]
@@ -603,6 +651,14 @@ fn rserv_apply_stage(
         return Some(format!(
             "COPY {stage} ({}) FROM STDIN",
             staging::column_names(crate::sequences::COLUMNS.len())
+        ));
+    }
+    if section == "DDL" {
+        let stage = ddl_stage();
+        staging::empty(&stage, false);
+        return Some(format!(
+            "COPY {stage} ({}) FROM STDIN",
+            staging::column_names(1)
         ));
     }
     let t = resolve_target(
@@ -674,7 +730,7 @@ fn rserv_apply_stage(
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
-            "sections are TRUNCATE, DELETE, INSERT, UPDATE and SEQUENCE",
+            "sections are TRUNCATE, DELETE, INSERT, UPDATE, SEQUENCE and DDL",
         ),
     }
 }
@@ -730,6 +786,19 @@ fn rserv_apply_merge(
             staging::empty(&stage, false);
             set
         }
+        "DDL" => {
+            let stage = ddl_stage();
+            let payloads = crate::sql::column::<String>(
+                &format!("SELECT c1 FROM {stage}"),
+                &[],
+                "reading a DDL section",
+            );
+            staging::empty(&stage, false);
+            for p in &payloads {
+                crate::ddl::apply_section(p);
+            }
+            payloads.len() as i64
+        }
         "INSERT" => {
             STATE.with(|s| s.borrow_mut().copy = None);
             -1
@@ -783,7 +852,7 @@ fn rserv_apply_merge(
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
-            "sections are TRUNCATE, DELETE, INSERT, UPDATE and SEQUENCE",
+            "sections are TRUNCATE, DELETE, INSERT, UPDATE, SEQUENCE and DDL",
         ),
     }
 }

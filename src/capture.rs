@@ -73,6 +73,11 @@ unsafe extern "C-unwind" fn at_transaction_event(
     }
 }
 
+/// The current transaction has something for the slaves (the daemon is woken at its commit).
+pub fn something_logged() {
+    LOGGED.with(|l| l.set(true));
+}
+
 unsafe fn notify_throttled() {
     let now = std::time::Instant::now();
     if NOTIFIED_AT.with(|at| {
@@ -613,6 +618,10 @@ pub unsafe fn log_rows_of(
     let keys: Vec<i32> = (1..=names.len() as i32).collect();
     let name = info.qualified();
     crate::security::run_as_owner(info.owner, &[], || {
+        // Every row there is, whatever this transaction's isolation: the partition is locked
+        // ACCESS EXCLUSIVE (TRUNCATE, ATTACH, DETACH), so no writer is left in progress, and a
+        // REPEATABLE READ snapshot taken earlier would miss rows committed since.
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
         pg_sys::SPI_connect();
         pg_sys::SPI_execute(sql.as_ptr(), true, 0);
         let tuptable = pg_sys::SPI_tuptable;
@@ -624,6 +633,7 @@ pub unsafe fn log_rows_of(
             }
         }
         pg_sys::SPI_finish();
+        pg_sys::PopActiveSnapshot();
     });
 }
 

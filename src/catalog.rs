@@ -198,7 +198,13 @@ pub enum KeyMatch {
     /// column's base type (never a domain's: its CHECK is the domain owner's code), compared
     /// with the type's default equality operator, schema-qualified, so the table's own index
     /// serves the look-up.
-    Typed { cast: String, eq: String },
+    Typed {
+        cast: String,
+        eq: String,
+        /// the column is of a domain: relabelled to its base type too (a polymorphic equality
+        /// operator, such as enums', takes two values of one type)
+        domain: bool,
+    },
     /// The base type contains a domain (an array, composite or range of one): reading the text
     /// back would run that domain's CHECK, so the column's text form is compared instead.
     Text,
@@ -208,7 +214,12 @@ impl KeyMatch {
     /// SQL comparing the column expression `col` with the text expression `text`.
     pub fn condition(&self, col: &str, text: &str) -> String {
         match self {
-            KeyMatch::Typed { cast, eq } => format!("{col} {eq} ({text})::{cast}"),
+            KeyMatch::Typed {
+                cast,
+                eq,
+                domain: false,
+            } => format!("{col} {eq} ({text})::{cast}"),
+            KeyMatch::Typed { cast, eq, .. } => format!("({col})::{cast} {eq} ({text})::{cast}"),
             KeyMatch::Text => format!("({col})::pg_catalog.text OPERATOR(pg_catalog.=) {text}"),
         }
     }
@@ -249,6 +260,17 @@ fn holds_domain(typ: pg_sys::Oid, depth: u32) -> bool {
     }
 }
 
+/// `format_type()` of column `col`'s type, or of its base type and modifier for a domain.
+pub fn base_type_name(col: &Column) -> String {
+    let mut typmod = col.typmod;
+    // SAFETY: syscache look-up of an existing type
+    let base = unsafe { pg_sys::getBaseTypeAndTypmod(col.type_oid, &mut typmod) };
+    if base == col.type_oid {
+        return col.type_name.clone();
+    }
+    format_type(base, typmod)
+}
+
 /// How to compare key column `col` with its logged text.
 pub fn key_match(col: &Column) -> KeyMatch {
     // SAFETY: syscache look-up of an existing type
@@ -276,6 +298,7 @@ pub fn key_match(col: &Column) -> KeyMatch {
         Some(eq) => KeyMatch::Typed {
             cast: format_type(base, -1),
             eq,
+            domain: base != col.type_oid,
         },
         None => KeyMatch::Text,
     }

@@ -17,7 +17,7 @@ use crate::canonical::set_canonical_settings_local;
 use crate::catalog::{ext_schema, key_match, table_columns, table_info, Column, TableInfo};
 use crate::error::{fail, SpiOrFail};
 use crate::security::{definer, outer_user, require_replicator, role_name};
-use crate::sql::{call_hint, first, qualified, quote_ident, set_local};
+use crate::sql::{call_hint, first, qualified, quote_ident, quote_literal, set_local};
 use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -156,7 +156,8 @@ fn rserv_prepare_v11(
         "looking for pending changes",
     )
     .unwrap_or(false);
-    if !anything && to_copy.is_empty() {
+    let ddl = ddl_in_window(&s, prev_xmax, &prev_active, &subscribed);
+    if !anything && to_copy.is_empty() && ddl.is_empty() {
         return TableIterator::new(Vec::new());
     }
     let pending = staging::table(
@@ -168,7 +169,7 @@ fn rserv_prepare_v11(
         },
     );
     let collected = collect_pending(&s, &pending, prev_xmax, prev_active, &subscribed, &to_copy);
-    if collected == 0 && to_copy.is_empty() {
+    if collected == 0 && to_copy.is_empty() && ddl.is_empty() {
         return TableIterator::new(Vec::new());
     }
     let syncid = Spi::get_one::<i64>(&format!(
@@ -194,6 +195,25 @@ fn rserv_prepare_v11(
         sections.extend(table_sections(&info, &pending, key, truncated, copy));
     }
     sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
+    // schema changes first, oldest first: the rows that follow have the new shape
+    let mut ddl_sections: Vec<Section> = ddl
+        .into_iter()
+        .map(|(schema, table, payload)| Section {
+            section: "DDL",
+            schema,
+            table,
+            columns: vec!["definition".to_string()],
+            types: vec!["text".to_string()],
+            key: Vec::new(),
+            query: Some(format!(
+                "SELECT {}::pg_catalog.text",
+                quote_literal(&payload)
+            )),
+            estimate: None,
+        })
+        .collect();
+    ddl_sections.append(&mut sections);
+    let mut sections = ddl_sections;
     // read after the snapshot: never behind a value any row of this change set holds
     if let Some(query) = crate::sequences::section_query(&s) {
         sections.push(Section {
@@ -230,6 +250,45 @@ fn rserv_prepare_v11(
             bound_node.clone(),
         )
     }))
+}
+
+/// Schema changes recorded in the window for the tables this slave receives, oldest first:
+/// (schema and name of the table before the change, payload for the slave: the definitions
+/// before and after, and whether the table goes whole with them).
+fn ddl_in_window(
+    s: &str,
+    prev_xmax: Option<i64>,
+    prev_active: &[i64],
+    subscribed: &[pg_sys::Oid],
+) -> Vec<(String, String, String)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                &format!(
+                    "SELECT l.old->>'schema', l.old->>'table', \
+                            pg_catalog.jsonb_build_object('old', l.old, 'new', l.new, 'recopy', l.recopy)::text \
+                     FROM {s}._rserv_ddl_ AS l \
+                     WHERE l.reloid = ANY ($3::oid[]) \
+                       AND ($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[])) \
+                     ORDER BY l.ddlid"
+                ),
+                None,
+                &[
+                    prev_xmax.into(),
+                    prev_active.to_vec().into(),
+                    subscribed.to_vec().into(),
+                ],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_fail("reading recorded DDL")
 }
 
 /// Every prepare for a server updates its row: if another prepare committed after our snapshot
@@ -275,7 +334,8 @@ fn claim_server(s: &str, server: i32, slave_node: Option<&str>) -> Option<String
     bound
 }
 
-/// Registered tables the slave receives: all of them, or those named by the slave, with the
+/// Registered tables the slave receives: all of them, or those named by the slave (by the name
+/// it knows: one the master renamed since is found through its recorded DDL), with the
 /// subset it asks to receive whole. A table the slave expects but this master does not
 /// replicate is skipped with a WARNING (it would never arrive; the others must keep flowing).
 fn subscribed_tables(
@@ -297,7 +357,11 @@ fn subscribed_tables(
         client
             .select(
                 &format!(
-                    "SELECT t.reloid, pg_catalog.quote_ident(w.nsp) || '.' || pg_catalog.quote_ident(w.rel), \
+                    "SELECT coalesce(t.reloid, \
+                              (SELECT d.reloid FROM {s}._rserv_ddl_ d \
+                                WHERE d.old->>'schema' = w.nsp AND d.old->>'table' = w.rel \
+                                ORDER BY d.ddlid DESC LIMIT 1)), \
+                            pg_catalog.quote_ident(w.nsp) || '.' || pg_catalog.quote_ident(w.rel), \
                             coalesce(w.fresh, false) \
                      FROM unnest($1::text[], $2::text[], $3::bool[]) AS w(nsp, rel, fresh) \
                      LEFT JOIN (pg_catalog.pg_class c \
@@ -575,6 +639,9 @@ fn guard_table(info: &TableInfo) {
     }
 }
 
+/// Marks, in a section's column types, a column the master generates (and does not send).
+pub const GENERATED_MARK: &str = "generated:";
+
 fn table_sections(
     info: &TableInfo,
     pending: &str,
@@ -622,7 +689,24 @@ fn table_sections(
         .collect::<Vec<_>>()
         .join(", ");
     let names = |cs: &[&Column]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-    let types = |cs: &[&Column]| cs.iter().map(|c| c.type_name.clone()).collect::<Vec<_>>();
+    // a domain goes as its base type and modifier: the slave checks its column can hold every
+    // value of that (a same-named domain of the slave's may be narrower)
+    let types = |cs: &[&Column]| {
+        cs.iter()
+            .map(|c| crate::catalog::base_type_name(c))
+            .collect::<Vec<_>>()
+    };
+    // after the types of the columns sent, the columns generated here (not sent): a slave
+    // column of that name must be generated too, or it would silently stay empty
+    let row_types = || {
+        let mut t = types(&sent);
+        t.extend(
+            cols.iter()
+                .filter(|c| c.generated)
+                .map(|c| format!("{GENERATED_MARK}{}", c.name)),
+        );
+        t
+    };
     let mut out = Vec::new();
     if copy {
         // The initial copy: the whole table as of this snapshot.
@@ -630,7 +714,7 @@ fn table_sections(
         let mut all = mk(
             "INSERT",
             names(&sent),
-            types(&sent),
+            row_types(),
             Some(format!("SELECT {select_list} FROM {only}{table} AS t")),
         );
         all.estimate = first::<i64>(
@@ -676,7 +760,7 @@ fn table_sections(
     out.push(mk(
         "INSERT",
         names(&sent),
-        types(&sent),
+        row_types(),
         Some(format!(
             "SELECT {select_list} FROM {only}{table} AS t \
              WHERE EXISTS (SELECT 1 FROM {pending_rows} AND {matches})"

@@ -39,6 +39,14 @@ fn rserv_clean_log() -> i64 {
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("computing the clean-up horizon");
+    if let (0, Some(h)) = horizon {
+        // recorded DDL goes with the log rows of its transaction (few rows: no TRUNCATE)
+        Spi::run_with_args(
+            &format!("DELETE FROM {s}._rserv_ddl_ WHERE logid < $1"),
+            &[h.into()],
+        )
+        .or_fail("deleting recorded DDL");
+    }
     match horizon {
         (0, Some(h)) => match truncate_log(&s, h) {
             Some(n) => n,

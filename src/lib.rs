@@ -6,6 +6,7 @@
 //!   drop), [`cleanup`] (log clean-up), [`schema`] (table definitions for new slaves),
 //!   [`sequences`] (sequence state in every change set)
 //! - slave: [`slave_registry`] (received tables, protection), [`apply`] and [`apply_copy`]
+//! - switchover: [`takeover`] (fence, promote, demote)
 //! - both: [`security`] (who may do what, as whom), [`staging`] (temp tables), [`node`]
 //! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]
 
@@ -18,6 +19,7 @@ mod capture;
 mod catalog;
 mod changeset;
 mod cleanup;
+mod ddl;
 mod error;
 mod guc;
 mod legacy;
@@ -30,6 +32,7 @@ mod slave_registry;
 mod slaves;
 mod sql;
 mod staging;
+mod takeover;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -46,6 +49,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     capture::register_callbacks();
+    ddl::register_callbacks();
     apply_copy::install();
 }
 

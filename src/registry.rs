@@ -476,32 +476,32 @@ fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_rows: bool)
     }
 }
 
+thread_local! {
+    static RECONCILING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// After DDL (called by the DDL guard): every registered partitioned table's partitions are
 /// brought up to date (see `reconcile_partitions`); on a slave, every partition of a received
 /// partitioned table refuses local writes, and one that left such a table does not any more.
 #[pg_extern(volatile, security_definer)]
 fn _rserv_reconcile_partitions_() {
+    // its own trigger DDL fires the DDL guard, which calls it again
+    if RECONCILING.with(|r| r.replace(true)) {
+        return;
+    }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            RECONCILING.with(|r| r.set(false));
+        }
+    }
+    let _done = Done;
     let _definer = internal_definer();
     let s = ext_schema();
-    let roots = Spi::connect(|client| {
-        client
-            .select(
-                &format!(
-                    "SELECT t.reloid, t.key::text[] FROM {s}._rserv_tables_ t \
-                     JOIN pg_catalog.pg_class c ON c.oid = t.reloid WHERE c.relkind = 'p'"
-                ),
-                None,
-                &[],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                    r.get::<Vec<String>>(2)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_fail("listing partitioned tables");
+    let roots = keyed_tables(
+        &s,
+        "_rserv_tables_ t JOIN pg_catalog.pg_class c ON c.oid = t.reloid WHERE c.relkind = 'p'",
+    );
     for (root, key) in roots {
         let cols = table_columns(root);
         reconcile_partitions(&s, root, &attnums(&cols, &key), true);
@@ -703,23 +703,60 @@ fn rserv_add_table(tbl: Option<RegClass>, column_name: default!(Option<String>, 
         &attnums(&cols, &identity.key),
         watched.as_deref(),
     );
+    crate::ddl::remember_definition(&s, reloid);
 }
 
-/// Stop replicating a table from this master: drops its triggers, its registration and its
-/// pending log rows. The table and its data stay.
-#[pg_extern(volatile, security_definer)]
-fn rserv_remove_table(tbl: Option<RegClass>) {
-    let _definer = definer();
-    let reloid = required(tbl, "rserv_remove_table");
+/// (reloid, identity) of the registered tables in `from` (`_rserv_tables_ t ...` or
+/// `_rserv_slave_tables_ t ...`, in the extension's schema), by oid.
+pub fn keyed_tables(s: &str, from: &str) -> Vec<(pg_sys::Oid, Vec<String>)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                &format!("SELECT t.reloid, t.key::text[] FROM {s}.{from} ORDER BY t.reloid"),
+                None,
+                &[],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .or_fail("listing the registered tables")
+}
+
+/// Register table `reloid` on this master with identity `key` and every column watched, unless
+/// it is registered already: a slave promoted to master keeps the identities it received its
+/// tables with (the caller checked it may act on the table).
+pub fn register_promoted(s: &str, reloid: pg_sys::Oid, key: &[String]) {
+    if registration(s, reloid).is_some() {
+        return; // a cascading slave replicated it already
+    }
     let info = table_info(reloid);
+    check_table_kind(&info);
     let table = info.qualified();
-    require_table_owner(info.owner, &table, "rserv_remove_table");
-    let s = ext_schema();
-    let removed = crate::sql::count_rows(
+    let cols = table_columns(reloid);
+    Spi::run_with_args(
+        &format!("INSERT INTO {s}._rserv_tables_ (reloid, tname, key) VALUES ($1, $2, $3::name[])"),
+        &[reloid.into(), table.clone().into(), key.to_vec().into()],
+    )
+    .or_fail("inserting into _rserv_tables_");
+    crate::sequences::register_table_sequences(s, reloid);
+    install_capture_triggers(reloid, &table, &attnums(&cols, key), None);
+    crate::ddl::remember_definition(s, reloid);
+}
+
+/// Stop capturing table `reloid` on this master (see rserv_remove_table); returns its identity.
+pub fn unregister(s: &str, reloid: pg_sys::Oid) -> Option<Vec<String>> {
+    let key = registration(s, reloid).map(|r| r.key);
+    let table = table_info(reloid).qualified();
+    Spi::run_with_args(
         &format!("DELETE FROM {s}._rserv_tables_ WHERE reloid = $1"),
         &[reloid.into()],
-        "deleting from _rserv_tables_",
-    );
+    )
+    .or_fail("deleting from _rserv_tables_");
     drop_trigger(reloid, &table, CAPTURE_TRIGGER);
     drop_trigger(reloid, &table, TRUNCATE_TRIGGER);
     for part in crate::sql::column::<pg_sys::Oid>(
@@ -735,13 +772,28 @@ fn rserv_remove_table(tbl: Option<RegClass>) {
         &[reloid.into()],
     )
     .or_fail("forgetting the partitions");
-    crate::sequences::forget_table_sequences(&s, reloid);
-    Spi::run_with_args(
-        &format!("DELETE FROM {s}._rserv_log_ WHERE reloid = $1"),
-        &[reloid.into()],
-    )
-    .or_fail("deleting log rows");
-    if removed == 0 {
+    crate::sequences::forget_table_sequences(s, reloid);
+    for log in ["_rserv_log_", "_rserv_ddl_"] {
+        Spi::run_with_args(
+            &format!("DELETE FROM {s}.{log} WHERE reloid = $1"),
+            &[reloid.into()],
+        )
+        .or_fail("deleting log rows");
+    }
+    key
+}
+
+/// Stop replicating a table from this master: drops its triggers, its registration and its
+/// pending log rows. The table and its data stay.
+#[pg_extern(volatile, security_definer)]
+fn rserv_remove_table(tbl: Option<RegClass>) {
+    let _definer = definer();
+    let reloid = required(tbl, "rserv_remove_table");
+    let info = table_info(reloid);
+    let table = info.qualified();
+    require_table_owner(info.owner, &table, "rserv_remove_table");
+    let s = ext_schema();
+    if unregister(&s, reloid).is_none() {
         notice!(
             "rserv: table {} is not registered on this master; nothing to remove",
             table
@@ -764,6 +816,7 @@ fn _rserv_reinstall_capture_(reloid: pg_sys::Oid) {
     let cols = table_columns(reloid);
     crate::sequences::register_table_sequences(&s, reloid);
     install_capture_triggers(reloid, &table, &attnums(&cols, &key), watched.as_deref());
+    crate::ddl::remember_definition(&s, reloid);
 }
 
 /// After an ALTER TABLE of a registered master table (called by the DDL guard): watched columns
@@ -793,10 +846,17 @@ fn _rserv_refresh_watched_(reloid: pg_sys::Oid) {
         .collect();
     let (names, kept): (Option<Vec<String>>, Option<Vec<i16>>) = if live.is_empty() {
         warning!(
-            "rserv: watched column {} of replicated table {} was dropped; it was the last one, so every column of the table is watched from now on",
+            "rserv: watched column {} of replicated table {} was dropped; it was the last one, so every column of the table is watched from now on, and the table goes whole to every slave with the next change set",
             gone.join(", "),
             table
         );
+        // changes of its other columns were not sent while they were unwatched: from now on
+        // every column must be equal on the slaves
+        Spi::run_with_args(
+            &format!("DELETE FROM {s}._rserv_server_tables_ WHERE reloid = $1"),
+            &[reloid.into()],
+        )
+        .or_fail("scheduling fresh copies");
         (None, None)
     } else {
         if !gone.is_empty() {

@@ -60,6 +60,12 @@ pub fn outer_user() -> pg_sys::Oid {
     unsafe { pg_sys::GetOuterUserId() }
 }
 
+/// The role statements run as now: inside [`run_as_owner`], the table's owner.
+pub fn acting_role() -> pg_sys::Oid {
+    // SAFETY: plain read of the backend's user state
+    unsafe { pg_sys::GetUserId() }
+}
+
 /// The role rserv's SECURITY DEFINER functions run as (their owner).
 pub fn definer_role() -> pg_sys::Oid {
     // SAFETY: plain read of the backend's user state
@@ -184,6 +190,20 @@ impl Drop for UserContext {
         // SAFETY: restores the backend's user state saved in run_as_owner
         unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec) };
         OWNER_CODE.with(|d| d.set(d.get().saturating_sub(1)));
+        CALLERS.with(|c| c.borrow_mut().pop());
+    }
+}
+
+/// Switches back to a saved user and security context when dropped (also on error).
+struct SwitchBack {
+    user: pg_sys::Oid,
+    sec: i32,
+}
+
+impl Drop for SwitchBack {
+    fn drop(&mut self) {
+        // SAFETY: restores the backend's user state saved in as_definer
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec) };
     }
 }
 
@@ -262,6 +282,7 @@ pub fn run_as_owner<R>(owner: pg_sys::Oid, settings: &[(&str, &str)], f: impl Fn
         set_option(name, value);
     }
     OWNER_CODE.with(|d| d.set(d.get() + 1));
+    CALLERS.with(|c| c.borrow_mut().push(user));
     let restore = UserContext { user, sec };
     let restricted = sec
         | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
@@ -271,6 +292,29 @@ pub fn run_as_owner<R>(owner: pg_sys::Oid, settings: &[(&str, &str)], f: impl Fn
     let out = f();
     // SAFETY: closes the nest level opened above, discarding every setting made inside it
     unsafe { pg_sys::AtEOXact_GUC(false, nest) };
+    drop(restore);
+    out
+}
+
+thread_local! {
+    /// The role each open [`run_as_owner`] switched away from (rserv's definer), innermost last.
+    static CALLERS: std::cell::RefCell<Vec<pg_sys::Oid>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Inside [`run_as_owner`], run `f` as the role it switched away from (rserv's definer), still
+/// under SECURITY_RESTRICTED_OPERATION and the owner's settings: for rserv's own scratch objects,
+/// never for a statement that touches a user's table.
+pub fn as_definer<R>(f: impl FnOnce() -> R) -> R {
+    let Some(definer) = CALLERS.with(|c| c.borrow().last().copied()) else {
+        return f();
+    };
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
+    // SAFETY: reads the backend's user state
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
+    let restore = SwitchBack { user, sec };
+    // SAFETY: switches the current user; `restore` switches back
+    unsafe { pg_sys::SetUserIdAndSecContext(definer, sec) };
+    let out = f();
     drop(restore);
     out
 }

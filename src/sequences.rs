@@ -2,11 +2,13 @@
 //! `nextval` on the slave never returns a value the master already used.
 //!
 //! On the master, the sequences a replicated table uses (owned by its columns, behind its
-//! identity columns, or named in its defaults) are registered with the table; others can be
-//! added (`rserv_add_sequence`). Every change set carries the state of every registered sequence
+//! identity columns, or named in its defaults) are registered with the table when the table's
+//! owner owns them (a default may name anyone's sequence); others can be added by their owner
+//! (`rserv_add_sequence`). Every change set carries the state of every registered sequence
 //! (a SEQUENCE section), read after the change set's snapshot was taken: never behind any value a
 //! row in the change set holds. The slave sets each sequence it receives (those its received
-//! tables use, and those registered with `rserv_slave_add_sequence`), as the sequence's owner.
+//! tables use and their owner owns, and those registered with `rserv_slave_add_sequence`), as
+//! the sequence's owner.
 
 use crate::catalog::{ext_schema, table_info, RegClass};
 use crate::error::{fail, SpiOrFail};
@@ -31,16 +33,37 @@ SELECT DISTINCT s.oid FROM pg_catalog.pg_class s
                                 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
     WHERE ad.adrelid = $1)";
 
+/// Of those, the ones the table's owner does not own: a DEFAULT may name anyone's sequence,
+/// with no privilege on it, so these come only with `rserv_add_sequence` (by their owner).
+const FOREIGN_SEQUENCES: &str =
+    "SELECT s.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class s
+ WHERE s.oid IN (SELECT x.oid FROM (TABLE_SEQUENCES) AS x)
+   AND s.relowner <> (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)
+ ORDER BY 1";
+
 /// Register the sequences table `reloid` uses, as brought by it.
 pub fn register_table_sequences(s: &str, reloid: pg_sys::Oid) {
     Spi::run_with_args(
         &format!(
             "INSERT INTO {s}._rserv_sequences_ (seqoid, source) SELECT x.oid, $1 FROM ({TABLE_SEQUENCES}) AS x \
+               JOIN pg_catalog.pg_class q ON q.oid = x.oid \
+              WHERE q.relowner = (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1) \
              ON CONFLICT (seqoid) DO NOTHING"
         ),
         &[reloid.into()],
     )
     .or_fail("registering the table's sequences");
+    let foreign = crate::sql::column::<String>(
+        &FOREIGN_SEQUENCES.replace("TABLE_SEQUENCES", TABLE_SEQUENCES),
+        &[reloid.into()],
+        "listing the table's sequences",
+    );
+    for seq in foreign {
+        notice!(
+            "rserv: sequence {seq}, which a default of table {} uses, belongs to another role and is not replicated with the table; its owner can register it: SELECT rserv_add_sequence('{seq}')",
+            table_info(reloid).qualified()
+        );
+    }
 }
 
 /// Forget the sequences table `reloid` brought.
@@ -195,8 +218,10 @@ pub fn apply(stage: &str) -> i64 {
                                       AND d.refobjid IN (SELECT reloid FROM {s}._rserv_slave_tables_)) \
                         OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                                     JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
+                                    JOIN pg_catalog.pg_class tc ON tc.oid = ad.adrelid \
                                    WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
                                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = q.oid \
+                                     AND tc.relowner = q.relowner \
                                      AND ad.adrelid IN (SELECT reloid FROM {s}._rserv_slave_tables_))"
                 ),
                 None,

@@ -83,7 +83,10 @@ fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<Str
     reconcile_protection(&s);
 }
 
-fn protect(s: &str, reloid: pg_sys::Oid, table: &str) {
+pub fn protect(s: &str, reloid: pg_sys::Oid, table: &str) {
+    if trigger_oid(reloid, PROTECT_TRIGGER).is_some() {
+        return; // (the DDL guard, run by each CREATE TRIGGER, may have made it meanwhile)
+    }
     let _internal = internal_ddl();
     Spi::run(&format!(
         "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
@@ -100,10 +103,15 @@ pub fn reconcile_protection(s: &str) {
     let _internal = internal_ddl();
     let (missing, stray) = Spi::connect(|client| {
         // pg_partition_tree() has no rows for a table that is not partitioned
+        // and, while a switchover fences this master, its replicated tables
         let protected_tree = format!(
             "SELECT t.reloid FROM {s}._rserv_slave_tables_ t UNION \
              SELECT p.relid FROM {s}._rserv_slave_tables_ t \
-             CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.reloid) p"
+             CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.reloid) p UNION \
+             SELECT t.reloid FROM {s}._rserv_tables_ t WHERE EXISTS (SELECT 1 FROM {s}._rserv_fence_) UNION \
+             SELECT p.relid FROM {s}._rserv_tables_ t \
+             CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.reloid) p \
+             WHERE EXISTS (SELECT 1 FROM {s}._rserv_fence_)"
         );
         let names = |sql: &str| -> Result<Vec<(pg_sys::Oid, String)>, pgrx::spi::Error> {
             client
@@ -250,8 +258,12 @@ fn rserv_slave_resync() -> i64 {
     let _definer = definer();
     require_replicator("rserv_slave_resync");
     let s = ext_schema();
-    Spi::run(&format!("UPDATE {s}._rserv_slave_sync_ SET server = NULL"))
-        .or_fail("forgetting the server id");
+    // and its change sets: their ids may mean something else to its master now (a master
+    // restored from a backup issues them again)
+    Spi::run(&format!(
+        "UPDATE {s}._rserv_slave_sync_ SET server = NULL, syncid = 0"
+    ))
+    .or_fail("forgetting the server id");
     count_rows(
         &format!("UPDATE {s}._rserv_slave_tables_ SET needs_copy = true"),
         &[],
@@ -291,6 +303,13 @@ fn _rserv_protect_<'a>(
         &trigger.table_schema().unwrap_or_default(),
         &trigger.table_name().unwrap_or_default(),
     );
+    if crate::takeover::fenced() {
+        fail(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("rserv: switchover in progress, this node is becoming a slave: local {op} on replicated table {table} refused"),
+            "write on the new master (the slave taking over); retry there",
+        );
+    }
     fail(
         PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
         format!("rserv: table {table} is a replication slave table; local {op} refused"),

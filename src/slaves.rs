@@ -148,8 +148,11 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
         "reading _rserv_sync_",
     );
     match status {
-        // Nothing to do: never prepared for this server, already confirmed, or superseded.
-        None => false,
+        None => {
+            require_known_history(&s, server, syncid);
+            // Nothing to do: never prepared for this server, already confirmed, or superseded.
+            false
+        }
         Some(st) if st > 0 => false,
         Some(_) => {
             Spi::run_with_args(
@@ -175,6 +178,33 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
             .or_fail("marking initial copies done");
             true
         }
+    }
+}
+
+/// A slave reports change set `syncid` applied, which this master has no record of. Below
+/// the server's last confirmed change set that is normal (superseded); above it, or beyond
+/// every sync id this master ever issued, the master has lost change sets it prepared (it was
+/// restored from a backup, or failed over to a standby that missed transactions): its next
+/// sync ids would repeat ids the slave has, and the slave would hold changes the master no
+/// longer has. Refused, until the slave is copied afresh.
+fn require_known_history(s: &str, server: i32, syncid: i64) {
+    let lost = first::<bool>(
+        &format!(
+            "SELECT $2 > coalesce((SELECT max(syncid) FROM {s}._rserv_sync_ WHERE server = $1 AND status > 0), $2) \
+                 OR $2 > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {s}._rserv_sync_seq_)"
+        ),
+        &[server.into(), syncid.into()],
+        "checking the slave's change set",
+    )
+    .unwrap_or(false);
+    if lost {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "rserv: slave {server} has applied change set {syncid}, which this master has no record of: this master lost change sets it had prepared (was it restored from a backup, or failed over to a standby that missed transactions?), and the slave may hold changes the master no longer has"
+            ),
+            "copy the slave afresh from this master: SELECT rserv_slave_resync(); on the slave, then replicate again",
+        );
     }
 }
 

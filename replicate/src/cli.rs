@@ -189,6 +189,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Planned switchover: the slave takes over as master and the old master becomes its slave,
+    /// at one sync point, with no copy. Writes to the replicated tables on the master are
+    /// refused from the start ("switchover in progress"); writers still in flight after --grace
+    /// seconds are cancelled. Run it again to finish one that was interrupted; --abort lifts the
+    /// fence of one whose slave has not taken over
+    Switchover {
+        masterdb: String,
+        slavedb: String,
+        /// Seconds to wait for the master's writers in flight before cancelling them
+        #[arg(long, default_value_t = 5.0)]
+        grace: f64,
+        /// Give up a switchover that has not reached the slave: the master accepts writes again
+        #[arg(long)]
+        abort: bool,
+    },
     /// Show every slave's lag and pending changes, from the master
     Status {
         db: String,
@@ -554,6 +569,54 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             if !report.equal() {
                 return Ok(crate::error::exit::DIFFERENT);
             }
+        }
+        Some(Command::Switchover {
+            masterdb,
+            slavedb,
+            grace,
+            abort,
+        }) => {
+            let (mut m, mrs) = located(f, Side::Master, masterdb, d)?;
+            let (mut s, srs) = located(f, Side::Slave, slavedb, d)?;
+            let mut ep = Endpoints {
+                master: &mut m,
+                master_rs: &mrs,
+                slave: &mut s,
+                slave_rs: &srs,
+            };
+            if *abort {
+                let lifted = crate::switchover::abort(&mut ep)?;
+                println!(
+                    "{}",
+                    if lifted {
+                        "switchover aborted: the master accepts writes again"
+                    } else {
+                        "no switchover in progress on the master"
+                    }
+                );
+                return Ok(0);
+            }
+            let opts = CycleOptions {
+                server: cli.server,
+                clean_log: !cli.no_clean_log,
+                verbose: cli.verbose,
+                ..CycleOptions::default()
+            };
+            let grace = std::time::Duration::from_secs_f64(grace.clamp(0.0, 3600.0));
+            let r = crate::switchover::switchover(&mut ep, &opts, grace)?;
+            println!(
+                "switchover done: {} tables; the old master is slave {} of the new master at change set {} \
+                 ({} final change sets, {} writers cancelled, writes refused for {:.3} s)",
+                r.tables,
+                r.server,
+                r.syncid,
+                r.final_change_sets,
+                r.cancelled,
+                r.unavailable.as_secs_f64()
+            );
+            println!(
+                "from now on replicate the other way: the slave's connection options and database ({slavedb}) are the master's, and the old master's ({masterdb}) the slave's"
+            );
         }
         Some(Command::Status { db, json }) => {
             let (mut c, rs) = located(f, Side::Master, db, d)?;

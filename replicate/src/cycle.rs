@@ -59,11 +59,16 @@ fn say(opts: &CycleOptions, msg: &str) {
 /// between apply and confirm this is what makes the master move on.
 pub fn sync_back(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Option<i64>, Error> {
     say(opts, ">>>>>>>>>>>>> Sync SyncID");
-    let id = slave::sync_id(ep.slave, ep.slave_rs)?;
+    let (id, follows) = slave::sync_state(ep.slave, ep.slave_rs)?;
     match id {
         Some(id) => {
             say(opts, &format!("Last SyncID applied: {id}"));
-            if master::confirm(ep.master, ep.master_rs, opts.server, id)? {
+            // a change set of another master means nothing to this one (the apply then
+            // refuses, naming both)
+            let here = master::node_id(ep.master, ep.master_rs)?;
+            if follows.is_none_or(|m| m.eq_ignore_ascii_case(&here))
+                && master::confirm(ep.master, ep.master_rs, opts.server, id)?
+            {
                 say(opts, "Succeeded");
             }
         }

@@ -23,3 +23,4 @@ pub mod rserv;
 pub mod slave;
 pub mod snapshot;
 pub mod status;
+pub mod switchover;

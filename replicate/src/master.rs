@@ -226,6 +226,14 @@ fn is_serialization_failure(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
+/// The master's own node id (change sets name their master by it).
+pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
+    let row = client
+        .query_one(&format!("SELECT {}()", rs.func("rserv_node_id")), &[])
+        .ctx("master: reading its node id")?;
+    Ok(row.get(0))
+}
+
 /// Record on the master that slave `server` applied change set `syncid`.
 pub fn confirm(client: &mut Client, rs: &Rserv, server: i32, syncid: i64) -> Result<bool, Error> {
     let row = client

@@ -126,6 +126,21 @@ pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
     Ok(row.get(0))
 }
 
+/// The slave's last applied change set and the node id of the master it came from.
+pub fn sync_state(client: &mut Client, rs: &Rserv) -> Result<(Option<i64>, Option<String>), Error> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT {}(), {}()",
+                rs.func("rserv_slave_sync_id"),
+                rs.func("rserv_slave_master_id")
+            ),
+            &[],
+        )
+        .ctx("slave: reading its sync id")?;
+    Ok((row.get(0), row.get(1)))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// The change set is now on the slave; `changed` = rows written or removed.
@@ -232,6 +247,9 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
         // -1: the rows went straight into the table; COPY counted them
         changed += if n < 0 { loaded } else { n };
     }
+    // what the change set's schema changes left for after the rows (constraints, indexes)
+    tx.query_one(&format!("SELECT {}()", rs.func("rserv_apply_end")), &[])
+        .ctx(format!("slave: finishing change set {syncid}"))?;
     tx.commit()
         .ctx(format!("slave: committing change set {syncid}"))?;
     Ok(Applied::Applied {

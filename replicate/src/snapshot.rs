@@ -70,6 +70,8 @@ pub enum SectionKind {
     Update,
     /// the state of the master's replicated sequences
     Sequence,
+    /// a schema change of the table: its definition before and after (one JSON row)
+    Ddl,
 }
 
 impl SectionKind {
@@ -80,6 +82,7 @@ impl SectionKind {
             SectionKind::Insert => "INSERT",
             SectionKind::Update => "UPDATE",
             SectionKind::Sequence => "SEQUENCE",
+            SectionKind::Ddl => "DDL",
         }
     }
 
@@ -90,6 +93,7 @@ impl SectionKind {
             "INSERT" => Some(SectionKind::Insert),
             "UPDATE" => Some(SectionKind::Update),
             "SEQUENCE" => Some(SectionKind::Sequence),
+            "DDL" => Some(SectionKind::Ddl),
             _ => None,
         }
     }

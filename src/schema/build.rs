@@ -20,14 +20,14 @@ use pgrx::prelude::*;
 
 /// Run one statement built for `table` after checking it is exactly one statement of kind
 /// `tag` (and for ALTER TABLE, exactly one subcommand `alter`).
-fn run(table: &str, sql: &str, tag: pg_sys::NodeTag, alter: Option<At::Type>) {
+pub fn run(table: &str, sql: &str, tag: pg_sys::NodeTag, alter: Option<At::Type>) {
     check_statement(table, sql, tag, alter);
     if let Err(e) = Spi::run(sql) {
         crate::error::spi_fail(&format!("building table {table}"), e);
     }
 }
 
-fn relation(schema: &str, name: &str) -> Option<pg_sys::Oid> {
+pub fn relation(schema: &str, name: &str) -> Option<pg_sys::Oid> {
     first::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regclass($1)::oid",
         &[qualified(schema, name).into()],
@@ -44,10 +44,11 @@ fn type_oid(n: &Named) -> Option<pg_sys::Oid> {
     )
 }
 
-/// A type of this slave that a definition names must be a superuser's or the replication
-/// role's: another user's domain would run its CHECK as the table's owner on every row applied.
+/// A type of this slave that a definition names must be a superuser's or the role the table
+/// belongs to (who runs these statements): another user's domain would run its CHECK as the
+/// table's owner on every row applied.
 fn require_trusted_type(table: &str, oid: pg_sys::Oid) {
-    if !trusted_type(oid, crate::security::outer_user()) {
+    if !trusted_type(oid, crate::security::acting_role()) {
         bad_definition(
             table,
             format!(
@@ -59,7 +60,7 @@ fn require_trusted_type(table: &str, oid: pg_sys::Oid) {
 }
 
 /// The type `n` (with `typmod`) as this slave's server prints it; it must exist here.
-fn type_sql(table: &str, n: &Named, typmod: i32) -> String {
+pub fn type_sql(table: &str, n: &Named, typmod: i32) -> String {
     match type_oid(n) {
         Some(oid) => {
             require_trusted_type(table, oid);
@@ -76,7 +77,7 @@ fn type_sql(table: &str, n: &Named, typmod: i32) -> String {
     }
 }
 
-fn collation_sql(table: &str, c: &Named) -> String {
+pub fn collation_sql(table: &str, c: &Named) -> String {
     let exists = first::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_collation o JOIN pg_catalog.pg_namespace n ON n.oid = o.collnamespace \
          WHERE n.nspname = $1 AND o.collname = $2)",
@@ -97,7 +98,7 @@ fn collation_sql(table: &str, c: &Named) -> String {
     format!(" COLLATE {}", qualified(&c.schema, &c.name))
 }
 
-fn ensure_schema(table: &str, schema: &str) {
+pub fn ensure_schema(table: &str, schema: &str) {
     let exists = first::<bool>(
         "SELECT pg_catalog.to_regnamespace($1) IS NOT NULL",
         &[quote_ident(schema).into()],
@@ -116,7 +117,7 @@ fn ensure_schema(table: &str, schema: &str) {
 
 /// Create the user-defined types the table needs that this slave lacks (an existing type of the
 /// same name is taken as it is). Returns the types made.
-fn ensure_types(table: &str, types: &[TypeDef]) -> Vec<pg_sys::Oid> {
+pub fn ensure_types(table: &str, types: &[TypeDef]) -> Vec<pg_sys::Oid> {
     let mut made = Vec::new();
     for t in types {
         let named = Named {
@@ -239,7 +240,7 @@ fn sequence_type(table: &str, s: &SequenceDef) -> &'static str {
 
 /// Sequences the table's defaults use that this slave lacks (identity sequences come with
 /// their columns).
-fn ensure_sequences(table: &str, sequences: &[SequenceDef]) {
+pub fn ensure_sequences(table: &str, sequences: &[SequenceDef]) {
     for s in sequences.iter().filter(|s| !s.identity) {
         if relation(&s.schema, &s.name).is_some() {
             continue;
@@ -259,7 +260,7 @@ fn ensure_sequences(table: &str, sequences: &[SequenceDef]) {
     }
 }
 
-fn column_sql(table: &str, def: &TableDef, c: &ColumnDef) -> String {
+pub fn column_sql(table: &str, def: &TableDef, c: &ColumnDef) -> String {
     let mut sql = format!(
         "{} {}",
         quote_ident(&c.name),
@@ -307,7 +308,7 @@ fn column_sql(table: &str, def: &TableDef, c: &ColumnDef) -> String {
 }
 
 /// The partitioned parent this table is created a partition of, when the slave has it.
-fn existing_parent(def: &TableDef) -> Option<(Rel, String)> {
+pub fn existing_parent(def: &TableDef) -> Option<(Rel, String)> {
     let parent = def.partition_of.clone()?;
     let bound = def.partition_bound.clone()?;
     relation(&parent.schema, &parent.table).map(|_| (parent, bound))
@@ -388,16 +389,7 @@ pub fn create_table(def: &TableDef) -> (pg_sys::Oid, Vec<pg_sys::Oid>) {
         .iter()
         .filter(|o| !o.valid && o.kind == "c" && (parent.is_none() || !o.inherited))
     {
-        run(
-            &table,
-            &format!(
-                "ALTER TABLE {table} ADD CONSTRAINT {} {}",
-                quote_ident(&o.name),
-                o.definition
-            ),
-            Tag::T_AlterTableStmt,
-            Some(At::AT_AddConstraint),
-        );
+        add_constraint(def, o);
     }
     for s in def.sequences.iter().filter(|s| !s.identity) {
         if let Some(col) = &s.owned_by {
@@ -436,15 +428,35 @@ pub fn create_table(def: &TableDef) -> (pg_sys::Oid, Vec<pg_sys::Oid>) {
     (reloid, types)
 }
 
-/// Is this a function `schema.name()` returning trigger, that the trigger can call?
-fn trigger_function_exists(f: &Named) -> bool {
-    first::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-         WHERE n.nspname = $1 AND p.proname = $2 AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype)",
-        &[f.schema.clone().into(), f.name.clone().into()],
+/// What this slave has for a trigger's function `schema.name()`.
+enum TriggerFunction {
+    Missing,
+    /// another user's: attached, it would run as the table's owner whenever the trigger fires
+    Untrusted(String),
+    Usable,
+}
+
+fn trigger_function(f: &Named) -> TriggerFunction {
+    // '' when usable, else the owner's name; no row when there is no such function
+    let owner = first::<String>(
+        "SELECT CASE WHEN a.rolsuper OR a.oid = $3 THEN '' ELSE a.rolname::text END \
+           FROM pg_catalog.pg_proc p \
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+           JOIN pg_catalog.pg_roles a ON a.oid = p.proowner \
+          WHERE n.nspname = $1 AND p.proname = $2 AND p.pronargs = 0 \
+            AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype",
+        &[
+            f.schema.clone().into(),
+            f.name.clone().into(),
+            crate::security::acting_role().into(),
+        ],
         "looking up a trigger function",
-    )
-    .unwrap_or(false)
+    );
+    match owner {
+        None => TriggerFunction::Missing,
+        Some(o) if o.is_empty() => TriggerFunction::Usable,
+        Some(o) => TriggerFunction::Untrusted(o),
+    }
 }
 
 fn roles_exist(roles: &[String]) -> Option<String> {
@@ -465,176 +477,236 @@ fn roles_exist(roles: &[String]) -> Option<String> {
 /// receives), triggers (whose functions this slave has), policies (whose roles exist here) and
 /// row-level security. What cannot be made is skipped with a WARNING that says why.
 pub fn finish_table(def: &TableDef, reloid: pg_sys::Oid, receives: &dyn Fn(&Rel) -> bool) {
-    let table = qualified(&def.schema, &def.table);
-    let partition = existing_parent(def).is_some();
-    // a partition's copies of its parent's indexes are made here and attached to the parent's
-    // (which a partitioned parent made ON ONLY itself), as pg_dump does
     for i in &def.indexes {
-        if relation(&def.schema, &i.name).is_some() {
-            continue;
-        }
-        let attach_to = i
-            .parent
-            .as_ref()
-            .filter(|p| partition && relation(&p.schema, &p.table).is_some());
-        if partition && i.inherited && attach_to.is_none() {
-            continue;
-        }
-        run(&table, &i.definition, Tag::T_IndexStmt, None);
-        let on_table = first::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = $1 \
-               AND indexrelid = pg_catalog.to_regclass($2)::oid)",
-            &[reloid.into(), qualified(&def.schema, &i.name).into()],
-            "checking an index",
-        )
-        .unwrap_or(false);
-        if !on_table {
-            bad_definition(
-                &table,
-                format!("index {} is not on the table", quote_ident(&i.name)),
-            );
-        }
-        if let Some(p) = attach_to {
-            run(
-                &table,
-                &format!(
-                    "ALTER INDEX {} ATTACH PARTITION {}",
-                    qualified(&p.schema, &p.table),
-                    qualified(&def.schema, &i.name)
-                ),
-                Tag::T_AlterTableStmt,
-                Some(At::AT_AttachPartition),
-            );
-        }
+        make_index(def, reloid, i);
     }
+    let partition = existing_parent(def).is_some();
     for o in def
         .constraints
         .iter()
         .filter(|o| o.kind == "f" && !(partition && o.inherited))
     {
-        let Some(target) = o.references.as_ref().filter(|r| receives(r)) else {
-            warning!(
-                "rserv: foreign key {} of table {} is not made on this slave: the table it references is not received here",
-                quote_ident(&o.name),
-                table
-            );
-            continue;
-        };
+        make_foreign_key(def, reloid, o, receives);
+    }
+    for t in &def.triggers {
+        make_trigger(def, t);
+    }
+    for p in &def.policies {
+        make_policy(def, p);
+    }
+    set_row_security(def);
+}
+
+/// Index `i` of table `def` (unless it exists); a partition's copy of its parent's index is
+/// made here and attached to the parent's (which a partitioned parent made ON ONLY itself), as
+/// pg_dump does.
+pub fn make_index(def: &TableDef, reloid: pg_sys::Oid, i: &IndexDef) {
+    let table = qualified(&def.schema, &def.table);
+    let partition = existing_parent(def).is_some();
+    if relation(&def.schema, &i.name).is_some() {
+        return;
+    }
+    let attach_to = i
+        .parent
+        .as_ref()
+        .filter(|p| partition && relation(&p.schema, &p.table).is_some());
+    if partition && i.inherited && attach_to.is_none() {
+        return;
+    }
+    check_statement(&table, &i.definition, Tag::T_IndexStmt, None);
+    super::probe::probe_index(
+        &table,
+        reloid,
+        crate::catalog::table_info(reloid).owner,
+        &i.definition,
+    );
+    run(&table, &i.definition, Tag::T_IndexStmt, None);
+    let on_table = first::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = $1 \
+           AND indexrelid = pg_catalog.to_regclass($2)::oid)",
+        &[reloid.into(), qualified(&def.schema, &i.name).into()],
+        "checking an index",
+    )
+    .unwrap_or(false);
+    if !on_table {
+        bad_definition(
+            &table,
+            format!("index {} is not on the table", quote_ident(&i.name)),
+        );
+    }
+    if let Some(p) = attach_to {
         run(
             &table,
             &format!(
-                "ALTER TABLE {table} ADD CONSTRAINT {} {}",
-                quote_ident(&o.name),
-                o.definition
+                "ALTER INDEX {} ATTACH PARTITION {}",
+                qualified(&p.schema, &p.table),
+                qualified(&def.schema, &i.name)
             ),
             Tag::T_AlterTableStmt,
-            Some(At::AT_AddConstraint),
+            Some(At::AT_AttachPartition),
         );
-        let references = first::<bool>(
-            "SELECT confrelid = pg_catalog.to_regclass($3)::oid FROM pg_catalog.pg_constraint \
-             WHERE conrelid = $1 AND conname = $2",
-            &[
-                reloid.into(),
-                o.name.clone().into(),
-                qualified(&target.schema, &target.table).into(),
-            ],
-            "checking a foreign key",
-        )
-        .unwrap_or(false);
-        if !references {
-            bad_definition(
-                &table,
-                format!(
-                    "foreign key {} references another table",
-                    quote_ident(&o.name)
-                ),
-            );
-        }
     }
-    for t in &def.triggers {
-        if !trigger_function_exists(&t.function) {
+}
+
+/// Foreign key `o` of table `def`, when this slave receives the table it references.
+pub fn make_foreign_key(
+    def: &TableDef,
+    reloid: pg_sys::Oid,
+    o: &ConstraintDef,
+    receives: &dyn Fn(&Rel) -> bool,
+) {
+    let table = qualified(&def.schema, &def.table);
+    let Some(target) = o.references.as_ref().filter(|r| receives(r)) else {
+        warning!(
+            "rserv: foreign key {} of table {} is not made on this slave: the table it references is not received here",
+            quote_ident(&o.name),
+            table
+        );
+        return;
+    };
+    add_constraint(def, o);
+    let references = first::<bool>(
+        "SELECT confrelid = pg_catalog.to_regclass($3)::oid FROM pg_catalog.pg_constraint \
+         WHERE conrelid = $1 AND conname = $2",
+        &[
+            reloid.into(),
+            o.name.clone().into(),
+            qualified(&target.schema, &target.table).into(),
+        ],
+        "checking a foreign key",
+    )
+    .unwrap_or(false);
+    if !references {
+        bad_definition(
+            &table,
+            format!(
+                "foreign key {} references another table",
+                quote_ident(&o.name)
+            ),
+        );
+    }
+}
+
+/// `ALTER TABLE ... ADD CONSTRAINT` of constraint `o` as the master defines it.
+pub fn add_constraint(def: &TableDef, o: &ConstraintDef) {
+    let table = qualified(&def.schema, &def.table);
+    run(
+        &table,
+        &format!(
+            "ALTER TABLE {table} ADD CONSTRAINT {} {}",
+            quote_ident(&o.name),
+            o.definition
+        ),
+        Tag::T_AlterTableStmt,
+        Some(At::AT_AddConstraint),
+    );
+}
+
+/// Trigger `t` of table `def`, when this slave has its function, enabled as on the master.
+pub fn make_trigger(def: &TableDef, t: &TriggerDef) {
+    let table = qualified(&def.schema, &def.table);
+    let function = qualified(&t.function.schema, &t.function.name);
+    match trigger_function(&t.function) {
+        TriggerFunction::Missing => {
             warning!(
-                "rserv: trigger {} of table {} is not made on this slave: its function {}() does not exist here (create it, then SELECT rserv_slave_create_table ... again or add the trigger yourself)",
+                "rserv: trigger {} of table {} is not made on this slave: its function {}() does not exist here (create it, then add the trigger yourself)",
                 quote_ident(&t.name),
                 table,
-                qualified(&t.function.schema, &t.function.name)
+                function
             );
-            continue;
+            return;
         }
-        run(&table, &t.definition, Tag::T_CreateTrigStmt, None);
-        let state = match t.enabled.as_str() {
-            "D" => Some("DISABLE TRIGGER"),
-            "R" => Some("ENABLE REPLICA TRIGGER"),
-            "A" => Some("ENABLE ALWAYS TRIGGER"),
-            _ => None,
-        };
-        if let Some(state) = state {
-            let subtype = match t.enabled.as_str() {
-                "D" => At::AT_DisableTrig,
-                "R" => At::AT_EnableReplicaTrig,
-                _ => At::AT_EnableAlwaysTrig,
-            };
-            run(
-                &table,
-                &format!("ALTER TABLE {table} {state} {}", quote_ident(&t.name)),
-                Tag::T_AlterTableStmt,
-                Some(subtype),
-            );
-        }
-    }
-    for p in &def.policies {
-        if let Some(missing) = roles_exist(&p.roles) {
+        TriggerFunction::Untrusted(owner) => {
             warning!(
-                "rserv: policy {} of table {} is not made on this slave: role {} does not exist here",
-                quote_ident(&p.name),
+                "rserv: trigger {} of table {} is not made on this slave: its function {}() here belongs to {}, neither a superuser nor the table's owner, and would run as the table's owner (check the function, then add the trigger yourself)",
+                quote_ident(&t.name),
                 table,
-                quote_ident(&missing)
+                function,
+                quote_ident(&owner)
             );
-            continue;
+            return;
         }
-        let command = match p.command.as_str() {
-            "r" => "SELECT",
-            "a" => "INSERT",
-            "w" => "UPDATE",
-            "d" => "DELETE",
-            _ => "ALL",
-        };
-        let roles = if p.roles.is_empty() {
-            "PUBLIC".to_string()
-        } else {
-            ident_list(&p.roles)
-        };
-        let mut sql = format!(
-            "CREATE POLICY {} ON {table} AS {} FOR {command} TO {roles}",
-            quote_ident(&p.name),
-            if p.permissive {
-                "PERMISSIVE"
-            } else {
-                "RESTRICTIVE"
-            }
-        );
-        if let Some(u) = &p.using {
-            sql.push_str(&format!(
-                " USING {}",
-                expression(&table, "a policy's USING", u)
-            ));
-        }
-        if let Some(c) = &p.check {
-            sql.push_str(&format!(
-                " WITH CHECK {}",
-                expression(&table, "a policy's WITH CHECK", c)
-            ));
-        }
-        run(&table, &sql, Tag::T_CreatePolicyStmt, None);
+        TriggerFunction::Usable => {}
     }
-    if def.row_security {
+    run(&table, &t.definition, Tag::T_CreateTrigStmt, None);
+    let state = match t.enabled.as_str() {
+        "D" => Some(("DISABLE TRIGGER", At::AT_DisableTrig)),
+        "R" => Some(("ENABLE REPLICA TRIGGER", At::AT_EnableReplicaTrig)),
+        "A" => Some(("ENABLE ALWAYS TRIGGER", At::AT_EnableAlwaysTrig)),
+        _ => None,
+    };
+    if let Some((state, subtype)) = state {
         run(
             &table,
-            &format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"),
+            &format!("ALTER TABLE {table} {state} {}", quote_ident(&t.name)),
             Tag::T_AlterTableStmt,
-            Some(At::AT_EnableRowSecurity),
+            Some(subtype),
         );
     }
+}
+
+/// Policy `p` of table `def`, when its roles exist here.
+pub fn make_policy(def: &TableDef, p: &PolicyDef) {
+    let table = qualified(&def.schema, &def.table);
+    if let Some(missing) = roles_exist(&p.roles) {
+        warning!(
+            "rserv: policy {} of table {} is not made on this slave: role {} does not exist here",
+            quote_ident(&p.name),
+            table,
+            quote_ident(&missing)
+        );
+        return;
+    }
+    let command = match p.command.as_str() {
+        "r" => "SELECT",
+        "a" => "INSERT",
+        "w" => "UPDATE",
+        "d" => "DELETE",
+        _ => "ALL",
+    };
+    let roles = if p.roles.is_empty() {
+        "PUBLIC".to_string()
+    } else {
+        ident_list(&p.roles)
+    };
+    let mut sql = format!(
+        "CREATE POLICY {} ON {table} AS {} FOR {command} TO {roles}",
+        quote_ident(&p.name),
+        if p.permissive {
+            "PERMISSIVE"
+        } else {
+            "RESTRICTIVE"
+        }
+    );
+    if let Some(u) = &p.using {
+        sql.push_str(&format!(
+            " USING {}",
+            expression(&table, "a policy's USING", u)
+        ));
+    }
+    if let Some(c) = &p.check {
+        sql.push_str(&format!(
+            " WITH CHECK {}",
+            expression(&table, "a policy's WITH CHECK", c)
+        ));
+    }
+    run(&table, &sql, Tag::T_CreatePolicyStmt, None);
+}
+
+/// Row-level security as on the master (never FORCE here: the owner applies every row).
+pub fn set_row_security(def: &TableDef) {
+    let table = qualified(&def.schema, &def.table);
+    let (sql, subtype) = if def.row_security {
+        ("ENABLE", At::AT_EnableRowSecurity)
+    } else {
+        ("DISABLE", At::AT_DisableRowSecurity)
+    };
+    run(
+        &table,
+        &format!("ALTER TABLE {table} {sql} ROW LEVEL SECURITY"),
+        Tag::T_AlterTableStmt,
+        Some(subtype),
+    );
     if def.force_row_security {
         warning!(
             "rserv: table {} has FORCE ROW LEVEL SECURITY on the master; not on this slave, where its owner must apply every row",
@@ -653,7 +725,7 @@ pub fn check_calls(table: &str, reloid: pg_sys::Oid, types: &[pg_sys::Oid]) {
         &[reloid.into()],
         "listing the table's domains",
     ));
-    let risky = risky_calls(reloid, &types);
+    let risky = risky_calls(reloid, &types, crate::catalog::table_info(reloid).owner);
     if !risky.is_empty() {
         bad_definition(
             table,

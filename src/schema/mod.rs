@@ -5,9 +5,12 @@
 //! (`rserv_slave_finish_tables`). The slave never executes SQL text from the master (see
 //! `verify.rs` for how the few clause texts are checked).
 
-mod build;
-mod model;
-mod verify;
+pub(crate) mod build;
+pub(crate) mod model;
+pub(crate) mod probe;
+pub(crate) mod verify;
+
+pub use verify::is_constant;
 
 use crate::catalog::ext_schema;
 use crate::error::SpiOrFail;
@@ -88,7 +91,7 @@ fn rserv_table_list_v11() -> TableIterator<
 }
 
 /// The definition of table `reloid`, with those of its partitions (parents first).
-fn describe(reloid: pg_sys::Oid) -> serde_json::Value {
+pub fn describe(reloid: pg_sys::Oid) -> serde_json::Value {
     let one = |oid: pg_sys::Oid| {
         first::<pgrx::JsonB>(DESCRIBE, &[oid.into()], "describing a table")
             .map(|j| j.0)
@@ -107,7 +110,7 @@ fn describe(reloid: pg_sys::Oid) -> serde_json::Value {
     def
 }
 
-fn parse_definition(definition: serde_json::Value) -> TableDef {
+pub fn parse_definition(definition: serde_json::Value) -> TableDef {
     let def: TableDef = match serde_json::from_value(definition) {
         Ok(d) => d,
         Err(e) => bad_definition("(unknown)", format!("malformed definition: {e}")),
@@ -155,7 +158,7 @@ fn rserv_slave_create_table(definition: pgrx::JsonB) -> String {
 }
 
 /// Does this slave receive table `r` (registered here)?
-fn receives(s: &str, r: &Rel) -> bool {
+pub fn receives(s: &str, r: &Rel) -> bool {
     first::<bool>(
         &format!(
             "SELECT EXISTS (SELECT 1 FROM {s}._rserv_slave_tables_ t \

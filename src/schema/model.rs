@@ -8,24 +8,28 @@ use serde::{Deserialize, Serialize};
 /// Version of the definition format; a slave refuses one it does not know.
 pub const FORMAT: u32 = 1;
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Named {
     pub schema: String,
     pub name: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Rel {
     pub schema: String,
     pub table: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnDef {
     pub name: String,
+    /// the master's attribute number: a column keeps it across renames (DDL in the stream
+    /// matches columns by it)
+    #[serde(default)]
+    pub attnum: i16,
     #[serde(rename = "type")]
     pub typ: Named,
     pub typmod: i32,
@@ -40,7 +44,7 @@ pub struct ColumnDef {
     pub comment: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConstraintDef {
     pub name: String,
@@ -57,7 +61,7 @@ pub struct ConstraintDef {
     pub references: Option<Rel>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IndexDef {
     pub name: String,
@@ -71,7 +75,7 @@ pub struct IndexDef {
     pub parent: Option<Rel>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerDef {
     pub name: String,
@@ -82,7 +86,7 @@ pub struct TriggerDef {
     pub function: Named,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDef {
     pub name: String,
@@ -95,7 +99,7 @@ pub struct PolicyDef {
     pub check: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceDef {
     pub schema: String,
@@ -115,7 +119,7 @@ pub struct SequenceDef {
     pub identity: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConstraint {
     pub name: String,
@@ -123,7 +127,7 @@ pub struct DomainConstraint {
     pub definition: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Attribute {
     pub name: String,
@@ -132,7 +136,7 @@ pub struct Attribute {
     pub typmod: i32,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TypeDef {
     pub schema: String,
@@ -151,7 +155,7 @@ pub struct TypeDef {
     pub comment: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TableDef {
     pub format: u32,

@@ -18,7 +18,7 @@ pub fn bad_definition(table: &str, what: impl std::fmt::Display) -> ! {
 }
 
 /// The statements `sql` parses into (raising the parser's syntax error).
-unsafe fn parse(sql: &str, mode: pg_sys::RawParseMode::Type) -> Vec<*mut pg_sys::Node> {
+pub(crate) unsafe fn parse(sql: &str, mode: pg_sys::RawParseMode::Type) -> Vec<*mut pg_sys::Node> {
     let c = c_string(sql);
     let list = pg_sys::raw_parser(c.as_ptr(), mode);
     if list.is_null() {
@@ -69,6 +69,30 @@ pub fn single_expression(expr: &str) -> bool {
         (*target).type_ == pg_sys::NodeTag::T_ResTarget
             && (*target).name.is_null()
             && (*target).indirection.is_null()
+    }
+}
+
+/// Is `expr` a constant (a literal, maybe cast): the same value wherever and whenever it is
+/// evaluated?
+pub fn is_constant(expr: &str) -> bool {
+    if !single_expression(expr) {
+        return false;
+    }
+    // SAFETY: parse tree of the expression just checked
+    unsafe {
+        let stmts = parse(expr, pg_sys::RawParseMode::RAW_PARSE_PLPGSQL_EXPR);
+        let s = &*(stmts[0] as *mut pg_sys::SelectStmt);
+        let target = (*(*s.targetList).elements).ptr_value as *mut pg_sys::ResTarget;
+        let v = (*target).val;
+        !v.is_null()
+            && match (*v).type_ {
+                pg_sys::NodeTag::T_A_Const => true,
+                pg_sys::NodeTag::T_TypeCast => {
+                    let arg = (*(v as *mut pg_sys::TypeCast)).arg;
+                    !arg.is_null() && (*arg).type_ == pg_sys::NodeTag::T_A_Const
+                }
+                _ => false,
+            }
     }
 }
 
@@ -184,10 +208,33 @@ const RUNS_SQL: &str = "ARRAY['query_to_xml', 'query_to_xmlschema', 'query_to_xm
     'pg_ls_dir', 'pg_stat_file', 'lo_import', 'lo_export', 'dblink', 'dblink_exec']::name[]";
 
 /// A slave object a definition may use (a type) or call (a function) must be a superuser's or
-/// the replication role's own (`$3`), never another user's: their code would then run as the
-/// replication role or as the tables' owners (and a function's volatility is its owner's word).
+/// the table owner's own (`$3`: the apply runs the table's expressions as its owner), never
+/// another user's: their code would then run as the table's owner (and a function's volatility
+/// is its owner's word).
 const TRUSTED: &str = "coalesce((SELECT a.rolsuper OR a.oid = $3 FROM pg_catalog.pg_roles a \
                        WHERE a.oid = f.proowner), false)";
+
+/// Of functions `functions` and the functions of operators `operators`, those an expression of
+/// a table owned by `owner` may not call (the rules of [`risky_calls`]).
+pub fn risky_functions(
+    functions: Vec<pg_sys::Oid>,
+    operators: Vec<pg_sys::Oid>,
+    owner: pg_sys::Oid,
+) -> Vec<String> {
+    column::<String>(
+        &format!(
+            "SELECT DISTINCT f.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc f \
+              WHERE (f.oid = ANY ($1::oid[]) \
+                     OR f.oid IN (SELECT o.oprcode FROM pg_catalog.pg_operator o WHERE o.oid = ANY ($2::oid[]))) \
+                AND ((f.provolatile = 'v' AND f.oid <> ALL ({VOLATILE_ALLOWED}::oid[])) \
+                     OR f.proname = ANY ({RUNS_SQL}) \
+                     OR NOT {TRUSTED}) \
+              ORDER BY 1"
+        ),
+        &[functions.into(), operators.into(), owner.into()],
+        "checking the functions an expression calls",
+    )
+}
 
 /// Is type `oid` a superuser's or `role`'s (see `TRUSTED`)?
 pub fn trusted_type(oid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
@@ -205,7 +252,7 @@ pub fn trusted_type(oid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
 /// types `types` (domain defaults and constraints) would call. PostgreSQL records every
 /// function and operator an expression uses as a dependency of the object that holds it; a
 /// trigger's own function is the slave's, attached as the master's definition says.
-pub fn risky_calls(reloid: pg_sys::Oid, types: &[pg_sys::Oid]) -> Vec<String> {
+pub fn risky_calls(reloid: pg_sys::Oid, types: &[pg_sys::Oid], owner: pg_sys::Oid) -> Vec<String> {
     column::<String>(
         &format!(
             "WITH parts AS ( \
@@ -234,7 +281,11 @@ pub fn risky_calls(reloid: pg_sys::Oid, types: &[pg_sys::Oid]) -> Vec<String> {
                      OR NOT {TRUSTED}) \
               ORDER BY 1"
         ),
-        &[reloid.into(), types.to_vec().into(), crate::security::outer_user().into()],
+        &[
+            reloid.into(),
+            types.to_vec().into(),
+            owner.into(),
+        ],
         "checking the table's expressions",
     )
 }

@@ -21,6 +21,7 @@
 //!   panics (default 300).
 
 pub mod daemon;
+pub mod gen;
 pub mod matrix;
 pub mod oracle;
 pub mod pair;
@@ -298,6 +299,13 @@ impl Cluster {
     }
 
     /// Starts a stopped cluster again on the same port; panics on failure.
+    /// Stop the server, run `f` on its data directory, start it again.
+    pub fn while_stopped(&self, f: impl FnOnce(&std::path::Path)) {
+        self.stop();
+        f(self.data_dir());
+        self.start_again();
+    }
+
     pub fn start_again(&self) {
         let out = self.pg_ctl_start();
         if !out.status.success() {
@@ -982,4 +990,10 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// Run a command that must succeed (a file operation of a test).
+pub fn run_ok(cmd: &mut std::process::Command) {
+    let out = cmd.output().expect("command");
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
 }

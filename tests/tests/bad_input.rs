@@ -61,9 +61,12 @@ fn table_registered_on_one_side_only() {
     p.assert_equal("u");
 }
 
+/// A slave table that lacks a column of the master's (made so on the slave, not by a schema
+/// change, which the slave would follow): a clear error naming it, nothing applied.
 #[test]
 fn column_missing_on_slave() {
     let p = pair_with_changes("missingcol");
+    p.slave.execute(DB, "ALTER TABLE t DROP COLUMN v");
     p.master.execute(
         DB,
         "ALTER TABLE t ADD COLUMN extra int DEFAULT 7; UPDATE t SET v = 'x' WHERE id = 2",
@@ -74,14 +77,16 @@ fn column_missing_on_slave() {
         &out,
         1,
         &[
-            "column \"extra\" of table public.t",
+            "column \"v\" of table public.t",
             "does not exist on this slave",
         ],
     );
     assert_eq!(state(&p, "t"), before);
-    p.slave.execute(DB, "ALTER TABLE t ADD COLUMN extra int");
+    p.slave.execute(DB, "ALTER TABLE t ADD COLUMN v text");
     p.sync();
-    p.assert_equal("t");
+    // the slave's columns are in another order now: compare them by name
+    let q = "SELECT id, v, extra FROM t ORDER BY id";
+    assert_eq!(p.master.query_strings(DB, q), p.slave.query_strings(DB, q));
 }
 
 #[test]
@@ -169,20 +174,16 @@ fn damaged_snapshots_are_refused() {
         assert_fails(&out, 4, &["invalid snapshot", needle]);
         assert_eq!(state(&p, "t"), before, "{what}: slave changed");
     }
-    // another rserv version on the master is refused before anything is read
-    let version_at = good.find("\"rserv\":\"").expect("a version in the header") + 9;
-    let version_end = version_at + good[version_at..].find('"').expect("end of the version");
-    let other = format!("{}0.9.0{}", &good[..version_at], &good[version_end..]);
+    // a change-set format this replicate does not read is refused before anything is read
+    // (another rserv release on the master is fine as long as the format is one it reads)
+    assert!(
+        good.starts_with("-- RSERV SNAPSHOT 1\n"),
+        "format 1 expected"
+    );
+    let other = good.replacen("-- RSERV SNAPSHOT 1\n", "-- RSERV SNAPSHOT 2\n", 1);
     std::fs::write(&file, other).unwrap();
     let out = p.replicate(&["apply", DB, "--input", file.to_str().unwrap()]);
-    assert_fails(
-        &out,
-        1,
-        &[&format!(
-            "the master runs rserv 0.9.0 but this slave runs rserv {}",
-            &good[version_at..version_end]
-        )],
-    );
+    assert_fails(&out, 4, &["invalid snapshot", "change-set format 2"]);
     assert_eq!(state(&p, "t"), before);
     // the good file still applies
     std::fs::write(&file, &good).unwrap();

@@ -1,0 +1,183 @@
+//! `replicate switchover`: the slave takes over as master, the old master becomes its slave, at
+//! one sync point and with no copy (see the extension's `takeover.rs` for each step's
+//! invariant). Every step is idempotent: running the command again after an interruption
+//! finishes the switchover from where it stopped.
+
+use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use crate::error::{DbContext, Error};
+use crate::master;
+use crate::slave;
+use std::time::{Duration, Instant};
+
+/// What a switchover did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Tables that changed roles.
+    pub tables: i64,
+    /// Writing transactions on the old master cancelled after the grace period.
+    pub cancelled: i64,
+    /// Change sets applied after the fence (the last of the old master's changes).
+    pub final_change_sets: usize,
+    /// The old master's server id on the new master, and the sync id it starts from.
+    pub server: i32,
+    pub syncid: i64,
+    /// From the fence to the new master's first accepted write.
+    pub unavailable: Duration,
+}
+
+/// The old master's registration on the new one, when the new one was promoted already.
+fn promoted(ep: &mut Endpoints, old: &str) -> Result<Option<(i32, i64)>, Error> {
+    let rows = ep
+        .slave
+        .query(
+            &format!(
+                "SELECT server, confirmed_syncid FROM {} WHERE slave_node::text = $1",
+                ep.slave_rs.func("rserv_status")
+            ),
+            &[&old],
+        )
+        .ctx("slave: reading its slaves")?;
+    Ok(rows
+        .first()
+        .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0))))
+}
+
+/// Fence the master, waiting `grace` for writers in flight, then cancelling those still there.
+fn fence(ep: &mut Endpoints, successor: &str, grace: Duration) -> Result<(i64, i64), Error> {
+    let m = &mut *ep.master;
+    let rs = ep.master_rs;
+    let mut cancelled = 0;
+    for attempt in 0..3 {
+        m.batch_execute(&format!(
+            "SET lock_timeout = '{}ms'",
+            grace.as_millis().max(1)
+        ))
+        .ctx("master: setting lock_timeout")?;
+        let r = m.query_one(
+            &format!("SELECT {}($1)", rs.func("rserv_fence")),
+            &[&successor],
+        );
+        m.batch_execute("RESET lock_timeout")
+            .ctx("master: resetting lock_timeout")?;
+        match r {
+            Ok(row) => return Ok((row.get(0), cancelled)),
+            Err(e)
+                if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && attempt < 2 =>
+            {
+                // writers in flight past the grace period: cancelled (they roll back, and their
+                // clients see the cancellation and retry, then meet the fence)
+                let row = m
+                    .query_one(
+                        &format!(
+                            "SELECT count(pg_catalog.pg_cancel_backend(l.pid)) FROM pg_catalog.pg_locks l \
+                             WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() \
+                               AND l.relation IN (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident(t.schema_name) \
+                                                  || '.' || pg_catalog.quote_ident(t.table_name)) \
+                                                  FROM {} t)",
+                            rs.func("rserv_table_list") + "()"
+                        ),
+                        &[],
+                    )
+                    .ctx("master: cancelling the writers in flight")?;
+                cancelled += row.get::<_, i64>(0);
+            }
+            Err(e) => return Err(e).ctx("master: fencing the replicated tables"),
+        }
+    }
+    Err(Error::Failed(
+        "master: the replicated tables stayed locked; the switchover did not start".into(),
+    ))
+}
+
+/// Switch the roles of master and slave (`opts.server`: the slave's id on the master).
+pub fn switchover(
+    ep: &mut Endpoints,
+    opts: &CycleOptions,
+    grace: Duration,
+) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let old = master::node_id(ep.master, ep.master_rs)?;
+    let new = slave::node_id(ep.slave, ep.slave_rs)?;
+    if let Some((server, syncid)) = promoted(ep, &old)? {
+        // interrupted after the promotion: only the old master's part is left (or done)
+        let follows = slave::sync_state(ep.master, ep.master_rs)?.1;
+        if follows.is_some_and(|m| m.eq_ignore_ascii_case(&new)) {
+            return Err(Error::Failed(
+                "the switchover is complete already: the slave is the master now".into(),
+            ));
+        }
+        report.server = server;
+        report.syncid = syncid;
+        report.tables = demote(ep, &new, server, syncid)?;
+        return Ok(report);
+    }
+    let follows = slave::sync_state(ep.slave, ep.slave_rs)?.1;
+    if !follows.is_some_and(|m| m.eq_ignore_ascii_case(&old)) {
+        return Err(Error::Usage(
+            "the slave database does not follow this master: replicate it from this master first"
+                .into(),
+        ));
+    }
+    let started = Instant::now();
+    let (_, cancelled) = fence(ep, &new, grace)?;
+    report.cancelled = cancelled;
+    // what the master committed before the fence reaches the slave
+    loop {
+        let outcome = cycle::run(ep, opts)?;
+        if let Outcome::Applied { .. } = outcome {
+            report.final_change_sets += 1;
+        }
+        if matches!(outcome, Outcome::InSync) {
+            break;
+        }
+    }
+    let mut promote = ep
+        .slave
+        .transaction()
+        .ctx("slave: starting the promotion")?;
+    let row = promote
+        .query_one(
+            &format!(
+                "SELECT server, syncid FROM {}($1, $2)",
+                ep.slave_rs.func("rserv_promote")
+            ),
+            &[&old, &opts.server],
+        )
+        .ctx("slave: taking over as master")?;
+    promote.commit().ctx("slave: committing the promotion")?;
+    report.unavailable = started.elapsed();
+    report.server = row.get(0);
+    report.syncid = row.get(1);
+    report.tables = demote(ep, &new, report.server, report.syncid)?;
+    Ok(report)
+}
+
+fn demote(ep: &mut Endpoints, new: &str, server: i32, syncid: i64) -> Result<i64, Error> {
+    let row = ep
+        .master
+        .query_one(
+            &format!("SELECT {}($1, $2, $3)", ep.master_rs.func("rserv_demote")),
+            &[&new, &server, &syncid],
+        )
+        .ctx("master: becoming a slave of the new master")?;
+    Ok(row.get(0))
+}
+
+/// Lift the fence of a switchover that is not going ahead (the slave was not promoted).
+pub fn abort(ep: &mut Endpoints) -> Result<bool, Error> {
+    let old = master::node_id(ep.master, ep.master_rs)?;
+    if promoted(ep, &old)?.is_some() {
+        return Err(Error::Failed(
+            "the slave has taken over already: run replicate switchover again to finish".into(),
+        ));
+    }
+    let row = ep
+        .master
+        .query_one(
+            &format!("SELECT {}()", ep.master_rs.func("rserv_unfence")),
+            &[],
+        )
+        .ctx("master: lifting the fence")?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,365 @@
+//! Adversary review 3, of 6f9b780 (DDL in the stream, index probe, trigger-function trust,
+//! sequences, restored-master refusal). Each test is one finding: a minimal reproduction on
+//! real clusters that FAILS on 6f9b780 and asserts what a fixed rserv must do (refuse with a
+//! clear error, or keep the slave equal to its master / keep the attacker powerless). Each
+//! test's doc comment says what breaks, why, how bad it is, and the recommended fix.
+//! c1, c3, c7 and c8 are fixed and here; c2, c4, c5 and c6 are open (issue notes) and their
+//! reproductions live on branch `adversary3` (tests/tests/adversary3.rs there).
+//!
+//! - HIGH (security) c1: the index probe runs the master's CREATE INDEX as the bootstrap
+//!   superuser; `CheckMutability` constant-folds IMMUTABLE functions, so a table owner's
+//!   function runs as superuser on the slave (here: she makes herself superuser).
+//! - HIGH (correctness) c6: b6 (restored master) is still open through the seed's
+//!   `prepare | apply && master-sync` pipeline: skip + confirm of a reissued sync id.
+//! - MEDIUM (correctness) c2: `ALTER TYPE … RENAME VALUE` changes replicated rows silently.
+//! - MEDIUM (correctness) c3: sequences a DDL brings (`ADD COLUMN serial`) are never
+//!   registered on the master nor created on an existing slave.
+//! - MEDIUM (correctness) c4: a table swap by renames stops the slave for good (names resolved
+//!   by their current meaning on the master).
+//! - MEDIUM (correctness) c5: a new slave replays retained DDL history by column name onto a
+//!   table built from the current definition (stuck; or silently swapped defaults).
+//! - MEDIUM (security) c7: every master DDL switches off a slave-local ROW LEVEL SECURITY.
+//! - MEDIUM (correctness) c8: a master's ADD COLUMN adopts a slave-only column of the same
+//!   name with its slave-local values.
+//!
+//! Checked and held up (by reading, some with scratch runs): DDL recording under concurrent
+//! DDL at READ COMMITTED/REPEATABLE READ (the `_rserv_tables_` update serialises or fails),
+//! DDL rows in rolled-back savepoints, recopy scheduling vs. concurrent prepares and confirms,
+//! DDL section ordering vs. the row window, renames/rewrites after the prepare's snapshot
+//! (`guard_table`), rewrite-free key type changes (int→oid, varchar widening), trigger
+//! functions (superuser's or owner's only), the GENERATED_MARK check, `require_known_history`
+//! in replicate's own cycle. Noted, not tested: two concurrent `CREATE INDEX` on one table
+//! (ShareLock does not self-conflict) overwrite each other's recorded definition, so a later
+//! DROP INDEX of the lost one never reaches the slaves; `add_partition` accepts a slave
+//! relation attached to *another* parent as "attached already"; a failed statement between the
+//! `table_rewrite` event and `ddl_command_end` leaves its OID in `REWRITTEN` (a spurious recopy
+//! later); `_rserv_index_probe_` in the extension's schema can be pre-created by anyone with
+//! CREATE there (every index then fails to replicate).
+//!
+//! Run against the PostgreSQL under test with
+//! `RSERV_PG_BINDIR=…/bin cargo test -p rserv-tests --test adversary3 -- --nocapture`.
+
+use rserv_tests::pair::{Pair, DB};
+use rserv_tests::roles::{exec_as, output_text, value};
+use rserv_tests::Cluster;
+
+/// Every row of `table` (`t::text`), sorted, as superuser.
+fn rows(c: &Cluster, table: &str) -> Vec<String> {
+    c.query_strings(DB, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
+        .into_iter()
+        .map(|r| r.into_iter().next().flatten().unwrap_or_default())
+        .collect()
+}
+
+/// A replicate run either refused (exit 1, naming `needle` on stderr) or left `table` equal
+/// on both sides.
+fn refused_or_equal(p: &Pair, out: &std::process::Output, table: &str, needle: &str, what: &str) {
+    if out.status.success() {
+        assert_eq!(
+            rows(&p.slave, table),
+            rows(&p.master, table),
+            "{what}: replicate succeeded and the slave silently differs\n{}",
+            output_text(out)
+        );
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(needle),
+            "{what}: refused, but without naming {needle}: {}",
+            output_text(out)
+        );
+    }
+}
+
+/// The state of sequence `seq` (`last_value`, `is_called`) on one side.
+fn sequence_state(c: &Cluster, seq: &str) -> Option<String> {
+    value(
+        c,
+        &format!("SELECT last_value || ' ' || is_called FROM {seq}"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// C1 (security, HIGH): the index probe runs the master's index statement as the superuser
+// ---------------------------------------------------------------------------------------------
+
+/// C1. Before building an index a DDL section (or `--create-tables`' post-data) brings, the
+/// slave "probes" it (`schema/probe.rs`): it runs the master's CREATE INDEX, retargeted to an
+/// empty scratch table, **as rserv's definer, the bootstrap superuser** (`as_definer`), on the
+/// theory that an index build on an empty table evaluates nothing. It does: `DefineIndex` runs
+/// every index expression and the predicate through `CheckMutability` → `expression_planner`
+/// → `eval_const_expressions`, which *executes* every IMMUTABLE function whose arguments are
+/// constants (here `v > alice.f()`). IMMUTABLE is the function owner's word, and nothing stops
+/// an "immutable" function from calling a volatile one. So alice, a plain user who owns a
+/// replicated table on both sides, adds `CREATE INDEX … WHERE v > alice.f()` on the master;
+/// on the slave her `alice.f()` runs as the superuser during `rserv_apply_end()` and makes her
+/// a superuser. `risky_calls` only looks at the probe afterwards (and trusts the table owner's
+/// own functions anyway); when the slave table belongs to the replication role the check does
+/// refuse and the transaction rolls back, but what the function did outside the transaction
+/// (`COPY … TO PROGRAM`, files, `dblink`) as the superuser stays done.
+///
+/// Severity: HIGH (privilege escalation to superuser on every slave, by any owner of a
+/// replicated master table who can create a function on the slave; also through
+/// `--create-tables`' post-data).
+///
+/// Fix: never run a master's statement as the definer. Find what an index calls without
+/// executing DefineIndex: parse-analyse the statement against the real table
+/// (`transformIndexStmt`), collect the functions and operators of its expressions and
+/// predicate (`check_functions_in_node`/`pull_*`), apply the `risky_calls` rules to those
+/// OIDs (trusted owner, not volatile, not SQL-running), and only then run CREATE INDEX as the
+/// table's owner. If a scratch build is kept, run it as the table's owner, not the definer.
+#[test]
+fn c1_index_probe_runs_the_owners_immutable_function_as_superuser() {
+    let p = Pair::start("adv3-c1");
+    for c in [&p.master, &p.slave] {
+        c.execute(
+            DB,
+            "CREATE ROLE alice LOGIN; CREATE SCHEMA alice AUTHORIZATION alice",
+        );
+    }
+    exec_as(
+        &p.master,
+        "alice",
+        "CREATE FUNCTION alice.f() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 0';
+         CREATE TABLE alice.t (id int PRIMARY KEY, v int);
+         INSERT INTO alice.t SELECT i, i FROM generate_series(1, 10) i;",
+    );
+    // on the slave, alice's f() of the same name calls a volatile function of hers
+    exec_as(
+        &p.slave,
+        "alice",
+        "CREATE TABLE alice.t (id int PRIMARY KEY, v int);
+         CREATE TABLE alice.seen (who text, super bool);
+         CREATE FUNCTION alice.evil() RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO alice.seen
+                  SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
+             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE 'ALTER ROLE alice SUPERUSER';
+             END IF;
+             RETURN 0;
+         END $$;
+         CREATE FUNCTION alice.f() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN RETURN alice.evil(); END $$;",
+    );
+    p.master.execute(DB, "SELECT rserv_add_table('alice.t')");
+    p.slave
+        .execute(DB, "SELECT rserv_slave_add_table('alice.t')");
+    p.sync();
+    // alice adds an index to her own master table
+    exec_as(
+        &p.master,
+        "alice",
+        "CREATE INDEX t_pred ON alice.t (v) WHERE v > alice.f()",
+    );
+    let out = p.replicate(&[DB, DB]);
+    let text = output_text(&out);
+    eprintln!("{text}");
+    let ran_as = p
+        .slave
+        .query_strings(DB, "SELECT who || ' ' || super FROM alice.seen ORDER BY 1")
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect::<Vec<_>>();
+    let alice_super = value(
+        &p.slave,
+        "SELECT rolsuper::text FROM pg_roles WHERE rolname = 'alice'",
+    );
+    assert_eq!(
+        alice_super.as_deref(),
+        Some("false"),
+        "C1: alice became a superuser on the slave (her function ran as {ran_as:?})\n{text}"
+    );
+    assert!(
+        !ran_as.iter().any(|r| !r.starts_with("alice")),
+        "C1: alice's function ran as another role on the slave: {ran_as:?}\n{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// C2 (correctness, MEDIUM): ALTER TYPE … RENAME VALUE changes replicated rows silently
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// C3 (correctness, MEDIUM): a sequence a DDL brings (ADD COLUMN serial) is never replicated
+// ---------------------------------------------------------------------------------------------
+
+/// C3. Sequences are registered with their table only by `rserv_add_table` (and the upgrade
+/// and promotion paths): `register_table_sequences` is never called when DDL gives a
+/// replicated table a new sequence (`ADD COLUMN n serial`, `SET DEFAULT nextval(…)` of a new
+/// sequence of the owner's). On the slave, `apply_section` never calls `ensure_sequences`.
+/// Two consequences:
+/// - a slave that joins afterwards (`--create-tables` creates `t_n_seq` from the definition)
+///   never receives the sequence's state: its `t_n_seq` stays at its start while the copied
+///   rows hold `n` up to the master's value; after a takeover `nextval` returns values the
+///   master already used (silently; "a slave's sequence is never behind a value any of its
+///   rows holds");
+/// - an existing slave cannot follow `ADD COLUMN n serial` at all: its ADD COLUMN names a
+///   sequence it lacks ("relation … does not exist"), every cycle, until someone creates the
+///   sequence by hand — which then is never set either.
+///
+/// Severity: MEDIUM (silent loss of the sequence guarantee; replication stops on a documented
+/// schema change).
+///
+/// Fix: in `record_table` (master) register the table's sequences again (as
+/// `register_table_sequences` does, owner rule included) whenever its definition changes; in
+/// `apply_section` (slave) run `ensure_sequences(new.sequences)` before the steps (and OWNED BY
+/// after the column exists), as `create_table` does.
+#[test]
+fn c3_sequence_of_a_column_added_by_ddl_is_never_replicated() {
+    let p = Pair::start("adv3-c3");
+    p.master.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 3) i;
+         SELECT rserv_add_table('t');
+         ALTER TABLE t ADD COLUMN n serial;
+         INSERT INTO t (id, v) VALUES (10, 'ten');",
+    );
+    // a slave that joins after the DDL
+    let out = p.replicate(&["--create-tables", DB, DB]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "first run failed\n{text}");
+    assert_eq!(rows(&p.slave, "t"), rows(&p.master, "t"));
+    assert_eq!(
+        sequence_state(&p.slave, "t_n_seq"),
+        sequence_state(&p.master, "t_n_seq"),
+        "C3: the slave's t_n_seq is behind the values its rows hold (rows: {:?})\n{text}",
+        rows(&p.slave, "t")
+    );
+    // an existing slave follows a second serial column
+    p.master.execute(
+        DB,
+        "ALTER TABLE t ADD COLUMN m bigserial; INSERT INTO t (id, v) VALUES (11, 'eleven');",
+    );
+    let out = p.replicate(&[DB, DB]);
+    let text = output_text(&out);
+    assert!(
+        out.status.success(),
+        "C3: the slave cannot follow ADD COLUMN … bigserial\n{text}"
+    );
+    assert_eq!(rows(&p.slave, "t"), rows(&p.master, "t"));
+    assert_eq!(
+        sequence_state(&p.slave, "t_m_seq"),
+        sequence_state(&p.master, "t_m_seq"),
+        "C3: t_m_seq\n{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// C4 (correctness, MEDIUM): a table swap by renames never reaches the slave
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// C5 (correctness, MEDIUM): a new slave replays DDL history onto a table made from today's
+// definition
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// C6 (correctness, HIGH): a restored master, replicated with the seed's pipeline
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// C7 (security, MEDIUM): any master DDL switches off the slave's row-level security
+// ---------------------------------------------------------------------------------------------
+
+/// C7. After a DDL section, `rserv_apply_end()` makes the table's objects match the master's
+/// definition (`finish_deferred` → `objects`), which ends with `set_row_security(def)`: `ALTER
+/// TABLE … DISABLE ROW LEVEL SECURITY` whenever the master's table has none. A slave whose
+/// administrator protects a received table with row-level security of its own (slave-local
+/// readers see only their rows; the apply itself runs as the owner, exempt) loses it at the
+/// master's next harmless schema change — here `COMMENT ON TABLE` — silently: every reader on
+/// the slave then sees every row. rserv otherwise leaves slave-local objects alone (indexes,
+/// triggers and policies the master lacks are kept); this one setting is imposed.
+///
+/// Severity: MEDIUM (slave users gain read access to rows a slave-local policy hid from
+/// them, by an unrelated DDL of the master's).
+///
+/// Fix: follow the master's row-level security only when it changes in the section (old vs
+/// new `row_security`), as every other step does, never reset it to the master's state at
+/// each DDL; at most WARN when they differ.
+#[test]
+fn c7_master_ddl_disables_the_slaves_own_row_level_security() {
+    let p = Pair::start("adv3-c7");
+    p.table("CREATE TABLE t (id int PRIMARY KEY, who text)", "t", None);
+    p.master
+        .execute(DB, "INSERT INTO t VALUES (1, 'bob'), (2, 'carol')");
+    p.sync();
+    p.slave.execute(
+        DB,
+        "CREATE ROLE bob LOGIN; GRANT SELECT ON t TO bob;
+         CREATE POLICY own_rows ON t FOR SELECT USING (who = current_user);
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY;",
+    );
+    let seen_by_bob = |p: &Pair| {
+        let mut c = rserv_tests::roles::connect_as(&p.slave, "bob");
+        rserv_tests::roles::try_value(&mut c, "SELECT count(*)::text FROM t").expect("bob reads t")
+    };
+    assert_eq!(seen_by_bob(&p).as_deref(), Some("1"));
+    p.master
+        .execute(DB, "COMMENT ON TABLE t IS 'people'; UPDATE t SET who = who");
+    let out = p.replicate(&[DB, DB]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        value(
+            &p.slave,
+            "SELECT relrowsecurity::text FROM pg_class WHERE oid = 't'::regclass"
+        )
+        .as_deref(),
+        Some("true"),
+        "C7: the master's COMMENT ON TABLE switched off the slave's row-level security; bob \
+         now sees {:?} rows\n{text}",
+        seen_by_bob(&p)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// C8 (correctness, MEDIUM): a master's new column takes over a slave-only column of its name
+// ---------------------------------------------------------------------------------------------
+
+/// C8. Slave-only columns are allowed (README: extra nullable or defaulted columns). When the
+/// master then adds a column of the same name, `before_step` (`Step::AddColumn`) finds a
+/// column of that name on the slave and takes it for "added already": the slave keeps its
+/// own values in every row the change set does not carry, while the master's rows hold the
+/// new column's default. Every cycle exits 0; the column is replicated from now on, and the
+/// slave differs in it for good (`replicate check` reports the rows). The same name match
+/// lets `RenameColumn`, `AlterType`, `SetDefault` and `DropColumn` act on a slave-only column
+/// (a master's `DROP COLUMN` of a column it added and dropped again drops the slave's data).
+///
+/// Severity: MEDIUM (silent divergence in a replicated column).
+///
+/// Fix: an ADD COLUMN step that finds a column of that name must make sure it is the
+/// master's (the slave table was made from a later definition: the column is in the latest
+/// definition with this attnum, and the table is being copied whole in this change set);
+/// otherwise stop with an error naming the column (or send the table whole, `recopy`).
+#[test]
+fn c8_master_add_column_takes_over_a_slave_only_column() {
+    let p = Pair::start("adv3-c8");
+    p.master
+        .execute(DB, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    p.slave.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, v text, note int DEFAULT 7)",
+    );
+    p.master.execute(DB, "SELECT rserv_add_table('t')");
+    p.slave.execute(DB, "SELECT rserv_slave_add_table('t')");
+    p.master.execute(
+        DB,
+        "INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 5) i",
+    );
+    p.sync();
+    // the slave's own column, with values of its own (the slave's default)
+    p.master.execute(
+        DB,
+        "ALTER TABLE t ADD COLUMN note int DEFAULT 0; INSERT INTO t VALUES (6, 'v6', 1)",
+    );
+    let out = p.replicate(&[DB, DB]);
+    refused_or_equal(
+        &p,
+        &out,
+        "t",
+        "note",
+        "C8: after the master added column note",
+    );
+}
