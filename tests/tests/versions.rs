@@ -2,8 +2,9 @@
 //! upgrade, or the way back). Each pair runs the type matrix (`rserv_tests::matrix`, every
 //! built-in type with its awkward values, with odd session settings on both sides), tables the
 //! slave builds from the master's definition (`--create-tables`), a concurrent money-transfer
-//! workload whose total the slave must show after every change set, and the values one major
-//! has and the other lacks (infinite intervals exist from 17 on).
+//! workload whose total the slave must show after every change set, the values one major
+//! has and the other lacks (infinite intervals exist from 17 on), and last a switchover: the
+//! slave's major becomes the master's and the old master follows it (the upgrade path).
 //!
 //! Every test needs two PostgreSQL installations with rserv (`scripts/setup.sh --pg N`, found
 //! with `rserv_tests::pg_bindir_for`), so they are ignored by a plain `cargo test`:
@@ -240,6 +241,39 @@ fn infinite_intervals(p: &Pair, from: u32, to: u32) {
     matrix::assert_same(p, "spans");
 }
 
+/// `replicate switchover`: the slave (PostgreSQL `to`) becomes the master and the old master
+/// (PostgreSQL `from`) its slave, with no copy; writes on the new master reach the old one.
+fn switchover(p: Pair, from: u32, to: u32) {
+    let out = p.replicate(&["switchover", "--grace", "1", DB, DB]);
+    assert_ok(&out, "replicate switchover");
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("switchover done"), "{said}");
+    let Pair { master, slave } = p;
+    let q = Pair {
+        master: slave,
+        slave: master,
+    };
+    assert_eq!((q.master.major(), q.slave.major()), (to, from));
+    q.master.execute(
+        DB,
+        &format!(
+            "{}; UPDATE account SET balance = balance + 5 WHERE id = 1;
+             UPDATE account SET balance = balance - 5 WHERE id = 2;
+             INSERT INTO orders (customer, amount, note) VALUES (4, 7.5, 'after the switchover');
+             DELETE FROM events WHERE id % 9 = 0;",
+            matrix::change_round(3)
+        ),
+    );
+    q.sync();
+    for t in matrix::TABLES
+        .into_iter()
+        .chain(["customer", "orders", "events", "account", "spans"])
+    {
+        matrix::assert_same(&q, t);
+    }
+}
+
 fn cross(from: u32, to: u32) {
     let p = start(from, to);
     eprintln!(
@@ -259,6 +293,7 @@ fn cross(from: u32, to: u32) {
     )
     .0;
     workload(&p, seed);
+    switchover(p, from, to);
 }
 
 macro_rules! cross_tests {
