@@ -13,7 +13,7 @@ set -o errtrace
 cd "$(dirname "$0")/.."
 
 START=$SECONDS
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${RSERV_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BIN/pg_config
 BUILD_LOG=/tmp/rserv-demo-build.log
 export PATH="/usr/local/bin:$HOME/.cargo/bin:$PATH"

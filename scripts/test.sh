@@ -8,8 +8,7 @@
 #   5. a slice of the tests across PostgreSQL majors: 15 -> 18 and 18 -> 15 (sets up 18 under
 #      /opt/rserv-pg/18 with scripts/setup.sh --pg 18, a few minutes the first time, then two
 #      tests of about a minute together; scripts/test-versions.sh runs every pair of 14..18, the
-#      SQL API suite on each, the rolling upgrade from rserv 1.0.0, and with --full the whole
-#      suite on every major)
+#      SQL API suite on each, and with --full the whole suite on every major)
 # and ends with one line "rserv: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."

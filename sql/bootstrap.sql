@@ -111,6 +111,9 @@ CREATE TABLE _rserv_sync_ (
     minid    int8        NOT NULL,
     maxid    int8        NOT NULL,
     active   int8[]      NOT NULL,
+    -- tells this change set from another with the same id (a master restored from a backup
+    -- issues its ids again): the slave records it with the sync id it applied
+    fingerprint uuid     NOT NULL DEFAULT gen_random_uuid(),
     PRIMARY KEY (server, syncid)
 );
 
@@ -158,5 +161,7 @@ CREATE TABLE _rserv_slave_sync_ (
     singleton bool       NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
     -- the server id this database is known by on its master (change sets for another id are
     -- refused); NULL after rserv_slave_resync()
-    server   int4
+    server   int4,
+    -- the applied change set's fingerprint (`_rserv_sync_.fingerprint` on the master)
+    fingerprint uuid
 );

@@ -17,9 +17,7 @@
 --   recorded now;
 -- - the DDL guards also refuse SET UNLOGGED, disabling or dropping capture triggers, dropping a
 --   partition of a replicated table and renaming a slave table;
--- - rserv's trigger and internal functions are not executable by PUBLIC;
--- - a slave applies change sets of any rserv release whose change-set format it reads
---   (rserv_apply_begin takes the format; 1.0.0 required the same rserv version).
+-- - rserv's trigger and internal functions are not executable by PUBLIC.
 
 ALTER TABLE _rserv_tables_ ADD COLUMN watched_attnums int2[];
 UPDATE _rserv_tables_ t
@@ -72,6 +70,8 @@ CREATE TABLE _rserv_slave_sequences_ (
 
 -- the server id a slave database is known by on its master: learnt from the next change set
 ALTER TABLE _rserv_slave_sync_ ADD COLUMN server int4;
+ALTER TABLE _rserv_slave_sync_ ADD COLUMN fingerprint uuid;
+ALTER TABLE _rserv_sync_ ADD COLUMN fingerprint uuid NOT NULL DEFAULT gen_random_uuid();
 
 CREATE  FUNCTION "_rserv_internal_ddl_"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE
@@ -194,7 +194,8 @@ CREATE  FUNCTION "rserv_prepare"(
 	"column_types" TEXT[],  /* Vec < String > */
 	"estimated_rows" bigint,  /* Option < i64 > */
 	"base_syncid" bigint,  /* Option < i64 > */
-	"slave_node" TEXT  /* Option < String > */
+	"slave_node" TEXT,  /* Option < String > */
+	"fingerprint" TEXT  /* Option < String > */
 )
 VOLATILE SECURITY DEFINER 
 LANGUAGE c /* Rust */
@@ -231,7 +232,7 @@ CREATE  FUNCTION "rserv_apply_begin"(
 	"server" INT DEFAULT NULL, /* Option < i32 > */
 	"base" bigint DEFAULT NULL, /* Option < i64 > */
 	"slave_node" TEXT DEFAULT NULL, /* Option < String > */
-	"format" INT DEFAULT NULL /* Option < i32 > */
+	"fingerprint" TEXT DEFAULT NULL /* Option < String > */
 ) RETURNS bool /* bool */
 VOLATILE SECURITY DEFINER 
 LANGUAGE c /* Rust */

@@ -4,6 +4,7 @@
 //! id and the master, records the new sync id), then per section `rserv_apply_stage()` (checks
 //! the table and returns the COPY command that loads the section's rows), the COPY itself, and
 //! `rserv_apply_merge()`, then COMMIT. Any error anywhere rolls the whole change set back.
+//! A section's table is resolved and its columns checked in `apply_target.rs`.
 //!
 //! Every statement on a slave table runs as that table's owner, in replica mode (the slave's
 //! own triggers and foreign keys stay quiet, as in built-in logical replication), under
@@ -16,12 +17,13 @@
 //!   table (see `apply_copy.rs`): the command stage returns is the only one allowed.
 //! - UPDATE (written by 1.0 development builds): rows staged as text, then replaced.
 
+use crate::apply_target::{key_columns, resolve_uncached, Target};
 use crate::canonical::{set_canonical_settings_local, CANONICAL_SETTINGS};
-use crate::catalog::{ext_schema, ext_version, key_match, table_columns, table_info, Column};
+use crate::catalog::{ext_schema, ext_version, key_match};
 use crate::error::{fail, SpiOrFail};
 use crate::security::{definer, require_replicator, run_as_owner};
-use crate::slave_registry::{mark_copied, slave_table};
-use crate::sql::{call_hint, count_rows, first, ident_list, quote_ident, set_local};
+use crate::slave_registry::mark_copied;
+use crate::sql::{count_rows, first, ident_list, quote_ident, set_local};
 use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -38,20 +40,6 @@ pub fn apply_settings() -> Vec<(&'static str, &'static str)> {
 fn current_xact() -> u64 {
     // SAFETY: plain read of the backend's transaction state
     unsafe { pg_sys::GetTopFullTransactionIdIfAny().value }
-}
-
-/// A section's table as resolved in the current apply transaction.
-#[derive(Clone)]
-struct Target {
-    reloid: pg_sys::Oid,
-    owner: pg_sys::Oid,
-    table: String,
-    /// `ONLY ` for an ordinary table; nothing for a partitioned one (its rows are in partitions)
-    only: &'static str,
-    key: Vec<String>,
-    columns: Vec<String>,
-    /// the slave's columns, in the order of `columns`
-    slave_columns: Vec<Column>,
 }
 
 /// The COPY of an INSERT section that stage() allowed: the only `COPY ... FROM STDIN` the
@@ -147,29 +135,16 @@ fn rserv_slave_master_id() -> Option<String> {
     )
 }
 
-/// Change-set formats this slave reads (README, "Snapshot format"). A change set names its
-/// format; master and slave may run different rserv versions as long as the slave reads it.
-const READABLE_FORMATS: std::ops::RangeInclusive<i32> = 1..=1;
-
-fn readable_formats() -> String {
-    let (a, b) = (READABLE_FORMATS.start(), READABLE_FORMATS.end());
-    if a == b {
-        a.to_string()
-    } else {
-        format!("{a} to {b}")
-    }
-}
-
 /// Start applying change set `syncid` from master `master` (its rserv_node_id()) running rserv
-/// `version`, written in change-set format `format` (NULL: by a replicate older than 1.1.0,
-/// which writes format 1 only), prepared for slave `server` (bound on the master to the
-/// database `slave_node`), holding the changes since change set `base` (the last one the
-/// master knows this slave applied; NULL for its first). Returns false when this slave already
-/// has that change set or a newer one: the caller rolls back, nothing else is done (an old or
-/// repeated change set is a no-op). Refused: a format this slave does not read, a change set
-/// for another slave database or another server id, and one that builds on a change set this
-/// slave has not applied (it was restored from a backup): applying it would silently miss the
-/// changes in between.
+/// `version`, prepared for slave `server` (bound on the master to the database `slave_node`),
+/// holding the changes since change set `base` (the last one the master knows this slave
+/// applied; NULL for its first). Returns false when this slave already has that change set or
+/// a newer one: the caller rolls back, nothing else is done (an old or repeated change set is a
+/// no-op). Refused: a change set for another slave database or another server id, and one
+/// that builds on a change set this slave has not applied (it was restored from a backup):
+/// applying it would silently miss the changes in between; and one with the sync id this
+/// slave applied last but another `fingerprint` (its master was restored from a backup and
+/// issues that id again).
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
 // The symbol carries the signature's version (1.0.0 had three arguments).
 #[pg_extern(volatile, security_definer, name = "rserv_apply_begin")]
@@ -180,7 +155,7 @@ fn rserv_apply_begin_v11(
     server: default!(Option<i32>, "NULL"),
     base: default!(Option<i64>, "NULL"),
     slave_node: default!(Option<String>, "NULL"),
-    format: default!(Option<i32>, "NULL"),
+    fingerprint: default!(Option<String>, "NULL"),
 ) -> bool {
     let _definer = definer();
     require_replicator("rserv_apply_begin");
@@ -193,16 +168,12 @@ fn rserv_apply_begin_v11(
         );
     }
     let s = ext_schema();
-    let format = format.unwrap_or(1);
-    if !READABLE_FORMATS.contains(&format) {
-        let own = ext_version();
+    let own = ext_version();
+    if own != version {
         fail(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "rserv: the change set is in format {format} (the master runs rserv {version}), but this slave's rserv {own} reads format {}",
-                readable_formats()
-            ),
-            "upgrade rserv on this slave first (install it, then ALTER EXTENSION rserv UPDATE), or replicate with the replicate of this slave's release",
+            format!("rserv: the master runs rserv {version} but this slave runs rserv {own}"),
+            "install the same rserv version on both and run ALTER EXTENSION rserv UPDATE",
         );
     }
     Spi::run(&format!(
@@ -216,10 +187,12 @@ fn rserv_apply_begin_v11(
     let current = Spi::connect(|client| {
         let tab = client.select(
             &format!(
-                "SELECT syncid, master::text, master = $1::uuid, server FROM {s}._rserv_slave_sync_"
+                "SELECT syncid, master::text, master = $1::uuid, server, \
+                        fingerprint IS DISTINCT FROM $2::uuid AND fingerprint IS NOT NULL AND $2 IS NOT NULL \
+                 FROM {s}._rserv_slave_sync_"
             ),
             None,
-            &[master.clone().into()],
+            &[master.clone().into(), fingerprint.clone().into()],
         )?;
         let mut out = None;
         for r in tab {
@@ -228,12 +201,13 @@ fn rserv_apply_begin_v11(
                 r.get::<String>(2)?.unwrap_or_default(),
                 r.get::<bool>(3)?.unwrap_or(false),
                 r.get::<i32>(4)?,
+                r.get::<bool>(5)?.unwrap_or(false),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("reading _rserv_slave_sync_");
-    if let (Some((_, _, true, Some(mine))), Some(server)) = (&current, server) {
+    if let (Some((_, _, true, Some(mine), _)), Some(server)) = (&current, server) {
         if *mine != server {
             fail(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -242,12 +216,19 @@ fn rserv_apply_begin_v11(
             );
         }
     }
-    if let Some((applied, from, same, _)) = &current {
+    if let Some((applied, from, same, _, other_fingerprint)) = &current {
         if !same {
             fail(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("rserv: this slave follows master {from}, but the change set comes from master {master}"),
                 "replicate each slave from one master only; to switch masters, reset the slave: DELETE FROM _rserv_slave_sync_ (after making its tables equal to the new master)",
+            );
+        }
+        if *applied == syncid && *other_fingerprint {
+            fail(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("rserv: this slave applied another change set {syncid} of this master: the master lost change sets it had prepared (was it restored from a backup, or failed over to a standby that missed transactions?), and this slave may hold changes the master no longer has"),
+                "copy the slave afresh from this master: SELECT rserv_slave_resync(); on the slave, then replicate again",
             );
         }
         if *applied >= syncid {
@@ -265,12 +246,12 @@ fn rserv_apply_begin_v11(
     }
     Spi::run_with_args(
         &format!(
-            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server) \
-             VALUES ($1, now(), $2::uuid, $3) \
+            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint) \
+             VALUES ($1, now(), $2::uuid, $3, $4::uuid) \
              ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
-                 server = coalesce(excluded.server, x.server)"
+                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint"
         ),
-        &[syncid.into(), master.into(), server.into()],
+        &[syncid.into(), master.into(), server.into(), fingerprint.into()],
     )
     .or_fail("recording the sync id");
     // The master is told this change set is applied right after COMMIT returns: it must be
@@ -335,95 +316,6 @@ fn require_all_copied(s: &str, syncid: i64, base: i64, applied: Option<i64>) {
     }
 }
 
-/// Type names as format_type() prints them, without a schema qualification that depends on
-/// each side's search_path.
-fn unqualified(type_name: &str) -> &str {
-    match type_name.rfind('.') {
-        Some(i) if !type_name[..i].contains('(') => &type_name[i + 1..],
-        _ => type_name,
-    }
-}
-
-/// The type and modifier a master's `format_type()` text names on this slave, if it exists.
-fn parse_type(name: &str) -> Option<(pg_sys::Oid, i32)> {
-    // to_regtype() never raises; parseTypeString() then cannot fail either
-    first::<pg_sys::Oid>(
-        "SELECT pg_catalog.to_regtype($1)::oid",
-        &[name.into()],
-        "looking up a type",
-    )?;
-    let c = crate::sql::c_string(name);
-    let (mut oid, mut typmod) = (pg_sys::InvalidOid, -1i32);
-    // SAFETY: both out-parameters live across the call; the name exists (checked above)
-    unsafe {
-        #[cfg(any(feature = "pg14", feature = "pg15"))]
-        pg_sys::parseTypeString(c.as_ptr(), &mut oid, &mut typmod, true);
-        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
-        pg_sys::parseTypeString(c.as_ptr(), &mut oid, &mut typmod, std::ptr::null_mut());
-    }
-    (oid != pg_sys::InvalidOid).then_some((oid, typmod))
-}
-
-/// Does every value of the master's column type arrive unchanged in the slave's? The same type
-/// with the same modifier (or none on the slave: `numeric` takes any `numeric(p,s)`), a wider
-/// length where a too long value would be an error anyway, a domain over such a type (its
-/// checks then apply, as errors), or a widening that loses nothing. A narrower modifier would
-/// round or pad values silently (`numeric(10,3)` into `numeric(10,2)`), and so would an
-/// implicit cast such as numeric to double precision: refused.
-fn lossless(master: (pg_sys::Oid, i32), slave: &Column) -> bool {
-    first::<bool>(
-        "WITH s AS (SELECT coalesce(nullif(t.typbasetype, 0), t.oid) AS t, \
-                           CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE $4 END AS m \
-                    FROM pg_catalog.pg_type t WHERE t.oid = $3), \
-              widening(f, t) AS (VALUES \
-                ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype), \
-                ('pg_catalog.int2', 'pg_catalog.int8'), ('pg_catalog.int4', 'pg_catalog.int8'), \
-                ('pg_catalog.int2', 'pg_catalog.numeric'), ('pg_catalog.int4', 'pg_catalog.numeric'), \
-                ('pg_catalog.int8', 'pg_catalog.numeric'), ('pg_catalog.float4', 'pg_catalog.float8'), \
-                ('pg_catalog.varchar', 'pg_catalog.text'), ('pg_catalog.text', 'pg_catalog.varchar'), \
-                ('pg_catalog.cidr', 'pg_catalog.inet')) \
-         SELECT CASE WHEN s.t = $1 THEN s.m = -1 OR s.m = $2 \
-                          OR ($2 <> -1 AND s.m > $2 \
-                              AND s.t IN ('pg_catalog.varchar'::pg_catalog.regtype, 'pg_catalog.varbit'::pg_catalog.regtype)) \
-                     ELSE s.m = -1 AND EXISTS (SELECT 1 FROM widening w WHERE w.f = $1 AND w.t = s.t) \
-                END FROM s",
-        &[
-            master.0.into(),
-            master.1.into(),
-            slave.type_oid.into(),
-            slave.typmod.into(),
-        ],
-        "checking column types",
-    )
-    .unwrap_or(false)
-}
-
-/// Rows the master sends as `master_type` text must load into this slave's column without
-/// losing anything (see `lossless`); otherwise the apply stops before it changes anything.
-fn check_type(table: &str, column: &str, master_type: &str, slave: &Column) {
-    // the same type, named from each side's schemas (a domain here is checked by its base: the
-    // master sends its own domains' base types)
-    // SAFETY: syscache look-up of an existing type
-    let domain = unsafe { pg_sys::get_typtype(slave.type_oid) } as u8 == b'd';
-    if !domain && unqualified(master_type) == unqualified(&slave.type_name) {
-        return;
-    }
-    if parse_type(master_type).is_some_and(|m| lossless(m, slave)) {
-        return;
-    }
-    fail(
-        PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-        format!(
-            "rserv: column \"{column}\" of table {table} is {master_type} on the master but {} on this slave",
-            slave.type_name
-        ),
-        format!(
-            "values would change on the way; make the types match, e.g. on the slave: ALTER TABLE {table} ALTER COLUMN {} TYPE {master_type}",
-            quote_ident(column)
-        ),
-    );
-}
-
 fn resolve_target(
     schema: &str,
     name: &str,
@@ -459,117 +351,6 @@ fn resolve_target(
         })
     });
     t
-}
-
-fn resolve_uncached(
-    schema: &str,
-    name: &str,
-    columns: &[String],
-    key: &[String],
-    types: Option<&[String]>,
-) -> Target {
-    let table = crate::sql::qualified(schema, name);
-    let Some((reloid, slave_key)) = slave_table(schema, name) else {
-        fail(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!(
-                "rserv: table {table} is replicated by the master but not registered on this slave"
-            ),
-            format!(
-                "on the slave, create the table and run: {}",
-                call_hint("rserv_slave_add_table", &table, "")
-            ),
-        );
-    };
-    // No DDL may change the table between the checks below and the statements that use them.
-    // SAFETY: a lock held until the end of the transaction, as any writer of the table takes
-    unsafe {
-        pg_sys::LockRelationOid(reloid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-    }
-    let info = table_info(reloid);
-    if !matches!(info.relkind.as_str(), "r" | "p") || info.persistence != "p" {
-        fail(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: slave table {table} is not an ordinary logged table"),
-            format!(
-                "make it one, or stop receiving it: {}",
-                call_hint("rserv_slave_remove_table", &table, "")
-            ),
-        );
-    }
-    let mut a = slave_key.clone();
-    let mut b = key.to_vec();
-    a.sort();
-    b.sort();
-    if a != b {
-        fail(
-            PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
-            format!(
-                "rserv: table {table} has identity ({}) on the master but ({}) on this slave",
-                key.join(", "),
-                slave_key.join(", ")
-            ),
-            "register the table with the same key on both sides",
-        );
-    }
-    let cols = table_columns(reloid);
-    let mut slave_columns = Vec::new();
-    for (i, c) in columns.iter().enumerate() {
-        match cols.iter().find(|x| &x.name == c) {
-            None => fail(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("rserv: column \"{c}\" of table {table} is sent by the master but does not exist on this slave"),
-                format!("add the column on the slave: ALTER TABLE {table} ADD COLUMN {} ...", quote_ident(c)),
-            ),
-            Some(x) if x.generated => fail(
-                PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
-                format!("rserv: column \"{c}\" of table {table} is generated on this slave but not on the master"),
-                "define the column the same way on both sides",
-            ),
-            Some(x) => {
-                if let Some(t) = types.and_then(|t| t.get(i)) {
-                    check_type(&table, c, t, x);
-                }
-                slave_columns.push(x.clone());
-            }
-        }
-    }
-    // the master's generated columns (named after the types of the columns it sends)
-    let generated_there = types
-        .unwrap_or_default()
-        .iter()
-        .skip(columns.len())
-        .filter_map(|t| t.strip_prefix(crate::changeset::GENERATED_MARK));
-    for c in generated_there {
-        if cols.iter().any(|x| x.name == c && !x.generated) {
-            fail(
-                PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
-                format!("rserv: column \"{c}\" of table {table} is generated on the master but not on this slave, where it would stay empty"),
-                format!(
-                    "define it the same way on the slave: ALTER TABLE {table} DROP COLUMN {0}, ADD COLUMN {0} ... GENERATED ALWAYS AS (...) STORED",
-                    quote_ident(c)
-                ),
-            );
-        }
-    }
-    Target {
-        reloid,
-        owner: info.owner,
-        only: if info.relkind == "p" { "" } else { "ONLY " },
-        table,
-        key: key.to_vec(),
-        columns: columns.to_vec(),
-        slave_columns,
-    }
-}
-
-/// The key columns of `t` (slave side), in key order.
-fn key_columns(t: &Target) -> Vec<Column> {
-    let cols = table_columns(t.reloid);
-    t.key
-        .iter()
-        .filter_map(|k| cols.iter().find(|c| &c.name == k).cloned())
-        .collect()
 }
 
 fn keys_stage(n: usize) -> String {

@@ -11,30 +11,33 @@
 //! same slave), [`subscribed_tables`] (what the slave receives, what needs an initial copy),
 //! [`collect_pending`] (the changed identities into a staging table), then per changed table
 //! [`guard_table`] (lock it, refuse row-level security, detect a TRUNCATE that raced the
-//! snapshot) and [`table_sections`] (the queries the caller runs with COPY).
+//! snapshot) and [`table_sections`] (the queries the caller runs with COPY), both in
+//! `sections.rs`.
 
 use crate::canonical::set_canonical_settings_local;
-use crate::catalog::{ext_schema, key_match, table_columns, table_info, Column, TableInfo};
+use crate::catalog::{ext_schema, table_info};
 use crate::error::{fail, SpiOrFail};
-use crate::security::{definer, outer_user, require_replicator, role_name};
-use crate::sql::{call_hint, first, qualified, quote_ident, quote_literal, set_local};
+use crate::sections::{guard_table, table_sections, Section};
+use crate::security::{definer, require_replicator};
+use crate::sql::{call_hint, first, quote_literal, set_local};
 use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// Record the current snapshot as change set `syncid` for `server`, status 0 (prepared).
-fn record_snapshot(s: &str, server: i32, syncid: i64) {
-    Spi::run_with_args(
+/// Record the current snapshot as change set `syncid` for `server`, status 0 (prepared);
+/// returns its fingerprint.
+fn record_snapshot(s: &str, server: i32, syncid: i64) -> Option<String> {
+    first::<String>(
         &format!(
             "INSERT INTO {s}._rserv_sync_ (server, syncid, status, minid, maxid, active) \
              SELECT $1, $2, 0, pg_catalog.pg_snapshot_xmin(c)::text::int8, \
                     pg_catalog.pg_snapshot_xmax(c)::text::int8, \
                     ARRAY(SELECT x::text::int8 FROM pg_catalog.pg_snapshot_xip(c) AS x ORDER BY 1) \
-             FROM pg_catalog.pg_current_snapshot() AS c"
+             FROM pg_catalog.pg_current_snapshot() AS c RETURNING fingerprint::pg_catalog.text"
         ),
         &[server.into(), syncid.into()],
+        "recording the sync snapshot",
     )
-    .or_fail("recording the sync snapshot");
 }
 
 /// The seed's `_rserv_sync_(server)`: record the current snapshot as a prepared change set
@@ -51,19 +54,6 @@ fn _rserv_sync_(server: i32) -> i32 {
     .unwrap_or(0);
     record_snapshot(&s, server, syncid);
     0
-}
-
-struct Section {
-    section: &'static str,
-    schema: String,
-    table: String,
-    columns: Vec<String>,
-    /// type of each of `columns` (with modifiers), for the slave's compatibility check
-    types: Vec<String>,
-    key: Vec<String>,
-    query: Option<String>,
-    /// for an initial copy: the table's estimated row count, for progress reports
-    estimate: Option<i64>,
 }
 
 /// Build the change set for slave `server` (PrepareSnapshot). Must run inside a REPEATABLE
@@ -102,6 +92,7 @@ fn rserv_prepare_v11(
         name!(estimated_rows, Option<i64>),
         name!(base_syncid, Option<i64>),
         name!(slave_node, Option<String>),
+        name!(fingerprint, Option<String>),
     ),
 > {
     let _definer = definer();
@@ -177,7 +168,7 @@ fn rserv_prepare_v11(
     ))
     .or_fail("allocating a sync id")
     .unwrap_or(0);
-    record_snapshot(&s, server, syncid);
+    let fingerprint = record_snapshot(&s, server, syncid);
     Spi::run_with_args(
         &format!(
             "INSERT INTO {s}._rserv_server_tables_ AS x (server, reloid, state, syncid) \
@@ -248,6 +239,7 @@ fn rserv_prepare_v11(
             x.estimate,
             base,
             bound_node.clone(),
+            fingerprint.clone(),
         )
     }))
 }
@@ -524,249 +516,6 @@ fn changed_tables(
         Ok::<_, pgrx::spi::Error>(out)
     })
     .or_fail("listing changed tables")
-}
-
-/// Before a table is read for this change set: it must still be an ordinary logged table; the
-/// caller must be able to read every row of it (row-level security would filter the COPY);
-/// and it is locked against TRUNCATE for the rest of the transaction. TRUNCATE is not
-/// MVCC-safe: one that committed after this snapshot was taken would make the COPY read an
-/// empty table, a state the master never had, so then the prepare fails with a serialization
-/// error and the caller takes a new snapshot (pg_dump's lock-then-snapshot order, checked
-/// after the fact).
-fn guard_table(info: &TableInfo) {
-    let table = info.qualified();
-    if !matches!(info.relkind.as_str(), "r" | "p") || info.persistence != "p" {
-        fail(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: replicated table {table} is no longer an ordinary logged table"),
-            format!(
-                "make it one again, or stop replicating it: {}",
-                call_hint("rserv_remove_table", &table, "")
-            ),
-        );
-    }
-    if info.row_security {
-        let me = outer_user();
-        let bypass = first::<bool>(
-            "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE oid = $1",
-            &[me.into()],
-            "reading the role",
-        )
-        .unwrap_or(false);
-        // SAFETY: catalog look-up of existing roles
-        let owner = unsafe { pg_sys::has_privs_of_role(me, info.owner) };
-        if !bypass && (!owner || info.force_row_security) {
-            let who = quote_ident(&role_name(me));
-            fail(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "rserv: table {table} has row-level security, which would hide rows of it from role {who}: the change set would be incomplete"
-                ),
-                format!(
-                    "let the replication role read every row: ALTER ROLE {who} BYPASSRLS (as a superuser), or replicate as the table's owner{}",
-                    if info.force_row_security { " without FORCE ROW LEVEL SECURITY" } else { "" }
-                ),
-            );
-        }
-    }
-    // A partitioned table's rows live in its partitions: each is locked and checked.
-    let parts = if info.relkind == "p" {
-        crate::sql::column::<pg_sys::Oid>(
-            "SELECT relid FROM pg_catalog.pg_partition_tree($1) WHERE isleaf AND relid <> $1",
-            &[info.reloid.into()],
-            "listing partitions",
-        )
-    } else {
-        Vec::new()
-    };
-    for rel in std::iter::once(info.reloid).chain(parts.iter().copied()) {
-        // SAFETY: a lock held until the end of the transaction, as any reader of the table takes
-        unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
-    }
-    // relfilenode as this transaction's snapshot sees it, and as it is now (the locks above made
-    // the backend read every committed catalog change)
-    let same = first::<bool>(
-        "SELECT coalesce(bool_and(c.relfilenode = pg_catalog.pg_relation_filenode(c.oid)), true) \
-         FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1) AND c.relkind = 'r'",
-        &[std::iter::once(info.reloid)
-            .chain(parts)
-            .collect::<Vec<_>>()
-            .into()],
-        "checking the table's storage",
-    )
-    .unwrap_or(false);
-    if !same {
-        fail(
-            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-            format!(
-                "rserv: table {table} was truncated or rewritten after this change set's snapshot was taken"
-            ),
-            "prepare the change set again (replicate retries by itself)",
-        );
-    }
-    // The queries name the table and its columns; as of now, those names must still mean what
-    // they meant at the snapshot (a rename or a swap committed since would read another table,
-    // or other columns).
-    // SAFETY: syscache look-ups, which see the catalog as it is now
-    let (name_now, cols_now) = unsafe {
-        let rel = pg_sys::get_rel_name(info.reloid);
-        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(info.reloid));
-        let name = (!rel.is_null() && !nsp.is_null()).then(|| {
-            (
-                std::ffi::CStr::from_ptr(nsp).to_string_lossy().into_owned(),
-                std::ffi::CStr::from_ptr(rel).to_string_lossy().into_owned(),
-            )
-        });
-        let cols: Vec<Option<String>> = table_columns(info.reloid)
-            .iter()
-            .map(|c| {
-                let n = pg_sys::get_attname(info.reloid, c.attnum, true);
-                (!n.is_null()).then(|| std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned())
-            })
-            .collect();
-        (name, cols)
-    };
-    let cols_then: Vec<Option<String>> = table_columns(info.reloid)
-        .into_iter()
-        .map(|c| Some(c.name))
-        .collect();
-    if name_now != Some((info.schema.clone(), info.name.clone())) || cols_now != cols_then {
-        fail(
-            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-            format!("rserv: table {table} was renamed, or its columns were, after this change set's snapshot was taken"),
-            "prepare the change set again (replicate retries by itself)",
-        );
-    }
-}
-
-/// Marks, in a section's column types, a column the master generates (and does not send).
-pub const GENERATED_MARK: &str = "generated:";
-
-fn table_sections(
-    info: &TableInfo,
-    pending: &str,
-    key: Vec<String>,
-    truncated: bool,
-    copy: bool,
-) -> Vec<Section> {
-    let table = qualified(&info.schema, &info.name);
-    // a partitioned table holds no rows itself: read it with its partitions
-    let only = if info.relkind == "p" { "" } else { "ONLY " };
-    let cols = table_columns(info.reloid);
-    let mut key_cols: Vec<&Column> = Vec::new();
-    for k in &key {
-        let Some(col) = cols.iter().find(|c| &c.name == k) else {
-            fail(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("rserv: key column \"{k}\" of replicated table {table} no longer exists"),
-                format!(
-                    "re-register the table with its key: {}; {}",
-                    call_hint("rserv_remove_table", &table, ""),
-                    call_hint("rserv_add_table", &table, "")
-                ),
-            );
-        };
-        key_cols.push(col);
-    }
-    let sent: Vec<&Column> = cols.iter().filter(|c| !c.generated).collect();
-    let pending_rows = format!(
-        "{pending} AS k WHERE k.reloid OPERATOR(pg_catalog.=) {}::pg_catalog.oid AND k.key IS NOT NULL",
-        info.reloid.to_u32()
-    );
-    let mk = |section, columns: Vec<String>, types: Vec<String>, query: Option<String>| Section {
-        section,
-        schema: info.schema.clone(),
-        table: info.name.clone(),
-        columns,
-        types,
-        key: key.clone(),
-        query,
-        estimate: None,
-    };
-    let select_list = sent
-        .iter()
-        .map(|c| format!("t.{}", quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let names = |cs: &[&Column]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-    // a domain goes as its base type and modifier: the slave checks its column can hold every
-    // value of that (a same-named domain of the slave's may be narrower)
-    let types = |cs: &[&Column]| {
-        cs.iter()
-            .map(|c| crate::catalog::base_type_name(c))
-            .collect::<Vec<_>>()
-    };
-    // after the types of the columns sent, the columns generated here (not sent): a slave
-    // column of that name must be generated too, or it would silently stay empty
-    let row_types = || {
-        let mut t = types(&sent);
-        t.extend(
-            cols.iter()
-                .filter(|c| c.generated)
-                .map(|c| format!("{GENERATED_MARK}{}", c.name)),
-        );
-        t
-    };
-    let mut out = Vec::new();
-    if copy {
-        // The initial copy: the whole table as of this snapshot.
-        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
-        let mut all = mk(
-            "INSERT",
-            names(&sent),
-            row_types(),
-            Some(format!("SELECT {select_list} FROM {only}{table} AS t")),
-        );
-        all.estimate = first::<i64>(
-            // pg_partition_tree() has no rows for a table that is not partitioned
-            "SELECT sum(greatest(c.reltuples, 0))::int8 FROM pg_catalog.pg_class c \
-             WHERE c.oid = $1 OR c.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree($1))",
-            &[info.reloid.into()],
-            "estimating the table size",
-        );
-        out.push(all);
-        return out;
-    }
-    if truncated {
-        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
-    } else {
-        // Every changed identity goes, as the canonical text it was logged as: the INSERT
-        // section then brings back those that still exist, so the slave loads rows straight
-        // into the table with no merge step.
-        let logged = key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("k.key[{}] AS {}", i + 1, quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        out.push(mk(
-            "DELETE",
-            key.clone(),
-            types(&key_cols),
-            Some(format!("SELECT DISTINCT {logged} FROM {pending_rows}")),
-        ));
-    }
-    let matches = key_cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            key_match(c).condition(
-                &format!("t.{}", quote_ident(&c.name)),
-                &format!("k.key[{}]", i + 1),
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    out.push(mk(
-        "INSERT",
-        names(&sent),
-        row_types(),
-        Some(format!(
-            "SELECT {select_list} FROM {only}{table} AS t \
-             WHERE EXISTS (SELECT 1 FROM {pending_rows} AND {matches})"
-        )),
-    ));
-    out
 }
 
 /// Mark one row identity of a replicated table as changed, so the next change set carries its

@@ -1,19 +1,24 @@
 //! rserv: trigger-based asynchronous master-to-slave table replication for PostgreSQL.
 //!
 //! Modules by protocol step (ARCHITECTURE.md says which invariant each keeps):
-//! - master: [`registry`] (tables), [`capture`] (the `_rserv_log_()` trigger), [`changeset`]
-//!   (prepare: change sets bounded by MVCC snapshots), [`slaves`] (registration, confirm,
-//!   drop), [`cleanup`] (log clean-up), [`schema`] (table definitions for new slaves),
-//!   [`sequences`] (sequence state in every change set)
-//! - slave: [`slave_registry`] (received tables, protection), [`apply`] and [`apply_copy`]
+//! - master: [`registry`] (tables; [`identity`] the rules shared with the slave, [`partitions`]),
+//!   [`capture`] (the `_rserv_log_()` trigger), [`wakeup`] (NOTIFY at commit), [`changeset`]
+//!   and [`sections`] (prepare: change sets bounded by MVCC snapshots), [`slaves`]
+//!   (registration, confirm, drop), [`cleanup`] (log clean-up), [`schema`] (table definitions
+//!   for new slaves), [`sequences`] (sequence state in every change set), [`ddl`] (schema
+//!   changes recorded on the master, followed on the slave)
+//! - slave: [`slave_registry`] (received tables, protection), [`apply`], [`apply_target`] and
+//!   [`apply_copy`]
 //! - switchover: [`takeover`] (fence, promote, demote)
 //! - both: [`security`] (who may do what, as whom), [`staging`] (temp tables), [`node`]
-//! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]
+//! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]; [`legacy`]
+//!   (earlier versions' entry points)
 
 use pgrx::prelude::*;
 
 mod apply;
 mod apply_copy;
+mod apply_target;
 mod canonical;
 mod capture;
 mod catalog;
@@ -22,10 +27,13 @@ mod cleanup;
 mod ddl;
 mod error;
 mod guc;
+mod identity;
 mod legacy;
 mod node;
+mod partitions;
 mod registry;
 mod schema;
+mod sections;
 mod security;
 mod sequences;
 mod slave_registry;
@@ -33,6 +41,7 @@ mod slaves;
 mod sql;
 mod staging;
 mod takeover;
+mod wakeup;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -49,6 +58,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     capture::register_callbacks();
+    wakeup::register_callbacks();
     ddl::register_callbacks();
     apply_copy::install();
 }

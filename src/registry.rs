@@ -1,53 +1,24 @@
 //! Table registry on the master: `rserv_add_table` / `rserv_remove_table`, the capture
-//! triggers they install, and the identity (key) and watched columns of each table. The
-//! identity rules are shared with the slave's registry (`slave_registry.rs`).
+//! triggers they install, and the identity (key) and watched columns of each table (the rules,
+//! shared with the slave's registry, are in `identity.rs`; partitions in `partitions.rs`).
 //!
 //! Registration is idempotent and self-repairing: calling it again with the same arguments is a
 //! NOTICE, a missing trigger is put back, and every trigger rserv creates depends on the
 //! extension so `DROP EXTENSION rserv` removes them all.
 
 use crate::catalog::{
-    ext_schema, table_columns, table_info, Column, RegClass, TableInfo, CAPTURE_TRIGGER,
+    ext_schema, table_columns, table_info, Column, RegClass, CAPTURE_TRIGGER,
     PART_TRUNCATE_TRIGGER, TRUNCATE_TRIGGER,
 };
 use crate::error::{fail, SpiOrFail};
+use crate::identity::{check_table_kind, describe, resolve_identity};
+use crate::partitions::{check_partition_overlap, reconcile_partitions};
 use crate::security::{
     definer, internal_ddl, internal_definer, require_replicator, require_table_owner,
 };
 use crate::sql::{call_hint, first, quote_ident, quote_literal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-
-/// Types whose text form depends on session settings or catalog state, so two sessions could
-/// disagree on a row's identity (also as a domain's base type or an array's element type).
-const UNSTABLE_KEY_TYPES: &[pg_sys::Oid] = &[
-    pg_sys::MONEYOID,
-    pg_sys::REGCLASSOID,
-    pg_sys::REGPROCOID,
-    pg_sys::REGPROCEDUREOID,
-    pg_sys::REGOPEROID,
-    pg_sys::REGOPERATOROID,
-    pg_sys::REGTYPEOID,
-    pg_sys::REGCONFIGOID,
-    pg_sys::REGDICTIONARYOID,
-    pg_sys::REGNAMESPACEOID,
-    pg_sys::REGROLEOID,
-    pg_sys::REGCOLLATIONOID,
-];
-
-fn unstable_key_type(typoid: pg_sys::Oid) -> bool {
-    // SAFETY: syscache look-ups of an existing type
-    unsafe {
-        let base = pg_sys::getBaseType(typoid);
-        let elem = pg_sys::get_element_type(base);
-        let t = if elem == pg_sys::InvalidOid {
-            base
-        } else {
-            pg_sys::getBaseType(elem)
-        };
-        UNSTABLE_KEY_TYPES.contains(&t)
-    }
-}
 
 /// The table argument of a registration function; NULL is an error that names the function.
 pub fn required(tbl: Option<RegClass>, func: &str) -> pg_sys::Oid {
@@ -59,206 +30,6 @@ pub fn required(tbl: Option<RegClass>, func: &str) -> pg_sys::Oid {
             format!("name the table, e.g. SELECT {func}('public.customer')"),
         ),
     }
-}
-
-/// Unique indexes usable as row identity: valid, not partial, no expressions, every column NOT
-/// NULL. The primary key, if any, comes first.
-fn identity_candidates(reloid: pg_sys::Oid) -> Vec<(bool, Vec<String>)> {
-    Spi::connect(|client| {
-        let tab = client.select(
-            "SELECT i.indisprimary, \
-                    array_agg(a.attname::text ORDER BY k.ord), bool_and(a.attnotnull) \
-             FROM pg_catalog.pg_index i \
-             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
-               AND i.indpred IS NULL AND i.indexprs IS NULL \
-               AND k.ord <= i.indnkeyatts \
-             GROUP BY i.indexrelid, i.indisprimary \
-             ORDER BY i.indisprimary DESC, i.indexrelid",
-            None,
-            &[reloid.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in tab {
-            let primary = r.get::<bool>(1)?.unwrap_or(false);
-            let cols = r.get::<Vec<String>>(2)?.unwrap_or_default();
-            if r.get::<bool>(3)?.unwrap_or(false) {
-                out.push((primary, cols));
-            }
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("reading the table's unique indexes")
-}
-
-/// Only permanent ordinary and partitioned tables can be replicated: a temporary table has no
-/// master state to follow, and an unlogged one is emptied by crash recovery without any trigger
-/// firing, which would leave a slave silently different. A partitioned table is replicated with
-/// every partition it has and will have.
-pub fn check_table_kind(info: &TableInfo) {
-    let table = info.qualified();
-    match info.relkind.as_str() {
-        "r" | "p" => {}
-        _ => fail(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: {table} is not a table"),
-            "only ordinary tables can be replicated",
-        ),
-    }
-    match info.persistence.as_str() {
-        "t" => fail(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: {table} is a temporary table"),
-            "temporary tables cannot be replicated",
-        ),
-        "u" => fail(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: {table} is an unlogged table"),
-            format!(
-                "crash recovery empties unlogged tables without telling rserv; make it logged first: ALTER TABLE {table} SET LOGGED"
-            ),
-        ),
-        _ => {}
-    }
-    let member = first::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_depend WHERE classid = 'pg_catalog.pg_class'::regclass \
-         AND objid = $1 AND deptype = 'e')",
-        &[info.reloid.into()],
-        "checking extension membership",
-    )
-    .unwrap_or(false);
-    if member {
-        fail(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("rserv: {table} belongs to an extension"),
-            "tables of extensions (such as rserv's own catalog) are not replicated",
-        );
-    }
-}
-
-/// Columns named by the user: one column name exactly as written, or a comma-separated list.
-fn named_columns(info: &TableInfo, cols: &[Column], column_name: &str) -> Vec<String> {
-    let exists = |n: &str| cols.iter().any(|c| c.name == n);
-    let names: Vec<String> = if exists(column_name) {
-        vec![column_name.to_string()]
-    } else {
-        column_name
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect()
-    };
-    for n in &names {
-        if !exists(n) {
-            let list: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
-            fail(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!(
-                    "rserv: column \"{n}\" does not exist in table {}",
-                    info.qualified()
-                ),
-                format!("columns of {} are: {}", info.qualified(), list.join(", ")),
-            );
-        }
-    }
-    names
-}
-
-/// Row identity and watched columns for a registration. `watched` None = every column.
-pub struct Identity {
-    pub key: Vec<String>,
-    pub watched: Option<Vec<String>>,
-}
-
-/// `registered`: the identity of an existing registration, which stays the identity when
-/// `column_name` names watched columns (or nothing).
-pub fn resolve_identity(
-    info: &TableInfo,
-    column_name: Option<&str>,
-    registered: Option<&Vec<String>>,
-) -> Identity {
-    let table = info.qualified();
-    let cols = table_columns(info.reloid);
-    let candidates = identity_candidates(info.reloid);
-    let named = column_name.map(|c| named_columns(info, &cols, c));
-
-    // A column list that is exactly a unique NOT NULL key is the identity (`MasterAddTable db
-    // test k`); anything else names watched columns and the primary key is the identity.
-    let as_key = named.as_ref().and_then(|n| {
-        let mut want = n.clone();
-        want.sort();
-        candidates.iter().find(|(_, c)| {
-            let mut have = c.clone();
-            have.sort();
-            have == want
-        })
-    });
-    let identity = match (as_key, &named) {
-        (Some((_, key)), _) => Identity {
-            key: key.clone(),
-            watched: None,
-        },
-        (None, named) => match registered.or_else(|| {
-            candidates
-                .iter()
-                .find(|(primary, _)| *primary)
-                .map(|(_, c)| c)
-        }) {
-            Some(pk) => Identity {
-                key: pk.clone(),
-                watched: named.clone(),
-            },
-            None => {
-                let uniques: Vec<String> = candidates
-                    .iter()
-                    .map(|(_, c)| format!("'{}'", c.join(",")))
-                    .collect();
-                let hint = if uniques.is_empty() {
-                    format!("add a primary key: ALTER TABLE {table} ADD PRIMARY KEY (...)")
-                } else {
-                    format!(
-                        "add a primary key, or pass a unique NOT NULL key as column_name: {}",
-                        uniques.join(" or ")
-                    )
-                };
-                let what = match named {
-                    Some(n) => format!(
-                        "rserv: table {table} has no primary key and \"{}\" is not a unique NOT NULL key",
-                        n.join(",")
-                    ),
-                    None => format!("rserv: table {table} has no primary key"),
-                };
-                fail(PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION, what, hint)
-            }
-        },
-    };
-    for k in &identity.key {
-        if let Some(c) = cols.iter().find(|c| &c.name == k) {
-            if unstable_key_type(c.type_oid) {
-                fail(
-                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    format!(
-                        "rserv: key column \"{k}\" of table {table} has type {}, whose text form depends on session settings",
-                        c.type_name
-                    ),
-                    "use a primary key of another type",
-                );
-            }
-        }
-    }
-    identity
-}
-
-fn describe(identity: &Identity) -> String {
-    let watched = match &identity.watched {
-        None => "all columns".to_string(),
-        Some(w) => w.join(", "),
-    };
-    format!(
-        "identity ({}), watched: {}",
-        identity.key.join(", "),
-        watched
-    )
 }
 
 pub fn trigger_oid(reloid: pg_sys::Oid, name: &str) -> Option<pg_sys::Oid> {
@@ -306,7 +77,7 @@ pub fn drop_trigger(reloid: pg_sys::Oid, table: &str, name: &str) {
     }
 }
 
-fn attnums(cols: &[Column], names: &[String]) -> Vec<i16> {
+pub(crate) fn attnums(cols: &[Column], names: &[String]) -> Vec<i16> {
     names
         .iter()
         .filter_map(|n| cols.iter().find(|c| &c.name == n).map(|c| c.attnum))
@@ -361,7 +132,7 @@ fn install_capture_triggers(
     }
 }
 
-fn enable_always(reloid: pg_sys::Oid, table: &str, trigger: &str) {
+pub(crate) fn enable_always(reloid: pg_sys::Oid, table: &str, trigger: &str) {
     Spi::run(&format!(
         "ALTER TABLE {table} ENABLE ALWAYS TRIGGER {}",
         quote_ident(trigger)
@@ -370,154 +141,15 @@ fn enable_always(reloid: pg_sys::Oid, table: &str, trigger: &str) {
     depend_on_extension(reloid, trigger);
 }
 
-/// The leaf partitions of partitioned table `root` (every level), with their names.
-fn leaf_partitions(root: pg_sys::Oid) -> Vec<(pg_sys::Oid, String)> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT t.relid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
-                 FROM pg_catalog.pg_partition_tree($1) t JOIN pg_catalog.pg_class c ON c.oid = t.relid \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE t.isleaf AND t.relid <> $1",
-                None,
-                &[root.into()],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_fail("listing partitions")
-}
-
-/// Bring the partitions rserv knows of a registered partitioned table up to date with its tree:
-/// a new partition gets its TRUNCATE trigger, and if it came with rows (ATTACH) each of them is
-/// logged as changed; a partition that left the tree (DETACH) has each of its rows logged as
-/// deleted, and loses rserv's trigger. `log_rows`: false while the table is being registered
-/// (its initial copy carries everything).
-fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_rows: bool) {
-    let _internal = internal_ddl();
-    let schema = s;
-    let leaves = leaf_partitions(root);
-    let known = crate::sql::column::<pg_sys::Oid>(
-        &format!("SELECT part FROM {s}._rserv_partitions_ WHERE root = $1"),
-        &[root.into()],
-        "reading known partitions",
-    );
-    let log_oid = crate::sql::first::<pg_sys::Oid>(
-        "SELECT pg_catalog.to_regclass($1)::oid",
-        &[format!("{s}._rserv_log_").into()],
-        "finding the log",
-    )
-    .unwrap_or(pg_sys::InvalidOid);
-    let root_keys: Vec<String> = key.iter().map(|k| k.to_string()).collect();
-    let mut args = vec![
-        quote_literal("@part"),
-        quote_literal(&root.to_u32().to_string()),
-    ];
-    args.extend(root_keys.iter().map(|k| quote_literal(k)));
-    for (part, name) in leaves.iter().filter(|(p, _)| !known.contains(p)) {
-        if registration(s, *part).is_some() {
-            fail(
-                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-                format!(
-                    "rserv: {name} is replicated on its own and cannot become a partition of replicated table {}",
-                    table_info(root).qualified()
-                ),
-                format!("stop replicating it on its own first: SELECT rserv_remove_table('{}')", name.replace('\'', "''")),
-            );
-        }
-        if trigger_oid(*part, PART_TRUNCATE_TRIGGER).is_none() {
-            Spi::run(&format!(
-                "CREATE TRIGGER {} BEFORE TRUNCATE ON {name} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION {schema}._rserv_log_({})",
-                quote_ident(PART_TRUNCATE_TRIGGER),
-                args.join(", ")
-            ))
-            .or_fail("creating a partition's truncate trigger");
-            enable_always(*part, name, PART_TRUNCATE_TRIGGER);
-        }
-        Spi::run_with_args(
-            &format!("INSERT INTO {s}._rserv_partitions_ (part, root) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
-            &[(*part).into(), root.into()],
-        )
-        .or_fail("recording a partition");
-        if log_rows {
-            // SAFETY: appends to rserv's own log
-            unsafe { crate::capture::log_rows_of(log_oid, root, *part, &root_keys, false) };
-        }
-    }
-    for part in known
-        .iter()
-        .filter(|k| !leaves.iter().any(|(p, _)| p == *k))
-    {
-        let exists = crate::sql::first::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1)",
-            &[(*part).into()],
-            "looking up a partition",
-        )
-        .unwrap_or(false);
-        if exists {
-            if log_rows {
-                // SAFETY: appends to rserv's own log
-                unsafe { crate::capture::log_rows_of(log_oid, root, *part, &root_keys, true) };
-            }
-            let name = table_info(*part).qualified();
-            drop_trigger(*part, &name, PART_TRUNCATE_TRIGGER);
-        }
-        Spi::run_with_args(
-            &format!("DELETE FROM {s}._rserv_partitions_ WHERE part = $1"),
-            &[(*part).into()],
-        )
-        .or_fail("forgetting a partition");
-    }
-}
-
-thread_local! {
-    static RECONCILING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// After DDL (called by the DDL guard): every registered partitioned table's partitions are
-/// brought up to date (see `reconcile_partitions`); on a slave, every partition of a received
-/// partitioned table refuses local writes, and one that left such a table does not any more.
-#[pg_extern(volatile, security_definer)]
-fn _rserv_reconcile_partitions_() {
-    // its own trigger DDL fires the DDL guard, which calls it again
-    if RECONCILING.with(|r| r.replace(true)) {
-        return;
-    }
-    struct Done;
-    impl Drop for Done {
-        fn drop(&mut self) {
-            RECONCILING.with(|r| r.set(false));
-        }
-    }
-    let _done = Done;
-    let _definer = internal_definer();
-    let s = ext_schema();
-    let roots = keyed_tables(
-        &s,
-        "_rserv_tables_ t JOIN pg_catalog.pg_class c ON c.oid = t.reloid WHERE c.relkind = 'p'",
-    );
-    for (root, key) in roots {
-        let cols = table_columns(root);
-        reconcile_partitions(&s, root, &attnums(&cols, &key), true);
-    }
-    crate::slave_registry::reconcile_protection(&s);
-}
-
 /// A table's registration on this master: key column names, watched column names and their
 /// attribute numbers (None: every column is watched).
-struct Registration {
-    key: Vec<String>,
-    watched: Option<Vec<String>>,
-    watched_attnums: Option<Vec<i16>>,
+pub(crate) struct Registration {
+    pub key: Vec<String>,
+    pub watched: Option<Vec<String>>,
+    pub watched_attnums: Option<Vec<i16>>,
 }
 
-fn registration(s: &str, reloid: pg_sys::Oid) -> Option<Registration> {
+pub(crate) fn registration(s: &str, reloid: pg_sys::Oid) -> Option<Registration> {
     Spi::connect(|client| {
         let tab = client.select(
             &format!(
@@ -542,46 +174,6 @@ fn registration(s: &str, reloid: pg_sys::Oid) -> Option<Registration> {
 
 fn to_opt_vec(v: Option<Vec<String>>) -> Option<Vec<Option<String>>> {
     v.map(|v| v.into_iter().map(Some).collect())
-}
-
-/// A partitioned table replicates with all its partitions: neither may be registered (in
-/// `catalog`, this side's registry) while the other is.
-pub fn check_partition_overlap(info: &TableInfo, catalog: &str, remove: &str) {
-    let s = ext_schema();
-    let table = info.qualified();
-    let ancestor = first::<String>(
-        &format!(
-            "SELECT a.relid::pg_catalog.regclass::text FROM pg_catalog.pg_partition_ancestors($1) AS a(relid) \
-             JOIN {s}.{catalog} t ON t.reloid = a.relid WHERE a.relid <> $1 LIMIT 1"
-        ),
-        &[info.reloid.into()],
-        "checking the table's partition ancestors",
-    );
-    if let Some(root) = ancestor {
-        fail(
-            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("rserv: {table} is a partition of replicated table {root}"),
-            format!("its rows replicate with {root} already"),
-        );
-    }
-    let partition = first::<String>(
-        &format!(
-            "SELECT p.relid::pg_catalog.regclass::text FROM pg_catalog.pg_partition_tree($1) p \
-             JOIN {s}.{catalog} t ON t.reloid = p.relid WHERE p.relid <> $1 ORDER BY p.level LIMIT 1"
-        ),
-        &[info.reloid.into()],
-        "checking the table's partitions",
-    );
-    if let Some(part) = partition {
-        fail(
-            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("rserv: partition {part} of {table} is replicated on its own"),
-            format!(
-                "stop replicating it on its own first: SELECT {remove}('{}')",
-                part.replace('\'', "''")
-            ),
-        );
-    }
 }
 
 /// Register a table on the master. `column_name` is either the table's identity (a column,
@@ -773,13 +365,13 @@ pub fn unregister(s: &str, reloid: pg_sys::Oid) -> Option<Vec<String>> {
     )
     .or_fail("forgetting the partitions");
     crate::sequences::forget_table_sequences(s, reloid);
-    for log in ["_rserv_log_", "_rserv_ddl_"] {
-        Spi::run_with_args(
-            &format!("DELETE FROM {s}.{log} WHERE reloid = $1"),
-            &[reloid.into()],
-        )
-        .or_fail("deleting log rows");
-    }
+    // (its recorded DDL stays until clean-up: slaves that still receive the table when it is
+    // registered again must reshape it before its fresh copy arrives)
+    Spi::run_with_args(
+        &format!("DELETE FROM {s}._rserv_log_ WHERE reloid = $1"),
+        &[reloid.into()],
+    )
+    .or_fail("deleting log rows");
     key
 }
 

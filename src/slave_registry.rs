@@ -4,10 +4,9 @@
 
 use crate::catalog::{ext_schema, table_info, RegClass, PROTECT_TRIGGER};
 use crate::error::{fail, SpiOrFail};
-use crate::registry::{
-    check_partition_overlap, check_table_kind, depend_on_extension, drop_trigger, required,
-    resolve_identity, trigger_oid,
-};
+use crate::identity::{check_table_kind, resolve_identity};
+use crate::partitions::check_partition_overlap;
+use crate::registry::{depend_on_extension, drop_trigger, required, trigger_oid};
 use crate::security::{definer, internal_ddl, require_replicator, require_table_owner};
 use crate::sql::{call_hint, count_rows, first, qualified, quote_ident};
 use pgrx::pg_sys;

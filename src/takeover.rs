@@ -246,7 +246,7 @@ fn rserv_demote(new_master: String, server: i32, syncid: i64) -> i64 {
             "INSERT INTO {s}._rserv_slave_sync_ (syncid, synctime, master, server) \
              VALUES ($1, now(), $2::uuid, $3) \
              ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
-                 master = excluded.master, server = excluded.server"
+                 master = excluded.master, server = excluded.server, fingerprint = NULL"
         ),
         &[syncid.into(), new_master.into(), server.into()],
     )

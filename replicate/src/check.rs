@@ -10,9 +10,9 @@
 //! (`rserv_touch`) and runs one more cycle: the slave gets their current state in one
 //! transaction, through the ordinary change-set path.
 
-use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use crate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use crate::error::{DbContext, Error};
-use crate::{master, slave};
+use crate::{slave, table};
 use postgres::GenericClient;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -180,7 +180,7 @@ fn tables(ep: &mut Endpoints) -> Result<Vec<Table>, Error> {
         .map(|(schema, table, _)| (schema, table))
         .collect();
     let mut out = Vec::new();
-    for t in master::tables(ep.master, ep.master_rs)? {
+    for t in table::list(ep.master, ep.master_rs)? {
         if !received.contains(&(t.schema.clone(), t.table.clone())) {
             continue;
         }
@@ -233,7 +233,7 @@ where
             }
             Ok(())
         };
-        let outcome = cycle::run_with(ep, opts, &mut hook)?;
+        let outcome = cycle::run(ep, opts, &mut Session::default(), Some(&mut hook))?;
         let expected = match outcome {
             Outcome::Applied { syncid, .. } => Some(syncid),
             _ => slave::sync_id(ep.slave, ep.slave_rs)?,
@@ -354,7 +354,7 @@ pub fn check(ep: &mut Endpoints, opts: &CycleOptions, repair: bool) -> Result<Re
             }
         }
         tx.commit().ctx("master: committing the repair marks")?;
-        cycle::run(ep, opts)?;
+        cycle::run(ep, opts, &mut Session::default(), None)?;
     }
     Ok(report)
 }

@@ -5,18 +5,23 @@ use crate::error::{Error, IoContext};
 use crate::master;
 use crate::pipe::pipe;
 use crate::rserv::Rserv;
-use crate::slave::{self, Applied};
-use crate::snapshot::{rows, Stats};
+use crate::slave;
+use crate::snapshot::rows;
+use crate::table;
 use postgres::Client;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use crate::slave::Outcome;
+
 #[derive(Debug, Clone, Default)]
 pub struct CycleOptions {
-    /// Which slave this is, on the master (`_rserv_servers_.server`).
-    pub server: i32,
+    /// Which slave this is, on the master (`_rserv_servers_.server`). None: the id the master
+    /// binds the slave database's node id to (`rserv_server_for_node`: the id it already has,
+    /// else the lowest free one from 1 up).
+    pub server: Option<i32>,
     /// Write the change set to this file first, then apply it (as the seed's `--snapshot`);
     /// without it the change set streams from master to slave in memory.
     pub snapshot: Option<PathBuf>,
@@ -29,19 +34,6 @@ pub struct CycleOptions {
     pub verbose: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Nothing changed on the master since the slave's last sync.
-    InSync,
-    Applied {
-        syncid: i64,
-        stats: Stats,
-        changed: i64,
-    },
-    /// Another run applied this change set or a newer one first.
-    Skipped { syncid: i64 },
-}
-
 pub struct Endpoints<'a> {
     pub master: &'a mut Client,
     pub master_rs: &'a Rserv,
@@ -49,15 +41,16 @@ pub struct Endpoints<'a> {
     pub slave_rs: &'a Rserv,
 }
 
+/// A `--verbose` line (the seed's words).
 fn say(opts: &CycleOptions, msg: &str) {
     if opts.verbose {
-        eprintln!("{msg}");
+        tracing::info!("{msg}");
     }
 }
 
 /// Confirm on the master the change set the slave reports having applied. After a crash
 /// between apply and confirm this is what makes the master move on.
-pub fn sync_back(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Option<i64>, Error> {
+fn sync_back(ep: &mut Endpoints, opts: &CycleOptions, server: i32) -> Result<Option<i64>, Error> {
     say(opts, ">>>>>>>>>>>>> Sync SyncID");
     let (id, follows) = slave::sync_state(ep.slave, ep.slave_rs)?;
     match id {
@@ -67,7 +60,7 @@ pub fn sync_back(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Option<i64>,
             // refuses, naming both)
             let here = master::node_id(ep.master, ep.master_rs)?;
             if follows.is_none_or(|m| m.eq_ignore_ascii_case(&here))
-                && master::confirm(ep.master, ep.master_rs, opts.server, id)?
+                && master::confirm(ep.master, ep.master_rs, server, id)?
             {
                 say(opts, "Succeeded");
             }
@@ -85,6 +78,16 @@ pub struct Session {
     target: Option<(master::Target, Instant)>,
     /// This session confirmed the slave's last change set itself: no need to ask the slave.
     in_step: bool,
+    /// The slave's id on the master, once a cycle found it.
+    server: Option<i32>,
+}
+
+impl Session {
+    /// The slave's id on the master: the one [`CycleOptions::server`] gave, or the one the
+    /// master bound the slave's node id to. None before the first cycle.
+    pub fn server(&self) -> Option<i32> {
+        self.server
+    }
 }
 
 /// How long a session trusts the slave's table list: a table registered on the slave meanwhile
@@ -98,18 +101,33 @@ fn target(
     session: &mut Session,
 ) -> Result<master::Target, Error> {
     if opts.create_tables {
-        let wanted = master::tables(ep.master, ep.master_rs)?;
+        let wanted = table::list(ep.master, ep.master_rs)?;
         for name in slave::create_missing(ep.slave, ep.slave_rs, &wanted)? {
-            eprintln!("created and registered table {name} on the slave");
+            tracing::info!("created and registered table {name} on the slave");
         }
     } else if let Some((t, at)) = &session.target {
-        if at.elapsed() < TARGET_TTL && t.server == opts.server {
+        if at.elapsed() < TARGET_TTL && opts.server.is_none_or(|s| s == t.server) {
             return Ok(t.clone());
         }
     }
+    let node = slave::node_id(ep.slave, ep.slave_rs)?;
+    let server = match (opts.server, session.server) {
+        (Some(server), _) => server,
+        // a database's node id does not change: once per session is enough
+        (None, Some(server)) => server,
+        (None, None) => {
+            let server = server_by_node(ep, &node)?;
+            say(
+                opts,
+                &format!("Slave {node} is server {server} on the master"),
+            );
+            server
+        }
+    };
+    session.server = Some(server);
     let t = master::Target {
-        server: opts.server,
-        slave_node: Some(slave::node_id(ep.slave, ep.slave_rs)?),
+        server,
+        slave_node: Some(node),
         tables: Some(slave::tables(ep.slave, ep.slave_rs)?),
         verbose: opts.verbose,
     };
@@ -121,38 +139,41 @@ fn target(
     Ok(t)
 }
 
-pub fn run(ep: &mut Endpoints, opts: &CycleOptions) -> Result<Outcome, Error> {
-    run_with(ep, opts, &mut |_| Ok(()))
+/// The id of the slave database whose node id is `node`, when no `--server` names one: the id
+/// it is bound to; else a registration of the seed's `prepare` (bound to no database) whose
+/// last confirmed change set is the one this slave applied last from this master, which is then
+/// bound to it; else a new id (`rserv_server_for_node`: the lowest free one from 1 up).
+fn server_by_node(ep: &mut Endpoints, node: &str) -> Result<i32, Error> {
+    if let Some(server) = master::bound_server(ep.master, ep.master_rs, node)? {
+        return Ok(server);
+    }
+    if let (Some(applied), Some(follows)) = slave::sync_state(ep.slave, ep.slave_rs)? {
+        if follows.eq_ignore_ascii_case(&master::node_id(ep.master, ep.master_rs)?) {
+            if let Some(server) =
+                master::unbound_server_confirmed_at(ep.master, ep.master_rs, applied)?
+            {
+                return Ok(server);
+            }
+        }
+    }
+    master::server_for_node(ep.master, ep.master_rs, node)
 }
 
-/// [`run`], for a caller that keeps its connections and `session` across cycles.
-pub fn run_in(
+/// One cycle: the slave's last change set confirmed on the master, the next one prepared
+/// there and applied on the slave, confirmed, and (with [`CycleOptions::clean_log`]) the log
+/// cleaned. `session` carries what a caller running many cycles over the same connections
+/// keeps between them (a fresh `Session::default()` for a single cycle). `at_snapshot` runs on
+/// the master inside the prepare transaction, at the change set's snapshot (see
+/// [`master::prepare`]): once the cycle returns, the slave holds exactly that state.
+pub fn run(
     ep: &mut Endpoints,
     opts: &CycleOptions,
     session: &mut Session,
-) -> Result<Outcome, Error> {
-    run_inner(ep, opts, session, &mut |_| Ok(()))
-}
-
-/// [`run`], with `at_snapshot` run on the master at the change set's snapshot (see
-/// [`master::prepare_with`]): once the cycle returns, the slave holds exactly that state.
-pub fn run_with(
-    ep: &mut Endpoints,
-    opts: &CycleOptions,
-    at_snapshot: master::SnapshotHook<'_>,
-) -> Result<Outcome, Error> {
-    run_inner(ep, opts, &mut Session::default(), at_snapshot)
-}
-
-fn run_inner(
-    ep: &mut Endpoints,
-    opts: &CycleOptions,
-    session: &mut Session,
-    at_snapshot: master::SnapshotHook<'_>,
+    at_snapshot: Option<master::SnapshotHook<'_>>,
 ) -> Result<Outcome, Error> {
     let target = target(ep, opts, session)?;
     if !session.in_step {
-        sync_back(ep, opts)?;
+        sync_back(ep, opts, target.server)?;
     }
     // Until this cycle has confirmed its own change set, the next one asks the slave again.
     session.in_step = false;
@@ -176,13 +197,15 @@ fn run_inner(
                 rows(changed.max(0) as u64)
             ),
         );
-        if master::confirm(ep.master, ep.master_rs, opts.server, syncid)? {
+        if master::confirm(ep.master, ep.master_rs, target.server, syncid)? {
             say(opts, "Succeeded");
             session.in_step = true;
         }
         if opts.create_tables {
             for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
-                eprintln!("created the indexes, foreign keys, triggers and policies of table {name} on the slave");
+                tracing::info!(
+                    "created the indexes, foreign keys, triggers and policies of table {name} on the slave"
+                );
             }
         }
         if opts.clean_log {
@@ -204,12 +227,12 @@ fn via_file(
     opts: &CycleOptions,
     target: &master::Target,
     path: &PathBuf,
-    at_snapshot: master::SnapshotHook<'_>,
+    at_snapshot: Option<master::SnapshotHook<'_>>,
 ) -> Result<Outcome, Error> {
     let shown = path.display().to_string();
     let file = File::create(path).io_ctx(format!("creating snapshot file {shown}"))?;
     let mut out = BufWriter::new(file);
-    let prepared = master::prepare_with(ep.master, ep.master_rs, target, &mut out, at_snapshot)?;
+    let prepared = master::prepare(ep.master, ep.master_rs, target, &mut out, at_snapshot)?;
     out.flush().io_ctx(format!("writing {shown}"))?;
     out.get_ref()
         .sync_all()
@@ -222,23 +245,22 @@ fn via_file(
     say(opts, ">>>>>>>>>>>>> Apply Snapshot");
     let input = BufReader::new(File::open(path).io_ctx(format!("opening {shown}"))?);
     let applied = slave::apply(ep.slave, ep.slave_rs, input)?;
-    if matches!(applied, Applied::Applied { .. }) && !opts.keep_snapshot {
+    if matches!(applied, Outcome::Applied { .. }) && !opts.keep_snapshot {
         let _ = std::fs::remove_file(path);
     }
-    Ok(applied.into())
+    Ok(applied)
 }
 
 fn streamed(
     ep: &mut Endpoints,
     target: &master::Target,
-    at_snapshot: master::SnapshotHook<'_>,
+    at_snapshot: Option<master::SnapshotHook<'_>>,
 ) -> Result<Outcome, Error> {
     let (writer, reader) = pipe(8);
     let (master_client, master_rs) = (&mut *ep.master, ep.master_rs);
     let (prepared, applied) = std::thread::scope(|s| {
-        let producer = s.spawn(move || {
-            master::prepare_with(master_client, master_rs, target, writer, at_snapshot)
-        });
+        let producer =
+            s.spawn(move || master::prepare(master_client, master_rs, target, writer, at_snapshot));
         let applied = slave::apply(ep.slave, ep.slave_rs, reader);
         let prepared = producer
             .join()
@@ -247,32 +269,15 @@ fn streamed(
     });
     match (prepared, applied) {
         (Ok(None), _) => Ok(Outcome::InSync),
-        (Ok(Some(_)), Ok(a)) => Ok(a.into()),
+        (Ok(Some(_)), Ok(a)) => Ok(a),
         // The slave stopped reading (e.g. a table missing there): its error is the cause.
         (Err(Error::Io { source, .. }), Err(e))
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
             Err(e)
         }
-        (Err(_), Ok(a @ Applied::Skipped { .. })) => Ok(a.into()),
+        (Err(_), Ok(a @ Outcome::Skipped { .. })) => Ok(a),
         (Err(e), _) => Err(e),
         (Ok(Some(_)), Err(e)) => Err(e),
-    }
-}
-
-impl From<Applied> for Outcome {
-    fn from(a: Applied) -> Outcome {
-        match a {
-            Applied::Applied {
-                syncid,
-                stats,
-                changed,
-            } => Outcome::Applied {
-                syncid,
-                stats,
-                changed,
-            },
-            Applied::Skipped { syncid } => Outcome::Skipped { syncid },
-        }
     }
 }

@@ -51,9 +51,9 @@ impl NodeConfig {
 pub struct SlaveConfig {
     /// shown in logs and metrics; defaults to the database name
     pub name: Option<String>,
-    /// this slave's id on the master
-    #[serde(default)]
-    pub server: i32,
+    /// this slave's id on the master; without it, the id the master binds this slave
+    /// database's node id to (the one it has, else the lowest free one from 1 up)
+    pub server: Option<i32>,
     #[serde(default)]
     pub create_tables: bool,
     #[serde(flatten)]
@@ -97,7 +97,7 @@ impl Config {
                 path.display()
             )));
         }
-        let mut ids: Vec<i32> = config.slaves.iter().map(|s| s.server).collect();
+        let mut ids: Vec<i32> = config.slaves.iter().filter_map(|s| s.server).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) {
             return Err(Error::Usage(format!(
@@ -112,7 +112,8 @@ impl Config {
 /// Everything a worker needs, resolved up front so a typo fails at start, not in a loop.
 struct Worker {
     name: String,
-    server: i32,
+    /// None: found by the slave's node id (see [`SlaveSpec::server`]).
+    server: Option<i32>,
     create_tables: bool,
     master: Endpoint,
     slave: Endpoint,
@@ -128,7 +129,8 @@ pub struct Daemon {
 /// One slave to follow: its name in logs and metrics, id on the master, connection.
 pub struct SlaveSpec {
     pub name: String,
-    pub server: i32,
+    /// The slave's id on the master; None: the id the master binds the slave's node id to.
+    pub server: Option<i32>,
     pub create_tables: bool,
     pub endpoint: Endpoint,
 }
@@ -249,7 +251,10 @@ fn nap(d: Duration, stop: &AtomicBool) {
 /// Keep one slave's worker alive: reconnect with exponential backoff after any failure.
 fn supervise(w: &Worker, m: &SlaveMetrics, stop: &AtomicBool, interval: Duration, clean_log: bool) {
     let mut backoff = Duration::from_millis(500);
-    info!(slave = %w.name, server = w.server, master = %w.master.describe(), to = %w.slave.describe(), "starting");
+    let server = w
+        .server
+        .map_or_else(|| "by node id".to_string(), |s| s.to_string());
+    info!(slave = %w.name, %server, master = %w.master.describe(), to = %w.slave.describe(), "starting");
     while !stop.load(Ordering::Relaxed) {
         match follow(w, m, stop, interval, clean_log, &mut backoff) {
             Ok(()) => break,
@@ -308,6 +313,7 @@ fn follow(
         ..CycleOptions::default()
     };
     let mut session = cycle::Session::default();
+    let mut known_server = None;
     let mut last_clean = Instant::now();
     let mut unclean = false;
     let mut last_create = Instant::now();
@@ -333,8 +339,13 @@ fn follow(
                 slave: &mut slave,
                 slave_rs: &slave_rs,
             };
-            cycle::run_in(&mut ep, &opts, &mut session)?
+            cycle::run(&mut ep, &opts, &mut session, None)?
         };
+        if let (Some(server), None) = (session.server(), known_server) {
+            known_server = Some(server);
+            m.set_server(server);
+            info!(slave = %w.name, server, "slave identified");
+        }
         // New tables on the master are looked for at connect time and then twice a minute.
         opts.create_tables = w.create_tables && last_create.elapsed() >= Duration::from_secs(30);
         if opts.create_tables {
@@ -361,7 +372,9 @@ fn follow(
         };
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
-            refresh_status(&mut master, &master_rs, w, m)?;
+            if let Some(server) = session.server() {
+                refresh_status(&mut master, &master_rs, server, m)?;
+            }
         }
         if unclean && (!busy || last_clean.elapsed() >= Duration::from_secs(1)) {
             let n = master::clean_log(&mut master, &master_rs)?;
@@ -389,7 +402,7 @@ fn follow(
 fn refresh_status(
     master: &mut postgres::Client,
     rs: &Rserv,
-    w: &Worker,
+    server: i32,
     m: &SlaveMetrics,
 ) -> Result<(), Error> {
     if let Some(row) = master
@@ -398,7 +411,7 @@ fn refresh_status(
                 "SELECT lag_seconds, pending_changes FROM {} WHERE server = $1",
                 rs.func("rserv_status")
             ),
-            &[&w.server],
+            &[&server],
         )
         .ctx("master: reading rserv_status")?
     {
@@ -458,7 +471,7 @@ mod tests {
     fn the_example_configuration_parses() {
         let cfg: Config = toml::from_str(include_str!("../../deploy/replicate.toml")).unwrap();
         assert_eq!(cfg.slaves.len(), 2);
-        assert_eq!(cfg.slaves[0].server, 1);
+        assert_eq!(cfg.slaves[0].server, Some(1));
         assert!(cfg.slaves[0].create_tables);
         assert_eq!(cfg.run.metrics_addr.as_deref(), Some("127.0.0.1:9187"));
     }

@@ -66,16 +66,38 @@ impl Error {
 }
 
 /// The server's message with its detail and hint; rust-postgres' own Display says only
-/// "db error".
+/// "db error". Not a database's error: the error and its causes.
 pub fn describe_pg(e: &postgres::Error) -> String {
+    describe(e, false)
+}
+
+/// [`describe_pg`] with the SQLSTATE, the position and the context too (psql's `VERBOSITY
+/// verbose`), for tests and debugging.
+pub fn describe_pg_verbose(e: &postgres::Error) -> String {
+    describe(e, true)
+}
+
+fn describe(e: &postgres::Error, verbose: bool) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!("{}: {}", db.severity(), db.message());
+            let mut s = if verbose {
+                format!("{} {}: {}", db.severity(), db.code().code(), db.message())
+            } else {
+                format!("{}: {}", db.severity(), db.message())
+            };
             if let Some(d) = db.detail() {
                 s.push_str(&format!("\nDETAIL: {d}"));
             }
             if let Some(h) = db.hint() {
                 s.push_str(&format!("\nHINT: {h}"));
+            }
+            if verbose {
+                if let Some(p) = db.position() {
+                    s.push_str(&format!("\nPOSITION: {p:?}"));
+                }
+                if let Some(w) = db.where_() {
+                    s.push_str(&format!("\nCONTEXT: {w}"));
+                }
             }
             s
         }

@@ -1,11 +1,15 @@
 //! `replicate`: the companion binary of the rserv extension, as a library.
 //!
-//! - [`conn`]: libpq-compatible connection settings (PG* variables, ~/.pgpass, conninfo)
-//! - [`snapshot`]: the versioned change set format
-//! - [`majors`]: values one PostgreSQL major has and an older one cannot store
-//! - [`master`] / [`slave`]: the two ends of a change set
+//! From the top (ARCHITECTURE.md has the picture):
+//! - [`cli`]: the command line, one function per command
+//! - [`daemon`] (`replicate run`) and [`check`] run cycles; [`status`] reads the lag
 //! - [`cycle`]: one replication cycle (the seed's `Replicate`)
-//! - [`cli`]: the command line
+//! - [`master`] / [`slave`]: the two ends of a change set, independent of each other
+//! - [`majors`]: values one PostgreSQL major has and an older one cannot store
+//! - [`table`]: a replicated table as the master describes it; [`snapshot`]: the versioned
+//!   change-set format
+//! - [`conn`]: libpq-compatible connections (conninfo, PG* variables, ~/.pgpass, TLS)
+//! - [`log`]: the one logging path; [`error`]: errors and exit codes
 
 pub mod argv;
 pub mod check;
@@ -14,6 +18,7 @@ pub mod conn;
 pub mod cycle;
 pub mod daemon;
 pub mod error;
+pub mod log;
 pub mod majors;
 pub mod master;
 pub mod metrics;
@@ -24,3 +29,4 @@ pub mod slave;
 pub mod snapshot;
 pub mod status;
 pub mod switchover;
+pub mod table;

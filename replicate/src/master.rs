@@ -31,9 +31,6 @@ struct Section {
     query: Option<String>,
 }
 
-/// Write the change set for slave `server` to `out`. Returns None when nothing changed since
-/// the slave's last confirmed sync (then nothing is written). The end line is written only
-/// after the master transaction committed, so a reader that sees it may commit too.
 /// Which slave a change set is for.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
@@ -68,27 +65,97 @@ pub fn register(client: &mut Client, rs: &Rserv, target: &Target) -> Result<(), 
     Ok(())
 }
 
+/// The server id the slave database whose node id is `slave_node` is bound to, if any. Read
+/// from `rserv_status`, which takes no lock that waits for a prepare in progress.
+pub fn bound_server(
+    client: &mut Client,
+    rs: &Rserv,
+    slave_node: &str,
+) -> Result<Option<i32>, Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT server FROM {} WHERE slave_node = $1::text::uuid ORDER BY server LIMIT 1",
+                rs.func("rserv_status")
+            ),
+            &[&slave_node],
+        )
+        .ctx("master: looking up the slave's server id")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// A registration bound to no slave database (the seed's `prepare` registers slaves so) whose
+/// last confirmed change set is `syncid`. Sync ids are unique on a master: the slave that
+/// applied `syncid` is that registration's slave.
+pub fn unbound_server_confirmed_at(
+    client: &mut Client,
+    rs: &Rserv,
+    syncid: i64,
+) -> Result<Option<i32>, Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT server FROM {} WHERE slave_node IS NULL AND confirmed_syncid = $1 \
+                 ORDER BY server LIMIT 1",
+                rs.func("rserv_status")
+            ),
+            &[&syncid],
+        )
+        .ctx("master: looking for the slave's registration")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The server id of the slave database whose node id is `slave_node`: the one it is bound to,
+/// or (registered now, in a transaction of its own) the lowest free id from 1 up
+/// (`rserv_server_for_node`, which locks the slave registry while it looks).
+pub fn server_for_node(client: &mut Client, rs: &Rserv, slave_node: &str) -> Result<i32, Error> {
+    let row = client
+        .query_one(
+            &format!("SELECT {}($1)", rs.func("rserv_server_for_node")),
+            &[&slave_node],
+        )
+        .ctx("master: finding the slave's server id by its node id")?;
+    Ok(row.get(0))
+}
+
+/// Every registered slave's server id, in order.
+pub fn servers(client: &mut Client, rs: &Rserv) -> Result<Vec<i32>, Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT server FROM {} ORDER BY server",
+                rs.func("rserv_status")
+            ),
+            &[],
+        )
+        .ctx("master: listing its slaves")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// This master's node id (change sets name their master by it).
+pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
+    let row = client
+        .query_one(&format!("SELECT {}()", rs.func("rserv_node_id")), &[])
+        .ctx("master: reading its node id")?;
+    Ok(row.get(0))
+}
+
 /// Code to run on the master inside the prepare transaction, at the change set's snapshot,
 /// just before it commits (or rolls back when there is nothing to send).
 pub type SnapshotHook<'h> =
     &'h mut (dyn FnMut(&mut postgres::Transaction<'_>) -> Result<(), Error> + Send);
 
+/// Write the change set for the slave `target` names to `out`. Returns None when nothing
+/// changed since the slave's last confirmed sync (then nothing is written). The end line is
+/// written only after the master transaction committed, so a reader that sees it may commit
+/// too. `at_snapshot` runs in the prepare transaction, at the change set's snapshot, just
+/// before it ends.
 pub fn prepare(
     client: &mut Client,
     rs: &Rserv,
     target: &Target,
     out: impl Write,
-) -> Result<Option<(i64, Stats)>, Error> {
-    prepare_with(client, rs, target, out, &mut |_| Ok(()))
-}
-
-/// [`prepare`], running `at_snapshot` in the prepare transaction before it ends.
-pub fn prepare_with(
-    client: &mut Client,
-    rs: &Rserv,
-    target: &Target,
-    out: impl Write,
-    at_snapshot: SnapshotHook<'_>,
+    mut at_snapshot: Option<SnapshotHook<'_>>,
 ) -> Result<Option<(i64, Stats)>, Error> {
     let server = target.server;
     type Columns = (Option<Vec<String>>, Option<Vec<String>>, Option<Vec<bool>>);
@@ -116,6 +183,7 @@ pub fn prepare_with(
         rserv: header_row.get(1),
         base: None,
         slave: None,
+        fingerprint: None,
         postgres: Some(rs.server_version),
     };
     // Nothing in the session's schemas can shadow a built-in while we read the change set, and
@@ -134,7 +202,7 @@ pub fn prepare_with(
         let rows = match tx.query(
             &format!(
                 "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                        column_types, estimated_rows, base_syncid, slave_node \
+                        column_types, estimated_rows, base_syncid, slave_node, fingerprint \
                  FROM {}($1, $2, $3, $4, $5)",
                 rs.func("rserv_prepare")
             ),
@@ -150,7 +218,9 @@ pub fn prepare_with(
             Err(e) => return Err(e).ctx("master: preparing the change set"),
         };
         let Some(first) = rows.first() else {
-            at_snapshot(&mut tx)?;
+            if let Some(hook) = at_snapshot.as_mut() {
+                hook(&mut tx)?;
+            }
             tx.rollback()
                 .ctx("master: ending the prepare transaction")?;
             return Ok(None);
@@ -158,6 +228,7 @@ pub fn prepare_with(
         let syncid: i64 = first.get(0);
         header.base = first.get(9);
         header.slave = first.get(10);
+        header.fingerprint = first.get(11);
         let mut sections = Vec::with_capacity(rows.len());
         for r in &rows {
             let word: String = r.get(1);
@@ -208,7 +279,10 @@ pub fn prepare_with(
             }
             Ok(())
         })();
-        let streamed = streamed.and_then(|()| at_snapshot(&mut tx));
+        let streamed = streamed.and_then(|()| match at_snapshot.as_mut() {
+            Some(hook) => hook(&mut tx),
+            None => Ok(()),
+        });
         if let Err(e) = streamed {
             let _ = w.fail(&e.to_string());
             return Err(e);
@@ -224,14 +298,6 @@ pub fn prepare_with(
 
 fn is_serialization_failure(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
-}
-
-/// The master's own node id (change sets name their master by it).
-pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
-    let row = client
-        .query_one(&format!("SELECT {}()", rs.func("rserv_node_id")), &[])
-        .ctx("master: reading its node id")?;
-    Ok(row.get(0))
 }
 
 /// Record on the master that slave `server` applied change set `syncid`.
@@ -254,41 +320,6 @@ pub fn drop_server(client: &mut Client, rs: &Rserv, server: i32) -> Result<bool,
         )
         .ctx(format!("master: dropping server {server}"))?;
     Ok(row.get(0))
-}
-
-/// A table the master replicates: its name, key (and whether that is the primary key), watched
-/// columns (None: all) and its definition as data (the slave builds its own DDL from it).
-pub struct MasterTable {
-    pub schema: String,
-    pub table: String,
-    pub key: Vec<String>,
-    pub primary_key: bool,
-    pub watched: Option<Vec<String>>,
-    pub definition: serde_json::Value,
-}
-
-pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<MasterTable>, Error> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT schema_name, table_name, key_columns, is_primary_key, watched_columns, \
-                        definition FROM {}()",
-                rs.func("rserv_table_list")
-            ),
-            &[],
-        )
-        .ctx("master: listing replicated tables")?;
-    Ok(rows
-        .iter()
-        .map(|r| MasterTable {
-            schema: r.get(0),
-            table: r.get(1),
-            key: r.get(2),
-            primary_key: r.get(3),
-            watched: r.get(4),
-            definition: r.get(5),
-        })
-        .collect())
 }
 
 /// Remove log rows no registered slave needs any more; returns how many.

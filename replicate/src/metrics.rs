@@ -10,7 +10,9 @@ use std::time::Duration;
 /// Counters and gauges of one slave's worker.
 pub struct SlaveMetrics {
     name: String,
-    server: i32,
+    /// The slave's id on the master; unknown (an empty label) until the worker has found it
+    /// by the slave's node id.
+    server: Mutex<Option<i32>>,
     syncs: AtomicU64,
     rows: AtomicU64,
     bytes: AtomicU64,
@@ -21,10 +23,10 @@ pub struct SlaveMetrics {
 }
 
 impl SlaveMetrics {
-    pub fn new(name: &str, server: i32) -> SlaveMetrics {
+    pub fn new(name: &str, server: Option<i32>) -> SlaveMetrics {
         SlaveMetrics {
             name: name.to_string(),
-            server,
+            server: Mutex::new(server),
             syncs: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -45,6 +47,22 @@ impl SlaveMetrics {
         if let Ok(mut s) = self.state.lock() {
             s.2 = message.to_string();
         }
+    }
+
+    /// The slave's id on the master, once known.
+    pub fn set_server(&self, server: i32) {
+        if let Ok(mut s) = self.server.lock() {
+            *s = Some(server);
+        }
+    }
+
+    fn server_label(&self) -> String {
+        self.server
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     }
 
     pub fn set_connected(&self, up: bool) {
@@ -75,7 +93,7 @@ pub fn render(all: &[Arc<SlaveMetrics>]) -> String {
                 out.push_str(&format!(
                     "{name}{{slave=\"{}\",server=\"{}\"}} {}\n",
                     label(&m.name),
-                    m.server,
+                    m.server_label(),
                     value(m)
                 ));
             }
@@ -130,7 +148,7 @@ pub fn render(all: &[Arc<SlaveMetrics>]) -> String {
             out.push_str(&format!(
                 "rserv_last_error{{slave=\"{}\",server=\"{}\",message=\"{}\"}} 1\n",
                 label(&m.name),
-                m.server,
+                m.server_label(),
                 label(&msg.chars().take(300).collect::<String>())
             ));
         }

@@ -1,4 +1,5 @@
-//! Progress of long copies: a bar on a terminal, a log line every few seconds otherwise.
+//! Progress of long copies: a bar on a terminal (drawn in place on stderr: the one thing
+//! written there that is not a log line), a log line every 10 seconds otherwise.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ impl Progress {
             if self.tty {
                 eprint!("\r{}\x1b[K", self.bar());
             } else {
-                eprintln!("{}", self.line());
+                tracing::info!("{}", self.line());
             }
         }
     }
@@ -95,7 +96,7 @@ impl Progress {
             eprint!("\r\x1b[K");
         }
         if always || self.started.elapsed() >= Duration::from_secs(2) {
-            eprintln!(
+            tracing::info!(
                 "{} (done in {:.1} s)",
                 self.line(),
                 self.started.elapsed().as_secs_f64()

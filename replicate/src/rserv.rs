@@ -7,66 +7,32 @@ use postgres::GenericClient;
 pub struct Rserv {
     /// quote_ident() of the extension's schema
     schema: String,
-    /// the extension's version in this database (pg_extension.extversion)
-    pub version: String,
     /// the server's `server_version_num` (e.g. 150020)
     pub server_version: i32,
 }
 
-/// The oldest rserv extension this replicate can drive: its calls use the SQL API of 1.1.0.
-/// An older one (during a rolling upgrade) is driven by its own release's replicate until
-/// `ALTER EXTENSION rserv UPDATE` has run on that node.
-pub const MIN_EXTENSION: &str = "1.1.0";
-
-/// "1.10.2" as (1, 10, 2); None if it is not such a version.
-pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
-    let version = (parts.next()??, parts.next()??, parts.next()??);
-    parts.next().is_none().then_some(version)
-}
-
 impl Rserv {
-    /// Find the extension; `side` and `db` name the database in the error. An extension older
-    /// than [`MIN_EXTENSION`] is refused, saying how to update it.
+    /// Find the extension; `side` and `db` name the database in the error.
     pub fn locate(client: &mut impl GenericClient, side: &str, db: &str) -> Result<Rserv, Error> {
         let row = client
             .query_opt(
-                "SELECT pg_catalog.quote_ident(n.nspname::text), e.extversion::text, \
+                "SELECT pg_catalog.quote_ident(n.nspname::text), \
                         pg_catalog.current_setting('server_version_num')::int4 \
                  FROM pg_catalog.pg_extension e \
                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'rserv'",
                 &[],
             )
             .ctx(format!("{side}: looking for the rserv extension"))?;
-        let Some(r) = row else {
-            return Err(Error::Failed(format!(
+        match row {
+            Some(r) => Ok(Rserv {
+                schema: r.get(0),
+                server_version: r.get(1),
+            }),
+            None => Err(Error::Failed(format!(
                 "{side}: the rserv extension is not installed in database \"{db}\"; \
                  run CREATE EXTENSION rserv there (or replicate {side}-init {db})"
-            )));
-        };
-        let rs = Rserv {
-            schema: r.get(0),
-            version: r.get(1),
-            server_version: r.get(2),
-        };
-        let too_old = match (parse_version(&rs.version), parse_version(MIN_EXTENSION)) {
-            (Some(have), Some(min)) => have < min,
-            _ => false,
-        };
-        if too_old {
-            return Err(Error::Failed(format!(
-                "{side}: database \"{db}\" has rserv {} but this replicate needs rserv {MIN_EXTENSION} or later: \
-                 install it on that server and run ALTER EXTENSION rserv UPDATE in \"{db}\" \
-                 (until then, keep replicating with the replicate of rserv {})",
-                rs.version, rs.version
-            )));
+            ))),
         }
-        Ok(rs)
-    }
-
-    /// The server's major version (15 for 15.x).
-    pub fn server_major(&self) -> i32 {
-        self.server_version / 10000
     }
 
     /// `SELECT schema.func(table[, column])`, the table name parsed by the server as a regclass.

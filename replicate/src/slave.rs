@@ -4,6 +4,7 @@ use crate::error::{DbContext, Error, IoContext};
 use crate::majors::{self, Screen};
 use crate::rserv::Rserv;
 use crate::snapshot::{SnapshotReader, Stats};
+use crate::table::ReplicatedTable;
 use postgres::Client;
 use std::io::{BufRead, Write};
 
@@ -53,7 +54,7 @@ pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<(String, String, bo
 pub fn create_missing(
     client: &mut Client,
     rs: &Rserv,
-    master_tables: &[crate::master::MasterTable],
+    master_tables: &[ReplicatedTable],
 ) -> Result<Vec<String>, Error> {
     let mut tx = client
         .transaction()
@@ -126,7 +127,8 @@ pub fn sync_id(client: &mut Client, rs: &Rserv) -> Result<Option<i64>, Error> {
     Ok(row.get(0))
 }
 
-/// The slave's last applied change set and the node id of the master it came from.
+/// The slave's last applied change set and the node id of the master it came from (both None
+/// before its first change set).
 pub fn sync_state(client: &mut Client, rs: &Rserv) -> Result<(Option<i64>, Option<String>), Error> {
     let row = client
         .query_one(
@@ -141,21 +143,26 @@ pub fn sync_state(client: &mut Client, rs: &Rserv) -> Result<(Option<i64>, Optio
     Ok((row.get(0), row.get(1)))
 }
 
+/// What applying a change set (or a whole cycle) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
+pub enum Outcome {
+    /// Nothing changed on the master since the slave's last sync: there was nothing to apply
+    /// (a cycle's outcome; [`apply`] always has a change set).
+    InSync,
     /// The change set is now on the slave; `changed` = rows written or removed.
     Applied {
         syncid: i64,
         stats: Stats,
         changed: i64,
     },
-    /// The slave already had this change set or a newer one; nothing was done.
+    /// The slave already had this change set or a newer one (another run applied it first);
+    /// nothing was done.
     Skipped { syncid: i64 },
 }
 
 /// Apply one snapshot in one slave transaction: all of it, or (on any error, including a
-/// damaged snapshot) nothing.
-pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Applied, Error> {
+/// damaged snapshot) nothing. Returns [`Outcome::Applied`] or [`Outcome::Skipped`].
+pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Outcome, Error> {
     let mut reader = SnapshotReader::open(input)?;
     let syncid = reader.syncid;
     client
@@ -177,14 +184,14 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
                 &reader.header.server,
                 &reader.header.base,
                 &reader.header.slave,
-                &reader.format,
+                &reader.header.fingerprint,
             ],
         )
         .ctx(format!("slave: starting change set {syncid}"))?
         .get(0);
     if !began {
         tx.rollback().ctx("slave: ending the apply transaction")?;
-        return Ok(Applied::Skipped { syncid });
+        return Ok(Outcome::Skipped { syncid });
     }
     // Prepared once: every section then costs one round trip per call, not two.
     let stage = tx
@@ -252,7 +259,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<App
         .ctx(format!("slave: finishing change set {syncid}"))?;
     tx.commit()
         .ctx(format!("slave: committing change set {syncid}"))?;
-    Ok(Applied::Applied {
+    Ok(Outcome::Applied {
         syncid,
         stats: reader.stats(),
         changed,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! -- RSERV SNAPSHOT 1
-//! -- SYNCID 7 {"master":"<node uuid>","server":0,"rserv":"1.1.0","postgres":170011}
+//! -- SYNCID 7 {"master":"<node uuid>","server":0,"rserv":"1.0.0"}
 //! -- TRUNCATE {"schema":"public","table":"t","columns":[],"key":["id"]}
 //! -- DELETE {"schema":"public","table":"customer","columns":["cust_id"],"key":["cust_id"]}
 //! 42
@@ -23,22 +23,12 @@
 //! it, so a truncated, reordered or corrupted file is refused (a damaged section before it is
 //! merged into its table).
 //! A writer that fails part-way ends the file with `-- ERROR {"message":...}`.
-//!
-//! The number in the first line is the change-set format ([`FORMAT`]): what the sections mean
-//! and how values are written. Master and slave may run different rserv releases (a rolling
-//! upgrade) as long as the slave reads the format; `rserv_apply_begin` is told it and refuses
-//! one it does not read, before anything is applied.
 
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Read, Write};
 
-/// The change-set format this replicate writes (README, "Snapshot format").
-pub const FORMAT: i32 = 1;
-/// The formats this replicate reads.
-pub const READABLE_FORMATS: std::ops::RangeInclusive<i32> = 1..=1;
-/// First line of every snapshot, followed by its format.
-pub const MAGIC_PREFIX: &str = "-- RSERV SNAPSHOT ";
+pub const MAGIC: &str = "-- RSERV SNAPSHOT 1";
 
 /// Facts about the change set as a whole.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -56,6 +46,10 @@ pub struct Header {
     /// `rserv_node_id()` of the slave database the server id is bound to, when the master knows it
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slave: Option<String>,
+    /// tells this change set from another with the same sync id (a master restored from a
+    /// backup issues its ids again); absent in files written before 1.1.0
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// the master's `server_version_num` (absent in files written before 1.1.0): the slave
     /// refuses values its PostgreSQL major cannot store before loading them
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,13 +161,7 @@ impl<W: Write> SnapshotWriter<W> {
             crc: crc32fast::Hasher::new(),
             stats: Stats::default(),
         };
-        w.put(
-            format!(
-                "{MAGIC_PREFIX}{FORMAT}\n-- SYNCID {syncid} {}\n",
-                json(header)
-            )
-            .as_bytes(),
-        )?;
+        w.put(format!("{MAGIC}\n-- SYNCID {syncid} {}\n", json(header)).as_bytes())?;
         Ok(w)
     }
 
@@ -264,8 +252,6 @@ pub struct SnapshotReader<R: BufRead> {
     crc: crc32fast::Hasher,
     line: Vec<u8>,
     line_no: u64,
-    /// the change-set format of the first line
-    pub format: i32,
     pub syncid: i64,
     pub header: Header,
     stats: Stats,
@@ -283,7 +269,6 @@ impl<R: BufRead> SnapshotReader<R> {
             crc: crc32fast::Hasher::new(),
             line: Vec::new(),
             line_no: 0,
-            format: 0,
             syncid: 0,
             header: Header::default(),
             stats: Stats::default(),
@@ -291,23 +276,11 @@ impl<R: BufRead> SnapshotReader<R> {
         if !r.read_line()? {
             return Err(bad("the input is empty (expected an rserv snapshot)"));
         }
-        let first = r.line_text().unwrap_or("").to_string();
-        let Some(format) = first
-            .strip_prefix(MAGIC_PREFIX)
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+        if r.line != format!("{MAGIC}\n").as_bytes() {
             return Err(bad(format!(
-                "line 1 is not \"{MAGIC_PREFIX}<format>\": not an rserv snapshot"
-            )));
-        };
-        if !READABLE_FORMATS.contains(&format) {
-            return Err(bad(format!(
-                "it is in change-set format {format}, and this replicate reads format {} only: \
-                 replicate with the replicate of the master's rserv release (or a newer one)",
-                READABLE_FORMATS.end()
+                "line 1 is not \"{MAGIC}\": not an rserv snapshot, or one of another version"
             )));
         }
-        r.format = format;
         r.hash_line();
         if !r.read_line()? {
             return Err(bad("truncated after line 1"));
@@ -558,44 +531,6 @@ mod tests {
         let w = SnapshotWriter::start(&mut buf, 1, &header).unwrap();
         w.fail("boom").unwrap();
         assert!(matches!(read_all(&buf), Err(Error::Snapshot(m)) if m.contains("boom")));
-    }
-
-    #[test]
-    fn formats_are_named_and_unknown_ones_refused() {
-        let s = String::from_utf8(sample()).unwrap();
-        assert!(s.starts_with(&format!("{MAGIC_PREFIX}{FORMAT}\n")));
-        let r = SnapshotReader::open(s.as_bytes()).unwrap();
-        assert_eq!(r.format, 1);
-        let newer = s.replacen(
-            &format!("{MAGIC_PREFIX}1\n"),
-            &format!("{MAGIC_PREFIX}2\n"),
-            1,
-        );
-        match SnapshotReader::open(newer.as_bytes()) {
-            Err(Error::Snapshot(m)) => assert!(m.contains("format 2"), "{m}"),
-            Err(e) => panic!("format 2: wrong error {e}"),
-            Ok(_) => panic!("format 2 was read"),
-        }
-        let garbage = s.replacen(&format!("{MAGIC_PREFIX}1\n"), "-- RSERV SNAPSHOT x\n", 1);
-        assert!(
-            matches!(SnapshotReader::open(garbage.as_bytes()), Err(Error::Snapshot(m)) if m.contains("not an rserv snapshot"))
-        );
-    }
-
-    #[test]
-    fn headers_of_earlier_releases_are_read() {
-        let old = "-- RSERV SNAPSHOT 1\n-- SYNCID 3 {\"master\":\"m\",\"server\":0,\"rserv\":\"1.0.0\"}\n";
-        let mut bytes = old.as_bytes().to_vec();
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(
-            format!("-- OK {{\"sections\":0,\"rows\":0,\"crc32\":\"{crc:08x}\"}}\n").as_bytes(),
-        );
-        let mut r = SnapshotReader::open(&bytes[..]).unwrap();
-        assert_eq!(
-            (r.syncid, r.header.postgres, r.header.base),
-            (3, None, None)
-        );
-        assert!(r.next_section().unwrap().is_none());
     }
 
     #[test]

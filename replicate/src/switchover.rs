@@ -123,8 +123,9 @@ pub fn switchover(
     let (_, cancelled) = fence(ep, &new, grace)?;
     report.cancelled = cancelled;
     // what the master committed before the fence reaches the slave
+    let mut session = cycle::Session::default();
     loop {
-        let outcome = cycle::run(ep, opts)?;
+        let outcome = cycle::run(ep, opts, &mut session, None)?;
         if let Outcome::Applied { .. } = outcome {
             report.final_change_sets += 1;
         }
@@ -142,7 +143,7 @@ pub fn switchover(
                 "SELECT server, syncid FROM {}($1, $2)",
                 ep.slave_rs.func("rserv_promote")
             ),
-            &[&old, &opts.server],
+            &[&old, &session.server().or(opts.server)],
         )
         .ctx("slave: taking over as master")?;
     promote.commit().ctx("slave: committing the promotion")?;

@@ -10,11 +10,13 @@ use super::diff::{diff, Step};
 use crate::catalog::{ext_schema, table_info};
 use crate::error::{fail, SpiOrFail};
 use crate::schema::build::{
-    self, add_constraint, column_sql, ensure_schema, ensure_types, make_foreign_key, make_index,
-    make_policy, make_trigger, relation, run, set_row_security, type_sql,
+    self, column_sql, ensure_schema, ensure_types, relation, run, type_sql,
 };
 use crate::schema::model::{Rel, TableDef};
 use crate::schema::parse_definition;
+use crate::schema::post_data::{
+    add_constraint, make_foreign_key, make_index, make_policy, make_trigger, set_row_security,
+};
 use crate::security::{internal_ddl, run_as_owner};
 use crate::sql::{first, qualified, quote_ident, quote_literal};
 use pgrx::pg_sys;
@@ -524,7 +526,7 @@ fn objects(def: &TableDef, row_security_changed: bool) {
     }
     for t in &def.triggers {
         let here = first::<String>(
-            "SELECT pg_catalog.pg_get_triggerdef(oid) || ' ' || tgenabled FROM pg_catalog.pg_trigger \
+            "SELECT pg_catalog.pg_get_triggerdef(oid) || ' ' || tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger \
              WHERE tgrelid = $1 AND tgname = $2",
             &[reloid.into(), t.name.clone().into()],
             "reading a trigger",

@@ -206,7 +206,7 @@ fn record_table(s: &str, reloid: pg_sys::Oid) {
         )
         .or_fail("scheduling fresh copies");
     }
-    crate::capture::something_logged();
+    crate::wakeup::something_logged();
 }
 
 /// The definition a table is registered with (what later DDL is compared with).

@@ -7,6 +7,7 @@
 
 pub(crate) mod build;
 pub(crate) mod model;
+pub(crate) mod post_data;
 pub(crate) mod probe;
 pub(crate) mod verify;
 
@@ -245,7 +246,7 @@ fn rserv_slave_finish_tables() -> SetOfIterator<'static, String> {
         let s2 = s.clone();
         let receives_here = move |r: &Rel| receives(&s2, r);
         run_as_owner(owner, &[], || {
-            build::finish_table(&def, reloid, &receives_here)
+            post_data::finish_table(&def, reloid, &receives_here)
         });
         build::check_calls(&table, reloid, &[]);
         for part in &def.partitions {
@@ -258,7 +259,7 @@ fn rserv_slave_finish_tables() -> SetOfIterator<'static, String> {
                 continue; // dropped since
             };
             run_as_owner(owner, &[], || {
-                build::finish_table(part, oid, &receives_here)
+                post_data::finish_table(part, oid, &receives_here)
             });
             build::check_calls(&name, oid, &[]);
         }

@@ -1,5 +1,6 @@
 //! A `replicate run` process for tests, and waiting for a condition.
 
+use crate::replicate_command;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,18 +14,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[String]) -> Daemon {
-        Daemon::start_bin(&crate::replicate_bin(), args)
-    }
-
-    /// [`Daemon::start`] with another `replicate` binary (e.g. an earlier release's).
-    pub fn start_bin(bin: &std::path::Path, args: &[String]) -> Daemon {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let log =
             std::env::temp_dir().join(format!("rserv-daemon-{}-{nanos}.log", std::process::id()));
         let file = std::fs::File::create(&log).expect("daemon log");
-        let child = crate::replicate_command_for(bin)
+        let child = replicate_command()
             .args(args)
             .stdout(Stdio::null())
             .stderr(file)

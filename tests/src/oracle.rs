@@ -2,14 +2,14 @@
 //!
 //! The invariant rserv promises is that after every applied change set the slave holds
 //! exactly the master's state as of that change set's snapshot. [`cycle`] checks it directly:
-//! it runs one cycle with `replicate::cycle::run_with` and dumps the master *inside* the
+//! it runs one cycle with `replicate::cycle::run` and dumps the master *inside* the
 //! prepare transaction (the at_snapshot hook, so at the change set's own snapshot), then the
 //! slave right after the cycle, and compares the two row by row.
 
 use crate::pair::Session;
 use crate::Cluster;
 use postgres::{GenericClient, Transaction};
-use replicate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use replicate::cycle::{self, CycleOptions, Endpoints, Outcome, Session as CycleSession};
 use replicate::error::Error;
 use replicate::rserv::Rserv;
 use std::collections::BTreeMap;
@@ -151,7 +151,7 @@ pub fn endpoints(s: &mut Session) -> Endpoints<'_> {
 /// Cycle options for slave `server`, cleaning the log after each cycle as `replicate` does.
 pub fn options(server: i32) -> CycleOptions {
     CycleOptions {
-        server,
+        server: Some(server),
         clean_log: true,
         ..CycleOptions::default()
     }
@@ -212,7 +212,12 @@ pub fn cycle_then(s: &mut Session, opts: &CycleOptions, then: Hook<'_>) -> Resul
             })?);
             then(tx)
         };
-        cycle::run_with(&mut endpoints(s), opts, &mut hook)?
+        cycle::run(
+            &mut endpoints(s),
+            opts,
+            &mut CycleSession::default(),
+            Some(&mut hook),
+        )?
     };
     let slave = dump(&mut s.slave, &tables).map_err(|source| Error::Db {
         context: "oracle: dumping the slave".into(),

@@ -3,7 +3,7 @@
 
 use crate::{run_replicate, Cluster};
 use postgres::Client;
-use replicate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use replicate::cycle::{self, CycleOptions, Endpoints, Outcome, Session as CycleSession};
 use replicate::error::Error;
 use replicate::rserv::Rserv;
 use std::process::Output;
@@ -153,6 +153,8 @@ impl Session {
                 clean_log: true,
                 ..CycleOptions::default()
             },
+            &mut CycleSession::default(),
+            None,
         )
     }
 }

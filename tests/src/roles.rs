@@ -264,33 +264,3 @@ pub fn temp_relations(client: &mut Client) -> Vec<(String, String)> {
         .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         .unwrap_or_default()
 }
-
-/// A small deterministic PRNG (xorshift64*), so a failure can be replayed from its seed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Seeded from `var` if set, else from `default`; prints the seed.
-    pub fn from_env(var: &str, default: u64, what: &str) -> Rng {
-        let seed = std::env::var(var)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default);
-        eprintln!("{what}: seed {seed} (set {var} to replay)");
-        Rng(seed.max(1))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}

@@ -285,6 +285,7 @@ fn a2_one_slave_database_under_two_server_ids_goes_back_in_time() {
         &daemon.master_rs,
         &replicate::master::Target::server(1),
         &mut file,
+        None,
     )
     .expect("a change set for server 1, prepared without the slave");
     let err = replicate::slave::apply(&mut daemon.slave, &daemon.slave_rs, file.as_slice())

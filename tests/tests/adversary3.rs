@@ -3,7 +3,7 @@
 //! real clusters that FAILS on 6f9b780 and asserts what a fixed rserv must do (refuse with a
 //! clear error, or keep the slave equal to its master / keep the attacker powerless). Each
 //! test's doc comment says what breaks, why, how bad it is, and the recommended fix.
-//! c1, c3, c7 and c8 are fixed and here; c2, c4, c5 and c6 are open (issue notes) and their
+//! c1, c3, c6, c7 and c8 are fixed and here; c2, c4 and c5 are open (issue notes) and their
 //! reproductions live on branch `adversary3` (tests/tests/adversary3.rs there).
 //!
 //! - HIGH (security) c1: the index probe runs the master's CREATE INDEX as the bootstrap
@@ -361,5 +361,85 @@ fn c8_master_add_column_takes_over_a_slave_only_column() {
         "t",
         "note",
         "C8: after the master added column note",
+    );
+}
+
+/// C6. The b6 fix (`require_known_history`) runs only when a slave reports a sync id the
+/// master has *no row* for, i.e. in `replicate`'s cycle, whose `sync_back` confirms before it
+/// prepares. The seed's pipeline, which the README says still works,
+/// `replicate prepare M | replicate apply S && replicate master-sync M $(replicate sync-id S)`,
+/// prepares first: the master restored from a backup taken after change set 1 hands out sync
+/// id 2 again; `rserv_apply_begin` skips it ("slave is already at change set 2", exit 0); and
+/// `master-sync 2` then finds the restored master's own, unconfirmed change set 2 and confirms
+/// it. The restored master's new row is lost for good, the lost master's rows stay on the
+/// slave, and every later pipeline run exits 0 on top of that.
+///
+/// Severity: HIGH (silent loss of committed rows; the scenario of b6, through the other
+/// documented way to replicate).
+///
+/// Fix: make change sets identifiable beyond their number, as b6 recommended: a random
+/// fingerprint per prepare, kept in `_rserv_sync_`, written in the header and recorded by the
+/// slave; `rserv_apply_begin` refuses (instead of skipping) a change set whose id the slave
+/// has with another fingerprint, and `rserv_confirm` takes the fingerprint and refuses one
+/// that is not this master's. At least, `rserv_apply_begin` must refuse an id at or below its
+/// own whose `base` is below the slave's sync id (the master never learnt of the slave's).
+#[test]
+fn c6_restored_master_through_the_prepare_apply_pipeline() {
+    let p = Pair::start("adv3-c6");
+    p.table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", None);
+    p.master
+        .execute(DB, "INSERT INTO t VALUES (1, 'one'), (2, 'two')");
+    p.sync(); // change set 1
+    let server = value(&p.master, "SELECT min(server)::text FROM _rserv_servers_")
+        .expect("the slave's server id");
+    let backup = p.master.data_dir().with_file_name("data.backup");
+    p.master.while_stopped(|d| {
+        rserv_tests::run_ok(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(d)
+                .arg(&backup),
+        )
+    });
+    p.master.execute(
+        DB,
+        "INSERT INTO t VALUES (3, 'lost with the master'); UPDATE t SET v = 'two, lost' WHERE id = 2",
+    );
+    p.sync(); // change set 2
+    p.master.while_stopped(|d| {
+        rserv_tests::run_ok(std::process::Command::new("rm").arg("-rf").arg(d));
+        rserv_tests::run_ok(std::process::Command::new("mv").arg(&backup).arg(d));
+    });
+    p.master
+        .execute(DB, "INSERT INTO t VALUES (4, 'after the restore')");
+    let file = p.master.data_dir().with_file_name("changeset.rserv");
+    let file = file.display().to_string();
+    for i in 1..=2 {
+        let prep = p.replicate(&["--server", &server, "prepare", DB, "-o", &file]);
+        eprintln!("prepare {i}: {}", output_text(&prep));
+        if !prep.status.success() {
+            return; // refused
+        }
+        if String::from_utf8_lossy(&prep.stderr).contains("nothing to replicate") {
+            break;
+        }
+        let apply = p.replicate(&["apply", DB, "-i", &file]);
+        eprintln!("apply {i}: {}", output_text(&apply));
+        if !apply.status.success() {
+            return; // refused
+        }
+        let id = p.replicate(&["sync-id", DB]);
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+        let sync = p.replicate(&["--server", &server, "master-sync", DB, &id]);
+        eprintln!("master-sync {id}: {}", output_text(&sync));
+        if !sync.status.success() {
+            return; // refused
+        }
+    }
+    assert_eq!(
+        rows(&p.slave, "t"),
+        rows(&p.master, "t"),
+        "C6: the pipeline exited 0 after the master's restore, but the slave holds the lost \
+         master's rows and misses the restored master's"
     );
 }

@@ -2,6 +2,7 @@
 //! again; after every sync the slave holds a transaction-consistent state of the master.
 
 use rserv_tests::pair::{transfer_sql, Pair, DB};
+use rserv_tests::rng::Rng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,13 +27,8 @@ fn money_transfers_keep_the_invariant() {
             let mut c = p.master.connect(DB);
             let (stop, transfers) = (stop.clone(), transfers.clone());
             std::thread::spawn(move || {
-                let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1);
-                let mut rnd = move |n: i64| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed % n as u64) as i64
-                };
+                let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1));
+                let mut rnd = move |n: i64| rng.below_u64(n as u64) as i64;
                 while !stop.load(Ordering::Relaxed) {
                     let (a, b, amt) = (rnd(ACCOUNTS) + 1, rnd(ACCOUNTS) + 1, rnd(50) + 1);
                     if a == b {

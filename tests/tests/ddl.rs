@@ -60,6 +60,8 @@ fn schema_changes_follow_the_stream_under_writes() {
     assert_ok(&p.replicate(&["--create-tables", DB, DB]), "create tables");
     assert_same(&p, "t", "the initial copy");
     let mut s = p.session();
+    // the run above had no --server: the slave is known by its node id, as server 1
+    let opts = options(1);
 
     // a writer keeps changing rows (only columns no step touches) while the steps run
     let stop = AtomicBool::new(false);
@@ -91,7 +93,15 @@ fn schema_changes_follow_the_stream_under_writes() {
              ALTER TABLE t ALTER COLUMN f SET DEFAULT 2; ALTER TABLE t DROP COLUMN d; COMMIT",
         ),
     ];
+    // a failing step must stop the writer too, or the scope would wait for it forever
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|sc| {
+        let _stop_writer = StopOnDrop(&stop);
         let writer = sc.spawn(|| {
             let mut w = p.master.connect(DB);
             let mut i = 0i64;
@@ -116,7 +126,7 @@ fn schema_changes_follow_the_stream_under_writes() {
         });
         for (what, sql) in steps {
             p.master.execute(DB, sql);
-            let checked = oracle::assert_cycle(&mut s, &options(0), what);
+            let checked = oracle::assert_cycle(&mut s, &opts, what);
             assert!(
                 matches!(checked.outcome, Outcome::Applied { .. }),
                 "{what}: nothing was applied"
@@ -131,7 +141,7 @@ fn schema_changes_follow_the_stream_under_writes() {
         let writes = writer.join().expect("writer thread");
         assert!(writes > 0, "the writer never ran");
     });
-    oracle::assert_cycle(&mut s, &options(0), "after the writer stopped");
+    oracle::assert_cycle(&mut s, &opts, "after the writer stopped");
     assert_same(&p, "t", "the last cycle");
 
     // renames: the slave's table follows (the oracle reads tables by the slave's names, so
@@ -337,4 +347,45 @@ fn a_drop_never_waits_for_unrelated_tables() {
     );
     p.sync();
     assert_same(&p, "t", "the index is gone on the slave too");
+}
+
+/// A table with a trigger of its own (pagila's `last_updated`): a schema change sends its
+/// definition, triggers included, and the slave compares its triggers with the master's
+/// (regression: that comparison once failed with "operator is not unique: text || "char"",
+/// which stopped replication at the first DDL on any table with a user trigger).
+#[test]
+fn schema_changes_of_a_table_with_triggers() {
+    let p = Pair::start("ddl-trig");
+    let function = "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN NEW.changed = now(); RETURN NEW; END $$;";
+    p.master.execute(
+        DB,
+        &format!(
+            "{function}
+             CREATE TABLE t (id int PRIMARY KEY, v text, changed timestamptz);
+             CREATE TRIGGER t_touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch();
+             CREATE TRIGGER t_off BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION touch();
+             ALTER TABLE t DISABLE TRIGGER t_off;
+             INSERT INTO t SELECT i, 'v', NULL FROM generate_series(1, 10) i;
+             SELECT rserv_add_table('t');"
+        ),
+    );
+    p.slave.execute(DB, function);
+    assert_ok(&p.replicate(&["--create-tables", DB, DB]), "create tables");
+    let triggers = |c: &Cluster| {
+        c.query_strings(
+            DB,
+            "SELECT tgname || ' ' || tgenabled::text || ' ' || pg_get_triggerdef(oid) FROM pg_trigger
+              WHERE tgrelid = 't'::regclass AND tgname NOT LIKE '\\_rserv%' ORDER BY 1",
+        )
+    };
+    assert_eq!(triggers(&p.master), triggers(&p.slave));
+    p.master.execute(
+        DB,
+        "ALTER TABLE t ADD COLUMN n int DEFAULT 1; UPDATE t SET v = 'w' WHERE id < 4;
+         ALTER TABLE t ENABLE TRIGGER t_off;",
+    );
+    p.sync();
+    assert_same(&p, "t", "ADD COLUMN on a table with triggers");
+    assert_eq!(triggers(&p.master), triggers(&p.slave));
 }

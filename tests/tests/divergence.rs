@@ -3,7 +3,7 @@
 //!
 //! The oracle everywhere (tests/src/oracle.rs): after a cycle, the slave holds exactly the
 //! master's state as of that cycle's snapshot, dumped inside the prepare transaction by the
-//! at_snapshot hook of `replicate::cycle::run_with`. Races are made deterministic with that
+//! at_snapshot hook of `replicate::cycle::run`. Races are made deterministic with that
 //! hook and with locks held by open transactions, never with sleeps.
 //!
 //! The key-type generator of item 1 is seeded: the seed is printed, and
@@ -15,6 +15,7 @@ use replicate::cycle::{CycleOptions, Outcome};
 use replicate::error::{DbContext, Error};
 use rserv_tests::oracle::{self, options, public, Checked};
 use rserv_tests::pair::{assert_ok, start_clusters, wait_for_lock_waiter, Pair, DB};
+use rserv_tests::rng::Rng;
 use rserv_tests::{describe_pg_error, Cluster};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -77,29 +78,6 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Error {
 // ---------------------------------------------------------------------------------------------
 // Item 1: keys of length-typed types
 // ---------------------------------------------------------------------------------------------
-
-/// xorshift64*: small, deterministic, replayable from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-    fn digits(&mut self, n: usize) -> String {
-        (0..n)
-            .map(|_| char::from(b'0' + self.below(10) as u8))
-            .collect()
-    }
-}
 
 fn seed() -> u64 {
     let seed = std::env::var("RSERV_DIVERGENCE_SEED")
@@ -708,7 +686,7 @@ fn length_typed_keys_replicate_exactly() {
     let mut idle = Vec::new();
     for (i, kt) in CATALOGUE.iter().enumerate() {
         // one stream per key type: a replay does not depend on how earlier types fared
-        let mut rng = Rng((seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)).max(1));
+        let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut effects = Effects::default();
         if let Err(e) = run_key_type(&p, &mut s, &mut w, kt, &mut rng, &mut effects) {
             failures.push(format!("key type {}: {e}", kt.name));

@@ -18,6 +18,7 @@
 use rserv_tests::daemon::{eventually, Daemon};
 use rserv_tests::pair::{assert_ok, transfer_sql, Pair, DB};
 use rserv_tests::proxy::{Dir, Proxy};
+use rserv_tests::rng::Rng;
 use rserv_tests::{replicate_command, run_replicate, Cluster};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -31,46 +32,6 @@ use std::time::{Duration, Instant};
 const ACCOUNTS: i64 = 200;
 const START: i64 = 1000;
 const TOTAL: i64 = ACCOUNTS * START;
-
-// ---------------------------------------------------------------------------------------------
-// deterministic randomness
-// ---------------------------------------------------------------------------------------------
-
-/// xorshift64*: small, deterministic, good enough to spread fault points.
-struct Rng(u64);
-
-impl Rng {
-    /// Seeded from `RSERV_FAULT_SEED` when set, else from the test's name (stable across runs).
-    fn for_test(name: &str) -> Rng {
-        let base = std::env::var("RSERV_FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0x5eed_0007);
-        let mut h = base ^ 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        eprintln!("{name}: seed {base} (set RSERV_FAULT_SEED to vary)");
-        Rng(h | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in 0..n (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Uniform in [lo, hi] milliseconds.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi.saturating_sub(lo) + 1))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // fixtures
@@ -180,7 +141,8 @@ impl Writers {
             .map(|w| {
                 let (stop, transfers) = (stop.clone(), transfers.clone());
                 let (sock, port) = (m.socket_dir().to_path_buf(), m.port());
-                let mut rng = Rng(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+                let mut rng =
+                    Rng::new(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let Some(mut c) = try_connect(&sock, port) else {
@@ -188,13 +150,13 @@ impl Writers {
                             continue;
                         };
                         while !stop.load(Ordering::Relaxed) {
-                            let a = rng.below(ACCOUNTS as u64) as i64 + 1;
-                            let b = rng.below(ACCOUNTS as u64) as i64 + 1;
-                            let amt = rng.below(50) + 1;
+                            let a = rng.below_u64(ACCOUNTS as u64) as i64 + 1;
+                            let b = rng.below_u64(ACCOUNTS as u64) as i64 + 1;
+                            let amt = rng.below_u64(50) + 1;
                             if a == b {
                                 continue;
                             }
-                            let sql = transfer_sql(rng.below(10), a, b, amt, w);
+                            let sql = transfer_sql(rng.below_u64(10), a, b, amt, w);
                             match c.batch_execute(&sql) {
                                 Ok(()) => {
                                     transfers.fetch_add(1, Ordering::Relaxed);
@@ -310,12 +272,12 @@ fn wait_backends_gone(c: &Cluster) {
     }
 }
 
-/// (highest sync id prepared for server 0, highest confirmed) on the master.
+/// (highest sync id prepared for the pair's one slave, highest confirmed) on the master.
 fn master_syncs(m: &Cluster) -> (i64, i64) {
     let r = m.query_strings(
         DB,
         "SELECT coalesce(max(syncid), 0)::text, coalesce(max(syncid) FILTER (WHERE status = 1), 0)::text \
-         FROM _rserv_sync_ WHERE server = 0",
+         FROM _rserv_sync_",
     );
     (
         r[0][0].as_deref().unwrap().parse().unwrap(),
@@ -519,9 +481,9 @@ const MAX_KILL_ROUNDS: usize = 40;
 /// it to the master's version; at the end master and slave are equal.
 #[test]
 fn sigkill_at_random_points() {
-    let mut rng = Rng::for_test("sigkill_at_random_points");
+    let mut rng = Rng::for_test("RSERV_FAULT_SEED", 0x5eed_0007, "sigkill_at_random_points");
     let p = setup("kill", KILL_BULK);
-    let writers = Writers::start(&p.master, 2, rng.next());
+    let writers = Writers::start(&p.master, 2, rng.next_u64());
     let args = one_shot_args(&p);
 
     // one normal run of a full change set: how long a cycle takes here
@@ -552,7 +514,7 @@ fn sigkill_at_random_points() {
         let before = observe(&p.slave, KILL_BULK, "before a kill");
         let (m_prepared_before, _) = master_syncs(&p.master);
         let mut r = Watched::start(&args);
-        let how = match rng.below(6) {
+        let how = match rng.below_u64(6) {
             0 | 1 => {
                 let d = rng.millis(0, cycle_ms * 11 / 10);
                 std::thread::sleep(d);
@@ -671,9 +633,9 @@ fn crash_mid_run(side: Side) {
         Side::Master => "crash_master_mid_run",
         Side::Slave => "crash_slave_mid_run",
     };
-    let mut rng = Rng::for_test(name);
+    let mut rng = Rng::for_test("RSERV_FAULT_SEED", 0x5eed_0007, name);
     let p = setup(if side == Side::Master { "crm" } else { "crs" }, CRASH_BULK);
-    let writers = Writers::start(&p.master, 2, rng.next());
+    let writers = Writers::start(&p.master, 2, rng.next_u64());
     let args = one_shot_args(&p);
     let mut v = bulk_update(&p.master);
     let t0 = Instant::now();
@@ -826,12 +788,16 @@ enum Cut {
 /// next run be clean.
 #[test]
 fn connection_cut_mid_transfer() {
-    let mut rng = Rng::for_test("connection_cut_mid_transfer");
+    let mut rng = Rng::for_test(
+        "RSERV_FAULT_SEED",
+        0x5eed_0007,
+        "connection_cut_mid_transfer",
+    );
     let p = setup("cut", CUT_BULK);
     let mp = Proxy::start(p.master.port());
     let sp = Proxy::start(p.slave.port());
     let args = proxied_args(&mp, &sp, false);
-    let writers = Writers::start(&p.master, 2, rng.next());
+    let writers = Writers::start(&p.master, 2, rng.next_u64());
     // a full change set through the proxies: its size in each direction
     let mut v = bulk_update(&p.master);
     let (m0, s0) = (mp.bytes(Dir::Down), sp.bytes(Dir::Up));
@@ -842,8 +808,8 @@ fn connection_cut_mid_transfer() {
     );
     let mut cuts = Vec::new();
     for _ in 0..CUT_ROUNDS / 2 {
-        cuts.push(Cut::MasterBytes(5 + rng.below(91)));
-        cuts.push(Cut::SlaveBytes(5 + rng.below(91)));
+        cuts.push(Cut::MasterBytes(5 + rng.below_u64(91)));
+        cuts.push(Cut::SlaveBytes(5 + rng.below_u64(91)));
     }
     cuts.insert(2, Cut::SlaveCommitAck);
     cuts.insert(5, Cut::MasterCommitAck);
@@ -1025,7 +991,11 @@ fn digest(c: &Cluster, table: &str) -> String {
 /// writes stop the slave ends equal to the master.
 #[test]
 fn daemon_reconnects_through_cuts() {
-    let mut rng = Rng::for_test("daemon_reconnects_through_cuts");
+    let mut rng = Rng::for_test(
+        "RSERV_FAULT_SEED",
+        0x5eed_0007,
+        "daemon_reconnects_through_cuts",
+    );
     let p = setup("dcut", DAEMON_BULK);
     let mp = Proxy::start(p.master.port());
     let sp = Proxy::start(p.slave.port());
@@ -1046,7 +1016,7 @@ fn daemon_reconnects_through_cuts() {
         DB.into(),
     ]);
     let observer = Observer::start(&p.slave, DAEMON_BULK);
-    let writers = Writers::start(&p.master, 2, rng.next());
+    let writers = Writers::start(&p.master, 2, rng.next_u64());
     let mut kinds = Vec::new();
     for i in 0..DAEMON_CUTS {
         // connected again, and a cycle completed since the last cut
@@ -1056,7 +1026,7 @@ fn daemon_reconnects_through_cuts() {
             &format!("the daemon to reconnect and apply before cut {i}"),
             || mp.live() >= 1 && sp.live() >= 1 && observer.stats().syncid > last,
         );
-        let kind = rng.below(4);
+        let kind = rng.below_u64(4);
         match kind {
             0 | 1 => {
                 let (proxy, dir) = if kind == 0 {
@@ -1066,7 +1036,7 @@ fn daemon_reconnects_through_cuts() {
                 };
                 let fired = proxy.fired();
                 bulk_update(&p.master);
-                proxy.cut_after(dir, 100_000 + rng.below(1_000_000));
+                proxy.cut_after(dir, 100_000 + rng.below_u64(1_000_000));
                 // the daemon moves the whole bulk change set; if it got through before the
                 // budget ran out the cut lands in a later change set, or not at all
                 let until = Instant::now() + Duration::from_secs(20);
@@ -1085,7 +1055,7 @@ fn daemon_reconnects_through_cuts() {
             }
             _ => {
                 std::thread::sleep(rng.millis(0, 500));
-                let both = rng.below(3) == 0;
+                let both = rng.below_u64(3) == 0;
                 let n = if kind == 2 || both { mp.cut() } else { 0 }
                     + if kind == 3 || both { sp.cut() } else { 0 };
                 kinds.push(format!(

@@ -4,24 +4,7 @@
 //! name may ever be executed as SQL.
 
 use rserv_tests::pair::{assert_ok, Pair, DB};
-
-/// A small deterministic PRNG (xorshift64*), so a failure can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
+use rserv_tests::rng::Rng;
 
 const PIECES: &[&str] = &[
     "a",
@@ -56,7 +39,7 @@ fn name(rng: &mut Rng, taken: &mut Vec<String>) -> String {
     loop {
         let mut n = String::new();
         for _ in 0..1 + rng.below(4) {
-            n.push_str(rng.pick(PIECES));
+            n.push_str(rng.pick::<&str>(PIECES));
         }
         // identifiers are at most 63 bytes and must be unique within their scope
         while n.len() > 60 {
@@ -92,7 +75,7 @@ fn hostile_names_and_values_round_trip() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_1234_u64);
     eprintln!("fuzz seed {seed} (set RSERV_FUZZ_SEED to replay)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut schemas = Vec::new();
     let mut tables = Vec::new();
     for _ in 0..2 {
@@ -108,7 +91,7 @@ fn hostile_names_and_values_round_trip() {
             let qt = format!("{qs}.{}", quoted(&p, &tbl));
             let qk = quoted(&p, &key);
             let qc: Vec<String> = cols.iter().map(|c| quoted(&p, c)).collect();
-            let key_type = rng.pick(&["int", "text", "numeric", "timestamptz"]);
+            let key_type = *rng.pick(&["int", "text", "numeric", "timestamptz"]);
             p.master.execute(
                 DB,
                 &format!(
@@ -145,7 +128,7 @@ fn hostile_names_and_values_round_trip() {
                     &p,
                     &format!("{}{}{}", rng.pick(PIECES), rng.pick(PIECES), i),
                 );
-                let f = rng.pick(&["'NaN'", "'-0'", "1e308", "-1.5", "NULL", "'Infinity'"]);
+                let f = *rng.pick(&["'NaN'", "'-0'", "1e308", "-1.5", "NULL", "'Infinity'"]);
                 let js = literal(
                     &p,
                     &format!(

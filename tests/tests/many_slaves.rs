@@ -1,8 +1,9 @@
 //! Many slaves, cascading, initial copy and online table changes.
 
-use replicate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use replicate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use replicate::rserv::Rserv;
 use rserv_tests::pair::{assert_fails, assert_ok, start_clusters};
+use rserv_tests::rng::Rng;
 use rserv_tests::{run_replicate, Cluster};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,12 +23,13 @@ fn cycle(m: &Cluster, s: &Cluster, server: i32, create_tables: bool) -> Outcome 
         slave_rs: &srs,
     };
     let opts = CycleOptions {
-        server,
+        server: Some(server),
         clean_log: true,
         create_tables,
         ..CycleOptions::default()
     };
-    cycle::run(&mut ep, &opts).unwrap_or_else(|e| panic!("cycle to server {server}: {e}"))
+    cycle::run(&mut ep, &opts, &mut Session::default(), None)
+        .unwrap_or_else(|e| panic!("cycle to server {server}: {e}"))
 }
 
 fn rows(c: &Cluster, table: &str) -> Vec<String> {
@@ -65,14 +67,11 @@ fn money_writers(m: &Cluster, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHa
             let mut c = m.connect(DB);
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut x: u64 = 88172645463325252 ^ (w + 1);
+                let mut rng = Rng::new(88172645463325252 ^ (w + 1));
                 while !stop.load(Ordering::Relaxed) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let a = (x % ACCOUNTS as u64) as i64 + 1;
-                    let b = ((x >> 20) % ACCOUNTS as u64) as i64 + 1;
-                    let amt = (x >> 40) % 20 + 1;
+                    let a = rng.below(ACCOUNTS as usize) + 1;
+                    let b = rng.below(ACCOUNTS as usize) + 1;
+                    let amt = rng.below(20) + 1;
                     if a == b {
                         continue;
                     }
@@ -113,14 +112,9 @@ fn two_slaves_in_random_interleavings() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers = money_writers(m, &stop);
     let total = (ACCOUNTS * 1000).to_string();
-    let mut x: u32 = 12345;
+    let mut rng = Rng::new(12345);
     for i in 0..40 {
-        x = x.wrapping_mul(1103515245).wrapping_add(12345);
-        let (s, server) = if (x >> 16).is_multiple_of(3) {
-            (s2, 2)
-        } else {
-            (s1, 1)
-        };
+        let (s, server) = if rng.below(3) == 0 { (s2, 2) } else { (s1, 1) };
         cycle(m, s, server, false);
         assert_eq!(
             one(s, "SELECT sum(balance)::text FROM account"),
@@ -212,7 +206,8 @@ fn initial_copy_under_concurrent_updates() {
     );
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    cycle(m, s, 0, false);
+    // the run above had no --server: the slave is known by its node id, as server 1
+    cycle(m, s, 1, false);
     let digest =
         "SELECT count(*) || ':' || md5(string_agg(id || ',' || n, ';' ORDER BY id)) FROM big";
     assert_eq!(one(m, digest), one(s, digest));
@@ -324,28 +319,69 @@ fn clean_log_waits_for_the_lagging_slave() {
     assert_eq!(one(m, "SELECT count(*) FROM _rserv_log_"), "0");
 }
 
-/// Two slave databases can not share a server id (the original's silent-loss bug).
+/// Two slave databases can not share a server id (the original's silent-loss bug). Without
+/// --server each slave database is known by its node id and gets an id of its own from the
+/// master once; a slave bound to the seed's id 0 keeps it.
 #[test]
 fn a_server_id_belongs_to_one_slave() {
-    let c = start_clusters(&["id-m", "id-s1", "id-s2"]);
-    let (m, s1, s2) = (&c[0], &c[1], &c[2]);
+    let c = start_clusters(&["id-m", "id-s1", "id-s2", "id-s3"]);
+    let (m, s1, s2, s3) = (&c[0], &c[1], &c[2], &c[3]);
     m.execute(DB, "CREATE TABLE t (id int PRIMARY KEY); SELECT rserv_add_table('t'); INSERT INTO t VALUES (1);");
+    let server_of = |s: &Cluster| {
+        let node = one(s, "SELECT rserv_node_id()");
+        one(
+            m,
+            &format!("SELECT string_agg(server::text, ',') FROM rserv_status WHERE slave_node = '{node}'"),
+        )
+    };
     assert_ok(
         &replicate_to(m, s1, &["--create-tables", DB, DB]),
-        "first slave",
+        "first slave, no --server",
     );
-    let out = replicate_to(m, s2, &["--create-tables", DB, DB]);
+    assert_eq!(server_of(s1), "1", "the lowest free id from 1 up");
+    // an explicit id wins, and one bound to another slave database is refused
     assert_fails(
-        &out,
+        &replicate_to(m, s2, &["--create-tables", "--server=1", DB, DB]),
         1,
         &[
-            "server id 0 belongs to another slave database",
+            "server id 1 belongs to another slave database",
             "--server N",
         ],
     );
     assert_ok(
-        &replicate_to(m, s2, &["--server=7", DB, DB]),
-        "second slave with its own id",
+        &replicate_to(m, s2, &["--create-tables", DB, DB]),
+        "second slave, no --server",
     );
+    assert_eq!(server_of(s2), "2");
     assert_eq!(rows(m, "t"), rows(s2, "t"));
+    // a command that sees only the master cannot tell which of two slaves is meant
+    let master_only = [
+        format!("--masterhost={}", m.socket_dir().display()),
+        format!("--masterport={}", m.port()),
+        "--user=postgres".into(),
+        "prepare".into(),
+        DB.into(),
+    ];
+    assert_fails(
+        &run_replicate(&master_only.iter().map(String::as_str).collect::<Vec<_>>()),
+        2,
+        &["several slaves (servers 1, 2)", "--server N"],
+    );
+    // the seed's command line: id 0, kept when --server is left out afterwards
+    assert_ok(
+        &replicate_to(m, s3, &["--create-tables", "--server=0", DB, DB]),
+        "third slave, --server 0",
+    );
+    m.execute(DB, "INSERT INTO t VALUES (2)");
+    for s in [s3, s1, s2] {
+        assert_ok(&replicate_to(m, s, &[DB, DB]), "again, no --server");
+    }
+    assert_eq!(
+        (server_of(s1), server_of(s2), server_of(s3)),
+        ("1".into(), "2".into(), "0".into()),
+        "no slave registered twice"
+    );
+    for s in [s1, s2, s3] {
+        assert_eq!(rows(m, "t"), rows(s, "t"));
+    }
 }

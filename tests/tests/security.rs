@@ -12,10 +12,11 @@
 //! --test security`.
 
 use rserv_tests::pair::{Pair, DB};
+use rserv_tests::rng::Rng;
 use rserv_tests::roles::{
     self, assert_not_superuser, census, connect_as, create_roles, exec_as, is_superuser,
     new_objects, output_text, replicate_as, role_exists, sql_ident, sql_literal, temp_relations,
-    try_sql, try_value, value, Rng, OWNER, REPL,
+    try_sql, try_value, value, OWNER, REPL,
 };
 use rserv_tests::{replicate_command, run_replicate, Cluster};
 use std::collections::BTreeSet;

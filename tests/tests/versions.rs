@@ -14,7 +14,7 @@
 use rserv_tests::matrix::{self, MASTER_SETTINGS, SLAVE_SETTINGS};
 use rserv_tests::pair::{assert_fails, assert_ok, number, transfer_sql, Pair, DB};
 use rserv_tests::pg_bindir_for;
-use rserv_tests::roles::Rng;
+use rserv_tests::rng::Rng;
 
 /// Master on PostgreSQL `from`, slave on `to`, each with odd session settings.
 fn start(from: u32, to: u32) -> Pair {
@@ -133,7 +133,7 @@ fn workload(p: &Pair, seed: u64) {
         for w in 0..WRITERS {
             let (done, master) = (&done, &p.master);
             sc.spawn(move || {
-                let mut rng = Rng(seed.wrapping_add(w * 0x9e37_79b9).max(1));
+                let mut rng = Rng::new(seed.wrapping_add(w * 0x9e37_79b9));
                 let mut c = master.connect(DB);
                 let mut n = 0;
                 while n < TRANSFERS {
@@ -291,7 +291,7 @@ fn cross(from: u32, to: u32) {
         17 + 100 * u64::from(from) + u64::from(to),
         "workload",
     )
-    .0;
+    .next_u64();
     workload(&p, seed);
     switchover(p, from, to);
 }

@@ -17,7 +17,7 @@ use super::schema::{
 };
 use crate::Cluster;
 use postgres::{Client, Config, IsolationLevel, NoTls};
-use replicate::cycle::{self, CycleOptions, Endpoints, Outcome};
+use replicate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use replicate::rserv::Rserv;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -1557,7 +1557,7 @@ impl<'a> Run<'a> {
             ))
         });
         let opts = CycleOptions {
-            server: s as i32 + 1,
+            server: Some(s as i32 + 1),
             clean_log: clean,
             create_tables: self.slaves[s].create_tables,
             snapshot: file.clone(),
@@ -1597,7 +1597,7 @@ impl<'a> Run<'a> {
                     }
                     Ok(())
                 };
-            cycle::run_with(&mut ep, &opts, &mut f)
+            cycle::run(&mut ep, &opts, &mut Session::default(), Some(&mut f))
         };
         self.repl[s] = Some(repl);
         if let Some(f) = file {
@@ -1734,7 +1734,7 @@ impl<'a> Run<'a> {
         };
         let mut repl = self.repl[s].take().expect("connected");
         let opts = CycleOptions {
-            server: s as i32 + 1,
+            server: Some(s as i32 + 1),
             clean_log: true,
             create_tables: self.slaves[s].create_tables,
             ..CycleOptions::default()
@@ -1829,7 +1829,7 @@ impl<'a> Run<'a> {
         self.writers[c].in_txn = true;
         let mut repl = self.repl[s].take().expect("connected");
         let opts = CycleOptions {
-            server: s as i32 + 1,
+            server: Some(s as i32 + 1),
             clean_log: true,
             create_tables: self.slaves[s].create_tables,
             ..CycleOptions::default()
@@ -1845,7 +1845,7 @@ impl<'a> Run<'a> {
                     slave: &mut repl.slave,
                     slave_rs: &repl.srs,
                 };
-                let r = cycle::run(&mut ep, &opts);
+                let r = cycle::run(&mut ep, &opts, &mut Session::default(), None);
                 done.store(true, Ordering::SeqCst);
                 r
             });
