@@ -328,6 +328,7 @@ fn follow(
         .ctx("master: checking who may vacuum the log")?
         .get(0);
     let mut last_status = Instant::now() - Duration::from_secs(10);
+    let mut warned = LongTransactionWarnings::default();
     let mut last_vacuum = Instant::now();
     let mut cleaned_since_vacuum = false;
     while !stop.load(Ordering::Relaxed) {
@@ -373,7 +374,7 @@ fn follow(
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
             if let Some(server) = session.server() {
-                refresh_status(&mut master, &master_rs, server, m)?;
+                refresh_status(&mut master, &master_rs, server, m, &mut warned)?;
             }
         }
         if unclean && (!busy || last_clean.elapsed() >= Duration::from_secs(1)) {
@@ -398,12 +399,35 @@ fn follow(
     Ok(())
 }
 
+/// How often a transaction that stays open is warned about again.
+const LONG_TRANSACTION_REWARN: Duration = Duration::from_secs(300);
+
+/// When each long-running master transaction (by pid) was last warned about: once when it is
+/// found, then every [`LONG_TRANSACTION_REWARN`], not at every status refresh.
+#[derive(Default)]
+struct LongTransactionWarnings(std::collections::HashMap<i32, Instant>);
+
+impl LongTransactionWarnings {
+    /// Should transaction `pid` be warned about now? `open` are the pids still open.
+    fn due(&mut self, pid: i32, open: &[i32]) -> bool {
+        self.0.retain(|p, _| open.contains(p));
+        match self.0.get(&pid) {
+            Some(at) if at.elapsed() < LONG_TRANSACTION_REWARN => false,
+            _ => {
+                self.0.insert(pid, Instant::now());
+                true
+            }
+        }
+    }
+}
+
 /// Lag figures for the metrics, and a warning about transactions that hold the log back.
 fn refresh_status(
     master: &mut postgres::Client,
     rs: &Rserv,
     server: i32,
     m: &SlaveMetrics,
+    warned: &mut LongTransactionWarnings,
 ) -> Result<(), Error> {
     if let Some(row) = master
         .query_opt(
@@ -417,11 +441,18 @@ fn refresh_status(
     {
         m.set_lag(row.get::<_, f64>(0), row.get::<_, i64>(1));
     }
-    for row in master
+    let long = master
         .query(crate::status::LONG_TRANSACTIONS, &[])
-        .ctx("master: looking for long transactions")?
-    {
+        .ctx("master: looking for long transactions")?;
+    let open: Vec<i32> = long.iter().map(|r| r.get(0)).collect();
+    if long.is_empty() {
+        warned.0.clear();
+    }
+    for row in long {
         let (pid, age, user): (i32, f64, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        if !warned.due(pid, &open) {
+            continue;
+        }
         warn!(
             pid,
             age_seconds = age as u64,
@@ -465,6 +496,17 @@ fn wait_for_changes(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_long_transaction_is_warned_about_once_then_rarely() {
+        let mut w = super::LongTransactionWarnings::default();
+        assert!(w.due(7, &[7]));
+        assert!(!w.due(7, &[7]), "not again at the next refresh");
+        assert!(w.due(8, &[7, 8]), "another transaction is new");
+        // pid 7 ended; a new transaction under the same pid is warned about again
+        assert!(!w.due(8, &[8]));
+        assert!(w.due(7, &[7, 8]));
+    }
+
     use super::*;
 
     #[test]

@@ -49,6 +49,16 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
+            // a connection that was never attempted because its settings are wrong is bad input
+            Error::Connect {
+                source:
+                    ConnError::InvalidConninfo { .. }
+                    | ConnError::UnsupportedOption { .. }
+                    | ConnError::InvalidSetting { .. }
+                    | ConnError::MultipleHosts { .. }
+                    | ConnError::NoUserName,
+                ..
+            } => exit::USAGE,
             Error::Connect { .. } => exit::CONNECT,
             Error::Snapshot(_) => exit::BAD_SNAPSHOT,
             Error::Usage(_) => exit::USAGE,
@@ -63,6 +73,25 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// An I/O error of a COPY stream: the server's own error when that is what it carries (a COPY
+/// the server aborted, a connection lost mid-stream), described like every other.
+pub fn stream_error(context: String, e: std::io::Error) -> Error {
+    if e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<postgres::Error>().is_some())
+    {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(source) = inner.downcast::<postgres::Error>() {
+                return Error::Db {
+                    context,
+                    source: *source,
+                };
+            }
+        }
+        return Error::Failed(context);
+    }
+    Error::Io { context, source: e }
 }
 
 /// The server's message with its detail and hint; rust-postgres' own Display says only

@@ -267,11 +267,9 @@ pub fn prepare(
                             p.add(rows, bytes);
                         }
                     };
-                    w.data_with_progress(reader, &mut report)
-                        .map_err(|e| Error::Io {
-                            context: format!("streaming {name}"),
-                            source: e,
-                        })?;
+                    w.data_with_progress(reader, &mut report).map_err(|e| {
+                        crate::error::stream_error(format!("master: streaming {name}"), e)
+                    })?;
                     if let Some(p) = &progress {
                         p.finish(target.verbose);
                     }

@@ -249,6 +249,14 @@ fn connection_failures() {
         3,
         &["master: could not connect to host=127.0.0.1 port=1"],
     );
+    // settings that cannot be right are bad input (2), nothing was contacted
+    for (conninfo, says) in [
+        ("host=127.0.0.1 port=abc dbname=app", "port"),
+        ("host=127.0.0.1 frobnicate=1 dbname=app", "frobnicate"),
+    ] {
+        let out = run_replicate(&["--master", conninfo, "--slave", conninfo, DB, DB]);
+        assert_fails(&out, 2, &[says]);
+    }
 
     let dir = std::env::temp_dir().join(format!("rserv-hba-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
