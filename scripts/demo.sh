@@ -261,11 +261,12 @@ say "now, on the master only: a new column, a new partition, more orders:"
 DDL_SQL="ALTER TABLE customer ADD COLUMN email text DEFAULT 'unknown';
 CREATE TABLE orders_2027 PARTITION OF orders FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
 INSERT INTO orders (placed, cust_id) VALUES ('2027-03-04', 12);
-UPDATE customer SET email = 'annie@example.org' WHERE cust_id = 1;"
+UPDATE customer SET email = 'annie@example.org', lastname = 'Jackson-Lee' WHERE cust_id = 1;"
 printf '   master=# %s\n' "$DDL_SQL"
 psql_as pma "$M" booktown -c "$DDL_SQL" >/dev/null
 run "${REPLICATE[@]}"
-say "the slave followed with no manual step:"
+say "the slave followed with no manual step (customer is registered with watched column lastname:"
+say "an UPDATE reaches the slave when it changes lastname, as the seed's watched columns did):"
 psql_as pma "$S" booktown -c "SELECT * FROM customer ORDER BY cust_id"
 psql_as pma "$S" booktown -c "SELECT tableoid::regclass AS partition, * FROM orders ORDER BY id"
 say "and its identity sequence is where the master's is (a promoted slave never reuses an id):"

@@ -234,10 +234,19 @@ mod tests {
 
     #[pg_test]
     fn confirm_of_an_unknown_change_set_is_false() {
+        // a sync id this master issued (to another slave, say) but never prepared for server 0
+        Spi::run("SELECT nextval('_rserv_sync_seq_') FROM generate_series(1, 50)").unwrap();
         assert_eq!(
             Spi::get_one::<bool>("SELECT rserv_confirm(0, 42)").unwrap(),
             Some(false)
         );
+    }
+
+    #[pg_test(
+        error = "rserv: slave 0 has applied change set 99, which this master has no record of: this master lost change sets it had prepared (was it restored from a backup, or failed over to a standby that missed transactions?), and the slave may hold changes the master no longer has"
+    )]
+    fn confirm_beyond_every_issued_sync_id_is_refused() {
+        Spi::run("SELECT rserv_confirm(0, 99)").unwrap();
     }
 
     #[pg_test]
