@@ -5,24 +5,33 @@
 # library (`cargo pgrx install` rewrites rserv.so in place, which can crash running servers).
 #
 #   scripts/install-extension.sh [--release] [--pg-config PATH] [--features "a b"]
+#
+# The extension is built for the major version of PATH (cargo feature pgNN, 14 to 18; default
+# /usr/lib/postgresql/15/bin/pg_config); --features adds others (e.g. pg_test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=(--debug)
 pg_config=/usr/lib/postgresql/15/bin/pg_config
-features=()
+features=
 while [ $# -gt 0 ]; do
     case "$1" in
         --release) profile=() ;;
         --pg-config) pg_config=$2; shift ;;
-        --features) features=(--features "$2"); shift ;;
+        --features) features=$2; shift ;;
         *) echo "install-extension.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 export PATH="$HOME/.cargo/bin:$PATH"
+version=$("$pg_config" --version) || { echo "install-extension.sh: cannot run $pg_config" >&2; exit 1; }
+major=$(sed -nE 's/^PostgreSQL ([0-9]+).*/\1/p' <<<"$version")
+case "$major" in
+    14 | 15 | 16 | 17 | 18) ;;
+    *) echo "install-extension.sh: $pg_config is $version; rserv builds for PostgreSQL 14 to 18" >&2; exit 1 ;;
+esac
 out=$(mktemp -d /tmp/rserv-package.XXXXXX)
 trap 'rm -rf "$out"' EXIT
-cargo pgrx package -p rserv "${profile[@]}" "${features[@]}" --pg-config "$pg_config" --out-dir "$out" >/dev/null
+cargo pgrx package -p rserv "${profile[@]}" --no-default-features --features "pg$major${features:+ $features}" --pg-config "$pg_config" --out-dir "$out" >/dev/null
 # the package mirrors the installation's absolute paths
 (cd "$out" && find . -type f) | while read -r f; do
     dest=/${f#./}

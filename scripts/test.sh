@@ -5,6 +5,10 @@
 #   2. the extension's #[pg_test]s (cargo pgrx test, servers run as the postgres user)
 #   3. the SQL API's pg_regress suite (pg_test/) against a throwaway cluster
 #   4. replicate's unit tests and the multi-cluster integration tests (tests/)
+#   5. a slice of the tests across PostgreSQL majors: 15 -> 18 and 18 -> 15 (sets up 18 under
+#      /opt/rserv-pg/18 with scripts/setup.sh --pg 18, a few minutes the first time, then two
+#      tests of about a minute together; scripts/test-versions.sh runs every pair of 14..18, the
+#      SQL API suite on each, and with --full the whole suite on every major)
 # and ends with one line "rserv: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +41,13 @@ run pg_test/installcheck.sh
 step "replicate unit tests and multi-cluster integration tests"
 cargo build -p replicate --quiet
 run cargo test --no-fail-fast -p replicate -p rserv-tests
+
+step "replication across PostgreSQL majors (a slice; scripts/test-versions.sh runs them all)"
+bash scripts/setup.sh --pg 18
+# 15 is the system's, with the extension installed above
+RSERV_PG15_BINDIR=$(dirname "$PG_CONFIG") RSERV_PG18_BINDIR=$(bash scripts/pg-bin.sh 18) \
+    run cargo test --no-fail-fast -p rserv-tests --test versions -- --ignored --exact \
+    from_15_to_18 from_18_to_15
 
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')

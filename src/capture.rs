@@ -208,9 +208,7 @@ unsafe fn read_config(
         _ => bad_arguments(table),
     };
     let live = |attnum: i32| {
-        attnum >= 1
-            && attnum <= (*tupdesc).natts
-            && !(*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize)).attisdropped
+        attnum >= 1 && attnum <= (*tupdesc).natts && !attr(tupdesc, attnum).attisdropped
     };
     let attnum = |arg: &String| -> Option<i32> {
         if by_number {
@@ -352,7 +350,11 @@ unsafe fn key_text_named(
 }
 
 unsafe fn attr(tupdesc: pg_sys::TupleDesc, attnum: i32) -> &'static pg_sys::FormData_pg_attribute {
-    &*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize)
+    #[cfg(not(feature = "pg18"))]
+    return &*(*tupdesc).attrs.as_ptr().add((attnum - 1) as usize);
+    // PostgreSQL 18 keeps the full attributes after compact ones: its TupleDescAttr() finds them
+    #[cfg(feature = "pg18")]
+    return &*pg_sys::TupleDescAttr(tupdesc, attnum - 1);
 }
 
 /// Binary equality of one column in two row versions. Values that are equal but stored

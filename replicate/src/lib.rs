@@ -5,6 +5,7 @@
 //! - [`daemon`] (`replicate run`) and [`check`] run cycles; [`status`] reads the lag
 //! - [`cycle`]: one replication cycle (the seed's `Replicate`)
 //! - [`master`] / [`slave`]: the two ends of a change set, independent of each other
+//! - [`majors`]: values one PostgreSQL major has and an older one cannot store
 //! - [`table`]: a replicated table as the master describes it; [`snapshot`]: the versioned
 //!   change-set format
 //! - [`conn`]: libpq-compatible connections (conninfo, PG* variables, ~/.pgpass, TLS)
@@ -18,6 +19,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod error;
 pub mod log;
+pub mod majors;
 pub mod master;
 pub mod metrics;
 pub mod pipe;

@@ -184,6 +184,7 @@ pub fn prepare(
         base: None,
         slave: None,
         fingerprint: None,
+        postgres: Some(rs.server_version),
     };
     // Nothing in the session's schemas can shadow a built-in while we read the change set, and
     // no row-level security policy may filter it (the master then refuses, naming the table).

@@ -7,6 +7,8 @@ use postgres::GenericClient;
 pub struct Rserv {
     /// quote_ident() of the extension's schema
     schema: String,
+    /// the server's `server_version_num` (e.g. 150020)
+    pub server_version: i32,
 }
 
 impl Rserv {
@@ -14,13 +16,18 @@ impl Rserv {
     pub fn locate(client: &mut impl GenericClient, side: &str, db: &str) -> Result<Rserv, Error> {
         let row = client
             .query_opt(
-                "SELECT pg_catalog.quote_ident(n.nspname::text) FROM pg_catalog.pg_extension e \
+                "SELECT pg_catalog.quote_ident(n.nspname::text), \
+                        pg_catalog.current_setting('server_version_num')::int4 \
+                 FROM pg_catalog.pg_extension e \
                  JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'rserv'",
                 &[],
             )
             .ctx(format!("{side}: looking for the rserv extension"))?;
         match row {
-            Some(r) => Ok(Rserv { schema: r.get(0) }),
+            Some(r) => Ok(Rserv {
+                schema: r.get(0),
+                server_version: r.get(1),
+            }),
             None => Err(Error::Failed(format!(
                 "{side}: the rserv extension is not installed in database \"{db}\"; \
                  run CREATE EXTENSION rserv there (or replicate {side}-init {db})"

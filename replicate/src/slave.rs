@@ -1,6 +1,7 @@
 //! Slave side: registration, apply (ApplySnapshot), sync id (GetSyncID).
 
 use crate::error::{DbContext, Error, IoContext};
+use crate::majors::{self, Screen};
 use crate::rserv::Rserv;
 use crate::snapshot::{SnapshotReader, Stats};
 use crate::table::ReplicatedTable;
@@ -230,12 +231,21 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
                     "slave: no staging table for {table}"
                 )));
             };
-            let mut w = tx.copy_in(&copy).ctx(format!("slave: loading {table}"))?;
-            let copied = reader.data(&mut w);
+            // Values the slave's PostgreSQL major cannot store are refused before they load.
+            let screen = Screen::new(&meta, reader.header.postgres, rs.server_version);
+            let loading = format!(
+                "slave: loading {table}{}",
+                majors::hint(reader.header.postgres, rs.server_version)
+            );
+            let mut w = tx.copy_in(&copy).ctx(&loading)?;
+            let copied = reader.data_checked(&mut w, &mut |line| match &screen {
+                Some(s) => s.check(line),
+                None => Ok(()),
+            });
             // A damaged snapshot must not be hidden behind the COPY error it causes.
             copied?;
-            w.flush().io_ctx(format!("slave: loading {table}"))?;
-            loaded = w.finish().ctx(format!("slave: loading {table}"))? as i64;
+            w.flush().io_ctx(&loading)?;
+            loaded = w.finish().ctx(&loading)? as i64;
         }
         let n: i64 = tx
             .query_one(&merge, &args)

@@ -50,6 +50,10 @@ pub struct Header {
     /// backup issues its ids again); absent in files written before 1.1.0
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// the master's `server_version_num` (absent in files written before 1.1.0): the slave
+    /// refuses values its PostgreSQL major cannot store before loading them
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,6 +394,16 @@ impl<R: BufRead> SnapshotReader<R> {
 
     /// Copy the current section's rows (COPY text lines) to `out`, up to its `\.` line.
     pub fn data(&mut self, out: &mut impl Write) -> Result<u64, Error> {
+        self.data_checked(out, &mut |_| Ok(()))
+    }
+
+    /// [`Self::data`], passing each row (a COPY text line) to `check` before it goes to `out`;
+    /// the first error stops the copy.
+    pub fn data_checked(
+        &mut self,
+        out: &mut impl Write,
+        check: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
         let mut rows = 0u64;
         loop {
             if !self.read_line()? {
@@ -403,6 +417,7 @@ impl<R: BufRead> SnapshotReader<R> {
                 break;
             }
             rows += 1;
+            check(&self.line)?;
             // A failed write is the slave's problem (e.g. its connection died), not the file's.
             out.write_all(&self.line).map_err(|source| Error::Io {
                 context: format!("slave: loading line {} of the snapshot", self.line_no),

@@ -1,6 +1,8 @@
-//! [`Cluster`]: a throwaway PostgreSQL 15 server (initdb + pg_ctl) in its own directory under
+//! [`Cluster`]: a throwaway PostgreSQL server (initdb + pg_ctl) in its own directory under
 //! `/tmp`, on its own port, torn down on drop; and what running the server binaries needs
-//! (their directory, the `postgres` OS user when the tests run as root, settings files).
+//! (their directory, the `postgres` OS user when the tests run as root, settings files). By
+//! default the server is `RSERV_PG_BINDIR`'s (15); tests across majors start another major's
+//! ([`Cluster::start_with_bindir`], [`pg_bindir_for`]).
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root every server binary
 //! (initdb, pg_ctl, postgres) is started as the OS user `postgres` through `runuser`.
@@ -34,6 +36,8 @@ pub struct Cluster {
     dir: PathBuf,
     data_dir: PathBuf,
     log_file: PathBuf,
+    /// the PostgreSQL bin directory the server runs from
+    bindir: PathBuf,
     port: u16,
     /// Print the log tail when dropped during a panic (off when the panic message has it).
     log_on_panic: bool,
@@ -60,6 +64,12 @@ impl Cluster {
     /// Panics, showing the initdb/pg_ctl output and the server log tail, if anything fails;
     /// the half-made cluster is cleaned up.
     pub fn start_with(name: &str, extra: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with_bindir(name, pg_bindir(), extra)
+    }
+
+    /// [`Cluster::start_with`], with the server programs of `bindir` (another PostgreSQL
+    /// installation, e.g. [`pg_bindir_for`]`(17)`).
+    pub fn start_with_bindir(name: &str, bindir: &Path, extra: &[(&str, &str)]) -> Cluster {
         for (key, _) in extra {
             assert!(
                 !key.is_empty()
@@ -76,6 +86,7 @@ impl Cluster {
             data_dir: dir.join("data"),
             log_file: dir.join("server.log"),
             dir,
+            bindir: bindir.to_path_buf(),
             port: 0,
             log_on_panic: true,
         };
@@ -139,6 +150,26 @@ impl Cluster {
     /// The name given to [`Cluster::start`].
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The PostgreSQL bin directory the server runs from.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// The server's major version (`server_version_num / 10000`).
+    pub fn major(&self) -> u32 {
+        let v = self.query_strings("postgres", "SHOW server_version_num");
+        v.first()
+            .and_then(|r| r[0].as_deref())
+            .and_then(|s| s.parse::<u32>().ok())
+            .map(|n| n / 10000)
+            .unwrap_or_else(|| {
+                panic!(
+                    "cluster {}: server_version_num unreadable: {v:?}",
+                    self.name
+                )
+            })
     }
 
     /// libpq/rust-postgres connection string over the unix socket:
@@ -277,7 +308,7 @@ impl Cluster {
 
     fn initdb(&self) {
         let out = run_output(
-            pg_command("initdb", &self.dir)
+            pg_command(&self.bindir, "initdb", &self.dir)
                 .arg("-D")
                 .arg(&self.data_dir)
                 .args([
@@ -338,7 +369,7 @@ impl Cluster {
 
     fn pg_ctl_start(&self) -> Output {
         run_output(
-            pg_command("pg_ctl", &self.dir)
+            pg_command(&self.bindir, "pg_ctl", &self.dir)
                 .arg("-D")
                 .arg(&self.data_dir)
                 .arg("-l")
@@ -350,7 +381,7 @@ impl Cluster {
 
     fn pg_ctl_stop_output(&self, mode: &str) -> Output {
         run_output(
-            pg_command("pg_ctl", &self.dir)
+            pg_command(&self.bindir, "pg_ctl", &self.dir)
                 .arg("-D")
                 .arg(&self.data_dir)
                 .args(["-m", mode, "-w", "-t", PG_CTL_TIMEOUT, "stop"]),
@@ -430,6 +461,39 @@ pub fn pg_bindir() -> &'static Path {
     })
 }
 
+/// Bin directory of PostgreSQL `major` for tests across majors: `$RSERV_PG<major>_BINDIR`, else
+/// `$RSERV_PG_ROOT/<major>/bin` (default root `/opt/rserv-pg`, where `scripts/setup.sh --pg
+/// <major>` installs it). Panics, saying how to set it up, when it is missing or is another
+/// major's.
+pub fn pg_bindir_for(major: u32) -> PathBuf {
+    let var = format!("RSERV_PG{major}_BINDIR");
+    let dir = match std::env::var_os(&var) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(
+            std::env::var_os("RSERV_PG_ROOT").unwrap_or_else(|| "/opt/rserv-pg".into()),
+        )
+        .join(major.to_string())
+        .join("bin"),
+    };
+    let out = Command::new(dir.join("pg_config"))
+        .arg("--version")
+        .output();
+    let version = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        _ => panic!(
+            "PostgreSQL {major} is not installed in {} (no working pg_config): run \
+             scripts/setup.sh --pg {major}, or set {var} to its bin directory",
+            dir.display()
+        ),
+    };
+    assert!(
+        version.starts_with(&format!("PostgreSQL {major}.")),
+        "{} holds {version}, not PostgreSQL {major}: fix {var}",
+        dir.display()
+    );
+    dir
+}
+
 /// Whether this process runs with effective uid 0.
 fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -462,8 +526,8 @@ fn write_pg_file(path: &Path, text: &str) {
 
 /// A command running the PostgreSQL program `prog` (as `postgres` when we are root), in `cwd`,
 /// with no PG* variables and the C locale.
-fn pg_command(prog: &str, cwd: &Path) -> Command {
-    let bin = pg_bindir().join(prog);
+fn pg_command(bindir: &Path, prog: &str, cwd: &Path) -> Command {
+    let bin = bindir.join(prog);
     let mut cmd = if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);

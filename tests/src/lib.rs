@@ -1,18 +1,22 @@
 //! Test harness for rserv's multi-cluster integration tests.
 //!
-//! - [`cluster`]: [`Cluster`], a throwaway PostgreSQL 15 server in its own directory under
-//!   `/tmp`, on its own port, torn down on drop;
+//! - [`cluster`]: [`Cluster`], a throwaway PostgreSQL server (15 unless a test asks for another
+//!   major) in its own directory under `/tmp`, on its own port, torn down on drop;
 //! - [`binary`]: running the workspace's `replicate` binary with a clean environment
 //!   ([`run_replicate`]);
 //! - [`pair`]: a master and a slave cluster with rserv, and the assertions replication tests
 //!   share; [`daemon`]: a `replicate run` process; [`oracle`]: what a slave must hold after a
 //!   cycle; [`proxy`]: a TCP proxy that cuts connections; [`roles`]: roles and helpers of the
-//!   security tests; [`rng`]: the seeded PRNG of the random workloads.
+//!   security tests; [`rng`]: the seeded PRNG of the random workloads; [`matrix`]: the type
+//!   matrix (every built-in type with its awkward values) of the type and version tests.
 //!
 //! Environment knobs:
 //! * `RSERV_KEEP_CLUSTERS` — do not delete cluster directories on drop (their path is printed).
 //! * `RSERV_PG_BINDIR` — PostgreSQL bin directory (default `/usr/lib/postgresql/15/bin`,
 //!   else `pg_config --bindir`).
+//! * `RSERV_PG<N>_BINDIR` (e.g. `RSERV_PG17_BINDIR`) — bin directory of PostgreSQL N for tests
+//!   across majors; default `$RSERV_PG_ROOT/N/bin` (`RSERV_PG_ROOT` default `/opt/rserv-pg`),
+//!   where `scripts/setup.sh --pg N` installs it.
 //! * `RSERV_PROFILE` — cargo profile directory holding `replicate` (default `debug`).
 //! * `RSERV_REPLICATE_BIN` — explicit path of the `replicate` binary (overrides the lookup).
 //! * `RSERV_REPLICATE_TIMEOUT` — seconds after which [`run_replicate`] kills `replicate` and
@@ -22,6 +26,7 @@ pub mod binary;
 pub mod cluster;
 pub mod daemon;
 pub mod gen;
+pub mod matrix;
 pub mod oracle;
 pub mod pair;
 pub mod proxy;
@@ -29,7 +34,7 @@ pub mod rng;
 pub mod roles;
 
 pub use binary::{replicate_bin, replicate_command, run_replicate, run_replicate_env};
-pub use cluster::{pg_bindir, Cluster};
+pub use cluster::{pg_bindir, pg_bindir_for, Cluster};
 /// Full text of a postgres error, including SQLSTATE, detail, hint, position and context:
 /// `replicate`'s own description, in its verbose form.
 pub use replicate::error::describe_pg_verbose as describe_pg_error;

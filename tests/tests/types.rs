@@ -1,175 +1,33 @@
 //! Every built-in type and every kind of name round-trips exactly, while the writer's and the
 //! applier's DateStyle, TimeZone and float settings differ.
 
+use rserv_tests::matrix::{self, assert_same, MASTER_SETTINGS, SLAVE_SETTINGS};
 use rserv_tests::pair::{Pair, DB};
 use rserv_tests::Cluster;
 
 /// Master and slave with deliberately different session defaults.
 fn odd_pair(name: &str) -> Pair {
-    let (m, s) = std::thread::scope(|sc| {
-        let m = sc.spawn(|| {
-            Cluster::start_with(
-                &format!("{name}-m"),
-                &[
-                    ("timezone", "Asia/Kathmandu"),
-                    ("datestyle", "SQL, DMY"),
-                    ("extra_float_digits", "-3"),
-                    ("intervalstyle", "sql_standard"),
-                    ("bytea_output", "escape"),
-                ],
-            )
-        });
-        let s = sc.spawn(|| {
-            Cluster::start_with(
-                &format!("{name}-s"),
-                &[
-                    ("timezone", "America/St_Johns"),
-                    ("datestyle", "German"),
-                    ("intervalstyle", "iso_8601"),
-                ],
-            )
-        });
+    let bindir = rserv_tests::pg_bindir();
+    let (master, slave) = std::thread::scope(|sc| {
+        let m = sc.spawn(|| matrix::start_cluster(&format!("{name}-m"), bindir, &MASTER_SETTINGS));
+        let s = sc.spawn(|| matrix::start_cluster(&format!("{name}-s"), bindir, &SLAVE_SETTINGS));
         (m.join().unwrap(), s.join().unwrap())
     });
-    for c in [&m, &s] {
-        c.create_db(DB);
-        c.execute(DB, "CREATE EXTENSION rserv");
-    }
-    Pair {
-        master: m,
-        slave: s,
-    }
-}
-
-/// Rows of `table` as text under one fixed set of settings, so both sides compare equal
-/// exactly when their values are equal.
-fn canonical_rows(c: &Cluster, table: &str) -> Vec<String> {
-    c.query_strings(
-        DB,
-        &format!(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3;
-             SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; SET lc_monetary = 'C';
-             SELECT t::text FROM {table} t ORDER BY 1"
-        ),
-    )
-    .into_iter()
-    .map(|r| r[0].clone().unwrap_or_default())
-    .collect()
-}
-
-fn assert_same(p: &Pair, table: &str) {
-    let m = canonical_rows(&p.master, table);
-    let s = canonical_rows(&p.slave, table);
-    assert_eq!(m.len(), s.len(), "{table}: row counts differ");
-    for (a, b) in m.iter().zip(&s) {
-        assert_eq!(a, b, "{table}: rows differ");
-    }
-}
-
-const TYPES_DDL: &str = "
-CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
-CREATE DOMAIN posint AS int CHECK (VALUE > 0);
-CREATE TYPE pair AS (a int, b text);
-CREATE TABLE alltypes (
-    id bigint PRIMARY KEY,
-    i2 smallint, i4 int, i8 bigint,
-    num numeric, num_small numeric(40, 30),
-    f4 real, f8 double precision,
-    t text, vc varchar(50), ch char(5),
-    by bytea, b bool,
-    d date, tm time, ttz timetz, ts timestamp, tstz timestamptz, iv interval,
-    u uuid, js json, jb jsonb, x xml,
-    ip inet, cid cidr, mac macaddr,
-    bt bit(8), vb varbit,
-    m money,
-    arr int[], arr2 text[], arr_null int[],
-    rng int4range, trng tstzrange, nrng numrange,
-    e mood, dom posint, comp pair,
-    big text,
-    gen bigint GENERATED ALWAYS AS (i4::bigint * 2) STORED,
-    idc int GENERATED ALWAYS AS IDENTITY
-);";
-
-/// One row with the awkward values of every type, by id.
-fn special_rows() -> &'static str {
-    "INSERT INTO alltypes (id, i2, i4, i8, num, num_small, f4, f8, t, vc, ch, by, b, d, tm, ttz, ts,
-        tstz, iv, u, js, jb, x, ip, cid, mac, bt, vb, m, arr, arr2, arr_null, rng, trng, nrng, e, dom,
-        comp, big) VALUES
-     (1, -32768, 2147483647, -9223372036854775808,
-      123456789012345678901234567890.123456789012345678901234567890, 0.000000000000000000000000000001,
-      'NaN', 'Infinity', E'tab\\there\\nnewline\\rcr back\\\\slash ''quote'' \"dq\" ünïcødé 日本 🦀',
-      'varchar', 'ab', '\\x00ff10'::bytea, true,
-      '2024-02-29', '23:59:59.999999', '12:00:00+05:45', '1999-12-31 23:59:59.123456',
-      '2000-01-01 00:00:00+00', '1 year 2 months 3 days 04:05:06.789',
-      'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2.50, null], \"b\": \"x\\u0000y\"}',
-      '{\"z\": 1, \"a\": {\"n\": null}}', '<r a=\"1\">text &amp; more</r>',
-      '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', B'10101010', B'1', 1234.56,
-      '{1,NULL,3}', '{{\"a\",\"b\"},{NULL,\"d,e\"}}', NULL,
-      '[1,10)', '[2024-01-01 00:00+00,2024-02-01 00:00+00)', 'empty',
-      'happy', 7, ROW(1, 'x,y'), repeat('toast me ', 1500000)),
-     (2, 0, 0, 0, 'NaN', -0.5, '-Infinity', '-0', '', '', '', '\\x'::bytea, false,
-      'infinity', '00:00', '00:00+00', '-infinity', 'infinity', '-1 day', 
-      '00000000-0000-0000-0000-000000000000', 'null', '[]', '<e/>', '::1', '::/0',
-      'ff:ff:ff:ff:ff:ff', B'00000000', B'', -0.01, '{}', '{}', '{NULL}',
-      'empty', '(,)', '(-1.5,2.5]', 'sad', 1, ROW(NULL, NULL), ''),
-     (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
-     (4, 1, 1, 1, 1e-20, 1, 3.4028235e38, 4.9e-324, 'x', 'y', 'z', '\\x5c'::bytea, NULL,
-      '4713-01-01 BC', '12:34', '12:34-03:30', '0001-01-01 00:00:00', '1970-01-01 00:00:00.000001+00',
-      '-178000000 years', gen_random_uuid(), '{\"big\": 1e400}', '{\"n\": 1.0000000000000000001}',
-      '<?xml version=\"1.0\"?><d/>', '2001:db8::ff00:42:8329', '2001:db8::/32', '00:00:00:00:00:00',
-      B'11111111', B'0101', '-92233720368547758.08', '{-2147483648}', '{\"\\\\\",\"\\\"\"}', '{1}',
-      '(0,)', '[-infinity,infinity]', '[0,0]', 'ok', 2147483647, ROW(-1, ''), 'x')"
+    Pair { master, slave }
 }
 
 #[test]
 fn every_type_round_trips_exactly() {
     let p = odd_pair("types");
-    p.both(TYPES_DDL);
-    p.master.execute(DB, "SELECT rserv_add_table('alltypes')");
-    p.slave
-        .execute(DB, "SELECT rserv_slave_add_table('alltypes')");
-    p.master.execute(DB, special_rows());
-    // bulk random rows, then a randomized mix of changes
-    p.master.execute(
-        DB,
-        "SELECT setseed(0.42);
-         INSERT INTO alltypes (id, i2, i4, i8, num, f4, f8, t, by, b, d, ts, tstz, iv, u, jb, arr, e, dom, comp)
-         SELECT g, (random() * 1000)::int2, (random() * 1e6)::int, (random() * 1e15)::int8,
-                (random() * 1e10)::numeric / 7, random()::real, random() * 1e300,
-                md5(g::text) || chr(9) || chr(10), decode(md5(g::text), 'hex'), random() > 0.5,
-                '2000-01-01'::date + g, '2000-01-01'::timestamp + g * interval '1.000001 s',
-                now() - g * interval '1 minute', g * interval '1 h 1 s', gen_random_uuid(),
-                jsonb_build_object('g', g, 'r', random()), ARRAY[g, -g, NULL],
-                (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::mood, 1 + g % 100, format('(%s,%s)', g, g)::pair
-         FROM generate_series(10, 2000) g;",
-    );
+    // special values of every type, bulk random rows, then rounds of randomized changes
+    matrix::load(&p);
     p.sync();
-    assert_same(&p, "alltypes");
+    matrix::assert_all_same(&p);
     for round in 0..4 {
-        p.master.execute(
-            DB,
-            &format!(
-                "SELECT setseed(0.{round}1);
-                 UPDATE alltypes SET f8 = f8 * -1, t = t || 'é', tstz = tstz + interval '1 us',
-                        num = num * 3, jb = jb || '{{\"u\": 1}}' WHERE random() < 0.2;
-                 DELETE FROM alltypes WHERE id >= 10 AND random() < 0.05;
-                 UPDATE alltypes SET id = id + 100000 WHERE id >= 10 AND id < 100000 AND random() < 0.05;
-                 INSERT INTO alltypes (id, t, f8) SELECT 200000 + {round} * 1000 + g, 'new', g / 3.0
-                   FROM generate_series(1, 50) g;
-                 UPDATE alltypes SET big = repeat('ß', 3000000) WHERE id = 2;"
-            ),
-        );
+        p.master.execute(DB, &matrix::change_round(round));
         p.sync();
-        assert_same(&p, "alltypes");
+        matrix::assert_all_same(&p);
     }
-    // generated columns were computed by the slave, identity columns carried their values
-    let gen = p.slave.query_strings(
-        DB,
-        "SELECT count(*) FROM alltypes WHERE gen IS DISTINCT FROM i4::bigint * 2",
-    );
-    assert_eq!(gen[0][0].as_deref(), Some("0"));
 }
 
 /// Composite identities of many types, changed in every way a key can change.
