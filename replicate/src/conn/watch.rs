@@ -85,16 +85,25 @@ struct Deadline {
 }
 
 impl Deadline {
-    fn arm(after: Duration, expire: impl FnOnce() + Send + 'static) -> Deadline {
+    /// None when no thread can be started (then nothing is bounded).
+    fn arm(after: Duration, expire: impl FnOnce() + Send + 'static) -> Option<Deadline> {
         let (disarm, rx) = mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || match rx.recv_timeout(after) {
-            Err(RecvTimeoutError::Timeout) => {
-                expire();
-                true
+        let thread = std::thread::Builder::new()
+            .name("replicate-deadline".into())
+            .spawn(move || match rx.recv_timeout(after) {
+                Err(RecvTimeoutError::Timeout) => {
+                    expire();
+                    true
+                }
+                _ => false,
+            });
+        match thread {
+            Ok(thread) => Some(Deadline { disarm, thread }),
+            Err(e) => {
+                tracing::warn!("cannot bound the connection start: {e}");
+                None
             }
-            _ => false,
-        });
-        Deadline { disarm, thread }
+        }
     }
 
     /// Stop the timer; true if it had expired.
@@ -117,7 +126,7 @@ pub(super) fn bounded<T>(
     let _turn = lock.lock().unwrap_or_else(PoisonError::into_inner);
     let addrs = server_addrs(ep);
     let before = socket::sockets();
-    let deadline = timeout.map(|after| {
+    let deadline = timeout.and_then(|after| {
         let (ep, addrs, before) = (ep.clone(), addrs.clone(), before.clone());
         Deadline::arm(after, move || {
             for id in new_sockets(&ep, &addrs, &before) {

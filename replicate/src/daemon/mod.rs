@@ -223,11 +223,14 @@ impl Cancels {
     fn cancel_all(&self) {
         for ((_, side), (token, ep)) in self.slots().iter() {
             let (side, token, ep) = (*side, token.clone(), ep.clone());
-            std::thread::spawn(move || {
+            let sent = std::thread::Builder::new().spawn(move || {
                 if let Err(e) = ep.cancel(&token) {
                     warn!(side, error = %e, "could not cancel a statement");
                 }
             });
+            if let Err(e) = sent {
+                warn!(side, error = %e, "could not cancel a statement");
+            }
         }
     }
 }
