@@ -44,6 +44,18 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Failed(String),
+    /// A statement gave up waiting for a lock (`lock_timeout`); its transaction rolled back.
+    #[error("{}", crate::locks::describe(.context, .table.as_deref(), .waited.as_deref(), .holders))]
+    LockTimeout {
+        side: &'static str,
+        /// What was being done, `side: ...` as in every context.
+        context: String,
+        /// `schema.table`, when known.
+        table: Option<String>,
+        /// The `lock_timeout` setting (e.g. `10s`).
+        waited: Option<String>,
+        holders: Vec<crate::locks::LockHolder>,
+    },
 }
 
 impl Error {
@@ -62,8 +74,35 @@ impl Error {
             Error::Connect { .. } => exit::CONNECT,
             Error::Snapshot(_) => exit::BAD_SNAPSHOT,
             Error::Usage(_) => exit::USAGE,
-            Error::Db { .. } | Error::Io { .. } | Error::Failed(_) => exit::FAILED,
+            Error::Db { .. } | Error::Io { .. } | Error::Failed(_) | Error::LockTimeout { .. } => {
+                exit::FAILED
+            }
         }
+    }
+
+    /// The database error this is, or that an I/O error of a COPY stream carries.
+    pub fn postgres(&self) -> Option<&postgres::Error> {
+        match self {
+            Error::Db { source, .. } => Some(source),
+            Error::Io { source, .. } => source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<postgres::Error>()),
+            _ => None,
+        }
+    }
+
+    /// Which side failed, `"master"` or `"slave"`, when the error says (every database
+    /// error's context starts with its side); None when it does not.
+    pub fn side(&self) -> Option<&'static str> {
+        let text = match self {
+            Error::Connect { side, .. } | Error::LockTimeout { side, .. } => return Some(side),
+            Error::Db { context, .. } | Error::Io { context, .. } => context,
+            Error::Failed(message) => message,
+            Error::Snapshot(_) | Error::Usage(_) => return None,
+        };
+        ["master", "slave"]
+            .into_iter()
+            .find(|side| text.starts_with(&format!("{side}:")))
     }
 
     /// SQLSTATE of a database error, if this is one.

@@ -9,6 +9,7 @@
 //! - [`table`]: a replicated table as the master describes it; [`snapshot`]: the versioned
 //!   change-set format
 //! - [`conn`]: libpq-compatible connections (conninfo, PG* variables, ~/.pgpass, TLS)
+//! - [`locks`]: lock waits on the slave (lock_timeout, who holds the lock)
 //! - [`log`]: the one logging path; [`error`]: errors and exit codes
 
 pub mod argv;
@@ -18,6 +19,7 @@ pub mod conn;
 pub mod cycle;
 pub mod daemon;
 pub mod error;
+pub mod locks;
 pub mod log;
 pub mod majors;
 pub mod master;

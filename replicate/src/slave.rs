@@ -1,6 +1,7 @@
 //! Slave side: registration, apply (ApplySnapshot), sync id (GetSyncID).
 
 use crate::error::{DbContext, Error, IoContext};
+use crate::locks;
 use crate::majors::{self, Screen};
 use crate::rserv::Rserv;
 use crate::snapshot::{SnapshotReader, Stats};
@@ -110,12 +111,17 @@ pub fn create_missing(
 /// Give tables created by `--create-tables` their indexes, foreign keys, triggers and policies
 /// once their initial copy is in (post-data after the load). Returns the tables finished.
 pub fn finish_tables(client: &mut Client, rs: &Rserv) -> Result<Vec<String>, Error> {
-    let rows = client
-        .query(
-            &format!("SELECT {}()", rs.func("rserv_slave_finish_tables")),
-            &[],
-        )
-        .ctx("slave: finishing the tables it created")?;
+    let context = "slave: finishing the tables it created";
+    let rows = match client.query(
+        &format!("SELECT {}()", rs.func("rserv_slave_finish_tables")),
+        &[],
+    ) {
+        Ok(rows) => rows,
+        Err(e) if locks::is_lock_wait(&e) => {
+            return Err(locks::timed_out(client, "slave", context.into(), None))
+        }
+        Err(e) => return Err(e).ctx(context),
+    };
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -161,8 +167,36 @@ pub enum Outcome {
 }
 
 /// Apply one snapshot in one slave transaction: all of it, or (on any error, including a
-/// damaged snapshot) nothing. Returns [`Outcome::Applied`] or [`Outcome::Skipped`].
+/// damaged snapshot) nothing. Returns [`Outcome::Applied`] or [`Outcome::Skipped`]. A lock
+/// wait that outlasts the session's `lock_timeout` rolls the change set back and is reported as
+/// [`Error::LockTimeout`], naming the table and who holds the lock.
 pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Outcome, Error> {
+    let mut at: Option<(String, String)> = None;
+    match apply_in_transaction(client, rs, input, &mut at) {
+        // the transaction has rolled back (dropped): the connection is free to ask who held it
+        Err(e) if locks::is_lock_timeout(&e) => {
+            let context = match e {
+                Error::Db { context, .. } | Error::Io { context, .. } => context,
+                other => other.to_string(),
+            };
+            Err(lock_timeout(client, context, &at))
+        }
+        other => other,
+    }
+}
+
+fn lock_timeout(client: &mut Client, context: String, at: &Option<(String, String)>) -> Error {
+    let table = at.as_ref().map(|(s, t)| (s.as_str(), t.as_str()));
+    locks::timed_out(client, "slave", context, table)
+}
+
+/// [`apply`]'s transaction; `at` is the table whose section is being applied.
+fn apply_in_transaction(
+    client: &mut Client,
+    rs: &Rserv,
+    input: impl BufRead,
+    at: &mut Option<(String, String)>,
+) -> Result<Outcome, Error> {
     let mut reader = SnapshotReader::open(input)?;
     let syncid = reader.syncid;
     client
@@ -209,6 +243,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
     let mut changed = 0i64;
     while let Some((kind, meta)) = reader.next_section()? {
         let table = format!("{}.{}", meta.schema, meta.table);
+        *at = Some((meta.schema.clone(), meta.table.clone()));
         let args: [&(dyn postgres::types::ToSql + Sync); 5] = [
             &kind.as_str(),
             &meta.schema,
@@ -254,6 +289,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
         // -1: the rows went straight into the table; COPY counted them
         changed += if n < 0 { loaded } else { n };
     }
+    *at = None;
     // what the change set's schema changes left for after the rows (constraints, indexes)
     tx.query_one(&format!("SELECT {}()", rs.func("rserv_apply_end")), &[])
         .ctx(format!("slave: finishing change set {syncid}"))?;

@@ -1,6 +1,7 @@
-//! A `replicate run` process for tests, and waiting for a condition.
+//! A `replicate run` process for tests, waiting for a condition, and reading its metrics.
 
-use crate::replicate_command;
+use crate::{replicate_command, Cluster};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -81,5 +82,73 @@ pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < until, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (for `--metrics-addr`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET /metrics` from a daemon's metrics address: the whole response.
+pub fn http_get(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `name{...}` whose labels include every `labels` pair, in a scraped
+/// exposition text (NaN as f64::NAN).
+pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse::<f64>().ok())?
+    })
+}
+
+/// The value of a one-column query over the unix socket, or None while the server is
+/// unreachable (or the query fails).
+pub fn try_one(c: &Cluster, db: &str, sql: &str) -> Option<String> {
+    let mut client = postgres::Config::new()
+        .host_path(c.socket_dir())
+        .port(c.port())
+        .user("postgres")
+        .dbname(db)
+        .application_name("rserv-tests")
+        .connect_timeout(Duration::from_secs(5))
+        .connect(postgres::NoTls)
+        .ok()?;
+    let row = client.query_one(sql, &[]).ok()?;
+    row.get::<_, Option<String>>(0)
+}
+
+/// Row count and a hash of every row of `table`, or None while the server is unreachable.
+pub fn digest(c: &Cluster, db: &str, table: &str) -> Option<String> {
+    try_one(
+        c,
+        db,
+        &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ';' ORDER BY t::text)), '') FROM {table} t"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_are_found_by_name_and_labels() {
+        let body = "# TYPE x gauge\nx{slave=\"a\",side=\"master\"} 1\nx{slave=\"a\",side=\"slave\"} 0\nxy{slave=\"a\"} 5\nlag{slave=\"a\"} NaN\n";
+        assert_eq!(super::metric(body, "x", &[("side", "slave")]), Some(0.0));
+        assert_eq!(super::metric(body, "x", &[("slave", "a")]), Some(1.0));
+        assert_eq!(super::metric(body, "xy", &[]), Some(5.0));
+        assert!(super::metric(body, "lag", &[]).unwrap().is_nan());
+        assert_eq!(super::metric(body, "x", &[("side", "none")]), None);
     }
 }

@@ -1,7 +1,12 @@
 //! A small TCP proxy for fault tests: listens on 127.0.0.1, forwards every connection to a
 //! target port, and can cut every live connection on demand or once a given number of bytes
 //! has gone through in one direction (so a cut lands "in the middle of a change set" by
-//! volume, not by timing).
+//! volume, not by timing). It can also *stall*: stop forwarding, in both directions and on
+//! every connection (new ones are accepted but get nothing through), without closing
+//! anything, as a dead network or a frozen peer would look to a client; it then forwards again
+//! after [`Proxy::resume`]. An *absorbing* proxy ([`Proxy::start_absorbing`]) reads what the
+//! server sends as fast as the server sends it, whatever the client's pace (an unbounded
+//! queue in between): the server is never held up writing to its client.
 //!
 //! Plain `std::net` with two threads per connection. A cut shuts both sockets of every live
 //! connection down (FIN to the client and to the server): the client sees the connection
@@ -52,6 +57,10 @@ struct Shared {
     /// Armed cuts that fired.
     fired: AtomicU64,
     accepted: AtomicU64,
+    /// Nothing is forwarded while set.
+    stalled: AtomicBool,
+    /// Server → client through an unbounded queue (see [`Proxy::start_absorbing`]).
+    absorbing: bool,
 }
 
 impl Shared {
@@ -103,6 +112,17 @@ pub struct Proxy {
 impl Proxy {
     /// Listen on an ephemeral port of 127.0.0.1 and forward to 127.0.0.1:`target_port`.
     pub fn start(target_port: u16) -> Proxy {
+        Proxy::start_with(target_port, false)
+    }
+
+    /// As [`Proxy::start`], but what the server sends is read at once and queued for the
+    /// client (without bound), so the server never waits for a slow client: a server process
+    /// killed mid-stream is never blocked writing, and its last words reach the client.
+    pub fn start_absorbing(target_port: u16) -> Proxy {
+        Proxy::start_with(target_port, true)
+    }
+
+    fn start_with(target_port: u16, absorbing: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy: bind 127.0.0.1:0");
         let port = listener.local_addr().expect("proxy: local addr").port();
         let shared = Arc::new(Shared {
@@ -116,6 +136,8 @@ impl Proxy {
             cut_conns: AtomicU64::new(0),
             fired: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+            absorbing,
         });
         let sh = shared.clone();
         let acceptor = std::thread::spawn(move || accept_loop(listener, sh));
@@ -149,6 +171,17 @@ impl Proxy {
     pub fn cut_on(&self, dir: Dir, pattern: &[u8]) {
         assert!(!pattern.is_empty());
         *self.shared.armed.lock().unwrap() = Some(Arm::Pattern(dir, pattern.to_vec()));
+    }
+
+    /// Stop forwarding (both directions, every connection, new ones too) without closing
+    /// anything: bytes read meanwhile are held until [`Proxy::resume`].
+    pub fn stall(&self) {
+        self.shared.stalled.store(true, Ordering::Relaxed);
+    }
+
+    /// Forward again after [`Proxy::stall`].
+    pub fn resume(&self) {
+        self.shared.stalled.store(false, Ordering::Relaxed);
     }
 
     /// Forget an armed cut that has not fired.
@@ -193,6 +226,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.stalled.store(false, Ordering::Relaxed);
         // wake the acceptor
         let _ = TcpStream::connect(("127.0.0.1", self.port));
         if let Some(h) = self.acceptor.take() {
@@ -234,13 +268,61 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
         });
         sh.accepted.fetch_add(1, Ordering::Relaxed);
         let up = sh.clone();
-        std::thread::spawn(move || forward(client, s2, Dir::Up, id, up));
+        std::thread::spawn(move || forward(client, Sink::Socket(s2), Dir::Up, id, up));
         let down = sh.clone();
-        std::thread::spawn(move || forward(server, c2, Dir::Down, id, down));
+        let sink = if sh.absorbing {
+            Sink::queue(c2)
+        } else {
+            Sink::Socket(c2)
+        };
+        std::thread::spawn(move || forward(server, sink, Dir::Down, id, down));
     }
 }
 
-fn forward(mut from: TcpStream, mut to: TcpStream, dir: Dir, id: u64, sh: Arc<Shared>) {
+/// Where forwarded bytes go: straight into the other socket, or into an unbounded queue that a
+/// thread of its own writes into it (then closes it once the queue is drained).
+enum Sink {
+    Socket(TcpStream),
+    Queue(std::sync::mpsc::Sender<Vec<u8>>),
+}
+
+impl Sink {
+    fn queue(to: TcpStream) -> Sink {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut out = to;
+        std::thread::spawn(move || {
+            for chunk in rx {
+                if out.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = out.shutdown(Shutdown::Both);
+        });
+        Sink::Queue(tx)
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Socket(s) => s.write_all(data),
+            Sink::Queue(q) => q
+                .send(data.to_vec())
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+        }
+    }
+
+    /// The end of the stream: the socket is shut down once everything before it is written.
+    fn close(self) {
+        match self {
+            Sink::Socket(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            // the queue's thread shuts the socket down after the last chunk
+            Sink::Queue(q) => drop(q),
+        }
+    }
+}
+
+fn forward(mut from: TcpStream, mut to: Sink, dir: Dir, id: u64, sh: Arc<Shared>) {
     let mut buf = vec![0u8; 64 * 1024];
     let counter = match dir {
         Dir::Up => &sh.up,
@@ -251,6 +333,10 @@ fn forward(mut from: TcpStream, mut to: TcpStream, dir: Dir, id: u64, sh: Arc<Sh
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // stalled: hold what was read (and read nothing more) until resumed
+        while sh.stalled.load(Ordering::Relaxed) && !sh.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         match sh.budget(dir, &buf[..n]) {
             None => {
                 if to.write_all(&buf[..n]).is_err() {
@@ -268,6 +354,6 @@ fn forward(mut from: TcpStream, mut to: TcpStream, dir: Dir, id: u64, sh: Arc<Sh
         }
     }
     let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
+    to.close();
     sh.forget(id);
 }

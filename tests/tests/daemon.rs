@@ -1,10 +1,9 @@
 //! `replicate run`: follows the master, survives restarts, stops cleanly, reports its lag.
 //! Waits are generous timeouts that end as soon as the condition holds; nothing asserts speed.
 
-use rserv_tests::daemon::{eventually, Daemon};
+use rserv_tests::daemon::{eventually, free_port, http_get, Daemon};
 use rserv_tests::pair::{assert_ok, start_clusters};
 use rserv_tests::{run_replicate, Cluster};
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,40 +14,12 @@ fn conninfo(c: &Cluster) -> String {
     c.conninfo(DB)
 }
 
-/// The value of a query, or None while the server is unreachable.
-fn try_one(c: &Cluster, sql: &str) -> Option<String> {
-    let mut client = postgres::Config::new()
-        .host_path(c.socket_dir())
-        .port(c.port())
-        .user("postgres")
-        .dbname(DB)
-        .connect_timeout(Duration::from_secs(5))
-        .connect(postgres::NoTls)
-        .ok()?;
-    let row = client.query_one(sql, &[]).ok()?;
-    row.get::<_, Option<String>>(0)
-}
-
 fn digest(c: &Cluster, table: &str) -> Option<String> {
-    try_one(
-        c,
-        &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ';' ORDER BY t::text)), '') FROM {table} t"),
-    )
+    rserv_tests::daemon::digest(c, DB, table)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn http_get(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+fn try_one(c: &Cluster, sql: &str) -> Option<String> {
+    rserv_tests::daemon::try_one(c, DB, sql)
 }
 
 #[test]
@@ -265,8 +236,21 @@ fn a_dead_slave_does_not_block_a_live_one() {
         .unwrap_or_default()
         .to_string();
     assert!(!errors_of_dead.ends_with(" 0"), "{body}");
+    for side in ["master", "slave"] {
+        assert!(
+            body.contains(&format!(
+                "rserv_connected{{slave=\"live\",server=\"1\",side=\"{side}\"}} 1"
+            )),
+            "{body}"
+        );
+    }
+    // the dead slave's own session is down, its master session up
     assert!(
-        body.contains("rserv_connected{slave=\"live\",server=\"1\"} 1"),
+        body.contains("rserv_connected{slave=\"dead\",server=\"2\",side=\"slave\"} 0"),
+        "{body}"
+    );
+    assert!(
+        body.contains("rserv_connected{slave=\"dead\",server=\"2\",side=\"master\"} 1"),
         "{body}"
     );
     assert!(d.stop().success());

@@ -212,6 +212,8 @@ pub(super) fn follow(
                     metrics_addr: metrics_addr
                         .map(str::to_string)
                         .or(cfg.run.metrics_addr.clone()),
+                    lock_timeout: f.lock_timeout.or(cfg.run.lock_timeout),
+                    read_timeout: f.read_timeout.or(cfg.run.read_timeout),
                     ..cfg.run.clone()
                 },
                 ..cfg

@@ -158,10 +158,24 @@ impl ConnFlags {
                 source,
             },
         )?;
+        let ep = self.timeouts(side, ep)?;
         if debug {
             info!("{}: {}", side.name(), ep.describe());
         }
         Ok(ep)
+    }
+
+    /// `--read-timeout` for both sides, `--lock-timeout` for the slave (its apply).
+    pub(super) fn timeouts(&self, side: Side, ep: Endpoint) -> Result<Endpoint, Error> {
+        let ep = ep
+            .with_read_timeout(self.read_timeout)
+            .map_err(Error::Usage)?;
+        match side {
+            Side::Slave => ep
+                .with_lock_timeout(self.lock_timeout)
+                .map_err(Error::Usage),
+            Side::Master => Ok(ep),
+        }
     }
 
     /// Connect; returns the client and the database's name.

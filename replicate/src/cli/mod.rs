@@ -151,6 +151,14 @@ pub struct ConnFlags {
     /// Slave password (visible in ps output)
     #[arg(long, global = true)]
     pub slavepassword: Option<String>,
+    /// Seconds the slave's apply waits for a lock held by another session before it rolls back
+    /// and names the holder (0: wait forever; default 10)
+    #[arg(long, global = true, value_name = "SECS")]
+    pub lock_timeout: Option<f64>,
+    /// Seconds without data after which a connection is checked over a new one, and closed when
+    /// its server does not answer or its session is gone (0: never; default 10)
+    #[arg(long, global = true, value_name = "SECS")]
+    pub read_timeout: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::keepalive::{self, KeepaliveSettings};
 use super::{ConnArgs, ConnError, SslMode};
 
 /// The settings a connection string gives. Empty values count as unset.
@@ -29,6 +30,8 @@ pub(super) struct Conninfo {
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
     pub sslsni: Option<bool>,
+    /// `keepalives*` and `tcp_user_timeout`.
+    pub keepalive: KeepaliveSettings,
 }
 
 /// The database a connection string (key=value or URL) names, if any. `replicate` uses it to
@@ -134,6 +137,7 @@ pub(super) fn parse(s: &str) -> Result<Conninfo, ConnError> {
             "sslkey" => out.sslkey = nonempty(value).map(PathBuf::from),
             "sslsni" => out.sslsni = Some(parse_sslsni(&value, &origin())?),
             "fallback_application_name" => out.fallback_application_name = nonempty(value),
+            k if keepalive::KEYWORDS.contains(&k) => out.keepalive.set(k, &value, &origin())?,
             // We never attempt GSSAPI encryption, which satisfies disable and prefer.
             "gssencmode" if value == "disable" || value == "prefer" => {}
             "gssencmode" => {
@@ -682,7 +686,7 @@ mod tests {
 
         // Errors from bad conninfos never echo the password.
         for bad in [
-            "host=h password=hunter2 keepalives=1",
+            "host=h password=hunter2 hostaddr=1.2.3.4",
             "host=h password=hunter2 sslmode=bogus",
             "host=h password='hunter2",
             "host=h password=hunter2 trailing",
@@ -697,9 +701,9 @@ mod tests {
             let text = format!("{err} {err:?}");
             assert!(!text.contains(secret), "{bad}: {text}");
         }
-        let msg = resolve_err(&conninfo("host=h password=x keepalives=1"), &[]).to_string();
+        let msg = resolve_err(&conninfo("host=h password=x hostaddr=1.2.3.4"), &[]).to_string();
         assert!(
-            msg.contains("keepalives") && msg.contains("host=h password=****"),
+            msg.contains("hostaddr") && msg.contains("host=h password=****"),
             "{msg}"
         );
         let msg = resolve_err(&conninfo("host=h port=notanumber"), &[]).to_string();

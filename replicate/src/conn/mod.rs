@@ -31,17 +31,28 @@
 //! * Like libpq, SSL is never used over unix-domain sockets: sslmode is ignored there.
 //! * At least TLS 1.2 (libpq 15's default `ssl_min_protocol_version`).
 //!
+//! Connections that stall (see [`watch`]): `connect_timeout` bounds the whole connection start
+//! (rust-postgres bounds only the TCP connect), TCP keepalives and `tcp_user_timeout`
+//! ([`keepalive`], libpq's keywords) have defaults that notice a dead peer in about 25 s, and a
+//! read timeout has a silent connection checked over a new one and closed when its server is
+//! unreachable or its session gone. Replicate's defaults where libpq has none: `connect_timeout`
+//! [`DEFAULT_CONNECT_TIMEOUT`], read timeout [`DEFAULT_READ_TIMEOUT`].
+//!
 //! One file per concern: [`conninfo`] parses connection strings (key=value and URLs) once into
 //! their settings; [`resolve`] applies the flags, the `PG*` environment and libpq's defaults;
 //! [`pgpass`] reads the password file; [`tls`] plans the connection attempts and builds the
-//! OpenSSL client; [`diagnose`] turns failures into messages that say what to fix. This file
+//! OpenSSL client; [`diagnose`] turns failures into messages that say what to fix;
+//! [`keepalive`] the TCP settings; [`socket`] and [`watch`] the stalled connections. This file
 //! holds the resolved [`Endpoint`], its `postgres::Config` and [`Endpoint::connect`].
 
 mod conninfo;
 mod diagnose;
+mod keepalive;
 mod pgpass;
 mod resolve;
+mod socket;
 mod tls;
+mod watch;
 
 #[cfg(test)]
 mod test_support;
@@ -54,7 +65,9 @@ use postgres::{Client, Config};
 
 use conninfo::quote_value;
 pub use conninfo::{conninfo_dbname, looks_like_conninfo};
+pub use keepalive::Keepalive;
 use tls::TlsSettings;
+pub use watch::PROBE_APPLICATION_NAME;
 
 /// libpq's compiled-in unix-socket directory on Debian/Ubuntu (`DEFAULT_PGSOCKET_DIR`).
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
@@ -62,12 +75,32 @@ pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 pub const DEFAULT_PORT: u16 = 5432;
 /// `application_name` used when neither the connection string nor `PGAPPNAME` sets one.
 pub const DEFAULT_APPLICATION_NAME: &str = "replicate";
+/// `connect_timeout` when neither the connection string nor `PGCONNECT_TIMEOUT` sets one
+/// (libpq waits forever); `connect_timeout=0` waits forever.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence after which a connection is checked (see [`watch`]).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The slave's `lock_timeout` (its apply) when none is given (see `crate::locks`).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connection-string keywords we honour. Anything else is rejected rather than silently
 /// dropped.
 const SUPPORTED_KEYWORDS: &str = "host, port, user, password, dbname, sslmode, sslrootcert, \
      sslcert, sslkey, sslsni, connect_timeout, application_name, fallback_application_name, \
-     options, passfile, gssencmode";
+     options, passfile, gssencmode, keepalives, keepalives_idle, keepalives_interval, \
+     keepalives_count, tcp_user_timeout";
+
+/// A timeout given in seconds on the command line or in the configuration file: 0 means none
+/// (wait forever); negative, not a number or beyond a day is refused (the message names
+/// `name`).
+pub fn timeout_seconds(name: &str, secs: f64) -> Result<Option<Duration>, String> {
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!(
+            "{name} {secs} is out of range: give seconds from 0 (no limit) to 86400"
+        ));
+    }
+    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs.max(0.001))))
+}
 
 /// What the user gave for one side (all optional). Used twice: once for the side-specific
 /// flags (--masterhost/--masterport/--masteruser/--master CONNINFO ...) and once for the
@@ -187,6 +220,11 @@ pub struct Endpoint {
     application_name: String,
     options: Option<String>,
     tls: TlsSettings,
+    keepalive: Keepalive,
+    /// See [`watch`]; None: never checked.
+    read_timeout: Option<Duration>,
+    /// `lock_timeout` of its sessions (None: the server's setting, or 0 given: wait forever).
+    lock_timeout: Option<Duration>,
 }
 
 /// Errors from resolving or connecting. No message contains a password.
@@ -241,6 +279,14 @@ pub enum ConnError {
          name); give a user explicitly (user flag, user= in the connection string, or PGUSER)"
     )]
     NoUserName,
+
+    #[error(
+        "could not connect to {endpoint}: timeout expired after {} s (connect_timeout) before \
+         the server answered\nhint: check that the server is up and the network path to it \
+         works; connect_timeout=N in the connection string sets the limit (0: no limit)",
+        after.as_secs()
+    )]
+    Timeout { endpoint: String, after: Duration },
 
     #[error("could not connect to {endpoint}: {detail}{hint}")]
     Connect {
@@ -299,25 +345,93 @@ impl Endpoint {
         if let Some(options) = &self.options {
             config.options(options);
         }
+        self.keepalive.apply(&mut config);
         config
     }
 
     /// Connects as libpq would with this `sslmode` (see the module documentation), then pins
     /// `search_path` to `pg_catalog, pg_temp` before any query: the database's and the role's
     /// default search_path belong to their owners, and an operator or function planted there
-    /// would otherwise run as whoever runs replicate. The error names host/port/db/user, the
-    /// SSL attempts made, and a likely fix.
+    /// would otherwise run as whoever runs replicate; sets `lock_timeout` when one is given.
+    /// All of it within the connect timeout; then the connection is watched for stalls (over
+    /// TCP, with a read timeout). The error names host/port/db/user, the SSL attempts made,
+    /// and a likely fix.
     pub fn connect(&self) -> Result<Client, ConnError> {
-        let mut client = self.connect_unpinned()?;
-        if let Err(error) = client.batch_execute("SET search_path = pg_catalog, pg_temp") {
-            return Err(ConnError::Connect {
-                endpoint: self.describe(),
-                detail: crate::error::describe_pg(&error),
-                hint: String::new(),
-                error,
-            });
+        let ((client, pid), socket) = watch::bounded(self, self.connect_timeout, || {
+            let mut client = self.connect_unpinned()?;
+            let pid = self.start_session(&mut client)?;
+            Ok((client, pid))
+        })?;
+        if let (Some(socket), Some(after)) = (socket, self.read_timeout) {
+            watch::watch(self.clone(), socket, pid, after);
         }
         Ok(client)
+    }
+
+    /// Pin search_path, set lock_timeout; returns the session's process id.
+    fn start_session(&self, client: &mut Client) -> Result<i32, ConnError> {
+        self.pin_search_path(client)?;
+        let row = match self.lock_timeout {
+            Some(t) => client.query_one(
+                "SELECT pg_catalog.pg_backend_pid(), pg_catalog.set_config('lock_timeout', $1, false)",
+                &[&format!("{}ms", t.as_millis())],
+            ),
+            None => client.query_one("SELECT pg_catalog.pg_backend_pid()", &[]),
+        }
+        .map_err(|e| self.session_error(e))?;
+        Ok(row.get(0))
+    }
+
+    /// `search_path = pg_catalog, pg_temp` on a new session (see [`Endpoint::connect`]).
+    fn pin_search_path(&self, client: &mut Client) -> Result<(), ConnError> {
+        client
+            .batch_execute("SET search_path = pg_catalog, pg_temp")
+            .map_err(|e| self.session_error(e))
+    }
+
+    /// A failure of a new session's first statements, as a connection error.
+    fn session_error(&self, error: postgres::Error) -> ConnError {
+        ConnError::Connect {
+            endpoint: self.describe(),
+            detail: crate::error::describe_pg(&error),
+            hint: String::new(),
+            error,
+        }
+    }
+
+    /// The same endpoint with the read timeout (see [`watch`]) given in seconds on the command
+    /// line or in the configuration file: None the default ([`DEFAULT_READ_TIMEOUT`]), 0 never.
+    pub fn with_read_timeout(mut self, secs: Option<f64>) -> Result<Endpoint, String> {
+        self.read_timeout = match secs {
+            Some(secs) => timeout_seconds("read timeout (--read-timeout, read_timeout)", secs)?,
+            None => Some(DEFAULT_READ_TIMEOUT),
+        };
+        Ok(self)
+    }
+
+    /// The same endpoint with a `lock_timeout` for its sessions (the slave's: its apply), in
+    /// seconds: None the default ([`DEFAULT_LOCK_TIMEOUT`]), 0 wait forever.
+    pub fn with_lock_timeout(mut self, secs: Option<f64>) -> Result<Endpoint, String> {
+        self.lock_timeout = match secs {
+            Some(secs) => timeout_seconds("lock timeout (--lock-timeout, lock_timeout)", secs)?,
+            None => Some(DEFAULT_LOCK_TIMEOUT),
+        };
+        Ok(self)
+    }
+
+    /// Cancel the statement a connection of this endpoint is running (`token` from its
+    /// client), as libpq's PQcancel does: a new connection carrying the cancel key, TLS when
+    /// this endpoint requires it. The error is a message for the log.
+    pub fn cancel(&self, token: &postgres::CancelToken) -> Result<(), String> {
+        let sent = if self.nearest_ssl_mode() == postgres::config::SslMode::Require {
+            let connector = self
+                .tls_connector(self.verify_level(), &std::sync::Arc::default())
+                .map_err(|e| e.to_string())?;
+            token.cancel_query(connector)
+        } else {
+            token.cancel_query(postgres::NoTls)
+        };
+        sent.map_err(|e| crate::error::describe_pg(&e))
     }
 
     /// `host=/tmp/x port=5433 dbname=b user=u` (values quoted libpq-style when needed).
@@ -375,9 +489,24 @@ impl Endpoint {
         self.tls.rootcert.as_deref()
     }
 
-    /// `None` means wait indefinitely (libpq: unset, 0 or negative).
+    /// `None` means wait indefinitely (`connect_timeout` 0 or negative).
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.connect_timeout
+    }
+
+    /// TCP keepalive settings (see [`keepalive`]).
+    pub fn keepalive(&self) -> &Keepalive {
+        &self.keepalive
+    }
+
+    /// Silence after which a connection is checked (see [`watch`]).
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout
+    }
+
+    /// The `lock_timeout` its sessions get, if any.
+    pub fn lock_timeout(&self) -> Option<Duration> {
+        self.lock_timeout
     }
 
     pub fn application_name(&self) -> &str {
@@ -426,6 +555,27 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_in_seconds() {
+        assert_eq!(timeout_seconds("t", 0.0), Ok(None));
+        assert_eq!(
+            timeout_seconds("t", 2.5),
+            Ok(Some(Duration::from_millis(2500)))
+        );
+        for bad in [-1.0, f64::NAN, 1e9] {
+            assert!(timeout_seconds("t", bad).is_err(), "{bad}");
+        }
+        let e = resolve(&conninfo("host=h"), &ConnArgs::default(), &[]);
+        assert_eq!(e.read_timeout(), Some(DEFAULT_READ_TIMEOUT));
+        assert_eq!(e.lock_timeout(), None, "only the slave's sessions get one");
+        let e = e.with_read_timeout(Some(0.0)).unwrap();
+        assert_eq!(e.read_timeout(), None);
+        let e = e.with_lock_timeout(None).unwrap();
+        assert_eq!(e.lock_timeout(), Some(DEFAULT_LOCK_TIMEOUT));
+        let err = e.with_lock_timeout(Some(-3.0)).unwrap_err();
+        assert!(err.contains("--lock-timeout"), "{err}");
+    }
+
+    #[test]
     fn config_is_filled_from_the_resolved_settings() {
         let e = resolve(
             &conninfo(
@@ -452,5 +602,19 @@ mod tests {
             e.config().get_hosts(),
             &[postgres::config::Host::Tcp("db.example".into())]
         );
+        // libpq's keepalive keywords, in key=value strings and URLs alike
+        for ci in [
+            "host=h keepalives_idle=7 keepalives_interval=2 keepalives_count=4 tcp_user_timeout=9000",
+            "postgresql://h/?keepalives_idle=7&keepalives_interval=2&keepalives_count=4&tcp_user_timeout=9000",
+        ] {
+            let c = resolve(&conninfo(ci), &ConnArgs::default(), &[]).config();
+            assert!(c.get_keepalives(), "{ci}");
+            assert_eq!(c.get_keepalives_idle(), Duration::from_secs(7), "{ci}");
+            assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(2)));
+            assert_eq!(c.get_keepalives_retries(), Some(4));
+            assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(9)));
+        }
+        let c = resolve(&conninfo("host=h keepalives=0"), &ConnArgs::default(), &[]).config();
+        assert!(!c.get_keepalives());
     }
 }

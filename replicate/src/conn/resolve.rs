@@ -12,7 +12,7 @@ use super::pgpass::{self, PgpassOutcome};
 use super::tls::{TlsSettings, ROOT_CERT_FILE, USER_CERT_FILE, USER_KEY_FILE};
 use super::{
     ConnArgs, ConnError, Endpoint, Password, PasswordSource, SslMode, DEFAULT_APPLICATION_NAME,
-    DEFAULT_PORT, DEFAULT_SOCKET_DIR,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_READ_TIMEOUT, DEFAULT_SOCKET_DIR,
 };
 
 impl Endpoint {
@@ -109,7 +109,8 @@ impl Endpoint {
                         reason,
                     })?
                 }
-                None => None,
+                // libpq waits forever; replicate does not (see DEFAULT_CONNECT_TIMEOUT)
+                None => Some(DEFAULT_CONNECT_TIMEOUT),
             },
         };
 
@@ -155,6 +156,9 @@ impl Endpoint {
             application_name,
             options,
             tls,
+            keepalive: ci.keepalive.resolve(),
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
+            lock_timeout: None,
         };
 
         // Where SSL is mandatory, a missing or unreadable certificate file is an error now
@@ -325,7 +329,11 @@ mod tests {
         assert_eq!(e.dbname(), os_user, "dbname defaults to the user");
         assert_eq!(e.application_name(), "replicate");
         assert_eq!(e.sslmode(), SslMode::Prefer);
-        assert_eq!(e.connect_timeout(), None);
+        // replicate's own defaults where libpq waits forever or leaves it to the system
+        assert_eq!(e.connect_timeout(), Some(DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(e.read_timeout(), Some(DEFAULT_READ_TIMEOUT));
+        assert_eq!(e.lock_timeout(), None);
+        assert!(e.keepalive().enabled && e.keepalive().idle.is_some());
         assert!(!e.has_password());
 
         // dbname defaults to the resolved user, not the OS user.
