@@ -1,7 +1,7 @@
 //! A `replicate run` process for tests, and waiting for a condition.
 
-use crate::replicate_command;
-use std::path::PathBuf;
+use crate::binary::{replicate_bin, replicate_command_of};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[String]) -> Daemon {
+        Daemon::start_bin(&replicate_bin(), args)
+    }
+
+    /// [`Daemon::start`] with the `replicate` binary at `bin` (another release's, say).
+    pub fn start_bin(bin: &Path, args: &[String]) -> Daemon {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let log =
             std::env::temp_dir().join(format!("rserv-daemon-{}-{nanos}.log", std::process::id()));
         let file = std::fs::File::create(&log).expect("daemon log");
-        let child = replicate_command()
+        let child = replicate_command_of(bin)
             .args(args)
             .stdout(Stdio::null())
             .stderr(file)
