@@ -310,6 +310,7 @@ fn follow(
         server: w.server,
         clean_log: false,
         create_tables: w.create_tables,
+        finish_tables: w.create_tables,
         ..CycleOptions::default()
     };
     let mut session = cycle::Session::default();

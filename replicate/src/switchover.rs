@@ -121,6 +121,12 @@ pub fn switchover(
                 .into(),
         ));
     }
+    // indexes and constraints of tables --create-tables made, before writes stop (not while)
+    for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
+        tracing::info!(
+            "created the indexes, foreign keys, triggers and policies of table {name} on the slave"
+        );
+    }
     let started = Instant::now();
     let (_, cancelled) = fence(ep, &new, grace)?;
     report.cancelled = cancelled;
