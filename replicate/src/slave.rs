@@ -217,7 +217,8 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
     }
     .ctx(format!("slave: starting change set {syncid}"))?;
     // (an error drops `tx`: rolled back)
-    rs.still(begin.get(1))?;
+    let version_now: Option<&str> = begin.get(1);
+    rs.still(version_now.unwrap_or("(none)"))?;
     let began: bool = begin.get(0);
     if !began {
         tx.rollback().ctx("slave: ending the apply transaction")?;
