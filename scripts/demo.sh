@@ -4,71 +4,45 @@
 # clusters, "master" and "slave", on this machine.
 #
 # Run as root on Debian 12:  bash scripts/demo.sh
+#                            bash scripts/demo.sh --upgrade 15 18   (scripts/demo-upgrade.sh: a
+#                            database moved from one PostgreSQL major to another while written)
 # Idempotent: installs what is missing (scripts/setup.sh), builds and installs the extension and
-# /usr/local/bin/replicate (a no-op when up to date), then runs the demo in a temporary
+# /usr/local/bin/replicate ($RSERV_DEMO_PREFIX/bin; a no-op when up to date; the extension goes
+# into $RSERV_PG_BINDIR's PostgreSQL, default the system's 15), then runs the demo in a temporary
 # directory that is removed, with both clusters stopped, when the script exits (also on error
 # or Ctrl-C). Build output goes to $BUILD_LOG; its tail is shown if the build fails.
 set -euo pipefail
 set -o errtrace
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --upgrade ]; then
+    shift
+    exec bash scripts/demo-upgrade.sh "$@"
+fi
 
 START=$SECONDS
 PG_BIN=${RSERV_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BIN/pg_config
 BUILD_LOG=/tmp/rserv-demo-build.log
-export PATH="/usr/local/bin:$HOME/.cargo/bin:$PATH"
+# where replicate is installed (bin/ below it)
+PREFIX=${RSERV_DEMO_PREFIX:-/usr/local}
+export PATH="$PREFIX/bin:$HOME/.cargo/bin:$PATH"
 # The demo talks to its own clusters only: ignore the caller's libpq environment.
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE \
     PGOPTIONS PGSSLMODE PGAPPNAME 2>/dev/null || true
 
-if [ -t 1 ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD= PLAIN=; fi
-step() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
-say() { printf '   %s\n' "$*"; }
-# Show a command (shell-quoted), then run it.
-run() {
-    local shown
-    printf -v shown '%q ' "$@"
-    printf '   $ %s\n' "${shown% }"
-    "$@" || die "exit status $?: ${shown% }"
-}
-die() {
-    printf '\ndemo.sh: FAILED: %s\n' "$*" >&2
-    exit 1
-}
-on_err() {
-    local rc=$1 line=$2 cmd=$3 i
-    # Report once, from the main shell (a failing $(...) also fails the line that uses it).
-    [ "$BASH_SUBSHELL" -eq 0 ] || return 0
-    for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do
-        line+=" (in ${FUNCNAME[i]}, called from line ${BASH_LINENO[i]})"
-    done
-    printf '\ndemo.sh: FAILED (exit status %s) at line %s: %s\n' "$rc" "$line" "$cmd" >&2
-}
-trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+# shellcheck source=scripts/demo-lib.sh
+source scripts/demo-lib.sh
 
 [ "$(id -u)" -eq 0 ] || die "run me as root (setup.sh installs packages; clusters run as the postgres user)"
 
 # ---------------------------------------------------------------------------------------------
 step "Install — seed: 'Installing the eR server' (gmake; gmake install)"
 bash scripts/setup.sh
-# Build noise goes to the log; show its tail if a step fails.
-build() {
-    local what=$1
-    shift
-    printf '   %s ... ' "$what"
-    if ! "$@" >>"$BUILD_LOG" 2>&1; then
-        printf 'failed\n'
-        echo "--- last 40 lines of $BUILD_LOG:" >&2
-        tail -n 40 "$BUILD_LOG" >&2
-        die "$what failed (full log: $BUILD_LOG)"
-    fi
-    printf 'done\n'
-}
 : >"$BUILD_LOG"
 build "cargo pgrx install -p rserv --release (extension into PostgreSQL 15)" \
     cargo pgrx install -p rserv --release --pg-config "$PG_CONFIG"
-build "cargo install --path replicate (-> /usr/local/bin/replicate)" \
-    cargo install --path replicate --locked --quiet --root /usr/local
+build "cargo install --path replicate (-> $PREFIX/bin/replicate)" \
+    cargo install --path replicate --locked --quiet --root "$PREFIX"
 say "gone: 'Installing the Pg module' (cpan, a temporary PostgreSQL root user):"
 say "replicate is one self-contained binary; the rserv extension holds the server side."
 command -v replicate >/dev/null || die "replicate is not on PATH after cargo install"
@@ -76,83 +50,12 @@ say "$(replicate --version)"
 
 # ---------------------------------------------------------------------------------------------
 step "Two machines — seed: the master machine and the slave machine 'pma'"
-DEMO_DIR=$(mktemp -d /tmp/rserv-demo.XXXXXX)
-chown postgres: "$DEMO_DIR"
-STARTED=()
-
-cleanup() {
-    local rc=$?
-    trap - ERR
-    set +e
-    local name
-    for name in "${STARTED[@]}"; do
-        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$DEMO_DIR/$name" -m fast -w -t 30 stop \
-            >/dev/null 2>&1 ||
-            runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$DEMO_DIR/$name" -m immediate -w -t 30 \
-                stop >/dev/null 2>&1
-    done
-    rm -rf -- "$DEMO_DIR"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_free() {
-    local p=$1
-    if command -v ss >/dev/null && ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
-        return 1
-    fi
-    # Something answering on either loopback address means the port is taken.
-    if (: <"/dev/tcp/127.0.0.1/$p") 2>/dev/null || (: <"/dev/tcp/::1/$p") 2>/dev/null; then
-        return 1
-    fi
-    return 0
-}
-
-# start_cluster NAME: initdb + pg_ctl start as postgres, on a free port; sets PORT_<NAME>.
-start_cluster() {
-    local name=$1 data="$DEMO_DIR/$1" log="$DEMO_DIR/$1.log" port attempt
-    (cd "$DEMO_DIR" && runuser -u postgres -- "$PG_BIN/initdb" -D "$data" -U postgres -A trust \
-        -E UTF8 --locale=C.UTF-8 >"$DEMO_DIR/$name.initdb.log" 2>&1) ||
-        { cat "$DEMO_DIR/$name.initdb.log" >&2; die "initdb of the $name cluster failed"; }
-    for attempt in 1 2 3 4 5 6 7 8 9 10; do
-        port=$((54000 + RANDOM % 1000))
-        port_free "$port" || continue
-        cat >>"$data/postgresql.conf" <<EOF
-# rserv demo ($name)
-listen_addresses = 'localhost'
-port = $port
-unix_socket_directories = '$DEMO_DIR'
-fsync = off
-max_connections = 20
-EOF
-        if (cd "$DEMO_DIR" && runuser -u postgres -- env RUST_BACKTRACE=0 \
-            "$PG_BIN/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null 2>&1); then
-            STARTED+=("$name")
-            printf -v "PORT_${name^^}" '%s' "$port"
-            say "$name: PostgreSQL 15 on localhost:$port (data and socket in $DEMO_DIR)"
-            return 0
-        fi
-        # Lost a race for the port? Try another; anything else is fatal.
-        if ! grep -q 'could not bind\|Address already in use' "$log" 2>/dev/null; then
-            tail -n 20 "$log" >&2 || true
-            die "could not start the $name cluster (log above)"
-        fi
-    done
-    die "found no free port for the $name cluster"
-}
-start_cluster master
-start_cluster slave
+demo_dir
+start_cluster master "$PG_BIN"
+start_cluster slave "$PG_BIN"
 M=$PORT_MASTER
 S=$PORT_SLAVE
 
-# psql as the postgres superuser (admin) or as pma, on one cluster.
-psql_as() { # USER PORT DB [psql args...]
-    local user=$1 port=$2 db=$3
-    shift 3
-    psql -X -q -v ON_ERROR_STOP=1 -h localhost -p "$port" -U "$user" -d "$db" "$@"
-}
 on_both() { # describe what, then run psql_as USER {M,S} DB ARGS for each cluster
     local user=$1 db=$2
     shift 2

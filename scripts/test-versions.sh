@@ -9,11 +9,15 @@
 # Steps, for the majors given (default all five):
 #   1. set up each major with rserv built for it (skipped with --no-setup: the installations
 #      scripts/pg-bin.sh N finds are used as they are, e.g. RSERV_PG15_BINDIR=<your own 15>)
-#   2. per major: the SQL API's pg_regress suite (pg_test/)
+#   2. per major: cargo clippy -D warnings of the extension built for it (feature pgN), and the
+#      SQL API's pg_regress suite (pg_test/)
 #   3. every ordered pair of majors: tests/tests/versions.rs (type matrix, --create-tables, a
 #      concurrent workload, infinite intervals refused by majors before 17, a switchover):
 #      20 pairs, about 5 minutes
-#   4. with --full, per major: the extension's #[pg_test]s (not 15's, which scripts/test.sh runs
+#   4. with 15 among the majors: rserv upgraded in place from the previous release while
+#      replication runs, tests/tests/rolling.rs (scripts/build-release.sh 1.0.0 builds that
+#      release from its tag first: about 10 minutes once, then cached; the tests take about 2)
+#   5. with --full, per major: the extension's #[pg_test]s (not 15's, which scripts/test.sh runs
 #      against the system's 15) and every multi-cluster integration test of tests/ (the whole
 #      suite; about as long as scripts/test.sh, per major)
 # and ends with one line "rserv versions: N passed, M failed".
@@ -28,7 +32,7 @@ while [ $# -gt 0 ]; do
         --majors) majors=$2; shift ;;
         --no-setup) setup= ;;
         --full) full=1 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "test-versions.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -63,6 +67,8 @@ cargo build -p replicate --quiet
 for n in $majors; do
     bin=$(bash scripts/pg-bin.sh "$n")
     export "RSERV_PG${n}_BINDIR=$bin"
+    step "PostgreSQL $n: cargo clippy -p rserv --no-default-features --features pg$n"
+    check run cargo clippy -p rserv --no-default-features --features "pg$n" --quiet -- -D warnings
     step "PostgreSQL $n ($bin): SQL API regression tests (pg_regress)"
     check run env RSERV_PG_BINDIR="$bin" pg_test/installcheck.sh
 done
@@ -76,6 +82,14 @@ done
 if [ ${#pairs[@]} -gt 0 ]; then
     step "replication across majors: ${pairs[*]}"
     check run cargo test --no-fail-fast -p rserv-tests --test versions -- --ignored --exact "${pairs[@]}"
+fi
+
+if [[ " $majors " == *" 15 "* ]]; then
+    step "rserv upgraded in place from 1.0.0 while replication runs (tests/tests/rolling.rs)"
+    if check run bash scripts/build-release.sh 1.0.0; then
+        check run env RSERV_PG_BINDIR="$RSERV_PG15_BINDIR" \
+            cargo test --no-fail-fast -p rserv-tests --test rolling -- --ignored
+    fi
 fi
 
 if [ -n "$full" ]; then

@@ -17,7 +17,9 @@
 --   recorded now;
 -- - the DDL guards also refuse SET UNLOGGED, disabling or dropping capture triggers, dropping a
 --   partition of a replicated table and renaming a slave table;
--- - rserv's trigger and internal functions are not executable by PUBLIC.
+-- - rserv's trigger and internal functions are not executable by PUBLIC;
+-- - a slave applies change sets of any rserv release by their format and features
+--   (rserv_apply_begin takes them; 1.0.0 required the master's rserv version to be its own).
 
 ALTER TABLE _rserv_tables_ ADD COLUMN watched_attnums int2[];
 UPDATE _rserv_tables_ t
@@ -232,7 +234,9 @@ CREATE  FUNCTION "rserv_apply_begin"(
 	"server" INT DEFAULT NULL, /* Option < i32 > */
 	"base" bigint DEFAULT NULL, /* Option < i64 > */
 	"slave_node" TEXT DEFAULT NULL, /* Option < String > */
-	"fingerprint" TEXT DEFAULT NULL /* Option < String > */
+	"fingerprint" TEXT DEFAULT NULL, /* Option < String > */
+	"format" INT DEFAULT NULL, /* Option < i32 > */
+	"features" TEXT[] DEFAULT NULL /* :: std :: option :: Option < Vec < String > > */
 ) RETURNS bool /* bool */
 VOLATILE SECURITY DEFINER 
 LANGUAGE c /* Rust */

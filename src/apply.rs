@@ -19,7 +19,7 @@
 
 use crate::apply_target::{key_columns, resolve_uncached, Target};
 use crate::canonical::{set_canonical_settings_local, CANONICAL_SETTINGS};
-use crate::catalog::{ext_schema, ext_version, key_match};
+use crate::catalog::{ext_schema, key_match};
 use crate::error::{fail, SpiOrFail};
 use crate::security::{definer, require_replicator, run_as_owner};
 use crate::slave_registry::mark_copied;
@@ -145,8 +145,14 @@ fn rserv_slave_master_id() -> Option<String> {
 /// applying it would silently miss the changes in between; and one with the sync id this
 /// slave applied last but another `fingerprint` (its master was restored from a backup and
 /// issues that id again).
+/// Master and slave may run different rserv versions: the change set is accepted by its
+/// `format` and the `features` it uses (NULL: a caller older than rserv 1.1, which sends
+/// format 1 without later features), and refused when this slave cannot apply them
+/// (`negotiate.rs`).
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
 // The symbol carries the signature's version (1.0.0 had three arguments).
+// (its SQL signature: each argument is a fact of the change set's header)
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, security_definer, name = "rserv_apply_begin")]
 fn rserv_apply_begin_v11(
     syncid: i64,
@@ -156,6 +162,8 @@ fn rserv_apply_begin_v11(
     base: default!(Option<i64>, "NULL"),
     slave_node: default!(Option<String>, "NULL"),
     fingerprint: default!(Option<String>, "NULL"),
+    format: default!(Option<i32>, "NULL"),
+    features: default!(Option<Vec<String>>, "NULL"),
 ) -> bool {
     let _definer = definer();
     require_replicator("rserv_apply_begin");
@@ -168,14 +176,7 @@ fn rserv_apply_begin_v11(
         );
     }
     let s = ext_schema();
-    let own = ext_version();
-    if own != version {
-        fail(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("rserv: the master runs rserv {version} but this slave runs rserv {own}"),
-            "install the same rserv version on both and run ALTER EXTENSION rserv UPDATE",
-        );
-    }
+    crate::negotiate::require_readable(syncid, &version, format, features.as_deref());
     Spi::run(&format!(
         "LOCK TABLE {s}._rserv_slave_sync_ IN EXCLUSIVE MODE"
     ))

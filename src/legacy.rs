@@ -13,7 +13,7 @@ fn upgrade_first(func: &str) -> ! {
             "rserv: {func}() of an earlier rserv version: this database's rserv must be updated to {}",
             env!("CARGO_PKG_VERSION")
         ),
-        "run ALTER EXTENSION rserv UPDATE in this database (and upgrade its master or slaves alike)",
+        "run ALTER EXTENSION rserv UPDATE in this database (its master and slaves may be updated before or after it: README, Upgrading rserv)",
     )
 }
 

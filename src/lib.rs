@@ -8,7 +8,7 @@
 //!   for new slaves), [`sequences`] (sequence state in every change set), [`ddl`] (schema
 //!   changes recorded on the master, followed on the slave)
 //! - slave: [`slave_registry`] (received tables, protection), [`apply`], [`apply_target`] and
-//!   [`apply_copy`]
+//!   [`apply_copy`]; [`negotiate`] (which change sets it reads)
 //! - switchover: [`takeover`] (fence, promote, demote)
 //! - both: [`security`] (who may do what, as whom), [`staging`] (temp tables), [`node`]
 //! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]; [`legacy`]
@@ -29,6 +29,7 @@ mod error;
 mod guc;
 mod identity;
 mod legacy;
+mod negotiate;
 mod node;
 mod partitions;
 mod registry;

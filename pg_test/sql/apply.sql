@@ -161,9 +161,14 @@ ROLLBACK;
 BEGIN;
 SELECT rserv_apply_begin(2, '99999999-8888-7777-6666-555555555555', rserv_version());
 ROLLBACK;
--- Another rserv version: refused.
+-- Another rserv version is no reason to refuse: a change set is read by its format and the
+-- features it uses. One in a format or with a feature this slave does not read is refused.
 BEGIN;
-SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', '0.0.1');
+SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', '9.0.0', format => 2);
+ROLLBACK;
+BEGIN;
+SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', '1.2.0', format => 1,
+                         features => ARRAY['ddl', 'sequence', 'hologram']);
 ROLLBACK;
 SELECT rserv_slave_sync_id();
 --

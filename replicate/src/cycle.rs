@@ -31,6 +31,10 @@ pub struct CycleOptions {
     pub clean_log: bool,
     /// Create the master's replicated tables the slave lacks, and register them there.
     pub create_tables: bool,
+    /// Give the tables `create_tables` made their indexes, foreign keys, triggers and policies
+    /// once their copy is in, also in a cycle that does not look for new tables (`replicate run
+    /// --create-tables` looks for them twice a minute, and finishes them after every change set).
+    pub finish_tables: bool,
     pub verbose: bool,
 }
 
@@ -201,7 +205,7 @@ pub fn run(
             say(opts, "Succeeded");
             session.in_step = true;
         }
-        if opts.create_tables {
+        if opts.create_tables || opts.finish_tables {
             for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
                 tracing::info!(
                     "created the indexes, foreign keys, triggers and policies of table {name} on the slave"

@@ -2,7 +2,7 @@
 
 use crate::error::{DbContext, Error, IoContext};
 use crate::progress::Progress;
-use crate::rserv::Rserv;
+use crate::rserv::{Api, Rserv};
 use crate::snapshot::{Header, SectionKind, SectionMeta, SnapshotWriter, Stats};
 use postgres::{Client, IsolationLevel};
 use std::io::Write;
@@ -54,8 +54,12 @@ impl Target {
 }
 
 /// Register the slave on the master, in a transaction of its own, before its change sets are
-/// prepared (log clean-up only counts committed registrations).
+/// prepared (log clean-up only counts committed registrations). rserv 1.0 has no such call: its
+/// prepare registers the slave.
 pub fn register(client: &mut Client, rs: &Rserv, target: &Target) -> Result<(), Error> {
+    if rs.api == Api::V1_0 {
+        return Ok(());
+    }
     client
         .execute(
             &format!("SELECT {}($1, $2)", rs.func("rserv_register_slave")),
@@ -109,6 +113,7 @@ pub fn unbound_server_confirmed_at(
 /// or (registered now, in a transaction of its own) the lowest free id from 1 up
 /// (`rserv_server_for_node`, which locks the slave registry while it looks).
 pub fn server_for_node(client: &mut Client, rs: &Rserv, slave_node: &str) -> Result<i32, Error> {
+    rs.require_1_1("giving a new slave a server id (or pass --server N)")?;
     let row = client
         .query_one(
             &format!("SELECT {}($1)", rs.func("rserv_server_for_node")),
@@ -181,10 +186,24 @@ pub fn prepare(
         master: header_row.get(0),
         server,
         rserv: header_row.get(1),
-        base: None,
-        slave: None,
-        fingerprint: None,
         postgres: Some(rs.server_version),
+        ..Header::default()
+    };
+    rs.still(&header.rserv)?;
+    // rserv 1.0 takes no fresh-copy requests and names no base, slave or fingerprint
+    let query = match rs.api {
+        Api::V1_0 => format!(
+            "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
+                    column_types, estimated_rows \
+             FROM {}($1, $2, $3, $4)",
+            rs.func("rserv_prepare")
+        ),
+        Api::V1_1 => format!(
+            "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
+                    column_types, estimated_rows, base_syncid, slave_node, fingerprint \
+             FROM {}($1, $2, $3, $4, $5)",
+            rs.func("rserv_prepare")
+        ),
     };
     // Nothing in the session's schemas can shadow a built-in while we read the change set, and
     // no row-level security policy may filter it (the master then refuses, naming the table).
@@ -199,15 +218,12 @@ pub fn prepare(
             .isolation_level(IsolationLevel::RepeatableRead)
             .start()
             .ctx("master: starting the prepare transaction")?;
-        let rows = match tx.query(
-            &format!(
-                "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                        column_types, estimated_rows, base_syncid, slave_node, fingerprint \
-                 FROM {}($1, $2, $3, $4, $5)",
-                rs.func("rserv_prepare")
-            ),
-            &[&server, &target.slave_node, &schemas, &tables, &fresh],
-        ) {
+        let mut args: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            vec![&server, &target.slave_node, &schemas, &tables];
+        if rs.api >= Api::V1_1 {
+            args.push(&fresh);
+        }
+        let rows = match tx.query(&query, &args) {
             Ok(rows) => rows,
             Err(e) if attempt < PREPARE_ATTEMPTS && is_serialization_failure(&e) => {
                 // Another prepare for this slave committed after our snapshot: take a new one.
@@ -226,9 +242,11 @@ pub fn prepare(
             return Ok(None);
         };
         let syncid: i64 = first.get(0);
-        header.base = first.get(9);
-        header.slave = first.get(10);
-        header.fingerprint = first.get(11);
+        if rs.api >= Api::V1_1 {
+            header.base = first.get(9);
+            header.slave = first.get(10);
+            header.fingerprint = first.get(11);
+        }
         let mut sections = Vec::with_capacity(rows.len());
         for r in &rows {
             let word: String = r.get(1);
@@ -247,6 +265,7 @@ pub fn prepare(
                 query: r.get(6),
             });
         }
+        header.declare(sections.iter().map(|s| s.kind));
         let mut w = SnapshotWriter::start(out, syncid, &header).io_ctx("writing the snapshot")?;
         let streamed = (|| -> Result<(), Error> {
             for s in &sections {

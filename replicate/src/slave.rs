@@ -3,8 +3,8 @@
 use crate::error::{DbContext, Error, IoContext};
 use crate::locks;
 use crate::majors::{self, Screen};
-use crate::rserv::Rserv;
-use crate::snapshot::{SnapshotReader, Stats};
+use crate::rserv::{Api, Rserv};
+use crate::snapshot::{feature_list, SectionKind, SnapshotReader, Stats, FEATURE_SEQUENCE};
 use crate::table::ReplicatedTable;
 use postgres::Client;
 use std::io::{BufRead, Write};
@@ -32,12 +32,17 @@ pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
     Ok(row.get(0))
 }
 
-/// (schema, table, needs a fresh copy) of every table the slave receives.
+/// (schema, table, needs a fresh copy) of every table the slave receives (rserv 1.0 asks for
+/// no fresh copies).
 pub fn tables(client: &mut Client, rs: &Rserv) -> Result<Vec<(String, String, bool)>, Error> {
+    let needs_copy = match rs.api {
+        Api::V1_0 => "false",
+        Api::V1_1 => "needs_copy",
+    };
     let rows = client
         .query(
             &format!(
-                "SELECT schema_name, table_name, needs_copy FROM {}()",
+                "SELECT schema_name, table_name, {needs_copy} FROM {}()",
                 rs.func("rserv_slave_table_list")
             ),
             &[],
@@ -57,6 +62,7 @@ pub fn create_missing(
     rs: &Rserv,
     master_tables: &[ReplicatedTable],
 ) -> Result<Vec<String>, Error> {
+    rs.require_1_1("creating tables (--create-tables)")?;
     let mut tx = client
         .transaction()
         .ctx("slave: starting to create tables")?;
@@ -170,6 +176,13 @@ pub enum Outcome {
 /// damaged snapshot) nothing. Returns [`Outcome::Applied`] or [`Outcome::Skipped`]. A lock
 /// wait that outlasts the session's `lock_timeout` rolls the change set back and is reported as
 /// [`Error::LockTimeout`], naming the table and who holds the lock.
+///
+/// How depends on the slave's rserv ([`Api`]). rserv 1.1 is told the change set's format and
+/// features and refuses what it cannot apply. rserv 1.0 accepts only change sets named with its
+/// own version and knows 1.0.0's sections only: it is sent what it reads, under its version —
+/// without the SEQUENCE section (1.0 never replicated sequences; the first change set after its
+/// update carries every sequence's state), and a change set with schema changes is refused
+/// here, before anything is applied.
 pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Outcome, Error> {
     let mut at: Option<(String, String)> = None;
     match apply_in_transaction(client, rs, input, &mut at) {
@@ -199,30 +212,48 @@ fn apply_in_transaction(
 ) -> Result<Outcome, Error> {
     let mut reader = SnapshotReader::open(input)?;
     let syncid = reader.syncid;
+    if rs.api == Api::V1_0 {
+        refuse_unreadable(rs, &mut reader)?;
+    }
     client
         .batch_execute("SET search_path = pg_catalog, pg_temp")
         .ctx("slave: pinning search_path")?;
     let mut tx = client
         .transaction()
         .ctx("slave: starting the apply transaction")?;
-    let began: bool = tx
-        .query_one(
+    let format = crate::snapshot::FORMAT;
+    let h = &reader.header;
+    let begin = match rs.api {
+        Api::V1_0 => tx.query_one(
             &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6, $7)",
+                "SELECT {}($1, $2, $3), {EXTVERSION}",
+                rs.func("rserv_apply_begin")
+            ),
+            &[&syncid, &h.master, &rs.version],
+        ),
+        Api::V1_1 => tx.query_one(
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9), {EXTVERSION}",
                 rs.func("rserv_apply_begin")
             ),
             &[
                 &syncid,
-                &reader.header.master,
-                &reader.header.rserv,
-                &reader.header.server,
-                &reader.header.base,
-                &reader.header.slave,
-                &reader.header.fingerprint,
+                &h.master,
+                &h.rserv,
+                &h.server,
+                &h.base,
+                &h.slave,
+                &h.fingerprint,
+                &format,
+                &h.features,
             ],
-        )
-        .ctx(format!("slave: starting change set {syncid}"))?
-        .get(0);
+        ),
+    }
+    .ctx(format!("slave: starting change set {syncid}"))?;
+    // (an error drops `tx`: rolled back)
+    let version_now: Option<&str> = begin.get(1);
+    rs.still(version_now.unwrap_or("(none)"))?;
+    let began: bool = begin.get(0);
     if !began {
         tx.rollback().ctx("slave: ending the apply transaction")?;
         return Ok(Outcome::Skipped { syncid });
@@ -242,6 +273,10 @@ fn apply_in_transaction(
         .ctx("slave: preparing the apply")?;
     let mut changed = 0i64;
     while let Some((kind, meta)) = reader.next_section()? {
+        if kind == SectionKind::Sequence && rs.api == Api::V1_0 {
+            reader.data(&mut std::io::sink())?;
+            continue;
+        }
         let table = format!("{}.{}", meta.schema, meta.table);
         *at = Some((meta.schema.clone(), meta.table.clone()));
         let args: [&(dyn postgres::types::ToSql + Sync); 5] = [
@@ -291,8 +326,10 @@ fn apply_in_transaction(
     }
     *at = None;
     // what the change set's schema changes left for after the rows (constraints, indexes)
-    tx.query_one(&format!("SELECT {}()", rs.func("rserv_apply_end")), &[])
-        .ctx(format!("slave: finishing change set {syncid}"))?;
+    if rs.api >= Api::V1_1 {
+        tx.query_one(&format!("SELECT {}()", rs.func("rserv_apply_end")), &[])
+            .ctx(format!("slave: finishing change set {syncid}"))?;
+    }
     tx.commit()
         .ctx(format!("slave: committing change set {syncid}"))?;
     Ok(Outcome::Applied {
@@ -300,4 +337,44 @@ fn apply_in_transaction(
         stats: reader.stats(),
         changed,
     })
+}
+
+/// The extension's version in the database, read in the statement that begins the apply: a
+/// connection that found another version must not apply with its calls.
+const EXTVERSION: &str =
+    "(SELECT e.extversion::text FROM pg_catalog.pg_extension e WHERE e.extname = 'rserv')";
+
+/// A change set rserv 1.0 cannot apply (schema changes) is refused before anything is applied,
+/// naming the table; the master keeps the changes until the slave confirms them.
+fn refuse_unreadable<R: BufRead>(rs: &Rserv, reader: &mut SnapshotReader<R>) -> Result<(), Error> {
+    let unreadable: Vec<&str> = reader
+        .header
+        .features
+        .iter()
+        .map(String::as_str)
+        .filter(|f| *f != FEATURE_SEQUENCE)
+        .collect();
+    if unreadable.is_empty() {
+        return Ok(());
+    }
+    let what = feature_list(&unreadable);
+    let (syncid, master) = (reader.syncid, reader.header.rserv.clone());
+    // DDL sections come first: name the table whose schema changed
+    let first = match reader.next_section()? {
+        Some((SectionKind::Ddl, meta)) => {
+            format!(
+                " (schema changes, the first of table {}.{})",
+                meta.schema, meta.table
+            )
+        }
+        _ => String::new(),
+    };
+    Err(Error::Failed(format!(
+        "{}: cannot apply change set {syncid} of a master running rserv {master}: it uses {what}{first}, \
+         which rserv 1.0 cannot apply. Nothing was applied, and the master keeps these changes \
+         until this slave confirms them: update rserv on this slave (install rserv {own} on its \
+         server, then ALTER EXTENSION rserv UPDATE there) and replication resumes",
+        rs.node(),
+        own = crate::rserv::OWN_VERSION
+    )))
 }

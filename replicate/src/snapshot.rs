@@ -23,12 +23,27 @@
 //! it, so a truncated, reordered or corrupted file is refused (a damaged section before it is
 //! merged into its table).
 //! A writer that fails part-way ends the file with `-- ERROR {"message":...}`.
+//!
+//! Versions (docs/snapshot-format.md): the first line names the format ([`FORMAT`]); the
+//! header lists the features the change set uses beyond 1.0.0's sections (`"features":
+//! ["ddl","sequence"]`). A reader refuses a format or a feature it does not know before
+//! anything is applied, and a section whose feature the header did not declare.
 
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Read, Write};
 
-pub const MAGIC: &str = "-- RSERV SNAPSHOT 1";
+/// The change-set format this replicate writes and reads.
+pub const FORMAT: i32 = 1;
+/// First line of every change set: this prefix, then the format.
+pub const MAGIC_PREFIX: &str = "-- RSERV SNAPSHOT ";
+
+/// Features of format 1 added after rserv 1.0.0, as the header names them: each is a kind of
+/// section a reader must know to apply the change set.
+pub const FEATURE_DDL: &str = "ddl";
+pub const FEATURE_SEQUENCE: &str = "sequence";
+/// Every feature this replicate reads and writes.
+pub const FEATURES: [&str; 2] = [FEATURE_DDL, FEATURE_SEQUENCE];
 
 /// Facts about the change set as a whole.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -54,6 +69,25 @@ pub struct Header {
     /// refuses values its PostgreSQL major cannot store before loading them
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<i32>,
+    /// the features the change set uses ([`FEATURES`]); empty: only what rserv 1.0.0 reads
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+impl Header {
+    /// Declare the features `kinds` need, in the order of [`FEATURES`].
+    pub fn declare(&mut self, kinds: impl IntoIterator<Item = SectionKind>) {
+        let used: Vec<&str> = kinds.into_iter().filter_map(SectionKind::feature).collect();
+        self.features = FEATURES
+            .iter()
+            .filter(|f| used.contains(f))
+            .map(|f| f.to_string())
+            .collect();
+    }
+
+    pub fn uses(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +122,15 @@ impl SectionKind {
             "UPDATE" => Some(SectionKind::Update),
             "SEQUENCE" => Some(SectionKind::Sequence),
             "DDL" => Some(SectionKind::Ddl),
+            _ => None,
+        }
+    }
+
+    /// The feature a change set holding this section declares (None: a section of 1.0.0's).
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            SectionKind::Ddl => Some(FEATURE_DDL),
+            SectionKind::Sequence => Some(FEATURE_SEQUENCE),
             _ => None,
         }
     }
@@ -161,7 +204,13 @@ impl<W: Write> SnapshotWriter<W> {
             crc: crc32fast::Hasher::new(),
             stats: Stats::default(),
         };
-        w.put(format!("{MAGIC}\n-- SYNCID {syncid} {}\n", json(header)).as_bytes())?;
+        w.put(
+            format!(
+                "{MAGIC_PREFIX}{FORMAT}\n-- SYNCID {syncid} {}\n",
+                json(header)
+            )
+            .as_bytes(),
+        )?;
         Ok(w)
     }
 
@@ -261,6 +310,17 @@ fn bad(msg: impl Into<String>) -> Error {
     Error::Snapshot(msg.into())
 }
 
+/// `feature "ddl"`, `features "ddl", "sequence"`: for messages.
+pub fn feature_list(features: &[&str]) -> String {
+    let quoted: Vec<String> = features.iter().map(|f| format!("\"{f}\"")).collect();
+    let noun = if features.len() == 1 {
+        "feature"
+    } else {
+        "features"
+    };
+    format!("{noun} {}", quoted.join(", "))
+}
+
 impl<R: BufRead> SnapshotReader<R> {
     /// Read and check the first two lines.
     pub fn open(input: R) -> Result<Self, Error> {
@@ -276,9 +336,17 @@ impl<R: BufRead> SnapshotReader<R> {
         if !r.read_line()? {
             return Err(bad("the input is empty (expected an rserv snapshot)"));
         }
-        if r.line != format!("{MAGIC}\n").as_bytes() {
+        let first = r.line_text().unwrap_or_default().to_string();
+        let Some(format) = first.strip_prefix(MAGIC_PREFIX) else {
             return Err(bad(format!(
-                "line 1 is not \"{MAGIC}\": not an rserv snapshot, or one of another version"
+                "line 1 is not \"{MAGIC_PREFIX}{FORMAT}\": not an rserv snapshot"
+            )));
+        };
+        if format != FORMAT.to_string() {
+            return Err(Error::Failed(format!(
+                "the change set is in format {format}, and this replicate (rserv {}) reads \
+                 format {FORMAT} only: apply it with the replicate of the rserv release that wrote it",
+                crate::rserv::OWN_VERSION
             )));
         }
         r.hash_line();
@@ -295,6 +363,24 @@ impl<R: BufRead> SnapshotReader<R> {
             .map_err(|_| bad(format!("line 2: sync id \"{id}\" is not a number")))?;
         r.header =
             serde_json::from_str(meta).map_err(|e| bad(format!("line 2: invalid header: {e}")))?;
+        let unknown: Vec<&str> = r
+            .header
+            .features
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !FEATURES.contains(f))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::Failed(format!(
+                "change set {} (from a master running rserv {}) uses {}, which this replicate \
+                 (rserv {}) does not know: apply it with the replicate of rserv {} or later",
+                r.syncid,
+                r.header.rserv,
+                feature_list(&unknown),
+                crate::rserv::OWN_VERSION,
+                r.header.rserv
+            )));
+        }
         r.hash_line();
         Ok(r)
     }
@@ -368,6 +454,11 @@ impl<R: BufRead> SnapshotReader<R> {
             _ => {
                 let kind = SectionKind::parse(word)
                     .ok_or_else(|| bad(format!("line {no}: unknown section \"{word}\"")))?;
+                if let Some(f) = kind.feature().filter(|f| !self.header.uses(f)) {
+                    return Err(bad(format!(
+                        "line {no}: a {word} section, but the header does not declare feature \"{f}\""
+                    )));
+                }
                 let meta: SectionMeta = serde_json::from_str(meta)
                     .map_err(|e| bad(format!("line {no}: invalid section header: {e}")))?;
                 self.hash_line();
@@ -531,6 +622,119 @@ mod tests {
         let w = SnapshotWriter::start(&mut buf, 1, &header).unwrap();
         w.fail("boom").unwrap();
         assert!(matches!(read_all(&buf), Err(Error::Snapshot(m)) if m.contains("boom")));
+    }
+
+    /// A change set with one section of `kind`, declaring `features`.
+    fn with_section(kind: SectionKind, features: &[&str]) -> Vec<u8> {
+        let header = Header {
+            master: "m".into(),
+            rserv: "1.1.0".into(),
+            features: features.iter().map(|f| f.to_string()).collect(),
+            ..Header::default()
+        };
+        let meta = SectionMeta {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec!["definition".into()],
+            key: vec![],
+            types: vec![],
+            estimated_rows: None,
+        };
+        let mut w = SnapshotWriter::start(Vec::new(), 3, &header).unwrap();
+        w.section(kind, &meta).unwrap();
+        w.data(&b"{}\n"[..]).unwrap();
+        w.finish().unwrap().0
+    }
+
+    #[test]
+    fn features_are_declared_in_a_fixed_order() {
+        let mut h = Header::default();
+        h.declare([
+            SectionKind::Sequence,
+            SectionKind::Insert,
+            SectionKind::Ddl,
+            SectionKind::Ddl,
+        ]);
+        assert_eq!(h.features, ["ddl", "sequence"]);
+        h.declare([SectionKind::Delete, SectionKind::Truncate]);
+        assert!(h.features.is_empty());
+        // no features: the header is 1.0.0's, every reader reads it
+        let line = json(&Header {
+            master: "m".into(),
+            rserv: "1.1.0".into(),
+            ..Header::default()
+        });
+        assert!(!line.contains("features"), "{line}");
+    }
+
+    #[test]
+    fn declared_features_are_read() {
+        let bytes = with_section(SectionKind::Ddl, &["ddl"]);
+        let (_, sections) = read_all(&bytes).unwrap();
+        assert_eq!(sections[0].0, SectionKind::Ddl);
+        let r = SnapshotReader::open(&bytes[..]).unwrap();
+        assert!(r.header.uses("ddl") && !r.header.uses("sequence"));
+    }
+
+    #[test]
+    fn a_section_of_an_undeclared_feature_is_refused() {
+        for (kind, features) in [
+            (SectionKind::Ddl, &[][..]),
+            (SectionKind::Ddl, &["sequence"][..]),
+            (SectionKind::Sequence, &["ddl"][..]),
+        ] {
+            match read_all(&with_section(kind, features)) {
+                Err(Error::Snapshot(m)) => assert!(m.contains("does not declare"), "{m}"),
+                other => panic!("{kind:?} with {features:?}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_formats_and_features_are_refused_before_any_section() {
+        let s = String::from_utf8(with_section(SectionKind::Ddl, &["ddl"])).unwrap();
+        let format2 = s.replacen("-- RSERV SNAPSHOT 1\n", "-- RSERV SNAPSHOT 2\n", 1);
+        match SnapshotReader::open(format2.as_bytes()) {
+            Err(Error::Failed(m)) => assert!(m.contains("format 2"), "{m}"),
+            other => panic!("format 2: {:?}", other.map(|_| ())),
+        }
+        let unknown = s.replacen(
+            "\"features\":[\"ddl\"]",
+            "\"features\":[\"ddl\",\"hologram\"]",
+            1,
+        );
+        assert_ne!(unknown, s);
+        match SnapshotReader::open(unknown.as_bytes()) {
+            Err(Error::Failed(m)) => {
+                assert!(
+                    m.contains("feature \"hologram\"") && m.contains("1.1.0"),
+                    "{m}"
+                )
+            }
+            other => panic!("unknown feature: {:?}", other.map(|_| ())),
+        }
+        let garbage = s.replacen("-- RSERV SNAPSHOT 1\n", "-- RSERV SNAPSHOTS\n", 1);
+        assert!(matches!(
+            SnapshotReader::open(garbage.as_bytes()),
+            Err(Error::Snapshot(m)) if m.contains("not an rserv snapshot")
+        ));
+    }
+
+    #[test]
+    fn a_change_set_of_rserv_1_0_0_is_read() {
+        // as 1.0.0's replicate wrote it: no key after "rserv", no features
+        let head = "-- RSERV SNAPSHOT 1\n-- SYNCID 3 {\"master\":\"m\",\"server\":0,\"rserv\":\"1.0.0\"}\n";
+        let mut bytes = head.as_bytes().to_vec();
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(
+            format!("-- OK {{\"sections\":0,\"rows\":0,\"crc32\":\"{crc:08x}\"}}\n").as_bytes(),
+        );
+        let mut r = SnapshotReader::open(&bytes[..]).unwrap();
+        assert_eq!(
+            (r.syncid, r.header.base, r.header.features.len()),
+            (3, None, 0)
+        );
+        assert!(r.next_section().unwrap().is_none());
     }
 
     #[test]

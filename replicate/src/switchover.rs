@@ -96,6 +96,8 @@ pub fn switchover(
     opts: &CycleOptions,
     grace: Duration,
 ) -> Result<Report, Error> {
+    ep.master_rs.require_1_1("a switchover")?;
+    ep.slave_rs.require_1_1("a switchover")?;
     let mut report = Report::default();
     let old = master::node_id(ep.master, ep.master_rs)?;
     let new = slave::node_id(ep.slave, ep.slave_rs)?;
@@ -118,6 +120,12 @@ pub fn switchover(
             "the slave database does not follow this master: replicate it from this master first"
                 .into(),
         ));
+    }
+    // indexes and constraints of tables --create-tables made, before writes stop (not while)
+    for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
+        tracing::info!(
+            "created the indexes, foreign keys, triggers and policies of table {name} on the slave"
+        );
     }
     let started = Instant::now();
     let (_, cancelled) = fence(ep, &new, grace)?;
@@ -167,6 +175,7 @@ fn demote(ep: &mut Endpoints, new: &str, server: i32, syncid: i64) -> Result<i64
 
 /// Lift the fence of a switchover that is not going ahead (the slave was not promoted).
 pub fn abort(ep: &mut Endpoints) -> Result<bool, Error> {
+    ep.master_rs.require_1_1("a switchover")?;
     let old = master::node_id(ep.master, ep.master_rs)?;
     if promoted(ep, &old)?.is_some() {
         return Err(Error::Failed(

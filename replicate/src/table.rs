@@ -17,8 +17,10 @@ pub struct ReplicatedTable {
     pub definition: serde_json::Value,
 }
 
-/// Every table the master (`client`) replicates.
+/// Every table the master (`client`) replicates (rserv 1.1 or later: 1.0 describes tables as
+/// DDL text, which the slave never runs).
 pub fn list(client: &mut Client, rs: &Rserv) -> Result<Vec<ReplicatedTable>, Error> {
+    rs.require_1_1("describing its replicated tables (--create-tables, check)")?;
     let rows = client
         .query(
             &format!(

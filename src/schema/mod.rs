@@ -243,8 +243,15 @@ fn rserv_slave_finish_tables() -> SetOfIterator<'static, String> {
             continue;
         }
         let table = qualified(&def.schema, &def.table);
-        let s2 = s.clone();
-        let receives_here = move |r: &Rel| receives(&s2, r);
+        // which referenced tables this slave receives, read now: the statements below run as
+        // the table's owner, who may not read rserv's catalog
+        let received: Vec<Rel> = std::iter::once(&def)
+            .chain(&def.partitions)
+            .flat_map(|d| &d.constraints)
+            .filter_map(|o| o.references.clone())
+            .filter(|r| receives(&s, r))
+            .collect();
+        let receives_here = move |r: &Rel| received.contains(r);
         run_as_owner(owner, &[], || {
             post_data::finish_table(&def, reloid, &receives_here)
         });

@@ -109,7 +109,12 @@ fn warn_if_stale(bin: &Path) {
 /// removed and HOME points to a directory that does not exist (so no `~/.pgpass`/`~/.pg_service.conf`
 /// is read). For long-running/background use; [`run_replicate`] is the usual entry point.
 pub fn replicate_command() -> Command {
-    let mut cmd = Command::new(replicate_bin());
+    replicate_command_of(&replicate_bin())
+}
+
+/// [`replicate_command`] for the `replicate` binary at `bin` (another release's, say).
+pub fn replicate_command_of(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     for (key, _) in std::env::vars_os() {
         if is_pg_env(&key) {
             cmd.env_remove(key);
@@ -131,8 +136,13 @@ pub fn run_replicate(args: &[&str]) -> Output {
 /// it cannot be started or runs longer than `$RSERV_REPLICATE_TIMEOUT` seconds (default 300;
 /// the process is killed and its output shown).
 pub fn run_replicate_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_replicate_of(&replicate_bin(), args, env)
+}
+
+/// [`run_replicate_env`] with the `replicate` binary at `bin`.
+pub fn run_replicate_of(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let home = TempDir::new("home");
-    let mut cmd = replicate_command();
+    let mut cmd = replicate_command_of(bin);
     cmd.args(args)
         .env("HOME", &home.0)
         .stdout(Stdio::piped())

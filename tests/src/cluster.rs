@@ -288,6 +288,15 @@ impl Cluster {
         }
     }
 
+    /// Stops the server (fast: sessions are ended) and starts it again, on the same data
+    /// directory and port, with the server programs of `bindir`: another installation of the
+    /// same major, e.g. one holding another rserv release (an upgrade of the extension's files).
+    pub fn restart_with_bindir(&mut self, bindir: &Path) {
+        self.stop();
+        self.bindir = bindir.to_path_buf();
+        self.start_again();
+    }
+
     /// The last `lines` lines of the server log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = match fs::read(&self.log_file) {

@@ -1,8 +1,9 @@
 //! A `replicate run` process for tests, waiting for a condition, and reading its metrics.
 
-use crate::{replicate_command, Cluster};
+use crate::binary::{replicate_bin, replicate_command_of};
+use crate::Cluster;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[String]) -> Daemon {
+        Daemon::start_bin(&replicate_bin(), args)
+    }
+
+    /// [`Daemon::start`] with the `replicate` binary at `bin` (another release's, say).
+    pub fn start_bin(bin: &Path, args: &[String]) -> Daemon {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let log =
             std::env::temp_dir().join(format!("rserv-daemon-{}-{nanos}.log", std::process::id()));
         let file = std::fs::File::create(&log).expect("daemon log");
-        let child = replicate_command()
+        let child = replicate_command_of(bin)
             .args(args)
             .stdout(Stdio::null())
             .stderr(file)

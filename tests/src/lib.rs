@@ -33,7 +33,9 @@ pub mod proxy;
 pub mod rng;
 pub mod roles;
 
-pub use binary::{replicate_bin, replicate_command, run_replicate, run_replicate_env};
+pub use binary::{
+    replicate_bin, replicate_command, run_replicate, run_replicate_env, run_replicate_of,
+};
 pub use cluster::{pg_bindir, pg_bindir_for, Cluster};
 /// Full text of a postgres error, including SQLSTATE, detail, hint, position and context:
 /// `replicate`'s own description, in its verbose form.

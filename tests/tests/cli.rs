@@ -170,7 +170,8 @@ fn help_and_version() {
     assert_ok(&out, "--version");
     let text = stdout(&out);
     assert!(
-        text.starts_with("replicate 1.1.") && text.contains("talks to the rserv extension 1.1.x"),
+        text.starts_with("replicate 1.1.")
+            && text.contains("talks to the rserv extension 1.0.x and 1.1.x"),
         "{text}"
     );
     // the seed-compatible flags have descriptions too (every option: see cli.rs's unit test)

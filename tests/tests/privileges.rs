@@ -154,3 +154,55 @@ fn least_privilege_end_to_end() {
         assert!(!log.contains("pwned"), "a hostile object ran:\n{log}");
     }
 }
+
+/// `--create-tables` run by a database owner that is no superuser (as in the README's major
+/// upgrade): the tables are its own, and their foreign keys are made once the copies are in
+/// (the post-data statements run as the table's owner, who cannot read rserv's catalog: what
+/// they need of it is read before).
+#[test]
+fn create_tables_as_a_database_owner_builds_foreign_keys() {
+    let (m, s) = std::thread::scope(|sc| {
+        let m = sc.spawn(|| Cluster::start("privfk-m"));
+        let s = sc.spawn(|| Cluster::start("privfk-s"));
+        (m.join().unwrap(), s.join().unwrap())
+    });
+    for c in [&m, &s] {
+        c.execute("postgres", "CREATE ROLE app_owner LOGIN");
+        c.execute("postgres", "CREATE DATABASE app OWNER app_owner");
+        // (the owner may replicate; granting it reads rserv_status, as replicate needs)
+        connect_as(c, "app_owner")
+            .batch_execute("CREATE EXTENSION rserv; SELECT rserv_grant_replication('app_owner')")
+            .expect("the owner installs rserv");
+    }
+    connect_as(&m, "app_owner")
+        .batch_execute(
+            "CREATE TABLE customer (id int PRIMARY KEY, name text);
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customer);
+             INSERT INTO customer SELECT g, 'c' || g FROM generate_series(1, 10) g;
+             INSERT INTO orders SELECT g, 1 + g % 10 FROM generate_series(1, 30) g;
+             SELECT rserv_add_table('customer'); SELECT rserv_add_table('orders');",
+        )
+        .expect("the owner registers its tables");
+    let out = run_replicate(&[
+        &format!("--masterhost={}", m.socket_dir().display()),
+        &format!("--masterport={}", m.port()),
+        &format!("--slavehost={}", s.socket_dir().display()),
+        &format!("--slaveport={}", s.port()),
+        "--user=app_owner",
+        "--create-tables",
+        DB,
+        DB,
+    ]);
+    assert_ok(&out, "replicate --create-tables as the database owner");
+    let on_slave = |sql: &str| s.query_strings(DB, sql)[0][0].clone().unwrap_or_default();
+    assert_eq!(
+        on_slave("SELECT string_agg(c.relname || ':' || pg_get_userbyid(c.relowner), ',' ORDER BY 1) FROM pg_class c WHERE c.relname IN ('customer', 'orders')"),
+        "customer:app_owner,orders:app_owner"
+    );
+    assert_eq!(
+        on_slave("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'orders'::regclass AND contype = 'f'"),
+        "FOREIGN KEY (customer_id) REFERENCES customer(id)",
+        "the foreign key was made on the slave"
+    );
+    assert_eq!(on_slave("SELECT count(*) FROM orders"), "30");
+}

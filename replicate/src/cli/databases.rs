@@ -240,6 +240,7 @@ impl Cli {
             keep_snapshot: self.debug,
             clean_log: !self.no_clean_log,
             create_tables: self.create_tables,
+            finish_tables: false,
             verbose: self.verbose,
         }
     }

@@ -14,14 +14,15 @@ use databases::Side;
 use std::path::PathBuf;
 
 /// `replicate --version`: this build, and the extension versions it talks to (the workspace
-/// builds both at one version; a replicate speaks to the extensions of its own minor release).
+/// builds both at one version; a replicate speaks to the extensions of its own minor release
+/// and the earlier ones, see `rserv::Api`).
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "\ntalks to the rserv extension ",
+    "\ntalks to the rserv extension 1.0.x and ",
     env!("CARGO_PKG_VERSION_MAJOR"),
     ".",
     env!("CARGO_PKG_VERSION_MINOR"),
-    ".x (change-set format 1)"
+    ".x (change-set format 1; features ddl, sequence)"
 );
 
 /// The seed's server id: the one of the commands that see only the master (`prepare`,
@@ -403,6 +404,9 @@ mod tests {
     #[test]
     fn the_version_names_the_extension_versions() {
         assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
-        assert!(VERSION.contains("rserv extension 1.1.x"), "{VERSION}");
+        assert!(
+            VERSION.contains("rserv extension 1.0.x and 1.1.x"),
+            "{VERSION}"
+        );
     }
 }

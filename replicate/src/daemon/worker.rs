@@ -115,6 +115,7 @@ impl<'a> Run<'a> {
                 server: w.server,
                 clean_log: false,
                 create_tables: w.create_tables,
+                finish_tables: w.create_tables,
                 ..CycleOptions::default()
             },
             server: w.server,
