@@ -2,9 +2,10 @@
 
 use crate::error::{DbContext, Error, IoContext};
 use crate::rserv::Rserv;
-use crate::snapshot::{SnapshotReader, Stats};
+use crate::snapshot::{SectionKind, SectionMeta, SnapshotReader, Stats};
 use crate::table::ReplicatedTable;
 use postgres::Client;
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 
 pub fn add_table(
@@ -167,6 +168,50 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
     client
         .batch_execute("SET search_path = pg_catalog, pg_temp")
         .ctx("slave: pinning search_path")?;
+    // The DDL sections come first (each checked by its CHECK line as it is read): the enum
+    // labels they add are committed before the change set's transaction, which could not use
+    // them otherwise.
+    let mut ahead: VecDeque<(SectionKind, SectionMeta, Option<Vec<u8>>)> = VecDeque::new();
+    let mut ended = true; // the end line was read ahead
+    while let Some((kind, meta)) = reader.next_section()? {
+        if kind != SectionKind::Ddl {
+            ahead.push_back((kind, meta, None));
+            ended = false;
+            break;
+        }
+        let mut rows = Vec::new();
+        reader.data(&mut rows)?;
+        ahead.push_back((kind, meta, Some(rows)));
+    }
+    let ddl: Vec<(String, String, String)> = ahead
+        .iter()
+        .filter_map(|(_, m, rows)| Some((m.schema.clone(), m.table.clone(), rows.as_ref()?)))
+        .flat_map(|(schema, table, rows)| {
+            rows.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| (schema.clone(), table.clone(), copy_text_field(l)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !ddl.is_empty() {
+        let (schemas, tables, payloads): (Vec<_>, Vec<_>, Vec<_>) = ddl.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut a, mut b, mut c), (x, y, z)| {
+                a.push(x);
+                b.push(y);
+                c.push(z);
+                (a, b, c)
+            },
+        );
+        client
+            .query_one(
+                &format!("SELECT {}($1, $2, $3)", rs.func("rserv_apply_types")),
+                &[&schemas, &tables, &payloads],
+            )
+            .ctx(format!(
+                "slave: adding the enum labels of change set {syncid}"
+            ))?;
+    }
     let mut tx = client
         .transaction()
         .ctx("slave: starting the apply transaction")?;
@@ -206,7 +251,15 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
         ))
         .ctx("slave: preparing the apply")?;
     let mut changed = 0i64;
-    while let Some((kind, meta)) = reader.next_section()? {
+    loop {
+        let (kind, meta, buffered) = match ahead.pop_front() {
+            Some(section) => section,
+            None if ended => break,
+            None => match reader.next_section()? {
+                Some((kind, meta)) => (kind, meta, None),
+                None => break,
+            },
+        };
         let table = format!("{}.{}", meta.schema, meta.table);
         let args: [&(dyn postgres::types::ToSql + Sync); 5] = [
             &kind.as_str(),
@@ -231,9 +284,16 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
                 )));
             };
             let mut w = tx.copy_in(&copy).ctx(format!("slave: loading {table}"))?;
-            let copied = reader.data(&mut w);
-            // A damaged snapshot must not be hidden behind the COPY error it causes.
-            copied?;
+            match &buffered {
+                Some(rows) => w
+                    .write_all(rows)
+                    .io_ctx(format!("slave: loading {table}"))?,
+                None => {
+                    let copied = reader.data(&mut w);
+                    // A damaged snapshot must not be hidden behind the COPY error it causes.
+                    copied?;
+                }
+            }
             w.flush().io_ctx(format!("slave: loading {table}"))?;
             loaded = w.finish().ctx(format!("slave: loading {table}"))? as i64;
         }
@@ -254,4 +314,54 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
         stats: reader.stats(),
         changed,
     })
+}
+
+/// One field of a COPY text row, unescaped (`\\`, `\n`, `\t`, … and octal escapes).
+fn copy_text_field(line: &[u8]) -> String {
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        i += 1;
+        if b != b'\\' || i >= line.len() {
+            out.push(b);
+            continue;
+        }
+        let c = line[i];
+        i += 1;
+        match c {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = (c - b'0') as u32;
+                for _ in 0..2 {
+                    match line.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + (d - b'0') as u32;
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copy_text_fields_are_unescaped() {
+        assert_eq!(
+            super::copy_text_field(br#"{"a": "x\\"y", "b": "\\n"}\t\101"#),
+            "{\"a\": \"x\\\"y\", \"b\": \"\\n\"}\tA"
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub(crate) mod build;
 pub(crate) mod model;
 pub(crate) mod post_data;
 pub(crate) mod probe;
+pub(crate) mod settings;
 pub(crate) mod verify;
 
 pub use verify::is_constant;
@@ -245,6 +246,7 @@ fn rserv_slave_finish_tables() -> SetOfIterator<'static, String> {
         let table = qualified(&def.schema, &def.table);
         let s2 = s.clone();
         let receives_here = move |r: &Rel| receives(&s2, r);
+        let _post_data = crate::security::post_data_ddl();
         run_as_owner(owner, &[], || {
             post_data::finish_table(&def, reloid, &receives_here)
         });

@@ -81,6 +81,7 @@ pub fn finish_table(def: &TableDef, reloid: pg_sys::Oid, receives: &dyn Fn(&Rel)
         make_policy(def, p);
     }
     set_row_security(def);
+    super::settings::indexes(None, def);
 }
 
 /// Index `i` of table `def` (unless it exists); a partition's copy of its parent's index is
