@@ -338,28 +338,9 @@ impl Drop for InternalDdl {
     }
 }
 
-thread_local! {
-    /// Depth of rserv's own post-data DDL (indexes, foreign keys, triggers, policies, settings).
-    static POST_DATA: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// While alive, rserv makes post-data objects only, which never change which tables are
-/// partitions of which: the DDL guards skip their reconciliation of partition trees.
-pub struct PostDataDdl;
-
-pub fn post_data_ddl() -> PostDataDdl {
-    POST_DATA.with(|d| d.set(d.get() + 1));
-    PostDataDdl
-}
-
-impl Drop for PostDataDdl {
-    fn drop(&mut self) {
-        POST_DATA.with(|d| d.set(d.get().saturating_sub(1)));
-    }
-}
-
-pub fn in_post_data() -> bool {
-    POST_DATA.with(|d| d.get() > 0)
+/// Is rserv running DDL of its own (see [`internal_ddl`])?
+pub fn in_internal_ddl() -> bool {
+    INTERNAL_DDL.with(|d| d.get() > 0)
 }
 
 /// For the DDL guards (event triggers): is this DDL rserv's own?

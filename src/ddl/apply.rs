@@ -197,6 +197,15 @@ pub fn apply_section(payload: &str, schema: &str, table: &str) {
         }
         types
     });
+    // rserv's own DDL is not reconciled by the DDL guard: partitions made or detached here are
+    // protected (and, on a cascading slave, captured) or released now
+    if steps
+        .before
+        .iter()
+        .any(|s| matches!(s, Step::AddPartition(_) | Step::DetachPartition(_)))
+    {
+        crate::partitions::reconcile_all();
+    }
     let table = qualified(&new.schema, &new.table);
     build::check_calls(&table, reloid, &types);
     // the registration follows: name, key columns renamed (matched by attribute number)
@@ -701,7 +710,6 @@ pub fn finish_deferred() -> i64 {
     let deferred = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
     let n = deferred.len() as i64;
     let _internal = internal_ddl();
-    let _post_data = crate::security::post_data_ddl();
     for d in deferred {
         // domains as they are on the master now (the latest definition has them)
         let table = qualified(&d.def.schema, &d.def.table);
