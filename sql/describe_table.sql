@@ -16,6 +16,16 @@ SELECT pg_catalog.jsonb_build_object(
   'row_security', c.relrowsecurity,
   'force_row_security', c.relforcerowsecurity,
   'comment', pg_catalog.obj_description(c.oid, 'pg_class'),
+  'options', coalesce(c.reloptions, '{}')
+             || coalesce((SELECT pg_catalog.array_agg('toast.' || o) FROM pg_catalog.pg_class tc,
+                                 pg_catalog.unnest(tc.reloptions) AS o
+                           WHERE tc.oid = c.reltoastrelid), '{}'),
+  'replica_identity', CASE c.relreplident WHEN 'f' THEN 'full' WHEN 'n' THEN 'nothing'
+                                          WHEN 'i' THEN 'index' END,
+  'replica_index', (SELECT ic.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+                     WHERE i.indrelid = c.oid AND i.indisreplident AND c.relreplident = 'i'),
+  'cluster_on', (SELECT ic.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+                  WHERE i.indrelid = c.oid AND i.indisclustered),
   'columns', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
        'name', a.attname,
        'attnum', a.attnum,
@@ -30,7 +40,15 @@ SELECT pg_catalog.jsonb_build_object(
                       (SELECT pg_catalog.jsonb_build_object('schema', cn.nspname, 'name', co.collname)
                          FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
                         WHERE co.oid = a.attcollation) END,
-       'comment', pg_catalog.col_description(c.oid, a.attnum)
+       'comment', pg_catalog.col_description(c.oid, a.attnum),
+       'statistics', CASE WHEN a.attstattarget >= 0 THEN a.attstattarget END,
+       'storage', CASE WHEN a.attstorage <> t.typstorage THEN
+                    CASE a.attstorage WHEN 'p' THEN 'plain' WHEN 'e' THEN 'external'
+                                      WHEN 'x' THEN 'extended' WHEN 'm' THEN 'main' END END,
+       'compression', CASE a.attcompression WHEN 'p' THEN 'pglz' WHEN 'l' THEN 'lz4' END,
+       -- PostgreSQL's attribute options (n_distinct, n_distinct_inherited), not a server's own
+       'options', coalesce((SELECT pg_catalog.array_agg(o ORDER BY o) FROM pg_catalog.unnest(a.attoptions) AS o
+                             WHERE o LIKE 'n\_distinct=%' OR o LIKE 'n\_distinct\_inherited=%'), '{}')
      ) ORDER BY a.attnum)
      FROM pg_catalog.pg_attribute a
      JOIN pg_catalog.pg_type t ON t.oid = a.atttypid

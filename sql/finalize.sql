@@ -101,16 +101,18 @@ BEGIN
         END LOOP;
     END IF;
     -- (also for rserv's own DDL: a slave following its master must not take an unlogged
-    -- partition either) every partition of a replicated table is a logged, local table
+    -- partition either) every partition of a replicated table is a logged, local table: of the
+    -- relations this command touched and their partitions, those in a replicated tree
     FOR r IN
-        SELECT c.oid::regclass AS tbl, c.relkind FROM pg_class c
-         WHERE (c.relpersistence <> 'p' OR c.relkind = 'f')
-           AND c.oid IN (SELECT t.reloid FROM @extschema@._rserv_tables_ t
-                         UNION SELECT t.reloid FROM @extschema@._rserv_slave_tables_ t
-                         UNION SELECT p.relid FROM @extschema@._rserv_tables_ t,
-                                      pg_partition_tree(t.reloid) p
-                         UNION SELECT p.relid FROM @extschema@._rserv_slave_tables_ t,
-                                      pg_partition_tree(t.reloid) p)
+        WITH cmd AS (SELECT DISTINCT d.objid AS rel FROM pg_event_trigger_ddl_commands() AS d
+                      WHERE d.classid = 'pg_catalog.pg_class'::regclass),
+             cand AS (SELECT cmd.rel FROM cmd
+                      UNION SELECT p.relid FROM cmd, pg_partition_tree(cmd.rel) p)
+        SELECT c.oid::regclass AS tbl, c.relkind FROM pg_class c JOIN cand ON cand.rel = c.oid
+         WHERE (c.relpersistence <> 'p' OR c.relkind = 'f') AND c.relkind IN ('r', 'p', 'f')
+           AND (SELECT coalesce(pg_partition_root(c.oid), c.oid)) IN
+               (SELECT t.reloid FROM @extschema@._rserv_tables_ t
+                UNION SELECT t.reloid FROM @extschema@._rserv_slave_tables_ t)
          LIMIT 1
     LOOP
         IF r.relkind = 'f' THEN
@@ -164,7 +166,8 @@ $$;
 CREATE EVENT TRIGGER _rserv_drop_guard_ ON sql_drop EXECUTE FUNCTION _rserv_guard_drop_();
 CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'DROP TRIGGER', 'CREATE TABLE', 'CREATE INDEX',
-                 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE POLICY', 'ALTER POLICY', 'COMMENT')
+                 'CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE POLICY', 'ALTER POLICY', 'COMMENT',
+                 'ALTER TYPE', 'ALTER DOMAIN', 'CREATE FOREIGN TABLE')
     EXECUTE FUNCTION _rserv_guard_alter_();
 CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rserv_guard_rewrite_();
 

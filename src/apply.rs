@@ -577,7 +577,7 @@ fn rserv_apply_merge(
             );
             staging::empty(&stage, false);
             for p in &payloads {
-                crate::ddl::apply_section(p);
+                crate::ddl::apply_section(p, schema_name, table_name);
             }
             payloads.len() as i64
         }

@@ -19,7 +19,7 @@ use crate::catalog::{ext_schema, table_info};
 use crate::error::{fail, SpiOrFail};
 use crate::sections::{guard_table, table_sections, Section};
 use crate::security::{definer, require_replicator};
-use crate::sql::{call_hint, first, quote_literal, set_local};
+use crate::sql::{call_hint, first, qualified, quote_literal, set_local};
 use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -125,9 +125,11 @@ fn rserv_prepare_v11(
     let s = ext_schema();
 
     let bound_node = claim_server(&s, server, slave_node.as_deref());
-    let (subscribed, wanted_fresh) = subscribed_tables(&s, schemas, tables, fresh);
-    let to_copy = tables_to_copy(&s, server, &subscribed, &wanted_fresh);
     let (base, prev_xmax, prev_active) = last_confirmed(&s, server);
+    let (names, wanted_fresh) =
+        subscribed_tables(&s, schemas, tables, fresh, prev_xmax, &prev_active);
+    let subscribed: Vec<pg_sys::Oid> = names.iter().map(|(oid, ..)| *oid).collect();
+    let to_copy = tables_to_copy(&s, server, &subscribed, &wanted_fresh);
 
     // Large change sets hash and sort millions of identities: keep that in memory.
     set_local("work_mem", "64MB");
@@ -147,7 +149,8 @@ fn rserv_prepare_v11(
         "looking for pending changes",
     )
     .unwrap_or(false);
-    let ddl = ddl_in_window(&s, prev_xmax, &prev_active, &subscribed);
+    let mut ddl = copy_targets(&s, &names, &to_copy);
+    ddl.extend(ddl_in_window(&s, prev_xmax, &prev_active, &subscribed));
     if !anything && to_copy.is_empty() && ddl.is_empty() {
         return TableIterator::new(Vec::new());
     }
@@ -186,7 +189,8 @@ fn rserv_prepare_v11(
         sections.extend(table_sections(&info, &pending, key, truncated, copy));
     }
     sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
-    // schema changes first, oldest first: the rows that follow have the new shape
+    // schema changes first (the definitions of tables copied whole, then what changed, oldest
+    // first): the rows that follow have the new shape
     let mut ddl_sections: Vec<Section> = ddl
         .into_iter()
         .map(|(schema, table, payload)| Section {
@@ -242,6 +246,35 @@ fn rserv_prepare_v11(
             fingerprint.clone(),
         )
     }))
+}
+
+/// For every table this change set carries whole: its definition at the change set's snapshot,
+/// addressed by the name the slave knows it by. A slave that built the table from an earlier
+/// definition of the master's (`--create-tables`) follows from that one to this, and ignores the
+/// table's recorded history (made before or after it read the definition: it cannot tell).
+fn copy_targets(
+    s: &str,
+    names: &[(pg_sys::Oid, String, String)],
+    to_copy: &[pg_sys::Oid],
+) -> Vec<(String, String, String)> {
+    let mut targets = names
+        .iter()
+        .filter(|(oid, ..)| to_copy.contains(oid))
+        .filter_map(|(oid, schema, table)| {
+            let payload = first::<String>(
+                &format!(
+                    "SELECT pg_catalog.jsonb_build_object('old', t.definition, 'new', t.definition, \
+                            'recopy', true, 'target', true)::pg_catalog.text \
+                     FROM {s}._rserv_tables_ t WHERE t.reloid = $1 AND t.definition IS NOT NULL"
+                ),
+                &[(*oid).into()],
+                "reading a table's definition",
+            )?;
+            Some((schema.clone(), table.clone(), payload))
+        })
+        .collect::<Vec<_>>();
+    targets.sort();
+    targets
 }
 
 /// Schema changes recorded in the window for the tables this slave receives, oldest first:
@@ -326,22 +359,45 @@ fn claim_server(s: &str, server: i32, slave_node: Option<&str>) -> Option<String
     bound
 }
 
-/// Registered tables the slave receives: all of them, or those named by the slave (by the name
-/// it knows: one the master renamed since is found through its recorded DDL), with the
-/// subset it asks to receive whole. A table the slave expects but this master does not
-/// replicate is skipped with a WARNING (it would never arrive; the others must keep flowing).
+/// Registered tables the slave receives, with the name the slave knows each by: all of them,
+/// or those named by the slave, with the subset it asks to receive whole. A table the slave
+/// has followed up to its last confirmed change set is known there by its name then: the first
+/// schema change in the window that started from that name tells which table it is (after
+/// `RENAME t TO t_old; RENAME t_new TO t` the slave's `t` is the master's `t_old`); otherwise its
+/// current name does, and last the latest recorded change from that name. A table the slave
+/// asks to receive whole was (re)made there lately: its name is a current one. A table the
+/// slave expects but this master does not replicate is skipped with a WARNING (it would never
+/// arrive; the others must keep flowing).
 fn subscribed_tables(
     s: &str,
     schemas: Option<Vec<String>>,
     tables: Option<Vec<String>>,
     fresh: Option<Vec<bool>>,
-) -> (Vec<pg_sys::Oid>, Vec<pg_sys::Oid>) {
+    prev_xmax: Option<i64>,
+    prev_active: &[i64],
+) -> (Vec<(pg_sys::Oid, String, String)>, Vec<pg_sys::Oid>) {
     let (Some(sch), Some(tab)) = (schemas, tables) else {
-        let all = crate::sql::column::<pg_sys::Oid>(
-            &format!("SELECT reloid FROM {s}._rserv_tables_"),
-            &[],
-            "listing replicated tables",
-        );
+        let all = Spi::connect(|client| {
+            client
+                .select(
+                    &format!(
+                        "SELECT t.reloid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
+                         FROM {s}._rserv_tables_ t JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
+                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                    ),
+                    None,
+                    &[],
+                )?
+                .map(|r| {
+                    Ok((
+                        r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                        r.get::<String>(3)?.unwrap_or_default(),
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .or_fail("listing replicated tables");
         return (all, Vec::new());
     };
     let fresh = fresh.unwrap_or_else(|| vec![false; sch.len()]);
@@ -349,12 +405,19 @@ fn subscribed_tables(
         client
             .select(
                 &format!(
-                    "SELECT coalesce(t.reloid, \
+                    "SELECT coalesce( \
+                              (SELECT d.reloid FROM {s}._rserv_ddl_ d \
+                                WHERE NOT coalesce(w.fresh, false) AND $4::int8 IS NOT NULL \
+                                  AND (d.logid >= $4 OR d.logid = ANY ($5::int8[])) \
+                                  AND d.old->>'schema' = w.nsp AND d.old->>'table' = w.rel \
+                                  AND d.reloid IN (SELECT x.reloid FROM {s}._rserv_tables_ x) \
+                                ORDER BY d.ddlid LIMIT 1), \
+                              t.reloid, \
                               (SELECT d.reloid FROM {s}._rserv_ddl_ d \
                                 WHERE d.old->>'schema' = w.nsp AND d.old->>'table' = w.rel \
+                                  AND d.reloid IN (SELECT x.reloid FROM {s}._rserv_tables_ x) \
                                 ORDER BY d.ddlid DESC LIMIT 1)), \
-                            pg_catalog.quote_ident(w.nsp) || '.' || pg_catalog.quote_ident(w.rel), \
-                            coalesce(w.fresh, false) \
+                            w.nsp, w.rel, coalesce(w.fresh, false) \
                      FROM unnest($1::text[], $2::text[], $3::bool[]) AS w(nsp, rel, fresh) \
                      LEFT JOIN (pg_catalog.pg_class c \
                                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -362,37 +425,47 @@ fn subscribed_tables(
                        ON w.nsp = n.nspname AND w.rel = c.relname"
                 ),
                 None,
-                &[sch.into(), tab.into(), fresh.into()],
+                &[
+                    sch.into(),
+                    tab.into(),
+                    fresh.into(),
+                    prev_xmax.into(),
+                    prev_active.to_vec().into(),
+                ],
             )?
             .map(|r| {
                 Ok((
                     r.get::<pg_sys::Oid>(1)?,
                     r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<bool>(3)?.unwrap_or(false),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<bool>(4)?.unwrap_or(false),
                 ))
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .or_fail("matching the slave's tables");
-    let missing: Vec<&str> = rows
+    let missing: Vec<String> = rows
         .iter()
         .filter(|(oid, ..)| oid.is_none())
-        .map(|(_, name, _)| name.as_str())
+        .map(|(_, nsp, rel, _)| qualified(nsp, rel))
         .collect();
     if !missing.is_empty() {
         warning!(
             "rserv: the slave receives {} but this master does not replicate it; it is left as it is (on the master: {}; or on the slave: SELECT rserv_slave_remove_table(...))",
             missing.join(", "),
-            call_hint("rserv_add_table", missing[0], "")
+            call_hint("rserv_add_table", &missing[0], "")
         );
     }
-    let subscribed = rows.iter().filter_map(|(oid, ..)| *oid).collect();
     let fresh = rows
         .iter()
-        .filter(|(_, _, f)| *f)
+        .filter(|(.., f)| *f)
         .filter_map(|(oid, ..)| *oid)
         .collect();
-    (subscribed, fresh)
+    let names = rows
+        .into_iter()
+        .filter_map(|(oid, nsp, rel, _)| oid.map(|o| (o, nsp, rel)))
+        .collect();
+    (names, fresh)
 }
 
 /// Tables this change set carries whole: those the slave receives for the first time (or

@@ -123,10 +123,23 @@ thread_local! {
 }
 
 /// After DDL (called by the DDL guard): every registered partitioned table's partitions are
-/// brought up to date (see `reconcile_partitions`); on a slave, every partition of a received
-/// partitioned table refuses local writes, and one that left such a table does not any more.
+/// brought up to date (see [`reconcile_all`]). rserv's own DDL is left out: the code that runs
+/// it reconciles what it changes itself (registrations, a partition a slave follows its master
+/// in making or detaching), and most of it (triggers, indexes, constraints of its own) changes
+/// no partition tree; reconciling every tree after each of those statements made the initial
+/// copy's post-data slow.
 #[pg_extern(volatile, security_definer)]
 fn _rserv_reconcile_partitions_() {
+    if crate::security::in_internal_ddl() {
+        return;
+    }
+    reconcile_all();
+}
+
+/// Every registered partitioned table's partitions brought up to date (see
+/// `reconcile_partitions`); on a slave, every partition of a received partitioned table refuses
+/// local writes, and one that left such a table does not any more.
+pub fn reconcile_all() {
     // its own trigger DDL fires the DDL guard, which calls it again
     if RECONCILING.with(|r| r.replace(true)) {
         return;

@@ -338,6 +338,11 @@ impl Drop for InternalDdl {
     }
 }
 
+/// Is rserv running DDL of its own (see [`internal_ddl`])?
+pub fn in_internal_ddl() -> bool {
+    INTERNAL_DDL.with(|d| d.get() > 0)
+}
+
 /// For the DDL guards (event triggers): is this DDL rserv's own?
 #[pg_extern(volatile, parallel_unsafe)]
 fn _rserv_internal_ddl_() -> bool {

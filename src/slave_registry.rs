@@ -78,8 +78,11 @@ fn rserv_slave_add_table(tbl: Option<RegClass>, column_name: default!(Option<Str
     let _internal = internal_ddl();
     drop_trigger(reloid, &table, PROTECT_TRIGGER);
     protect(&s, reloid, &table);
-    // a statement on a partition does not fire its parent's statement triggers
-    reconcile_protection(&s);
+    // a statement on a partition does not fire its parent's statement triggers (a table that
+    // is not partitioned has nothing more to protect)
+    if info.relkind == "p" {
+        reconcile_protection(&s);
+    }
 }
 
 pub fn protect(s: &str, reloid: pg_sys::Oid, table: &str) {

@@ -4,9 +4,12 @@ use crate::error::{DbContext, Error, IoContext};
 use crate::locks;
 use crate::majors::{self, Screen};
 use crate::rserv::{Api, Rserv};
-use crate::snapshot::{feature_list, SectionKind, SnapshotReader, Stats, FEATURE_SEQUENCE};
+use crate::snapshot::{
+    feature_list, SectionKind, SectionMeta, SnapshotReader, Stats, FEATURE_SEQUENCE,
+};
 use crate::table::ReplicatedTable;
 use postgres::Client;
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 
 pub fn add_table(
@@ -218,6 +221,50 @@ fn apply_in_transaction(
     client
         .batch_execute("SET search_path = pg_catalog, pg_temp")
         .ctx("slave: pinning search_path")?;
+    // The DDL sections come first (each checked by its CHECK line as it is read): the enum
+    // labels they add are committed before the change set's transaction, which could not use
+    // them otherwise.
+    let mut ahead: VecDeque<(SectionKind, SectionMeta, Option<Vec<u8>>)> = VecDeque::new();
+    let mut ended = true; // the end line was read ahead
+    while let Some((kind, meta)) = reader.next_section()? {
+        if kind != SectionKind::Ddl {
+            ahead.push_back((kind, meta, None));
+            ended = false;
+            break;
+        }
+        let mut rows = Vec::new();
+        reader.data(&mut rows)?;
+        ahead.push_back((kind, meta, Some(rows)));
+    }
+    let ddl: Vec<(String, String, String)> = ahead
+        .iter()
+        .filter_map(|(_, m, rows)| Some((m.schema.clone(), m.table.clone(), rows.as_ref()?)))
+        .flat_map(|(schema, table, rows)| {
+            rows.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| (schema.clone(), table.clone(), copy_text_field(l)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !ddl.is_empty() {
+        let (schemas, tables, payloads): (Vec<_>, Vec<_>, Vec<_>) = ddl.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut a, mut b, mut c), (x, y, z)| {
+                a.push(x);
+                b.push(y);
+                c.push(z);
+                (a, b, c)
+            },
+        );
+        client
+            .query_one(
+                &format!("SELECT {}($1, $2, $3)", rs.func("rserv_apply_types")),
+                &[&schemas, &tables, &payloads],
+            )
+            .ctx(format!(
+                "slave: adding the enum labels of change set {syncid}"
+            ))?;
+    }
     let mut tx = client
         .transaction()
         .ctx("slave: starting the apply transaction")?;
@@ -272,7 +319,15 @@ fn apply_in_transaction(
         ))
         .ctx("slave: preparing the apply")?;
     let mut changed = 0i64;
-    while let Some((kind, meta)) = reader.next_section()? {
+    loop {
+        let (kind, meta, buffered) = match ahead.pop_front() {
+            Some(section) => section,
+            None if ended => break,
+            None => match reader.next_section()? {
+                Some((kind, meta)) => (kind, meta, None),
+                None => break,
+            },
+        };
         if kind == SectionKind::Sequence && rs.api == Api::V1_0 {
             reader.data(&mut std::io::sink())?;
             continue;
@@ -308,12 +363,18 @@ fn apply_in_transaction(
                 majors::hint(reader.header.postgres, rs.server_version)
             );
             let mut w = tx.copy_in(&copy).ctx(&loading)?;
-            let copied = reader.data_checked(&mut w, &mut |line| match &screen {
-                Some(s) => s.check(line),
-                None => Ok(()),
-            });
-            // A damaged snapshot must not be hidden behind the COPY error it causes.
-            copied?;
+            match &buffered {
+                // a DDL section read ahead: rserv's own definitions, no values to screen
+                Some(rows) => w.write_all(rows).io_ctx(&loading)?,
+                None => {
+                    let copied = reader.data_checked(&mut w, &mut |line| match &screen {
+                        Some(s) => s.check(line),
+                        None => Ok(()),
+                    });
+                    // A damaged snapshot must not be hidden behind the COPY error it causes.
+                    copied?;
+                }
+            }
             w.flush().io_ctx(&loading)?;
             loaded = w.finish().ctx(&loading)? as i64;
         }
@@ -377,4 +438,54 @@ fn refuse_unreadable<R: BufRead>(rs: &Rserv, reader: &mut SnapshotReader<R>) -> 
         rs.node(),
         own = crate::rserv::OWN_VERSION
     )))
+}
+
+/// One field of a COPY text row, unescaped (`\\`, `\n`, `\t`, … and octal escapes).
+fn copy_text_field(line: &[u8]) -> String {
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        i += 1;
+        if b != b'\\' || i >= line.len() {
+            out.push(b);
+            continue;
+        }
+        let c = line[i];
+        i += 1;
+        match c {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = (c - b'0') as u32;
+                for _ in 0..2 {
+                    match line.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + (d - b'0') as u32;
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copy_text_fields_are_unescaped() {
+        assert_eq!(
+            super::copy_text_field(br#"{"a": "x\\"y", "b": "\\n"}\t\101"#),
+            "{\"a\": \"x\\\"y\", \"b\": \"\\n\"}\tA"
+        );
+    }
 }

@@ -12,11 +12,12 @@ use crate::error::{fail, SpiOrFail};
 use crate::schema::build::{
     self, column_sql, ensure_schema, ensure_types, relation, run, type_sql,
 };
-use crate::schema::model::{Rel, TableDef};
+use crate::schema::model::{Rel, TableDef, TypeDef};
 use crate::schema::parse_definition;
 use crate::schema::post_data::{
     add_constraint, make_foreign_key, make_index, make_policy, make_trigger, set_row_security,
 };
+use crate::schema::settings;
 use crate::security::{internal_ddl, run_as_owner};
 use crate::sql::{first, qualified, quote_ident, quote_literal};
 use pgrx::pg_sys;
@@ -32,10 +33,18 @@ struct Deferred {
     def: TableDef,
     /// the master turned row-level security on or off (otherwise the slave's own setting stays)
     row_security_changed: bool,
+    /// domains the master gave NOT NULL or constraints
+    domains: Vec<TypeDef>,
+    /// the master's definition before the first DDL of this change set (what REPLICA
+    /// IDENTITY and CLUSTER ON changed from)
+    from: TableDef,
 }
 
 thread_local! {
     static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
+    /// Tables of this change set brought to their definition at its snapshot from the one they
+    /// were built from: their recorded history in it is passed over.
+    static TARGETED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The DDL section's payload, as the master's prepare wrote it.
@@ -44,6 +53,9 @@ struct Payload {
     old: serde_json::Value,
     new: serde_json::Value,
     recopy: bool,
+    /// the table's definition at the change set's snapshot, sent with its copy (`old` = `new`)
+    #[serde(default)]
+    target: bool,
 }
 
 fn bad_section(what: impl std::fmt::Display) -> ! {
@@ -67,21 +79,84 @@ fn registered(name: &str) -> Option<pg_sys::Oid> {
     )
 }
 
-/// Follow one DDL section (`payload`: JSON with the definitions before and after).
-pub fn apply_section(payload: &str) {
+/// The master's definition a table of this slave was built from (`--create-tables`) and has
+/// followed since, while its post-data is still to come.
+fn built_from(reloid: pg_sys::Oid) -> Option<serde_json::Value> {
+    let s = ext_schema();
+    first::<pgrx::JsonB>(
+        &format!("SELECT definition FROM {s}._rserv_slave_pending_ WHERE reloid = $1"),
+        &[reloid.into()],
+        "reading the table's definition",
+    )
+    .map(|j| j.0)
+}
+
+/// A DDL section as this slave follows it: the slave table, its current name, the master's
+/// definitions it goes from and to, whether the table comes whole.
+struct Section {
+    reloid: pg_sys::Oid,
+    name: String,
+    old: TableDef,
+    new: TableDef,
+    recopy: bool,
+}
+
+/// The section for table `schema`.`table` (the name the master addressed it by) with
+/// `payload`; None when this slave does not receive the table, or brought it to its
+/// definition at this change set's snapshot already (`note_target`: remember that it does now).
+fn resolve_section(payload: &str, schema: &str, table: &str, note_target: bool) -> Option<Section> {
     let p: Payload = serde_json::from_str(payload).unwrap_or_else(|e| bad_section(e));
-    let (old, new) = (parse_definition(p.old), parse_definition(p.new));
-    let old_name = qualified(&old.schema, &old.table);
-    // a table created here after the change (from the master's definition then) has the new
-    // name already; every step below also leaves what is already done alone
-    let found = registered(&old_name)
-        .map(|r| (r, old_name.clone()))
-        .or_else(|| {
-            let new_name = qualified(&new.schema, &new.table);
-            registered(&new_name).map(|r| (r, new_name))
-        });
-    let Some((reloid, old_name)) = found else {
-        return; // not received here
+    let (mut old, new) = (parse_definition(p.old), parse_definition(p.new));
+    let mut recopy = p.recopy;
+    let found = if p.target {
+        // a table copied whole: one built here from an earlier definition of the master's
+        // follows from that one (matched by the master's attribute numbers), whatever history
+        // the change set carries for it; any other has the shape of this slave's last change
+        // set, and follows that history
+        let name = qualified(schema, table);
+        let reloid = registered(&name)?;
+        old = parse_definition(built_from(reloid)?);
+        recopy = true;
+        if note_target {
+            TARGETED.with(|t| t.borrow_mut().push(reloid));
+        }
+        Some((reloid, name))
+    } else {
+        let old_name = qualified(&old.schema, &old.table);
+        // a table created here after the change (from the master's definition then) has the
+        // new name already; every step below also leaves what is already done alone
+        registered(&old_name)
+            .map(|r| (r, old_name.clone()))
+            .or_else(|| {
+                let new_name = qualified(&new.schema, &new.table);
+                registered(&new_name).map(|r| (r, new_name))
+            })
+    };
+    let (reloid, name) = found?;
+    if !p.target && TARGETED.with(|t| t.borrow().contains(&reloid)) {
+        return None;
+    }
+    Some(Section {
+        reloid,
+        name,
+        old,
+        new,
+        recopy,
+    })
+}
+
+/// Follow one DDL section (`payload`: JSON with the definitions before and after) of the
+/// section for table `schema`.`table` (the name the master addressed it by).
+pub fn apply_section(payload: &str, schema: &str, table: &str) {
+    let Some(Section {
+        reloid,
+        name: old_name,
+        old,
+        new,
+        recopy,
+    }) = resolve_section(payload, schema, table, true)
+    else {
+        return; // not received here, or brought to its latest definition already
     };
     let owner = table_info(reloid).owner;
     let steps = diff(&old, &new);
@@ -90,14 +165,20 @@ pub fn apply_section(payload: &str) {
     }
     let s = ext_schema();
     let _internal = internal_ddl();
-    if p.recopy {
+    if recopy {
         // the change set carries the table whole: its old rows need not (and may not) be
         // converted by the steps below
         run_as_owner(owner, &crate::apply::apply_settings(), || {
             Spi::run(&format!("DELETE FROM {old_name}")).or_fail("emptying the table")
         });
     }
-    let fresh = p.recopy || crate::slave_registry::needs_copy(reloid);
+    let fresh = recopy || crate::slave_registry::needs_copy(reloid);
+    // the types first (each as its owner): the table's steps may use them renamed
+    for step in &steps.before {
+        if let Step::Type(t) = step {
+            super::types::apply_type_step(&old_name, owner, t);
+        }
+    }
     let types = run_as_owner(owner, &[], || {
         ensure_schema(&old_name, &new.schema);
         let types = ensure_types(&old_name, &new.types);
@@ -105,10 +186,26 @@ pub fn apply_section(payload: &str) {
         crate::schema::build::ensure_sequences(&old_name, &new.sequences);
         let mut current = old_name.clone();
         for step in &steps.before {
-            current = before_step(&current, &new, step, p.recopy, fresh);
+            current = before_step(&current, &new, step, recopy, fresh);
+        }
+        // storage parameters and column settings the master changed (they check no row)
+        settings::relation(Some(&old), &new);
+        for p in &new.partitions {
+            if let Some(o) = same_partition(&old, p) {
+                settings::relation(Some(o), p);
+            }
         }
         types
     });
+    // rserv's own DDL is not reconciled by the DDL guard: partitions made or detached here are
+    // protected (and, on a cascading slave, captured) or released now
+    if steps
+        .before
+        .iter()
+        .any(|s| matches!(s, Step::AddPartition(_) | Step::DetachPartition(_)))
+    {
+        crate::partitions::reconcile_all();
+    }
     let table = qualified(&new.schema, &new.table);
     build::check_calls(&table, reloid, &types);
     // the registration follows: name, key columns renamed (matched by attribute number)
@@ -137,7 +234,7 @@ pub fn apply_section(payload: &str) {
             reloid.into(),
             table.clone().into(),
             key.into(),
-            p.recopy.into(),
+            recopy.into(),
         ],
     )
     .or_fail("updating the slave table's registration");
@@ -162,11 +259,15 @@ pub fn apply_section(payload: &str) {
     }
     // what checks rows is made to match the table's last definition in this change set
     let mut row_security_changed = old.row_security != new.row_security;
+    let mut domains = steps.domains_after;
+    let mut from = old;
     DEFERRED.with(|d| {
         let mut d = d.borrow_mut();
         d.retain(|x| {
             if x.reloid == reloid {
                 row_security_changed |= x.row_security_changed;
+                domains.extend(x.domains.iter().cloned());
+                from = x.from.clone();
             }
             x.reloid != reloid
         });
@@ -175,6 +276,8 @@ pub fn apply_section(payload: &str) {
             reloid,
             def: new,
             row_security_changed,
+            domains,
+            from,
         })
     });
 }
@@ -402,6 +505,7 @@ fn before_step(table: &str, new: &TableDef, step: &Step, recopy: bool, fresh: bo
         }
         Step::AddPartition(part) => add_partition(part),
         Step::DetachPartition(rel) => detach_partition(table, rel),
+        Step::Type(_) => {} // made before the table's steps (see apply_section)
     }
     table.to_string()
 }
@@ -566,6 +670,13 @@ fn objects(def: &TableDef, row_security_changed: bool) {
     build::check_calls(&name, reloid, &[]);
 }
 
+/// The partition of `def` named like `p` (a partition made since has its settings already).
+fn same_partition<'a>(def: &'a TableDef, p: &TableDef) -> Option<&'a TableDef> {
+    def.partitions
+        .iter()
+        .find(|q| q.schema == p.schema && q.table == p.table)
+}
+
 /// NOT NULL where the definition has it and the table does not yet.
 fn set_not_null(def: &TableDef) {
     let table = qualified(&def.schema, &def.table);
@@ -600,11 +711,22 @@ pub fn finish_deferred() -> i64 {
     let n = deferred.len() as i64;
     let _internal = internal_ddl();
     for d in deferred {
+        // domains as they are on the master now (the latest definition has them)
+        let table = qualified(&d.def.schema, &d.def.table);
+        for t in d.def.types.iter().filter(|t| {
+            d.domains
+                .iter()
+                .any(|x| x.schema == t.schema && x.name == t.name)
+        }) {
+            super::types::finish_domain(&table, d.reloid, d.owner, t);
+        }
         run_as_owner(d.owner, &[], || {
             set_not_null(&d.def);
             objects(&d.def, d.row_security_changed);
+            settings::indexes(Some(&d.from), &d.def);
             for p in &d.def.partitions {
                 objects(p, d.row_security_changed);
+                settings::indexes(same_partition(&d.from, p), p);
             }
         });
     }
@@ -619,4 +741,39 @@ pub fn pending() -> bool {
 /// The transaction ended: whatever was deferred is gone with it.
 pub fn forget() {
     DEFERRED.with(|d| d.borrow_mut().clear());
+    TARGETED.with(|t| t.borrow_mut().clear());
+}
+
+/// Before a change set's transaction (replicate calls it with the change set's DDL sections,
+/// which come first): the enum labels they add, added and committed now, each as the type's
+/// owner. A label added in the transaction that uses it cannot be used there ("unsafe use of
+/// new value"); added earlier it is harmless, since the master has committed it. Only labels of
+/// enums that tables this slave receives use; returns how many were added.
+#[pg_extern(volatile, security_definer)]
+fn rserv_apply_types(schemas: Vec<String>, tables: Vec<String>, payloads: Vec<String>) -> i64 {
+    let _definer = crate::security::definer();
+    crate::security::require_replicator("rserv_apply_types");
+    if schemas.len() != tables.len() || tables.len() != payloads.len() {
+        bad_section("schemas, tables and payloads differ in length");
+    }
+    let _internal = internal_ddl();
+    let mut added = 0;
+    for ((schema, table), payload) in schemas.iter().zip(&tables).zip(&payloads) {
+        let Some(section) = resolve_section(payload, schema, table, false) else {
+            continue;
+        };
+        let owner = table_info(section.reloid).owner;
+        for step in super::types::diff_types(&section.old.types, &section.new.types).steps {
+            let super::types::TypeStep::EnumAdd { typ, .. } = &step else {
+                continue;
+            };
+            // (a payload names its types: only those of tables received here are touched)
+            if super::types::received_tables_use(typ)
+                && super::types::add_label(&section.name, owner, &step)
+            {
+                added += 1;
+            }
+        }
+    }
+    added
 }

@@ -9,7 +9,8 @@
 //! previous one, the slave's rows may not satisfy a constraint the master's rows satisfied
 //! when it was added.
 
-use crate::schema::model::{ColumnDef, Rel, TableDef};
+use super::types::{diff_types, TypeStep};
+use crate::schema::model::{ColumnDef, Rel, TableDef, TypeDef};
 
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -40,11 +41,15 @@ pub enum Step {
     AddPartition(TableDef),
     /// a partition detached on the master
     DetachPartition(Rel),
+    /// a type the table uses changed (see `types.rs`); these come first
+    Type(TypeStep),
 }
 
 #[derive(Debug, Default)]
 pub struct Diff {
     pub before: Vec<Step>,
+    /// domains whose NOT NULL or constraints are made once the rows are the master's
+    pub domains_after: Vec<TypeDef>,
     /// what cannot follow in the stream (the master refuses the DDL)
     pub unsupported: Vec<String>,
 }
@@ -124,6 +129,10 @@ pub fn diff(old: &TableDef, new: &TableDef) -> Diff {
     if old == new {
         return d;
     }
+    let types = diff_types(&old.types, &new.types);
+    d.before.extend(types.steps.into_iter().map(Step::Type));
+    d.domains_after = types.domains_after;
+    d.unsupported.extend(types.unsupported);
     if old.partition_key != new.partition_key {
         d.unsupported.push("its partition key changed".to_string());
     }

@@ -6,7 +6,9 @@
 
 mod apply;
 mod diff;
+mod execute;
 mod record;
+mod types;
 
 pub use apply::{apply_section, finish_deferred};
 use pgrx::pg_sys;

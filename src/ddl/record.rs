@@ -28,7 +28,8 @@ fn _rserv_note_rewrite_(rel: pg_sys::Oid) {
 }
 
 /// Registered master tables the DDL commands of this event touched: the tables, the tables of
-/// indexes, triggers, policies and constraints, the registered partitioned tables of partitions
+/// indexes, triggers, policies and constraints, the tables using a type altered (in an array,
+/// a domain, a composite or a range too), the registered partitioned tables of partitions
 /// (at any level), and partitions registered on their own under a partitioned table altered. With `dropped_in`: every registered table with a relation in
 /// those schemas (a dropped index, trigger or policy no longer names its table).
 fn touched(s: &str, dropped_in: Option<Vec<String>>) -> Vec<pg_sys::Oid> {
@@ -63,26 +64,63 @@ fn touched(s: &str, dropped_in: Option<Vec<String>>) -> Vec<pg_sys::Oid> {
             })
             .collect();
     }
+    // types the commands altered (an enum, a domain, a composite type or a constraint of one)
+    let altered_types = crate::sql::column::<pg_sys::Oid>(
+        "WITH c AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()) \
+         SELECT objid FROM c WHERE classid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+         UNION SELECT k.reltype FROM c JOIN pg_catalog.pg_class k ON k.oid = c.objid \
+          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND k.relkind = 'c' \
+         UNION SELECT o.contypid FROM c JOIN pg_catalog.pg_constraint o ON o.oid = c.objid \
+          WHERE c.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND o.contypid <> 0",
+        &[],
+        "finding types altered by DDL",
+    );
+    let mut rels = crate::sql::column::<pg_sys::Oid>(
+        "WITH c AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()) \
+         SELECT objid FROM c WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+         UNION SELECT i.indrelid FROM c JOIN pg_catalog.pg_index i ON i.indexrelid = c.objid \
+          WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+         UNION SELECT g.tgrelid FROM c JOIN pg_catalog.pg_trigger g ON g.oid = c.objid \
+          WHERE c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+         UNION SELECT p.polrelid FROM c JOIN pg_catalog.pg_policy p ON p.oid = c.objid \
+          WHERE c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+         UNION SELECT o.conrelid FROM c JOIN pg_catalog.pg_constraint o ON o.oid = c.objid \
+          WHERE c.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND o.conrelid <> 0",
+        &[],
+        "finding relations touched by DDL",
+    );
+    if !altered_types.is_empty() {
+        // the relations with a column of such a type, or of an array, domain, composite or
+        // range over it
+        rels.extend(crate::sql::column::<pg_sys::Oid>(
+            "WITH RECURSIVE typs(typ) AS ( \
+               SELECT unnest($1::pg_catalog.oid[]) \
+               UNION SELECT nxt.oid FROM typs u CROSS JOIN LATERAL ( \
+                   SELECT t.oid FROM pg_catalog.pg_type t \
+                    WHERE (t.typelem = u.typ AND t.typcategory = 'A') OR t.typbasetype = u.typ \
+                   UNION ALL SELECT k.reltype FROM pg_catalog.pg_attribute a \
+                     JOIN pg_catalog.pg_class k ON k.oid = a.attrelid AND k.relkind = 'c' \
+                    WHERE a.atttypid = u.typ AND NOT a.attisdropped \
+                   UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngsubtype = u.typ \
+                   UNION ALL SELECT r.rngmultitypid FROM pg_catalog.pg_range r WHERE r.rngtypid = u.typ) nxt) \
+             SELECT DISTINCT a.attrelid FROM pg_catalog.pg_attribute a \
+             WHERE a.atttypid IN (SELECT typ FROM typs) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[altered_types.into()],
+            "finding tables using the types altered",
+        ));
+    }
+    if rels.is_empty() {
+        return Vec::new();
+    }
     crate::sql::column::<pg_sys::Oid>(
         &format!(
-            "WITH c AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands()), \
-             rels AS ( \
-               SELECT objid AS rel FROM c WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-               UNION SELECT i.indrelid FROM c JOIN pg_catalog.pg_index i ON i.indexrelid = c.objid \
-                WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-               UNION SELECT g.tgrelid FROM c JOIN pg_catalog.pg_trigger g ON g.oid = c.objid \
-                WHERE c.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
-               UNION SELECT p.polrelid FROM c JOIN pg_catalog.pg_policy p ON p.oid = c.objid \
-                WHERE c.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
-               UNION SELECT o.conrelid FROM c JOIN pg_catalog.pg_constraint o ON o.oid = c.objid \
-                WHERE c.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass) \
-             SELECT DISTINCT t.reloid FROM rels r \
+            "SELECT DISTINCT t.reloid FROM unnest($1::pg_catalog.oid[]) AS r(rel) \
                CROSS JOIN LATERAL (SELECT r.rel AS a \
                                    UNION SELECT a.relid FROM pg_catalog.pg_partition_ancestors(r.rel) a(relid) \
                                    UNION SELECT d.relid FROM pg_catalog.pg_partition_tree(r.rel) d) up \
                JOIN {s}._rserv_tables_ t ON t.reloid = up.a"
         ),
-        &[],
+        &[rels.into()],
         "finding tables touched by DDL",
     )
 }

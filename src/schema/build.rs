@@ -37,7 +37,7 @@ pub fn relation(schema: &str, name: &str) -> Option<pg_sys::Oid> {
     )
 }
 
-fn type_oid(n: &Named) -> Option<pg_sys::Oid> {
+pub fn type_oid(n: &Named) -> Option<pg_sys::Oid> {
     first::<pg_sys::Oid>(
         "SELECT t.oid FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
          WHERE n.nspname = $1 AND t.typname = $2",
@@ -415,6 +415,8 @@ pub fn create_table(def: &TableDef) -> (pg_sys::Oid, Vec<pg_sys::Oid>) {
             None,
         );
     }
+    // storage parameters and column settings (pre-data, as pg_dump makes them)
+    super::settings::relation(None, def);
     for c in def.columns.iter().filter(|c| c.comment.is_some()) {
         run(
             &table,

@@ -42,6 +42,18 @@ pub struct ColumnDef {
     pub collation: Option<Named>,
     #[serde(default)]
     pub comment: Option<String>,
+    /// `SET STATISTICS` (absent: the default)
+    #[serde(default)]
+    pub statistics: Option<i32>,
+    /// `SET STORAGE`: plain, external, extended or main (absent: the type's)
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// `SET COMPRESSION`: pglz or lz4 (absent: the default)
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// attribute options (`name=value`, e.g. `n_distinct=100`)
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -175,6 +187,18 @@ pub struct TableDef {
     pub force_row_security: bool,
     #[serde(default)]
     pub comment: Option<String>,
+    /// storage parameters (`name=value`; the TOAST table's as `toast.name=value`)
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// REPLICA IDENTITY: full, nothing or index (absent: default)
+    #[serde(default)]
+    pub replica_identity: Option<String>,
+    /// the index of REPLICA IDENTITY USING INDEX
+    #[serde(default)]
+    pub replica_index: Option<String>,
+    /// the index of CLUSTER ON
+    #[serde(default)]
+    pub cluster_on: Option<String>,
     pub columns: Vec<ColumnDef>,
     pub constraints: Vec<ConstraintDef>,
     pub indexes: Vec<IndexDef>,

@@ -81,6 +81,7 @@ pub fn finish_table(def: &TableDef, reloid: pg_sys::Oid, receives: &dyn Fn(&Rel)
         make_policy(def, p);
     }
     set_row_security(def);
+    super::settings::indexes(None, def);
 }
 
 /// Index `i` of table `def` (unless it exists); a partition's copy of its parent's index is
@@ -287,12 +288,21 @@ pub fn set_row_security(def: &TableDef) {
     } else {
         ("DISABLE", At::AT_DisableRowSecurity)
     };
-    run(
-        &table,
-        &format!("ALTER TABLE {table} {sql} ROW LEVEL SECURITY"),
-        Tag::T_AlterTableStmt,
-        Some(subtype),
-    );
+    // (no statement when it is so already: each one costs the DDL guards' checks)
+    let already = first::<bool>(
+        "SELECT relrowsecurity = $2 FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1)::oid",
+        &[table.clone().into(), def.row_security.into()],
+        "reading the table's row security",
+    )
+    .unwrap_or(false);
+    if !already {
+        run(
+            &table,
+            &format!("ALTER TABLE {table} {sql} ROW LEVEL SECURITY"),
+            Tag::T_AlterTableStmt,
+            Some(subtype),
+        );
+    }
     if def.force_row_security {
         warning!(
             "rserv: table {} has FORCE ROW LEVEL SECURITY on the master; not on this slave, where its owner must apply every row",

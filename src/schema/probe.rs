@@ -27,9 +27,50 @@ extern "C-unwind" {
     ) -> *mut pg_sys::IndexStmt;
 }
 
+/// Is `definition` one CREATE INDEX on plain columns with their default operator classes, no
+/// expression and no predicate? Such an index calls nothing but its columns' default operator
+/// class support, which the slave's own types bring: there is nothing to probe.
+fn plain_columns(definition: &str) -> bool {
+    // SAFETY: parse trees of the statement just parsed
+    unsafe {
+        let stmts = parse(definition, pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        let [stmt] = stmts.as_slice() else {
+            return false;
+        };
+        if stmt.is_null() || (**stmt).type_ != pg_sys::NodeTag::T_IndexStmt {
+            return false;
+        }
+        let index = &*(*stmt as *mut pg_sys::IndexStmt);
+        if !index.whereClause.is_null() || index.indexParams.is_null() {
+            return false;
+        }
+        let elems = |list: *mut pg_sys::List| {
+            (0..if list.is_null() {
+                0
+            } else {
+                (*list).length as usize
+            })
+                .map(move |i| (*(*list).elements.add(i)).ptr_value as *mut pg_sys::IndexElem)
+        };
+        elems(index.indexParams)
+            .chain(elems(index.indexIncludingParams))
+            .all(|e| {
+                !e.is_null()
+                    && (*e).type_ == pg_sys::NodeTag::T_IndexElem
+                    && !(*e).name.is_null()
+                    && (*e).expr.is_null()
+                    && (*e).opclass.is_null()
+                    && (*e).opclassopts.is_null()
+            })
+    }
+}
+
 /// Check index statement `definition` for table `reloid` (owned by `owner`, as whom this runs)
 /// before it is built.
 pub fn probe_index(table: &str, reloid: pg_sys::Oid, owner: pg_sys::Oid, definition: &str) {
+    if plain_columns(definition) {
+        return;
+    }
     let s = ext_schema();
     // rserv's own scratch table, owned by the table's owner (who builds the index on it)
     let probe = as_definer(|| {

@@ -3,8 +3,7 @@
 //! real clusters that FAILS on 6f9b780 and asserts what a fixed rserv must do (refuse with a
 //! clear error, or keep the slave equal to its master / keep the attacker powerless). Each
 //! test's doc comment says what breaks, why, how bad it is, and the recommended fix.
-//! c1, c3, c6, c7 and c8 are fixed and here; c2, c4 and c5 are open (issue notes) and their
-//! reproductions live on branch `adversary3` (tests/tests/adversary3.rs there).
+//! All eight are fixed; each test stays as a regression test.
 //!
 //! - HIGH (security) c1: the index probe runs the master's CREATE INDEX as the bootstrap
 //!   superuser; `CheckMutability` constant-folds IMMUTABLE functions, so a table owner's
@@ -40,7 +39,7 @@
 //! `RSERV_PG_BINDIR=…/bin cargo test -p rserv-tests --test adversary3 -- --nocapture`.
 
 use rserv_tests::pair::{refused_or_equal, Pair, DB};
-use rserv_tests::roles::{exec_as, output_text, value};
+use rserv_tests::roles::{exec_as, output_text, try_sql, value};
 use rserv_tests::Cluster;
 
 /// The state of sequence `seq` (`last_value`, `is_called`) on one side.
@@ -152,6 +151,130 @@ fn c1_index_probe_runs_the_owners_immutable_function_as_superuser() {
 // C2 (correctness, MEDIUM): ALTER TYPE … RENAME VALUE changes replicated rows silently
 // ---------------------------------------------------------------------------------------------
 
+/// C2. `ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'` changes the value of every row of a
+/// replicated table that holds `'sad'`, without writing a row: no capture trigger fires, and
+/// the DDL guards listen to no `ALTER TYPE` (`_rserv_alter_guard_`'s tags), so nothing is
+/// recorded either (the table's recorded definition, which lists the enum's labels, is only
+/// compared at its next ALTER TABLE). Every later cycle exits 0 while the slave keeps
+/// `'sad'` in the rows the master now shows as `'unhappy'` (`replicate check` would say they
+/// differ). The first row that changes to the renamed label then stops the apply (the slave's
+/// enum lacks it). `ALTER TYPE … ADD VALUE` likewise stops the apply at the first row that
+/// uses the new label, although an added label is a schema change the slave could follow.
+///
+/// Severity: MEDIUM (silent divergence after a documented kind of schema change).
+///
+/// Fix: add `ALTER TYPE` (and `ALTER DOMAIN`) to the DDL guard's tags; for a type used by a
+/// replicated table (directly, as an array element, a domain base, a composite attribute or a
+/// range subtype), record a DDL section for each such table — the slave renames/adds the label
+/// (its own enum, as its owner) — or at least send those tables whole (`recopy`); or refuse
+/// the change on the master with the manual way.
+#[test]
+fn c2_enum_rename_value_changes_rows_without_replicating_them() {
+    let p = Pair::start("adv3-c2");
+    p.both("CREATE TYPE mood AS ENUM ('sad', 'ok')");
+    p.table("CREATE TABLE t (id int PRIMARY KEY, m mood)", "t", None);
+    p.master.execute(
+        DB,
+        "INSERT INTO t SELECT i, CASE WHEN i % 2 = 0 THEN 'sad' ELSE 'ok' END::mood FROM generate_series(1, 6) i",
+    );
+    p.sync();
+    assert_eq!(Pair::rows(&p.slave, "t"), Pair::rows(&p.master, "t"));
+    let mut m = p.master.connect(DB);
+    if try_sql(&mut m, "ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'").is_err() {
+        return; // refused on the master: acceptable
+    }
+    p.master.execute(DB, "INSERT INTO t VALUES (100, 'ok')");
+    let out = p.replicate(&[DB, DB]);
+    refused_or_equal(
+        &p,
+        &out,
+        "t",
+        "mood",
+        "C2: after ALTER TYPE mood RENAME VALUE",
+    );
+}
+
+/// The types of both sides as the master's definition names them: each enum's labels in sort
+/// order, each domain's default, NOT NULL and constraints.
+fn types_of(c: &Cluster) -> Vec<String> {
+    c.query_strings(
+        DB,
+        "SELECT t.typname || ' ' || coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                  FROM pg_enum e WHERE e.enumtypid = t.oid), '')
+                || ' ' || coalesce(pg_get_expr(t.typdefaultbin, 0), '-') || ' ' || t.typnotnull::text
+                || ' ' || coalesce((SELECT string_agg(o.conname || ':' || pg_get_constraintdef(o.oid), ';' ORDER BY o.conname)
+                  FROM pg_constraint o WHERE o.contypid = t.oid), '')
+           FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+          WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd') ORDER BY 1",
+    )
+    .into_iter()
+    .map(|r| r[0].clone().unwrap_or_default())
+    .collect()
+}
+
+/// C2, followed: enum labels added (used by rows of the same change set, placed as on the
+/// master) and renamed, a type renamed, domains' defaults, NOT NULL and constraints changed,
+/// all under writes; the slave ends with the master's rows and types. What cannot follow (a
+/// composite type's attributes) is refused on the master, naming the type.
+#[test]
+fn c2_enum_and_domain_changes_follow_the_stream() {
+    let p = Pair::start("adv3-c2b");
+    p.both(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE DOMAIN score AS int CHECK (VALUE >= 0);
+         CREATE TYPE pair AS (a int, b int)",
+    );
+    p.table(
+        "CREATE TABLE t (id int PRIMARY KEY, m mood, ms mood[], s score, pr pair)",
+        "t",
+        None,
+    );
+    p.master.execute(
+        DB,
+        "INSERT INTO t SELECT i, 'ok', ARRAY['sad']::mood[], i, ROW(i, i)::pair FROM generate_series(1, 6) i",
+    );
+    p.sync();
+    let steps = [
+        "ALTER TYPE mood ADD VALUE 'happy' AFTER 'ok'; INSERT INTO t VALUES (10, 'happy', ARRAY['happy', 'sad']::mood[], 10)",
+        "ALTER TYPE mood ADD VALUE 'grim' BEFORE 'sad'; UPDATE t SET m = 'grim' WHERE id = 1",
+        "ALTER TYPE mood RENAME VALUE 'sad' TO 'unhappy'; INSERT INTO t VALUES (11, 'unhappy', NULL, 11)",
+        "ALTER DOMAIN score SET DEFAULT 5; INSERT INTO t (id, m) VALUES (12, 'ok')",
+        "ALTER DOMAIN score ADD CONSTRAINT small CHECK (VALUE < 1000); UPDATE t SET s = 999 WHERE id = 2",
+        "UPDATE t SET s = 0 WHERE s IS NULL; ALTER DOMAIN score SET NOT NULL",
+        "ALTER DOMAIN score DROP CONSTRAINT score_check; UPDATE t SET s = -1 WHERE id = 3",
+        "ALTER DOMAIN score DROP NOT NULL; ALTER DOMAIN score DROP DEFAULT; INSERT INTO t (id) VALUES (13)",
+        "ALTER TYPE mood RENAME TO feeling; INSERT INTO t VALUES (14, 'grim')",
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        for sql in step.split("; ") {
+            p.master.execute(DB, sql); // (a label added is usable once committed)
+        }
+        // every other step: two changes in one change set
+        if i % 2 == 1 || i == steps.len() - 1 {
+            let out = p.replicate(&[DB, DB]);
+            let text = output_text(&out);
+            assert!(out.status.success(), "C2: after {step}\n{text}");
+            assert_eq!(
+                Pair::rows(&p.slave, "t"),
+                Pair::rows(&p.master, "t"),
+                "after {step}\n{text}"
+            );
+            assert_eq!(
+                types_of(&p.slave),
+                types_of(&p.master),
+                "after {step}\n{text}"
+            );
+        }
+    }
+    let mut m = p.master.connect(DB);
+    let refused = try_sql(&mut m, "ALTER TYPE pair ADD ATTRIBUTE c int")
+        .expect_err("C2: a composite type's new attribute cannot follow");
+    assert!(
+        refused.contains("pair"),
+        "C2: the refusal names the type: {refused}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // C3 (correctness, MEDIUM): a sequence a DDL brings (ADD COLUMN serial) is never replicated
 // ---------------------------------------------------------------------------------------------
@@ -222,10 +345,135 @@ fn c3_sequence_of_a_column_added_by_ddl_is_never_replicated() {
 // C4 (correctness, MEDIUM): a table swap by renames never reaches the slave
 // ---------------------------------------------------------------------------------------------
 
+/// C4. The slave tells the master which tables it receives by the names it knows; the master
+/// (`subscribed_tables`) resolves each name to a table by its *current* name first and only
+/// then through `_rserv_ddl_`'s old names. After the classic swap
+/// `ALTER TABLE t RENAME TO t_old; ALTER TABLE t_new RENAME TO t` both of the slave's names
+/// resolve to the master's new `t` (the old `t_new`): the master's `t_old` (the slave's `t`)
+/// drops out of what the slave receives (its `_rserv_server_tables_` row is deleted as if the
+/// slave had stopped receiving it), its rename is never sent, and the slave is asked to
+/// rename its `t_new` to `t`, which its own (never renamed) `t` occupies: every cycle fails
+/// with "relation "t" already exists". Nothing on the slave can fix it (renaming a received
+/// table there is refused). With only the first rename and a new table registered under the
+/// old name, the slave's `t` silently starts mirroring the new table instead, and `t_old`
+/// never arrives (without `--create-tables`).
+///
+/// Severity: MEDIUM (a documented schema change — RENAME TABLE — stops a slave for good; the
+/// variant loses a table silently).
+///
+/// Fix: resolve a slave's names as of the slave's last confirmed change set: prefer a table
+/// whose DDL in the slave's window has that old name over a table that has the name now (or
+/// have the slave send the master's reloid it last received, kept in `_rserv_slave_tables_`).
+#[test]
+fn c4_table_swap_by_renames_stops_the_slave() {
+    let p = Pair::start("adv3-c4");
+    p.table("CREATE TABLE t (id int PRIMARY KEY, v text)", "t", None);
+    p.table(
+        "CREATE TABLE t_new (id int PRIMARY KEY, v text)",
+        "t_new",
+        None,
+    );
+    p.master.execute(
+        DB,
+        "INSERT INTO t SELECT i, 'old ' || i FROM generate_series(1, 5) i;
+         INSERT INTO t_new SELECT i, 'new ' || i FROM generate_series(1, 8) i;",
+    );
+    p.sync();
+    p.master.execute(
+        DB,
+        "BEGIN; ALTER TABLE t RENAME TO t_old; ALTER TABLE t_new RENAME TO t; COMMIT;
+         UPDATE t SET v = 'new, changed' WHERE id = 1;
+         UPDATE t_old SET v = 'old, changed' WHERE id = 2;",
+    );
+    let out = p.replicate(&[DB, DB]);
+    let text = output_text(&out);
+    assert!(
+        out.status.success(),
+        "C4: the slave cannot follow a table swap\n{text}"
+    );
+    assert_eq!(
+        Pair::rows(&p.slave, "t"),
+        Pair::rows(&p.master, "t"),
+        "t\n{text}"
+    );
+    assert_eq!(
+        Pair::rows(&p.slave, "t_old"),
+        Pair::rows(&p.master, "t_old"),
+        "t_old\n{text}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // C5 (correctness, MEDIUM): a new slave replays DDL history onto a table made from today's
 // definition
 // ---------------------------------------------------------------------------------------------
+
+/// C5. A table's first change set for a slave (no confirmed snapshot: the window is
+/// unbounded) carries every DDL section `_rserv_ddl_` still holds for it — all of them when
+/// no slave was ever registered, since the log is only cleaned relative to registered
+/// slaves — while `--create-tables` made the slave's table from the master's *current*
+/// definition. `apply_section` then replays the old steps on the new shape, by column *name*:
+/// after `RENAME COLUMN a TO c; RENAME COLUMN b TO a`, the replayed first rename finds the
+/// slave's `a` (the master's old `b`) and fails with "column "c" … already exists", in every
+/// cycle, so this slave can never join while that DDL is kept. With equal types the replay of
+/// a name swap succeeds instead and silently swaps the two columns' defaults, comments and
+/// typmods on the slave.
+///
+/// Severity: MEDIUM (a new slave cannot be set up after ordinary column renames; silent
+/// shape divergence in the swap variant).
+///
+/// Fix: a DDL section is for a slave whose table has the section's *old* shape: skip DDL
+/// sections older than the definition a slave table was created from (record the master's
+/// ddlid/xid the definition was read at in `rserv_table_list` and `_rserv_slave_pending_`, or
+/// leave out of a change set the DDL of tables it copies whole and ship only the latest
+/// definition's post-data), and match columns by the master's attnum, not by name.
+#[test]
+fn c5_new_slave_replays_ddl_history_on_a_table_made_from_the_current_definition() {
+    let p = Pair::start("adv3-c5");
+    p.master.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, a int DEFAULT 1, b int DEFAULT 2);
+         INSERT INTO t SELECT i, i, -i FROM generate_series(1, 5) i;
+         SELECT rserv_add_table('t');
+         ALTER TABLE t RENAME COLUMN a TO c;
+         ALTER TABLE t RENAME COLUMN b TO a;",
+    );
+    // the same swap on a second table, with columns of one type: replayed by name it would
+    // succeed and swap the columns' defaults silently
+    p.master.execute(
+        DB,
+        "CREATE TABLE u (id int PRIMARY KEY, a int DEFAULT 1, b int DEFAULT 2);
+         INSERT INTO u SELECT i, i, -i FROM generate_series(1, 5) i;
+         SELECT rserv_add_table('u');
+         ALTER TABLE u RENAME COLUMN a TO tmp;
+         ALTER TABLE u RENAME COLUMN b TO a;
+         ALTER TABLE u RENAME COLUMN tmp TO b;",
+    );
+    let out = p.replicate(&["--create-tables", DB, DB]);
+    let text = output_text(&out);
+    assert!(
+        out.status.success(),
+        "C5: a new slave cannot join after two column renames\n{text}"
+    );
+    assert_eq!(
+        Pair::rows(&p.slave, "t"),
+        Pair::rows(&p.master, "t"),
+        "{text}"
+    );
+    assert_eq!(
+        Pair::rows(&p.slave, "u"),
+        Pair::rows(&p.master, "u"),
+        "{text}"
+    );
+    let defaults = "SELECT string_agg(a.attname || '=' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ', ' ORDER BY a.attnum) \
+         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+         WHERE a.attrelid = 'u'::regclass AND a.attnum > 0 AND NOT a.attisdropped";
+    assert_eq!(
+        value(&p.slave, defaults),
+        value(&p.master, defaults),
+        "C5: the slave's columns of u have other defaults than the master's\n{text}"
+    );
+}
 
 // ---------------------------------------------------------------------------------------------
 // C6 (correctness, HIGH): a restored master, replicated with the seed's pipeline

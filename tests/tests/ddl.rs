@@ -389,3 +389,79 @@ fn schema_changes_of_a_table_with_triggers() {
     assert_same(&p, "t", "ADD COLUMN on a table with triggers");
     assert_eq!(triggers(&p.master), triggers(&p.slave));
 }
+
+/// `rserv_execute_ddl`: a script of schema changes runs on the master as its caller and every
+/// slave follows at that point of the stream (rebuilt from the recorded definitions, never from
+/// the script's text); a script with a statement rserv cannot follow, or that changes no
+/// replicated table, is refused with nothing of it left.
+#[test]
+fn execute_ddl_runs_on_the_master_and_follows_to_the_slaves() {
+    let p = Pair::start("ddl-exec");
+    p.master.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, a text);
+         CREATE TABLE u (id int PRIMARY KEY, x int);
+         INSERT INTO t SELECT i, 'a' || i FROM generate_series(1, 20) i;
+         SELECT rserv_add_table('t');
+         CREATE ROLE alice LOGIN;",
+    );
+    assert_ok(&p.replicate(&["--create-tables", DB, DB]), "create tables");
+    let mut m = p.master.connect(DB);
+    let changed = rserv_tests::roles::try_value(
+        &mut m,
+        "SELECT rserv_execute_ddl($$
+             CREATE TYPE kind AS ENUM ('small', 'big');
+             ALTER TABLE t ADD COLUMN k kind DEFAULT 'small', ADD COLUMN n int NOT NULL DEFAULT 0;
+             CREATE INDEX t_n ON t (n);
+             COMMENT ON COLUMN t.k IS 'how big';
+             ALTER TABLE t SET (fillfactor = 90)$$)",
+    )
+    .expect("the script runs");
+    assert_eq!(changed.as_deref(), Some("4"), "four definition changes");
+    p.master
+        .execute(DB, "UPDATE t SET k = 'big', n = id WHERE id % 2 = 0");
+    assert_ok(&p.replicate(&[DB, DB]), "replicate the script");
+    assert_same(&p, "t", "rserv_execute_ddl");
+    let fillfactor = "SELECT reloptions::text FROM pg_class WHERE oid = 't'::regclass";
+    assert_eq!(
+        p.slave.query_strings(DB, fillfactor),
+        p.master.query_strings(DB, fillfactor)
+    );
+
+    let refused = |sql: &str, needle: &str| {
+        let err = try_sql(
+            &mut p.master.connect(DB),
+            &format!("SELECT rserv_execute_ddl($${sql}$$)"),
+        )
+        .expect_err(sql);
+        assert!(err.contains(needle), "{sql}: {err}");
+    };
+    // a kind rserv does not follow: refused before anything runs
+    refused(
+        "ALTER TABLE t ADD COLUMN gone int; GRANT SELECT ON t TO alice",
+        "statement 2 cannot follow to the slaves",
+    );
+    refused(
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "statement 1 cannot follow",
+    );
+    // no replicated table changed: nothing would reach the slaves
+    refused("CREATE INDEX u_x ON u (x)", "changed no replicated table");
+    // it runs as its caller: alice does not own t
+    p.master
+        .execute(DB, "SELECT rserv_grant_replication('alice')");
+    let mut a = rserv_tests::roles::connect_as(&p.master, "alice");
+    let err = try_sql(
+        &mut a,
+        "SELECT rserv_execute_ddl('ALTER TABLE public.t ADD COLUMN gone int')",
+    )
+    .expect_err("alice may not alter t");
+    assert!(err.contains("must be owner"), "{err}");
+    let left = "SELECT count(*)::text FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'gone'
+                UNION ALL SELECT count(*)::text FROM pg_class WHERE relname = 'u_x'";
+    assert_eq!(
+        p.master.query_strings(DB, left),
+        vec![vec![Some("0".to_string())], vec![Some("0".to_string())]],
+        "a refused script leaves nothing"
+    );
+}

@@ -473,13 +473,10 @@ fn pagila_replicates_whole_with_one_command() {
     assert_eq!(got[3], 0, "the new column's default on the slave");
 }
 
-/// Known gap (not fixed): changes to the types a replicated table uses do not follow the
-/// stream, and are not refused on the master either. A value added to pagila's enum, or a
-/// domain CHECK widened, and a row using it: the slave stops at that change set
-/// ("invalid input value for enum", "violates check constraint") until someone repeats the
-/// ALTER TYPE / ALTER DOMAIN there. This test asserts the behaviour issue 15 asks for.
+/// Changes to the types a replicated table uses follow the stream: a value added to pagila's
+/// enum and a domain CHECK widened, with rows using them in the same change set (the slave
+/// commits the enum's new label before the change set, which could not use it otherwise).
 #[test]
-#[ignore = "known gap: ALTER TYPE / ALTER DOMAIN do not follow the stream"]
 fn type_changes_follow_the_stream() {
     let p = pagila_pair("pagila-types");
     p.master.execute(
@@ -497,13 +494,11 @@ fn type_changes_follow_the_stream() {
     assert_all_equal(&p, "after ALTER TYPE and ALTER DOMAIN");
 }
 
-/// Known gap (not fixed): storage and planner settings of a table are neither created by
-/// `--create-tables` nor followed when changed (`pg_dump --schema-only` shows them, issue 15's
-/// test of the schema copy compares it): storage parameters (`WITH (fillfactor ...)`), column
-/// statistics targets, storage modes and attribute options, REPLICA IDENTITY, CLUSTER ON.
-/// This test asserts the behaviour issue 15 asks for.
+/// Storage and planner settings of a table are created by `--create-tables` and follow when
+/// changed (`pg_dump --schema-only` of both sides agrees): storage parameters (`WITH
+/// (fillfactor ...)`), column statistics targets, storage modes and attribute options,
+/// REPLICA IDENTITY, CLUSTER ON.
 #[test]
-#[ignore = "known gap: reloptions, SET STATISTICS/STORAGE, REPLICA IDENTITY, CLUSTER ON are not copied"]
 fn storage_settings_are_copied_and_follow() {
     let p = Pair::start("pagila-storage");
     let dir = data_dir();

@@ -1,0 +1,577 @@
+//! Types a replicated table uses change on the master without touching the table: `ALTER TYPE
+//! … ADD VALUE / RENAME VALUE / RENAME TO / SET SCHEMA` of an enum, `ALTER DOMAIN` (default,
+//! NOT NULL, constraints, renames). The DDL guards record every replicated table that uses the
+//! type (directly, in an array, a domain, a composite or a range) like any other schema change,
+//! so the type's definition before and after travels in the stream; here, the difference as
+//! steps (pure), and the slave's statements for them.
+//!
+//! Enum labels are never removed or reordered by PostgreSQL, so a label keeps its place: one
+//! list compared with the next is renames (same length) or additions (the old list a
+//! subsequence of the new). A label added on the slave cannot be used by the transaction that
+//! added it ("unsafe use of new value"), so the slave adds labels in a transaction of its own
+//! before the change set (`rserv_apply_types`, which replicate calls), where they are harmless:
+//! the master has committed them.
+
+use crate::error::fail;
+use crate::schema::build::run;
+use crate::schema::model::{Named, TypeDef};
+use crate::schema::verify::{bad_definition, expression, risky_calls, trusted_type};
+use crate::security::run_as_owner;
+use crate::sql::{first, qualified, quote_ident, quote_literal};
+use pgrx::pg_sys;
+use pgrx::pg_sys::NodeTag as Tag;
+use pgrx::prelude::*;
+
+#[derive(Debug, Clone)]
+pub enum TypeStep {
+    /// a type renamed or moved to another schema (its definition otherwise the same)
+    Rename {
+        kind: String,
+        from: Named,
+        to: Named,
+    },
+    EnumRename {
+        typ: Named,
+        from: String,
+        to: String,
+    },
+    /// a label added after `after` (or, first in the list, before `before`)
+    EnumAdd {
+        typ: Named,
+        label: String,
+        after: Option<String>,
+        before: Option<String>,
+    },
+    DomainDefault {
+        typ: Named,
+        default: Option<String>,
+    },
+    DomainDropNotNull(Named),
+    DomainDropConstraint {
+        typ: Named,
+        name: String,
+    },
+}
+
+/// What changed in the types of a table's definition.
+#[derive(Debug, Default)]
+pub struct TypeDiff {
+    pub steps: Vec<TypeStep>,
+    /// domains whose NOT NULL or constraints must be made once the rows are the master's
+    pub domains_after: Vec<TypeDef>,
+    pub unsupported: Vec<String>,
+}
+
+pub fn named(t: &TypeDef) -> Named {
+    Named {
+        schema: t.schema.clone(),
+        name: t.name.clone(),
+    }
+}
+
+fn shown(t: &TypeDef) -> String {
+    crate::sql::qualified(&t.schema, &t.name)
+}
+
+/// The same type under another name: everything but the name (and comment) equal.
+fn same_but_name(a: &TypeDef, b: &TypeDef) -> bool {
+    let mut b = b.clone();
+    b.schema = a.schema.clone();
+    b.name = a.name.clone();
+    b.comment = a.comment.clone();
+    *a == b
+}
+
+/// The steps from the labels `old` to `new` of enum `typ`.
+fn enum_steps(t: &TypeDef, old: &[String], new: &[String], d: &mut TypeDiff) {
+    let typ = named(t);
+    if old.len() == new.len() {
+        let renames: Vec<(&String, &String)> =
+            old.iter().zip(new).filter(|(a, b)| a != b).collect();
+        // renames one after another must not meet a label still to be renamed
+        if renames.iter().any(|(_, to)| old.contains(to)) {
+            d.unsupported.push(format!(
+                "labels of enum {} were exchanged by renames",
+                shown(t)
+            ));
+            return;
+        }
+        for (from, to) in renames {
+            d.steps.push(TypeStep::EnumRename {
+                typ: typ.clone(),
+                from: from.clone(),
+                to: to.clone(),
+            });
+        }
+        return;
+    }
+    // additions: the old labels in order within the new ones
+    let mut rest = old.iter().peekable();
+    let mut added = Vec::new();
+    for (i, label) in new.iter().enumerate() {
+        if rest.peek() == Some(&label) {
+            rest.next();
+        } else {
+            added.push(i);
+        }
+    }
+    if rest.peek().is_some() || new.len() < old.len() {
+        d.unsupported.push(format!(
+            "labels of enum {} were renamed and added at once",
+            shown(t)
+        ));
+        return;
+    }
+    for i in added {
+        d.steps.push(TypeStep::EnumAdd {
+            typ: typ.clone(),
+            label: new[i].clone(),
+            after: i.checked_sub(1).map(|p| new[p].clone()),
+            before: new.get(i + 1).filter(|_| i == 0).cloned(),
+        });
+    }
+}
+
+fn domain_steps(o: &TypeDef, n: &TypeDef, d: &mut TypeDiff) {
+    let typ = named(n);
+    if o.base != n.base || o.typmod != n.typmod || o.collation != n.collation {
+        d.unsupported
+            .push(format!("the base type of domain {} changed", shown(n)));
+        return;
+    }
+    if o.default != n.default {
+        d.steps.push(TypeStep::DomainDefault {
+            typ: typ.clone(),
+            default: n.default.clone(),
+        });
+    }
+    if o.not_null && !n.not_null {
+        d.steps.push(TypeStep::DomainDropNotNull(typ.clone()));
+    }
+    let (oc, nc) = (
+        o.constraints.clone().unwrap_or_default(),
+        n.constraints.clone().unwrap_or_default(),
+    );
+    for c in oc.iter().filter(|c| !nc.contains(c)) {
+        d.steps.push(TypeStep::DomainDropConstraint {
+            typ: typ.clone(),
+            name: c.name.clone(),
+        });
+    }
+    if nc.iter().any(|c| !oc.contains(c)) || (n.not_null && !o.not_null) {
+        d.domains_after.push(n.clone());
+    }
+}
+
+/// The steps from the types `old` to `new` (both from the master's definitions of one table).
+pub fn diff_types(old: &[TypeDef], new: &[TypeDef]) -> TypeDiff {
+    let mut d = TypeDiff::default();
+    let find = |list: &[TypeDef], t: &TypeDef| {
+        list.iter()
+            .find(|x| x.schema == t.schema && x.name == t.name)
+            .cloned()
+    };
+    for o in old {
+        let Some(n) = find(new, o) else {
+            // gone from the table's types: renamed or moved, when a type of the same definition
+            // came under another name; otherwise no longer used
+            let came: Vec<&TypeDef> = new
+                .iter()
+                .filter(|n| find(old, n).is_none() && same_but_name(o, n))
+                .collect();
+            if let [n] = came.as_slice() {
+                d.steps.push(TypeStep::Rename {
+                    kind: o.kind.clone(),
+                    from: named(o),
+                    to: named(n),
+                });
+            }
+            continue;
+        };
+        if o.kind != n.kind {
+            d.unsupported
+                .push(format!("type {} was made anew as another kind", shown(&n)));
+            continue;
+        }
+        match o.kind.as_str() {
+            "e" => enum_steps(
+                &n,
+                &o.labels.clone().unwrap_or_default(),
+                &n.labels.clone().unwrap_or_default(),
+                &mut d,
+            ),
+            "d" => domain_steps(o, &n, &mut d),
+            "c" if o.attributes != n.attributes => d.unsupported.push(format!(
+                "the attributes of composite type {} changed",
+                shown(&n)
+            )),
+            "r" if o.subtype != n.subtype => d
+                .unsupported
+                .push(format!("the subtype of range type {} changed", shown(&n))),
+            _ => {}
+        }
+    }
+    d
+}
+
+// ---------------------------------------------------------------------------------------------
+// On the slave
+// ---------------------------------------------------------------------------------------------
+
+/// This slave's type `n`: its oid and owner, when it has it.
+fn slave_type(n: &Named) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    let oid = crate::schema::build::type_oid(n)?;
+    let owner = first::<pg_sys::Oid>(
+        "SELECT typowner FROM pg_catalog.pg_type WHERE oid = $1",
+        &[oid.into()],
+        "reading a type's owner",
+    )?;
+    Some((oid, owner))
+}
+
+/// Run `f` as the owner of this slave's type `n` (who alone may alter it), which must be a
+/// superuser's or the table owner's, like every type a received table uses.
+fn as_type_owner(table: &str, table_owner: pg_sys::Oid, n: &Named, f: impl FnOnce(&str)) {
+    let Some((oid, owner)) = slave_type(n) else {
+        return;
+    };
+    if !trusted_type(oid, table_owner) {
+        bad_definition(
+            table,
+            format!(
+                "it uses type {} of this slave, which belongs to another user",
+                crate::catalog::format_type(oid, -1)
+            ),
+        );
+    }
+    let name = qualified(&n.schema, &n.name);
+    run_as_owner(owner, &[], || f(&name));
+}
+
+fn has_label(typ: &str, label: &str) -> bool {
+    first::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_enum \
+         WHERE enumtypid = pg_catalog.to_regtype($1)::oid AND enumlabel = $2)",
+        &[typ.into(), label.into()],
+        "reading an enum's labels",
+    )
+    .unwrap_or(false)
+}
+
+/// Does a table this slave receives use this slave's type `n` (in a column, or inside an
+/// array, domain, composite or range type of one)?
+pub fn received_tables_use(n: &Named) -> bool {
+    let s = crate::catalog::ext_schema();
+    first::<bool>(
+        &format!(
+            "WITH RECURSIVE used(oid) AS ( \
+               SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                WHERE a.attrelid IN (SELECT reloid FROM {s}._rserv_slave_tables_) \
+                  AND a.attnum > 0 AND NOT a.attisdropped \
+               UNION SELECT x.nxt FROM used u JOIN pg_catalog.pg_type t ON t.oid = u.oid \
+                CROSS JOIN LATERAL ( \
+                   SELECT t.typelem WHERE t.typelem <> 0 AND t.typcategory = 'A' \
+                   UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd' \
+                   UNION ALL SELECT ca.atttypid FROM pg_catalog.pg_attribute ca \
+                    WHERE t.typtype = 'c' AND ca.attrelid = t.typrelid AND ca.attnum > 0 \
+                      AND NOT ca.attisdropped \
+                   UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
+                    WHERE t.typtype = 'r' AND r.rngtypid = t.oid) AS x(nxt)) \
+             SELECT EXISTS (SELECT 1 FROM used u JOIN pg_catalog.pg_type t ON t.oid = u.oid \
+                             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+                            WHERE n.nspname = $1 AND t.typname = $2)"
+        ),
+        &[n.schema.clone().into(), n.name.clone().into()],
+        "looking for the tables that use a type",
+    )
+    .unwrap_or(false)
+}
+
+/// `ALTER TYPE … ADD VALUE` of step `EnumAdd`; false when its neighbour is missing here.
+pub fn add_label(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) -> bool {
+    let TypeStep::EnumAdd {
+        typ,
+        label,
+        after,
+        before,
+    } = step
+    else {
+        return false;
+    };
+    let mut added = false;
+    as_type_owner(table, table_owner, typ, |name| {
+        if has_label(name, label) {
+            return;
+        }
+        let place = match (after, before) {
+            (Some(a), _) if has_label(name, a) => format!(" AFTER {}", quote_literal(a)),
+            (None, Some(b)) if has_label(name, b) => format!(" BEFORE {}", quote_literal(b)),
+            (None, None) => String::new(),
+            _ => return,
+        };
+        run(
+            table,
+            &format!(
+                "ALTER TYPE {name} ADD VALUE IF NOT EXISTS {}{place}",
+                quote_literal(label)
+            ),
+            Tag::T_AlterEnumStmt,
+            None,
+        );
+        added = true;
+    });
+    added
+}
+
+/// Run one type step on this slave as the type's owner; what is done already is left alone
+/// (a type shared by several tables comes with each of their sections).
+pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
+    match step {
+        TypeStep::Rename { kind, from, to } => {
+            if slave_type(to).is_some() {
+                return; // renamed already (or made here under the new name)
+            }
+            let what = if kind == "d" { "DOMAIN" } else { "TYPE" };
+            crate::schema::build::ensure_schema(table, &to.schema);
+            as_type_owner(table, table_owner, from, |name| {
+                let mut current = name.to_string();
+                if from.schema != to.schema {
+                    run(
+                        table,
+                        &format!("ALTER {what} {name} SET SCHEMA {}", quote_ident(&to.schema)),
+                        Tag::T_AlterObjectSchemaStmt,
+                        None,
+                    );
+                    current = qualified(&to.schema, &from.name);
+                }
+                if from.name != to.name {
+                    run(
+                        table,
+                        &format!("ALTER {what} {current} RENAME TO {}", quote_ident(&to.name)),
+                        Tag::T_RenameStmt,
+                        None,
+                    );
+                }
+            });
+        }
+        TypeStep::EnumRename { typ, from, to } => as_type_owner(table, table_owner, typ, |name| {
+            if has_label(name, from) && !has_label(name, to) {
+                run(
+                    table,
+                    &format!(
+                        "ALTER TYPE {name} RENAME VALUE {} TO {}",
+                        quote_literal(from),
+                        quote_literal(to)
+                    ),
+                    Tag::T_AlterEnumStmt,
+                    None,
+                );
+            }
+        }),
+        TypeStep::EnumAdd { typ, label, .. } => {
+            if !add_label(table, table_owner, step) {
+                let name = qualified(&typ.schema, &typ.name);
+                if slave_type(typ).is_some() && !has_label(&name, label) {
+                    fail(
+                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!(
+                            "rserv: the master added label {} to enum {name}, but this slave's {name} lacks the label next to it",
+                            quote_literal(label)
+                        ),
+                        format!("make this slave's {name} have the master's labels, then replicate again (nothing of this change set was applied)"),
+                    );
+                }
+            }
+        }
+        TypeStep::DomainDefault { typ, default } => {
+            as_type_owner(table, table_owner, typ, |name| {
+                let sql = match default {
+                    Some(d) => format!(
+                        "ALTER DOMAIN {name} SET DEFAULT {}",
+                        expression(table, &format!("the default of domain {name}"), d)
+                    ),
+                    None => format!("ALTER DOMAIN {name} DROP DEFAULT"),
+                };
+                run(table, &sql, Tag::T_AlterDomainStmt, None);
+            })
+        }
+        TypeStep::DomainDropNotNull(typ) => as_type_owner(table, table_owner, typ, |name| {
+            run(
+                table,
+                &format!("ALTER DOMAIN {name} DROP NOT NULL"),
+                Tag::T_AlterDomainStmt,
+                None,
+            )
+        }),
+        TypeStep::DomainDropConstraint { typ, name: c } => {
+            as_type_owner(table, table_owner, typ, |name| {
+                run(
+                    table,
+                    &format!(
+                        "ALTER DOMAIN {name} DROP CONSTRAINT IF EXISTS {}",
+                        quote_ident(c)
+                    ),
+                    Tag::T_AlterDomainStmt,
+                    None,
+                )
+            })
+        }
+    }
+}
+
+/// Once the rows are the master's: domain `def` gets the NOT NULL and constraints it has on the
+/// master. A constraint is added NOT VALID first (nothing of it runs), the functions it calls
+/// are checked, and only then is it validated on the rows.
+pub fn finish_domain(table: &str, reloid: pg_sys::Oid, table_owner: pg_sys::Oid, def: &TypeDef) {
+    let typ = named(def);
+    let Some((oid, _)) = slave_type(&typ) else {
+        return;
+    };
+    as_type_owner(table, table_owner, &typ, |name| {
+        for c in def.constraints.iter().flatten() {
+            let here = first::<String>(
+                "SELECT pg_catalog.pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint \
+                 WHERE contypid = $1 AND conname = $2",
+                &[oid.into(), c.name.clone().into()],
+                "reading a domain constraint",
+            );
+            match here {
+                Some(d) if d == c.definition => continue,
+                Some(_) => run(
+                    table,
+                    &format!(
+                        "ALTER DOMAIN {name} DROP CONSTRAINT {}",
+                        quote_ident(&c.name)
+                    ),
+                    Tag::T_AlterDomainStmt,
+                    None,
+                ),
+                None => {}
+            }
+            let valid = !c.definition.ends_with(" NOT VALID");
+            let clause = if valid {
+                format!("{} NOT VALID", c.definition)
+            } else {
+                c.definition.clone()
+            };
+            run(
+                table,
+                &format!(
+                    "ALTER DOMAIN {name} ADD CONSTRAINT {} {clause}",
+                    quote_ident(&c.name)
+                ),
+                Tag::T_AlterDomainStmt,
+                None,
+            );
+            let risky = risky_calls(reloid, &[oid], table_owner);
+            if !risky.is_empty() {
+                bad_definition(
+                    table,
+                    format!(
+                        "the constraints of domain {name} call functions with side effects: {}",
+                        risky.join(", ")
+                    ),
+                );
+            }
+            if valid {
+                run(
+                    table,
+                    &format!(
+                        "ALTER DOMAIN {name} VALIDATE CONSTRAINT {}",
+                        quote_ident(&c.name)
+                    ),
+                    Tag::T_AlterDomainStmt,
+                    None,
+                );
+            }
+        }
+        let nullable = first::<bool>(
+            "SELECT NOT typnotnull FROM pg_catalog.pg_type WHERE oid = $1",
+            &[oid.into()],
+            "reading a domain",
+        )
+        .unwrap_or(false);
+        if def.not_null && nullable {
+            run(
+                table,
+                &format!("ALTER DOMAIN {name} SET NOT NULL"),
+                Tag::T_AlterDomainStmt,
+                None,
+            );
+        }
+    });
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+
+    fn enum_def(labels: &[&str]) -> TypeDef {
+        TypeDef {
+            schema: "public".into(),
+            name: "mood".into(),
+            kind: "e".into(),
+            labels: Some(labels.iter().map(|l| l.to_string()).collect()),
+            base: None,
+            typmod: -1,
+            not_null: false,
+            default: None,
+            collation: None,
+            constraints: None,
+            attributes: None,
+            subtype: None,
+            comment: None,
+        }
+    }
+
+    #[pg_test]
+    fn enum_labels_added_keep_their_place() {
+        let d = diff_types(
+            &[enum_def(&["a", "b"])],
+            &[enum_def(&["x", "a", "y", "b", "z"])],
+        );
+        let adds: Vec<String> = d
+            .steps
+            .iter()
+            .map(|s| match s {
+                TypeStep::EnumAdd {
+                    label,
+                    after,
+                    before,
+                    ..
+                } => format!("{label} {after:?} {before:?}"),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            adds,
+            [
+                "x None Some(\"a\")",
+                "y Some(\"a\") None",
+                "z Some(\"b\") None"
+            ]
+        );
+        assert!(d.unsupported.is_empty());
+    }
+
+    #[pg_test]
+    fn enum_label_renamed_or_ambiguous() {
+        let d = diff_types(&[enum_def(&["sad", "ok"])], &[enum_def(&["unhappy", "ok"])]);
+        assert!(
+            matches!(&d.steps[..], [TypeStep::EnumRename { from, to, .. }] if from == "sad" && to == "unhappy")
+        );
+        let d = diff_types(&[enum_def(&["a", "b"])], &[enum_def(&["b", "a"])]);
+        assert_eq!(d.unsupported.len(), 1);
+        let d = diff_types(&[enum_def(&["a", "b"])], &[enum_def(&["c", "b", "d"])]);
+        assert_eq!(d.unsupported.len(), 1);
+    }
+
+    #[pg_test]
+    fn a_type_renamed_is_found_by_its_definition() {
+        let mut n = enum_def(&["a"]);
+        n.name = "feeling".into();
+        let d = diff_types(&[enum_def(&["a"])], &[n]);
+        assert!(matches!(&d.steps[..], [TypeStep::Rename { to, .. }] if to.name == "feeling"));
+    }
+}
