@@ -144,10 +144,12 @@ fn rserv_slave_master_id() -> Option<String> {
 /// that builds on a change set this slave has not applied (it was restored from a backup):
 /// applying it would silently miss the changes in between; and one with the sync id this
 /// slave applied last but another `fingerprint` (its master was restored from a backup and
-/// issues that id again).
+/// issues that id again). `snapshot`: the master's snapshot of the change set (pg_snapshot's
+/// text form), recorded for a failover to compare slaves by.
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
 // The symbol carries the signature's version (1.0.0 had three arguments).
 #[pg_extern(volatile, security_definer, name = "rserv_apply_begin")]
+#[allow(clippy::too_many_arguments)] // the SQL signature: one argument per change-set header fact
 fn rserv_apply_begin_v11(
     syncid: i64,
     master: String,
@@ -156,6 +158,7 @@ fn rserv_apply_begin_v11(
     base: default!(Option<i64>, "NULL"),
     slave_node: default!(Option<String>, "NULL"),
     fingerprint: default!(Option<String>, "NULL"),
+    snapshot: default!(Option<String>, "NULL"),
 ) -> bool {
     let _definer = definer();
     require_replicator("rserv_apply_begin");
@@ -246,12 +249,19 @@ fn rserv_apply_begin_v11(
     }
     Spi::run_with_args(
         &format!(
-            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint) \
-             VALUES ($1, now(), $2::uuid, $3, $4::uuid) \
+            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint, snapshot) \
+             VALUES ($1, now(), $2::uuid, $3, $4::uuid, $5) \
              ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
-                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint"
+                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint, \
+                 snapshot = excluded.snapshot"
         ),
-        &[syncid.into(), master.into(), server.into(), fingerprint.into()],
+        &[
+            syncid.into(),
+            master.into(),
+            server.into(),
+            fingerprint.into(),
+            snapshot.into(),
+        ],
     )
     .or_fail("recording the sync id");
     // The master is told this change set is applied right after COMMIT returns: it must be

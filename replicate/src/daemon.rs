@@ -248,16 +248,29 @@ fn nap(d: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Keep one slave's worker alive: reconnect with exponential backoff after any failure.
+/// Keep one slave's worker alive: reconnect with exponential backoff after any failure. When
+/// the pair's roles flip (a switchover, or a failover once the old master has rejoined), follow
+/// the new direction: the configured slave is the master now, the configured master its slave.
 fn supervise(w: &Worker, m: &SlaveMetrics, stop: &AtomicBool, interval: Duration, clean_log: bool) {
     let mut backoff = Duration::from_millis(500);
     let server = w
         .server
         .map_or_else(|| "by node id".to_string(), |s| s.to_string());
     info!(slave = %w.name, %server, master = %w.master.describe(), to = %w.slave.describe(), "starting");
+    let mut flipped = false;
     while !stop.load(Ordering::Relaxed) {
-        match follow(w, m, stop, interval, clean_log, &mut backoff) {
+        let pair = if flipped {
+            (&w.slave, &w.master)
+        } else {
+            (&w.master, &w.slave)
+        };
+        match follow(w, pair, m, stop, interval, clean_log, &mut backoff) {
             Ok(()) => break,
+            Err(Error::Flipped(why)) => {
+                flipped = !flipped;
+                warn!(slave = %w.name, why = %why, master = %pair.1.describe(), to = %pair.0.describe(),
+                      "roles flipped: following the new direction");
+            }
             Err(e) => {
                 m.error(&e.to_string());
                 error!(slave = %w.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "replication interrupted");
@@ -278,16 +291,17 @@ fn connect(ep: &Endpoint, side: &'static str) -> Result<postgres::Client, Error>
 /// One connected session: cycles until asked to stop (Ok) or something fails (Err).
 fn follow(
     w: &Worker,
+    (master_ep, slave_ep): (&Endpoint, &Endpoint),
     m: &SlaveMetrics,
     stop: &AtomicBool,
     interval: Duration,
     clean_log: bool,
     backoff: &mut Duration,
 ) -> Result<(), Error> {
-    let mut master = connect(&w.master, "master")?;
-    let mut slave = connect(&w.slave, "slave")?;
-    let master_rs = Rserv::locate(&mut master, "master", w.master.dbname())?;
-    let slave_rs = Rserv::locate(&mut slave, "slave", w.slave.dbname())?;
+    let mut master = connect(master_ep, "master")?;
+    let mut slave = connect(slave_ep, "slave")?;
+    let master_rs = Rserv::locate(&mut master, "master", master_ep.dbname())?;
+    let slave_rs = Rserv::locate(&mut slave, "slave", slave_ep.dbname())?;
     // One applier per slave: a second `replicate run` waits here instead of racing.
     let locked: bool = slave
         .query_one("SELECT pg_catalog.pg_try_advisory_lock(1920102006, 1)", &[])
@@ -296,7 +310,7 @@ fn follow(
     if !locked {
         return Err(Error::Failed(format!(
             "another replicate is already applying to slave {}",
-            w.slave.describe()
+            slave_ep.describe()
         )));
     }
     master

@@ -44,6 +44,14 @@ pub enum Error {
     Usage(String),
     #[error("{0}")]
     Failed(String),
+    /// The master and slave given are not (or no longer) master and slave of each other: the
+    /// slave took over from the master (switchover or failover).
+    #[error("{0}")]
+    Direction(String),
+    /// The master and slave given have swapped roles: the slave took over and the master
+    /// follows it now (a `replicate run` daemon follows the flip).
+    #[error("{0}")]
+    Flipped(String),
 }
 
 impl Error {
@@ -62,7 +70,11 @@ impl Error {
             Error::Connect { .. } => exit::CONNECT,
             Error::Snapshot(_) => exit::BAD_SNAPSHOT,
             Error::Usage(_) => exit::USAGE,
-            Error::Db { .. } | Error::Io { .. } | Error::Failed(_) => exit::FAILED,
+            Error::Db { .. }
+            | Error::Io { .. }
+            | Error::Failed(_)
+            | Error::Direction(_)
+            | Error::Flipped(_) => exit::FAILED,
         }
     }
 

@@ -173,7 +173,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
     let began: bool = tx
         .query_one(
             &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6, $7)",
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8)",
                 rs.func("rserv_apply_begin")
             ),
             &[
@@ -184,6 +184,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
                 &reader.header.base,
                 &reader.header.slave,
                 &reader.header.fingerprint,
+                &reader.header.snapshot,
             ],
         )
         .ctx(format!("slave: starting change set {syncid}"))?

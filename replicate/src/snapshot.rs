@@ -50,6 +50,10 @@ pub struct Header {
     /// backup issues its ids again); absent in files written before 1.1.0
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// the master's snapshot the change set was read at (`pg_snapshot` text form): a slave
+    /// records it, for a failover to tell which slave holds more; absent before 1.1.0
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

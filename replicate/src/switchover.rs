@@ -5,8 +5,10 @@
 
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
 use crate::error::{DbContext, Error};
-use crate::master;
-use crate::slave;
+use crate::rserv::Rserv;
+use crate::steps::reached;
+use crate::{master, slave};
+use postgres::Client;
 use std::time::{Duration, Instant};
 
 /// What a switchover did.
@@ -42,10 +44,16 @@ fn promoted(ep: &mut Endpoints, old: &str) -> Result<Option<(i32, i64)>, Error> 
         .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0))))
 }
 
-/// Fence the master, waiting `grace` for writers in flight, then cancelling those still there.
-fn fence(ep: &mut Endpoints, successor: &str, grace: Duration) -> Result<(i64, i64), Error> {
-    let m = &mut *ep.master;
-    let rs = ep.master_rs;
+/// Fence a master (`kind` 'switchover' or 'deposed', see the extension's `fence.rs`), waiting
+/// `grace` for writers in flight, then cancelling those still there. Returns the tables fenced
+/// and the writers cancelled.
+pub fn fence(
+    m: &mut Client,
+    rs: &Rserv,
+    successor: &str,
+    grace: Duration,
+    kind: &str,
+) -> Result<(i64, i64), Error> {
     let mut cancelled = 0;
     for attempt in 0..3 {
         m.batch_execute(&format!(
@@ -54,8 +62,8 @@ fn fence(ep: &mut Endpoints, successor: &str, grace: Duration) -> Result<(i64, i
         ))
         .ctx("master: setting lock_timeout")?;
         let r = m.query_one(
-            &format!("SELECT {}($1)", rs.func("rserv_fence")),
-            &[&successor],
+            &format!("SELECT {}($1, $2)", rs.func("rserv_fence")),
+            &[&successor, &kind],
         );
         m.batch_execute("RESET lock_timeout")
             .ctx("master: resetting lock_timeout")?;
@@ -86,7 +94,7 @@ fn fence(ep: &mut Endpoints, successor: &str, grace: Duration) -> Result<(i64, i
         }
     }
     Err(Error::Failed(
-        "master: the replicated tables stayed locked; the switchover did not start".into(),
+        "master: the replicated tables stayed locked; the fence could not be taken".into(),
     ))
 }
 
@@ -103,13 +111,14 @@ pub fn switchover(
         // interrupted after the promotion: only the old master's part is left (or done)
         let follows = slave::sync_state(ep.master, ep.master_rs)?.1;
         if follows.is_some_and(|m| m.eq_ignore_ascii_case(&new)) {
+            complete(ep.slave, ep.slave_rs, &old)?;
             return Err(Error::Failed(
                 "the switchover is complete already: the slave is the master now".into(),
             ));
         }
         report.server = server;
         report.syncid = syncid;
-        report.tables = demote(ep, &new, server, syncid)?;
+        report.tables = demote(ep, &old, &new, server, syncid)?;
         return Ok(report);
     }
     let follows = slave::sync_state(ep.slave, ep.slave_rs)?.1;
@@ -120,8 +129,9 @@ pub fn switchover(
         ));
     }
     let started = Instant::now();
-    let (_, cancelled) = fence(ep, &new, grace)?;
+    let (_, cancelled) = fence(ep.master, ep.master_rs, &new, grace, "switchover")?;
     report.cancelled = cancelled;
+    reached("switchover:fenced");
     // what the master committed before the fence reaches the slave
     let mut session = cycle::Session::default();
     loop {
@@ -133,6 +143,7 @@ pub fn switchover(
             break;
         }
     }
+    reached("switchover:synced");
     let mut promote = ep
         .slave
         .transaction()
@@ -150,11 +161,19 @@ pub fn switchover(
     report.unavailable = started.elapsed();
     report.server = row.get(0);
     report.syncid = row.get(1);
-    report.tables = demote(ep, &new, report.server, report.syncid)?;
+    reached("switchover:promoted");
+    report.tables = demote(ep, &old, &new, report.server, report.syncid)?;
     Ok(report)
 }
 
-fn demote(ep: &mut Endpoints, new: &str, server: i32, syncid: i64) -> Result<i64, Error> {
+/// The old master becomes a slave of the new one; the new master records the takeover complete.
+fn demote(
+    ep: &mut Endpoints,
+    old: &str,
+    new: &str,
+    server: i32,
+    syncid: i64,
+) -> Result<i64, Error> {
     let row = ep
         .master
         .query_one(
@@ -162,7 +181,19 @@ fn demote(ep: &mut Endpoints, new: &str, server: i32, syncid: i64) -> Result<i64
             &[&new, &server, &syncid],
         )
         .ctx("master: becoming a slave of the new master")?;
+    reached("switchover:demoted");
+    complete(ep.slave, ep.slave_rs, old)?;
     Ok(row.get(0))
+}
+
+/// On the new master: the old master `old` follows it now.
+pub fn complete(new: &mut Client, rs: &Rserv, old: &str) -> Result<(), Error> {
+    new.query_one(
+        &format!("SELECT {}($1)", rs.func("rserv_takeover_done")),
+        &[&old],
+    )
+    .ctx("new master: recording the takeover complete")?;
+    Ok(())
 }
 
 /// Lift the fence of a switchover that is not going ahead (the slave was not promoted).
