@@ -18,6 +18,9 @@ BEGIN
     IF tg_tag = 'DROP EXTENSION' THEN
         RETURN;  -- DROP EXTENSION rserv removes the catalog itself
     END IF;
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
+    END IF;
     IF NOT @extschema@._rserv_internal_ddl_() THEN
         SELECT string_agg(d.object_identity, ', ' ORDER BY d.object_identity) INTO names
           FROM pg_event_trigger_dropped_objects() AS d
@@ -59,6 +62,9 @@ DECLARE
     r record;
     internal bool := @extschema@._rserv_internal_ddl_();
 BEGIN
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
+    END IF;
     IF NOT internal THEN
         -- a slave finds its tables by the names its master sends (the master's own renames
         -- follow through the stream, and the slave renames its table with them)
@@ -173,6 +179,7 @@ CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rs
 REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_own_triggers_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_refresh_watched_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reinstall_capture_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reconcile_partitions_() FROM PUBLIC;

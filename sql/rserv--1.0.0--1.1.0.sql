@@ -81,6 +81,11 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_rserv_internal_ddl__wrapper';
 
+CREATE  FUNCTION "_rserv_own_triggers_ddl_"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_rserv_own_triggers_ddl__wrapper';
+
 CREATE  FUNCTION "_rserv_refresh_watched_"(
 	"reloid" oid /* pg_sys :: Oid */
 ) RETURNS void
@@ -256,6 +261,9 @@ BEGIN
     IF tg_tag = 'DROP EXTENSION' THEN
         RETURN;  -- DROP EXTENSION rserv removes the catalog itself
     END IF;
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
+    END IF;
     IF NOT @extschema@._rserv_internal_ddl_() THEN
         SELECT string_agg(d.object_identity, ', ' ORDER BY d.object_identity) INTO names
           FROM pg_event_trigger_dropped_objects() AS d
@@ -297,6 +305,9 @@ DECLARE
     r record;
     internal bool := @extschema@._rserv_internal_ddl_();
 BEGIN
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
+    END IF;
     IF NOT internal THEN
         -- a slave finds its tables by the names its master sends (the master's own renames
         -- follow through the stream, and the slave renames its table with them)
@@ -590,6 +601,7 @@ SELECT NULL, NULL, NULL, s.synctime, NULL, 0, 0::float8,
 REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_own_triggers_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_refresh_watched_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reinstall_capture_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reconcile_partitions_() FROM PUBLIC;

@@ -9,7 +9,7 @@
 
 use crate::catalog::{ext_schema, table_info};
 use crate::error::{fail, SpiOrFail};
-use crate::security::{definer, require_replicator, require_table_owner};
+use crate::security::{definer, own_triggers, require_replicator, require_table_owner};
 use crate::slave_registry::reconcile_protection;
 use crate::sql::first;
 use pgrx::pg_sys;
@@ -132,6 +132,7 @@ fn rserv_fence(successor: Option<String>, kind: default!(Option<String>, "'switc
         &[successor.into(), kind.into()],
     )
     .or_fail("fencing");
+    let _own = own_triggers();
     reconcile_protection(&s);
     tables.len() as i64
 }
@@ -163,6 +164,7 @@ fn rserv_unfence() -> bool {
         &[],
         "lifting the fence",
     ) > 0;
+    let _own = own_triggers();
     reconcile_protection(&s);
     lifted
 }

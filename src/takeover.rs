@@ -23,7 +23,7 @@
 use crate::catalog::{ext_schema, table_info};
 use crate::error::{fail, SpiOrFail};
 use crate::fence::{fenced, owned_tables as tables};
-use crate::security::{definer, require_replicator};
+use crate::security::{definer, own_triggers, require_replicator};
 use crate::slave_registry::reconcile_protection;
 use crate::sql::first;
 use pgrx::prelude::*;
@@ -152,11 +152,14 @@ fn rserv_promote(
         );
     }
     let received = tables(&s, "_rserv_slave_tables_", "rserv_promote");
+    // (rserv's own triggers only: capture on, protection off; definitions recorded below)
+    let own = own_triggers();
     Spi::run(&format!("DELETE FROM {s}._rserv_slave_tables_")).or_fail("unregistering");
     reconcile_protection(&s);
     for (reloid, key) in &received {
         crate::registry::register_promoted(&s, *reloid, key);
     }
+    drop(own);
     // sequences received on their own are replicated on their own
     Spi::run(&format!(
         "INSERT INTO {s}._rserv_sequences_ (seqoid) SELECT seqoid FROM {s}._rserv_slave_sequences_ \
@@ -229,7 +232,8 @@ fn rserv_promote(
 /// slave `server`, at change set `syncid` (what [`rserv_promote`] returned): nothing is copied
 /// again. The fence goes; the tables stay protected as a slave's. Its own slaves must follow
 /// the new master already: `moved` lists their node ids (a failover re-pointed them); any
-/// other is refused. Returns the tables demoted.
+/// other is refused. A takeover this node made earlier is forgotten (it is a master no more).
+/// Returns the tables demoted.
 #[pg_extern(volatile, security_definer)]
 fn rserv_demote(
     new_master: String,
@@ -264,6 +268,8 @@ fn rserv_demote(
         );
     }
     let replicated = tables(&s, "_rserv_tables_", "rserv_demote");
+    // (rserv's own triggers only: capture off, protection on)
+    let _own = own_triggers();
     for (reloid, key) in &replicated {
         // received first: the DDL guard run by each DROP TRIGGER below keeps its protection
         Spi::run_with_args(
@@ -285,7 +291,8 @@ fn rserv_demote(
     Spi::run(&format!(
         "INSERT INTO {s}._rserv_slave_sequences_ (seqoid) SELECT seqoid FROM {s}._rserv_sequences_ \
          ON CONFLICT (seqoid) DO NOTHING; DELETE FROM {s}._rserv_sequences_; \
-         DELETE FROM {s}._rserv_sync_; DELETE FROM {s}._rserv_servers_; DELETE FROM {s}._rserv_fence_"
+         DELETE FROM {s}._rserv_sync_; DELETE FROM {s}._rserv_servers_; DELETE FROM {s}._rserv_fence_; \
+         DELETE FROM {s}._rserv_takeover_"
     ))
     .or_fail("handing over");
     Spi::run_with_args(

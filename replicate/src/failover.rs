@@ -227,7 +227,8 @@ fn choose(
             return Err(Error::Failed(format!(
                 "slave {} is ahead of {} (it holds transactions of the failed master that {} lacks): \
                  promote it instead (--promote {}), or leave it out of the list (it then needs a \
-                 fresh copy from the new master: SELECT rserv_slave_resync() on it); nothing was changed",
+                 fresh copy from the new master: SELECT rserv_slave_resync(); DELETE FROM \
+                 _rserv_slave_sync_; on it, then replicate); nothing was changed",
                 names[i], names[pick], names[pick], names[i]
             )));
         }

@@ -57,7 +57,7 @@ pub fn check(ep: &mut Endpoints) -> Result<(), Error> {
         };
         fence(ep.master, ep.master_rs, new, DEPOSED_GRACE, fence_kind)?;
         return Err(Error::Direction(format!(
-            "{new} took over from this master ({old}) by {kind}, but this master accepted writes: \
+            "{new} took over from this master ({old}) by {kind}, but this master still took writes: \
              it is fenced now (its replicated tables refuse writes); {todo}"
         )));
     }
