@@ -60,6 +60,27 @@ impl Pair {
         }
     }
 
+    /// A pair replicating table `m (id int PRIMARY KEY, v text)`, partitioned by range into
+    /// `m1` (ids below `split`) and `m2` (`split` to `2 * split`), with rows 1 to `2 * split - 1`,
+    /// copied to the slave.
+    pub fn partitioned(name: &str, split: i32) -> Pair {
+        let p = Pair::start(name);
+        p.master.execute(
+            DB,
+            &format!(
+                "CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+                 CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO ({split});
+                 CREATE TABLE m2 PARTITION OF m FOR VALUES FROM ({split}) TO ({});
+                 INSERT INTO m SELECT g, 'v' || g FROM generate_series(1, {}) g;
+                 SELECT rserv_add_table('m');",
+                2 * split,
+                2 * split - 1
+            ),
+        );
+        assert_ok(&p.replicate(&["--create-tables", DB, DB]), "initial copy");
+        p
+    }
+
     /// Run the same statements on both sides (on the slave as a fixture: local writes to
     /// replicated tables allowed for this session).
     pub fn both(&self, sql: &str) {

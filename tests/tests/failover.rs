@@ -570,3 +570,56 @@ fn failover_and_rejoin_stopped_at_each_step_finish_when_run_again() {
         assert_eq!(total(m), (ACCOUNTS * 1000).to_string());
     }
 }
+
+/// A slave ahead of the one chosen (`--promote`) holds transactions the chosen one lacks: the
+/// failover is refused before anything changes, naming it; without the choice the one ahead is
+/// promoted and the other follows it.
+#[test]
+fn promoting_a_slave_behind_another_is_refused() {
+    let cs = start_clusters(&["ahead-m", "ahead-s1", "ahead-s2"]);
+    let (m, s1, s2) = (&cs[0], &cs[1], &cs[2]);
+    bank::master(m);
+    for s in [s1, s2] {
+        assert_ok(&between(m, s, &["--create-tables", DB, DB]), "first copy");
+    }
+    let mut c = m.connect(DB);
+    for n in 0..10 {
+        transfer(&mut c, n).expect("a transfer");
+    }
+    assert_ok(&between(m, s1, &[DB, DB]), "master -> slave 1");
+    for n in 10..20 {
+        transfer(&mut c, n).expect("a transfer");
+    }
+    assert_ok(&between(m, s2, &[DB, DB]), "master -> slave 2");
+    drop(c);
+    m.stop_immediate();
+    let before = [both_tables(s1), both_tables(s2)];
+
+    let mut args = vec!["--user=postgres".to_string(), "failover".to_string()];
+    args.extend(["--promote".to_string(), database_arg(s1)]);
+    args.extend([database_arg(s1), database_arg(s2)]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_replicate(&refs);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("slave {} is ahead of {}", name(s2), name(s1)))
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!([both_tables(s1), both_tables(s2)], before);
+    assert!(
+        try_write(s1).is_err() && try_write(s2).is_err(),
+        "both still slaves"
+    );
+
+    let out = failover(&[s1, s2], &[]);
+    assert_ok(&out, "failover to the most advanced");
+    assert!(
+        output_text(&out).contains(&format!("promoted {}", name(s2))),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(both_tables(s1), both_tables(s2));
+    assert_eq!(both_tables(s2), before[1]);
+}

@@ -283,3 +283,43 @@ fn the_daemon_follows_the_flip() {
     assert!(daemon.log().contains("roles flipped"), "{}", daemon.log());
     assert!(daemon.stop().success());
 }
+
+/// A partitioned table switches over with its partitions: each is fenced on the old master,
+/// captured on the new one (a write or a TRUNCATE of one partition replicates back), and
+/// protected on the old master once it is a slave.
+#[test]
+fn a_partitioned_table_switches_over_with_its_partitions() {
+    let p = Pair::partitioned("swo-part", 100);
+    p.master.execute(DB, "SELECT rserv_fence(NULL)");
+    let mut c = p.master.connect(DB);
+    let refused = c
+        .batch_execute("UPDATE m2 SET v = 'x' WHERE id = 150")
+        .expect_err("a fenced partition");
+    assert!(
+        rserv_tests::describe_pg_error(&refused).contains("switchover in progress"),
+        "{refused:?}"
+    );
+    assert_ok(&p.replicate(&["switchover", DB, DB]), "switchover");
+    // the new master captures every partition, a TRUNCATE of one too
+    p.slave.execute(
+        DB,
+        "UPDATE m SET v = 'new' WHERE id IN (5, 150); INSERT INTO m VALUES (199, 'x')
+         ON CONFLICT (id) DO UPDATE SET v = 'y'; TRUNCATE m1",
+    );
+    assert_ok(&replicate(&p.slave, &p.master, &[DB, DB]), "the other way");
+    assert_eq!(rows(&p.slave, "m"), rows(&p.master, "m"));
+    assert_eq!(
+        p.master.query_strings(DB, "SELECT count(*)::text FROM m1")[0][0],
+        Some("0".into())
+    );
+    // and the old master's partitions refuse local writes as a slave's
+    for table in ["m", "m1", "m2"] {
+        let err = c
+            .batch_execute(&format!("DELETE FROM {table}"))
+            .expect_err("a slave partition");
+        assert!(
+            rserv_tests::describe_pg_error(&err).contains("replication slave table"),
+            "{table}: {err:?}"
+        );
+    }
+}
