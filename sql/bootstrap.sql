@@ -117,12 +117,14 @@ CREATE TABLE _rserv_sync_ (
     PRIMARY KEY (server, syncid)
 );
 
--- Master: a switchover in progress (replicate switchover). While this row exists, every
--- replicated table refuses local writes as a slave's does; `successor`: the node taking over.
+-- Master: fenced (src/fence.rs). While this row exists, every replicated table refuses local
+-- writes as a slave's does; `successor`: the node taking over; `kind`: 'switchover' (replicate
+-- switchover in progress) or 'deposed' (another node took over by failover: replicate rejoin).
 CREATE TABLE _rserv_fence_ (
     singleton bool        NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
     since     timestamptz NOT NULL DEFAULT now(),
-    successor uuid
+    successor uuid,
+    kind      text        NOT NULL DEFAULT 'switchover' CHECK (kind IN ('switchover', 'deposed'))
 );
 -- the protection trigger, run by any writer, reads it to say why it refuses
 GRANT SELECT ON _rserv_fence_ TO PUBLIC;
@@ -163,5 +165,30 @@ CREATE TABLE _rserv_slave_sync_ (
     -- refused); NULL after rserv_slave_resync()
     server   int4,
     -- the applied change set's fingerprint (`_rserv_sync_.fingerprint` on the master)
-    fingerprint uuid
+    fingerprint uuid,
+    -- the master's snapshot of that change set (pg_snapshot's text form): a failover compares
+    -- slaves by it (which one holds more of the old master's transactions)
+    snapshot text,
+    -- the master this slave followed before a failover re-pointed it to `master`
+    previous_master uuid
+);
+
+-- A node that took over as master (replicate switchover or failover; src/takeover.rs): the
+-- latest takeover. old_*: the old master, this node's server id there, the last change set of
+-- it applied here (with its fingerprint and the old master's snapshot of it: where the old
+-- master's later transactions start, for replicate rejoin); server, syncid: the old master's
+-- id here and the sync point it (and every slave re-pointed here) starts from; completed: the
+-- old master follows this node (demoted or rejoined).
+CREATE TABLE _rserv_takeover_ (
+    singleton bool        NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    kind      text        NOT NULL CHECK (kind IN ('switchover', 'failover')),
+    old_master uuid       NOT NULL,
+    old_server int4,
+    old_syncid int8,
+    old_fingerprint uuid,
+    old_snapshot text,
+    server    int4        NOT NULL,
+    syncid    int8        NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now(),
+    completed timestamptz
 );

@@ -18,6 +18,9 @@ BEGIN
     IF tg_tag = 'DROP EXTENSION' THEN
         RETURN;  -- DROP EXTENSION rserv removes the catalog itself
     END IF;
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
+    END IF;
     IF NOT @extschema@._rserv_internal_ddl_() THEN
         SELECT string_agg(d.object_identity, ', ' ORDER BY d.object_identity) INTO names
           FROM pg_event_trigger_dropped_objects() AS d
@@ -59,6 +62,9 @@ DECLARE
     r record;
     internal bool := @extschema@._rserv_internal_ddl_();
 BEGIN
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
+    END IF;
     IF NOT internal THEN
         -- a slave finds its tables by the names its master sends (the master's own renames
         -- follow through the stream, and the slave renames its table with them)
@@ -176,14 +182,25 @@ CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rs
 REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_own_triggers_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_refresh_watched_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reinstall_capture_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reconcile_partitions_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_record_ddl_(text[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_note_rewrite_(oid) FROM PUBLIC;
 
--- How far behind each slave is. lag_seconds: age of the slave's data (the time of the snapshot
--- it last applied) while changes are waiting for it, 0 when it has everything.
+-- This node and its slaves: one row per slave (server, slave_node: how far behind it is;
+-- lag_seconds: age of the slave's data, the time of the snapshot it last applied, while
+-- changes are waiting for it, 0 when it has everything), and one row for this node itself
+-- (server NULL). node, role ('master', 'slave', 'fenced': a master refusing writes, 'none'),
+-- master_node (whom it follows), syncid (a slave's last change set applied, a master's last
+-- sync id issued; for a slave row, its confirmed one), in_progress ('switchover': this master
+-- is fenced for one, or this node took over and its old master does not follow it yet;
+-- 'failover': this node took over by failover and its old master has not rejoined; 'rejoin':
+-- this master was deposed by a failover and awaits replicate rejoin), takeover_*: the
+-- takeover that made this node a master (kind, old master, the sync point the old master and
+-- re-pointed slaves start from, when), previous_master: the master a failover re-pointed this
+-- slave from.
 CREATE VIEW rserv_status AS
 SELECT v.server,
        v.node AS slave_node,
@@ -194,7 +211,17 @@ SELECT v.server,
        CASE WHEN coalesce(p.pending, 0) = 0 THEN 0::float8
             ELSE extract(epoch FROM now() - coalesce(c.synctime, v.created))::float8 END AS lag_seconds,
        (SELECT count(*) FROM @extschema@._rserv_server_tables_ x
-         WHERE x.server = v.server AND x.state = 'copying') AS copies_in_progress
+         WHERE x.server = v.server AND x.state = 'copying') AS copies_in_progress,
+       v.node AS node,
+       'slave'::text AS role,
+       (SELECT n.node_id FROM @extschema@._rserv_node_ n LIMIT 1) AS master_node,
+       c.syncid AS syncid,
+       NULL::text AS in_progress,
+       NULL::text AS takeover_kind,
+       NULL::uuid AS takeover_from,
+       NULL::int8 AS takeover_syncid,
+       NULL::timestamptz AS takeover_at,
+       NULL::uuid AS previous_master
   FROM @extschema@._rserv_servers_ v
   LEFT JOIN LATERAL (SELECT y.syncid, y.synctime, y.confirmed, y.maxid, y.active
                        FROM @extschema@._rserv_sync_ y
@@ -203,4 +230,24 @@ SELECT v.server,
   LEFT JOIN LATERAL (SELECT count(*) AS pending FROM @extschema@._rserv_log_ l
                       WHERE l.reloid IN (SELECT x.reloid FROM @extschema@._rserv_server_tables_ x
                                           WHERE x.server = v.server)
-                        AND (c.maxid IS NULL OR l.logid >= c.maxid OR l.logid = ANY (c.active))) p ON true;
+                        AND (c.maxid IS NULL OR l.logid >= c.maxid OR l.logid = ANY (c.active))) p ON true
+UNION ALL
+SELECT NULL, NULL, NULL, s.synctime, NULL, 0, 0::float8,
+       (SELECT count(*) FROM @extschema@._rserv_slave_tables_ x WHERE x.needs_copy),
+       n.node_id,
+       CASE WHEN f.kind IS NOT NULL THEN 'fenced'
+            WHEN s.master IS NOT NULL THEN 'slave'
+            WHEN EXISTS (SELECT 1 FROM @extschema@._rserv_tables_)
+              OR EXISTS (SELECT 1 FROM @extschema@._rserv_servers_) THEN 'master'
+            ELSE 'none' END,
+       s.master,
+       coalesce(s.syncid, (SELECT q.last_value FROM @extschema@._rserv_sync_seq_ q WHERE q.is_called)),
+       CASE WHEN f.kind = 'switchover' THEN 'switchover'
+            WHEN f.kind = 'deposed' THEN 'rejoin'
+            WHEN t.completed IS NULL THEN t.kind END,
+       t.kind, t.old_master, t.syncid, t.at, s.previous_master
+  -- (one-row tables: LIMIT 1 keeps the planner's estimate, and the query, small)
+  FROM (SELECT x.node_id FROM @extschema@._rserv_node_ x LIMIT 1) n
+  LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_slave_sync_ LIMIT 1) s ON true
+  LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_fence_ LIMIT 1) f ON true
+  LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_takeover_ LIMIT 1) t ON true;

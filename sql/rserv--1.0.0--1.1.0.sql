@@ -74,12 +74,20 @@ CREATE TABLE _rserv_slave_sequences_ (
 -- the server id a slave database is known by on its master: learnt from the next change set
 ALTER TABLE _rserv_slave_sync_ ADD COLUMN server int4;
 ALTER TABLE _rserv_slave_sync_ ADD COLUMN fingerprint uuid;
+-- the master's snapshot of the change set applied, and the master a failover re-pointed from
+ALTER TABLE _rserv_slave_sync_ ADD COLUMN snapshot text;
+ALTER TABLE _rserv_slave_sync_ ADD COLUMN previous_master uuid;
 ALTER TABLE _rserv_sync_ ADD COLUMN fingerprint uuid NOT NULL DEFAULT gen_random_uuid();
 
 CREATE  FUNCTION "_rserv_internal_ddl_"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_rserv_internal_ddl__wrapper';
+
+CREATE  FUNCTION "_rserv_own_triggers_ddl_"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_rserv_own_triggers_ddl__wrapper';
 
 CREATE  FUNCTION "_rserv_refresh_watched_"(
 	"reloid" oid /* pg_sys :: Oid */
@@ -258,7 +266,8 @@ CREATE  FUNCTION "rserv_apply_begin"(
 	"slave_node" TEXT DEFAULT NULL, /* Option < String > */
 	"fingerprint" TEXT DEFAULT NULL, /* Option < String > */
 	"format" INT DEFAULT NULL, /* Option < i32 > */
-	"features" TEXT[] DEFAULT NULL /* :: std :: option :: Option < Vec < String > > */
+	"features" TEXT[] DEFAULT NULL, /* :: std :: option :: Option < Vec < String > > */
+	"snapshot" TEXT DEFAULT NULL /* Option < String > */
 ) RETURNS bool /* bool */
 VOLATILE SECURITY DEFINER 
 LANGUAGE c /* Rust */
@@ -277,6 +286,9 @@ DECLARE
 BEGIN
     IF tg_tag = 'DROP EXTENSION' THEN
         RETURN;  -- DROP EXTENSION rserv removes the catalog itself
+    END IF;
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
     END IF;
     IF NOT @extschema@._rserv_internal_ddl_() THEN
         SELECT string_agg(d.object_identity, ', ' ORDER BY d.object_identity) INTO names
@@ -319,6 +331,9 @@ DECLARE
     r record;
     internal bool := @extschema@._rserv_internal_ddl_();
 BEGIN
+    IF @extschema@._rserv_own_triggers_ddl_() THEN
+        RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
+    END IF;
     IF NOT internal THEN
         -- a slave finds its tables by the names its master sends (the master's own renames
         -- follow through the stream, and the slave renames its table with them)
@@ -431,16 +446,32 @@ CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end
     EXECUTE FUNCTION _rserv_guard_alter_();
 CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rserv_guard_rewrite_();
 
--- switchover (src/takeover.rs)
+-- switchover, failover, rejoin (src/fence.rs, takeover.rs, failover.rs, rejoin.rs)
 CREATE TABLE _rserv_fence_ (
     singleton bool        NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
     since     timestamptz NOT NULL DEFAULT now(),
-    successor uuid
+    successor uuid,
+    kind      text        NOT NULL DEFAULT 'switchover' CHECK (kind IN ('switchover', 'deposed'))
 );
 GRANT SELECT ON _rserv_fence_ TO PUBLIC;
 
+CREATE TABLE _rserv_takeover_ (
+    singleton bool        NOT NULL DEFAULT true PRIMARY KEY CHECK (singleton),
+    kind      text        NOT NULL CHECK (kind IN ('switchover', 'failover')),
+    old_master uuid       NOT NULL,
+    old_server int4,
+    old_syncid int8,
+    old_fingerprint uuid,
+    old_snapshot text,
+    server    int4        NOT NULL,
+    syncid    int8        NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now(),
+    completed timestamptz
+);
+
 CREATE  FUNCTION "rserv_fence"(
-	"successor" TEXT /* Option < String > */
+	"successor" TEXT, /* Option < String > */
+	"kind" TEXT DEFAULT 'switchover' /* Option < String > */
 ) RETURNS bigint /* i64 */
 VOLATILE SECURITY DEFINER
 LANGUAGE c /* Rust */
@@ -453,7 +484,8 @@ AS 'MODULE_PATHNAME', 'rserv_unfence_wrapper';
 
 CREATE  FUNCTION "rserv_promote"(
 	"old_master" TEXT, /* String */
-	"server" INT DEFAULT NULL /* Option < i32 > */
+	"server" INT DEFAULT NULL, /* Option < i32 > */
+	"kind" TEXT DEFAULT 'switchover' /* Option < String > */
 ) RETURNS TABLE (
 	"server" INT,  /* i32 */
 	"syncid" bigint  /* i64 */
@@ -465,15 +497,140 @@ AS 'MODULE_PATHNAME', 'rserv_promote_wrapper';
 CREATE  FUNCTION "rserv_demote"(
 	"new_master" TEXT, /* String */
 	"server" INT, /* i32 */
-	"syncid" bigint /* i64 */
+	"syncid" bigint, /* i64 */
+	"moved" TEXT[] DEFAULT NULL /* :: std :: option :: Option < Vec < String > > */
 ) RETURNS bigint /* i64 */
-STRICT VOLATILE SECURITY DEFINER
+VOLATILE SECURITY DEFINER
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rserv_demote_wrapper';
+
+CREATE  FUNCTION "rserv_takeover"() RETURNS TABLE (
+	"kind" TEXT,  /* String */
+	"old_master" TEXT,  /* String */
+	"old_server" INT,  /* Option < i32 > */
+	"old_syncid" bigint,  /* Option < i64 > */
+	"old_fingerprint" TEXT,  /* Option < String > */
+	"old_snapshot" TEXT,  /* Option < String > */
+	"server" INT,  /* i32 */
+	"syncid" bigint,  /* i64 */
+	"at" TEXT,  /* String */
+	"completed" TEXT  /* Option < String > */
+)
+STRICT STABLE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_takeover_wrapper';
+
+CREATE  FUNCTION "rserv_takeover_done"(
+	"old_master" TEXT /* String */
+) RETURNS bool /* bool */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_takeover_done_wrapper';
+
+CREATE  FUNCTION "rserv_slave_position"() RETURNS TABLE (
+	"master" TEXT,  /* String */
+	"syncid" bigint,  /* i64 */
+	"server" INT,  /* Option < i32 > */
+	"fingerprint" TEXT,  /* Option < String > */
+	"snapshot" TEXT,  /* Option < String > */
+	"previous_master" TEXT  /* Option < String > */
+)
+STRICT STABLE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_slave_position_wrapper';
+
+CREATE  FUNCTION "rserv_adopt_slave"(
+	"node" TEXT, /* String */
+	"server" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS TABLE (
+	"server" INT,  /* i32 */
+	"syncid" bigint  /* i64 */
+)
+VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_adopt_slave_wrapper';
+
+CREATE  FUNCTION "rserv_repoint"(
+	"new_master" TEXT, /* String */
+	"server" INT, /* i32 */
+	"syncid" bigint, /* i64 */
+	"old_master" TEXT /* String */
+) RETURNS bool /* bool */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_repoint_wrapper';
+
+CREATE  FUNCTION "rserv_changed_since"(
+	"server" INT, /* i32 */
+	"syncid" bigint, /* i64 */
+	"fingerprint" TEXT DEFAULT NULL /* Option < String > */
+) RETURNS TABLE (
+	"kind" TEXT,  /* String */
+	"schema_name" TEXT,  /* String */
+	"table_name" TEXT,  /* String */
+	"key" TEXT[],  /* :: std :: option :: Option < Vec < String > > */
+	"xids" bigint[]  /* Vec < i64 > */
+)
+STABLE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_changed_since_wrapper';
+
+-- rserv_status: a row for this node itself (its role), after the slaves' rows
+CREATE OR REPLACE VIEW rserv_status AS
+SELECT v.server,
+       v.node AS slave_node,
+       c.syncid AS confirmed_syncid,
+       c.synctime AS data_as_of,
+       c.confirmed AS confirmed_at,
+       coalesce(p.pending, 0) AS pending_changes,
+       CASE WHEN coalesce(p.pending, 0) = 0 THEN 0::float8
+            ELSE extract(epoch FROM now() - coalesce(c.synctime, v.created))::float8 END AS lag_seconds,
+       (SELECT count(*) FROM @extschema@._rserv_server_tables_ x
+         WHERE x.server = v.server AND x.state = 'copying') AS copies_in_progress,
+       v.node AS node,
+       'slave'::text AS role,
+       (SELECT n.node_id FROM @extschema@._rserv_node_ n LIMIT 1) AS master_node,
+       c.syncid AS syncid,
+       NULL::text AS in_progress,
+       NULL::text AS takeover_kind,
+       NULL::uuid AS takeover_from,
+       NULL::int8 AS takeover_syncid,
+       NULL::timestamptz AS takeover_at,
+       NULL::uuid AS previous_master
+  FROM @extschema@._rserv_servers_ v
+  LEFT JOIN LATERAL (SELECT y.syncid, y.synctime, y.confirmed, y.maxid, y.active
+                       FROM @extschema@._rserv_sync_ y
+                      WHERE y.server = v.server AND y.status > 0
+                      ORDER BY y.syncid DESC LIMIT 1) c ON true
+  LEFT JOIN LATERAL (SELECT count(*) AS pending FROM @extschema@._rserv_log_ l
+                      WHERE l.reloid IN (SELECT x.reloid FROM @extschema@._rserv_server_tables_ x
+                                          WHERE x.server = v.server)
+                        AND (c.maxid IS NULL OR l.logid >= c.maxid OR l.logid = ANY (c.active))) p ON true
+UNION ALL
+SELECT NULL, NULL, NULL, s.synctime, NULL, 0, 0::float8,
+       (SELECT count(*) FROM @extschema@._rserv_slave_tables_ x WHERE x.needs_copy),
+       n.node_id,
+       CASE WHEN f.kind IS NOT NULL THEN 'fenced'
+            WHEN s.master IS NOT NULL THEN 'slave'
+            WHEN EXISTS (SELECT 1 FROM @extschema@._rserv_tables_)
+              OR EXISTS (SELECT 1 FROM @extschema@._rserv_servers_) THEN 'master'
+            ELSE 'none' END,
+       s.master,
+       coalesce(s.syncid, (SELECT q.last_value FROM @extschema@._rserv_sync_seq_ q WHERE q.is_called)),
+       CASE WHEN f.kind = 'switchover' THEN 'switchover'
+            WHEN f.kind = 'deposed' THEN 'rejoin'
+            WHEN t.completed IS NULL THEN t.kind END,
+       t.kind, t.old_master, t.syncid, t.at, s.previous_master
+  -- (one-row tables: LIMIT 1 keeps the planner's estimate, and the query, small)
+  FROM (SELECT x.node_id FROM @extschema@._rserv_node_ x LIMIT 1) n
+  LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_slave_sync_ LIMIT 1) s ON true
+  LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_fence_ LIMIT 1) f ON true
+  LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_takeover_ LIMIT 1) t ON true;
 
 REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION _rserv_own_triggers_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_refresh_watched_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reinstall_capture_(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_reconcile_partitions_() FROM PUBLIC;

@@ -149,11 +149,13 @@ fn rserv_slave_master_id() -> Option<String> {
 /// `format` and the `features` it uses (NULL: a caller older than rserv 1.1, which sends
 /// format 1 without later features), and refused when this slave cannot apply them
 /// (`negotiate.rs`).
+/// `snapshot`: the master's snapshot of the change set (pg_snapshot's text form), recorded
+/// for a failover to compare slaves by.
 /// Concurrent appliers on one slave queue here: the second sees the first's sync id.
 // The symbol carries the signature's version (1.0.0 had three arguments).
 // (its SQL signature: each argument is a fact of the change set's header)
-#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, security_definer, name = "rserv_apply_begin")]
+#[allow(clippy::too_many_arguments)] // the SQL signature: one argument per change-set header fact
 fn rserv_apply_begin_v11(
     syncid: i64,
     master: String,
@@ -164,6 +166,7 @@ fn rserv_apply_begin_v11(
     fingerprint: default!(Option<String>, "NULL"),
     format: default!(Option<i32>, "NULL"),
     features: default!(Option<Vec<String>>, "NULL"),
+    snapshot: default!(Option<String>, "NULL"),
 ) -> bool {
     let _definer = definer();
     require_replicator("rserv_apply_begin");
@@ -247,12 +250,19 @@ fn rserv_apply_begin_v11(
     }
     Spi::run_with_args(
         &format!(
-            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint) \
-             VALUES ($1, now(), $2::uuid, $3, $4::uuid) \
+            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint, snapshot) \
+             VALUES ($1, now(), $2::uuid, $3, $4::uuid, $5) \
              ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
-                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint"
+                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint, \
+                 snapshot = excluded.snapshot"
         ),
-        &[syncid.into(), master.into(), server.into(), fingerprint.into()],
+        &[
+            syncid.into(),
+            master.into(),
+            server.into(),
+            fingerprint.into(),
+            snapshot.into(),
+        ],
     )
     .or_fail("recording the sync id");
     // The master is told this change set is applied right after COMMIT returns: it must be

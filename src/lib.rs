@@ -9,7 +9,9 @@
 //!   changes recorded on the master, followed on the slave)
 //! - slave: [`slave_registry`] (received tables, protection), [`apply`], [`apply_target`] and
 //!   [`apply_copy`]; [`negotiate`] (which change sets it reads)
-//! - switchover: [`takeover`] (fence, promote, demote)
+//! - takeover: [`fence`] (a master refusing writes), [`takeover`] (promote, demote: a
+//!   switchover), [`failover`] (other slaves re-pointed), [`rejoin`] (what an old master
+//!   committed after the takeover point)
 //! - both: [`security`] (who may do what, as whom), [`staging`] (temp tables), [`node`]
 //! - shared pieces: [`catalog`], [`canonical`], [`sql`], [`error`], [`guc`]; [`legacy`]
 //!   (earlier versions' entry points)
@@ -26,6 +28,8 @@ mod changeset;
 mod cleanup;
 mod ddl;
 mod error;
+mod failover;
+mod fence;
 mod guc;
 mod identity;
 mod legacy;
@@ -33,6 +37,7 @@ mod negotiate;
 mod node;
 mod partitions;
 mod registry;
+mod rejoin;
 mod schema;
 mod sections;
 mod security;

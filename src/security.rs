@@ -349,6 +349,34 @@ fn _rserv_internal_ddl_() -> bool {
     INTERNAL_DDL.with(|d| d.get() > 0)
 }
 
+thread_local! {
+    static OWN_TRIGGERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, rserv's DDL only adds or drops rserv's own triggers (capture, protection) and
+/// the caller keeps rserv's books itself (definitions, partitions, protection): the DDL guards
+/// let it through without their per-statement work, which such DDL would leave unchanged (a
+/// table's definition leaves rserv's triggers out). A takeover changes the triggers of every
+/// replicated table while writes are refused: this keeps that window short.
+pub struct OwnTriggers(#[allow(dead_code)] InternalDdl);
+
+pub fn own_triggers() -> OwnTriggers {
+    OWN_TRIGGERS.with(|d| d.set(d.get() + 1));
+    OwnTriggers(internal_ddl())
+}
+
+impl Drop for OwnTriggers {
+    fn drop(&mut self) {
+        OWN_TRIGGERS.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// For the DDL guards (event triggers): is this DDL only rserv's own triggers?
+#[pg_extern(volatile, parallel_unsafe)]
+fn _rserv_own_triggers_ddl_() -> bool {
+    OWN_TRIGGERS.with(|d| d.get() > 0)
+}
+
 /// Allow `role` to run replication (replicate's prepare/apply/confirm/status) in this database
 /// without being a superuser. Only a superuser or the extension's owner may grant it.
 #[pg_extern(volatile, security_definer)]

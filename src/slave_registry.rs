@@ -263,7 +263,7 @@ fn rserv_slave_resync() -> i64 {
     // and its change sets: their ids may mean something else to its master now (a master
     // restored from a backup issues them again)
     Spi::run(&format!(
-        "UPDATE {s}._rserv_slave_sync_ SET server = NULL, syncid = 0"
+        "UPDATE {s}._rserv_slave_sync_ SET server = NULL, syncid = 0, snapshot = NULL"
     ))
     .or_fail("forgetting the server id");
     count_rows(
@@ -305,12 +305,8 @@ fn _rserv_protect_<'a>(
         &trigger.table_schema().unwrap_or_default(),
         &trigger.table_name().unwrap_or_default(),
     );
-    if crate::takeover::fenced() {
-        fail(
-            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
-            format!("rserv: switchover in progress, this node is becoming a slave: local {op} on replicated table {table} refused"),
-            "write on the new master (the slave taking over); retry there",
-        );
+    if let Some((kind, successor)) = crate::fence::fence() {
+        crate::fence::refuse_write(&kind, successor.as_deref(), op, &table);
     }
     fail(
         PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,

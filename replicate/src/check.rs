@@ -12,19 +12,25 @@
 
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use crate::error::{DbContext, Error};
+use crate::rserv::Rserv;
 use crate::{slave, table};
-use postgres::GenericClient;
+use postgres::{Client, GenericClient};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 /// A replicated table as check sees it: quoted names, the key, the compared columns.
 #[derive(Clone, Debug)]
-struct Table {
-    name: String,
+pub struct Table {
+    /// schema.table, for people
+    pub name: String,
+    /// quoted, for SQL
+    pub quoted: String,
+    /// `[ONLY] quoted AS t`: the table's own rows (a partitioned table's are its partitions')
     qualified: String,
     key_exprs: Vec<String>,
-    col_exprs: Vec<String>,
+    /// the columns compared, as `t.name`
+    pub col_exprs: Vec<String>,
     buckets: i64,
     watched_only: bool,
 }
@@ -42,7 +48,8 @@ impl Table {
         format!("pg_catalog.md5(ROW({})::text)", self.col_exprs.join(", "))
     }
 
-    fn key_array(&self) -> String {
+    /// The key as a text array, `ARRAY[t.k1::text, ...]`, as `rserv_touch` takes it.
+    pub fn key_array(&self) -> String {
         let parts: Vec<String> = self
             .key_exprs
             .iter()
@@ -51,10 +58,15 @@ impl Table {
         format!("ARRAY[{}]", parts.join(", "))
     }
 
+    /// `FROM` clause reading the table's rows as `t`.
+    pub fn from(&self) -> &str {
+        &self.qualified
+    }
+
     fn bucket_query(&self) -> String {
         format!(
             "SELECT {b}, count(*), sum(('x' || pg_catalog.substr({h}, 1, 15))::bit(60)::int8)::text \
-             FROM ONLY {t} GROUP BY 1",
+             FROM {t} GROUP BY 1",
             b = self.bucket_expr(),
             h = self.row_hash(),
             t = self.qualified
@@ -63,7 +75,7 @@ impl Table {
 
     fn rows_query(&self) -> String {
         format!(
-            "SELECT {k}, {h} FROM ONLY {t} WHERE {b} = ANY ($1::int4[])",
+            "SELECT {k}, {h} FROM {t} WHERE {b} = ANY ($1::int4[])",
             k = self.key_array(),
             h = self.row_hash(),
             t = self.qualified,
@@ -75,7 +87,9 @@ impl Table {
 type Buckets = BTreeMap<i32, (i64, String)>;
 type Rows = HashMap<Vec<String>, String>;
 
-const CANONICAL: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
+/// Settings under which both sides write values as the same text (`SET LOCAL`).
+pub const CANONICAL: &str =
+    "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL TimeZone = 'UTC'; SET LOCAL bytea_output = 'hex'; \
      SET LOCAL lc_monetary = 'C'";
 
@@ -184,33 +198,48 @@ fn tables(ep: &mut Endpoints) -> Result<Vec<Table>, Error> {
         if !received.contains(&(t.schema.clone(), t.table.clone())) {
             continue;
         }
-        let rows = ep
-            .master
-            .query(
-                "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), \
-                        greatest(c.reltuples, 0)::int8, \
-                        ARRAY(SELECT 't.' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attribute a \
-                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                                AND a.attgenerated = '' ORDER BY a.attnum), \
-                        ARRAY(SELECT 't.' || pg_catalog.quote_ident(k) FROM unnest($3::text[]) AS k) \
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2",
-                &[&t.schema, &t.table, &t.key],
-            )
-            .ctx("master: describing a table")?;
-        let Some(r) = rows.first() else { continue };
-        let qualified: String = r.get(0);
-        let reltuples: i64 = r.get(1);
-        out.push(Table {
-            name: format!("{}.{}", t.schema, t.table),
-            qualified: format!("{qualified} AS t"),
-            col_exprs: r.get(2),
-            key_exprs: r.get(3),
-            buckets: (reltuples / 1000).clamp(1, 4096),
-            watched_only: t.watched.is_some(),
-        });
+        if let Some(described) = describe(ep.master, &t, "master")? {
+            out.push(described);
+        }
     }
     Ok(out)
+}
+
+/// How check reads replicated table `t` on one side (None: no such table there).
+pub fn describe(
+    c: &mut impl GenericClient,
+    t: &table::ReplicatedTable,
+    side: &str,
+) -> Result<Option<Table>, Error> {
+    let rows = c
+        .query(
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), \
+                    greatest(c.reltuples, 0)::int8, \
+                    ARRAY(SELECT 't.' || pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                            AND a.attgenerated = '' ORDER BY a.attnum), \
+                    ARRAY(SELECT 't.' || pg_catalog.quote_ident(k) FROM unnest($3::text[]) AS k), \
+                    c.relkind = 'p' \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&t.schema, &t.table, &t.key],
+        )
+        .ctx(format!("{side}: describing a table"))?;
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    let quoted: String = r.get(0);
+    let reltuples: i64 = r.get(1);
+    let partitioned: bool = r.get(4);
+    Ok(Some(Table {
+        name: format!("{}.{}", t.schema, t.table),
+        qualified: format!("{}{quoted} AS t", if partitioned { "" } else { "ONLY " }),
+        quoted,
+        col_exprs: r.get(2),
+        key_exprs: r.get(3),
+        buckets: (reltuples / 1000).clamp(1, 4096),
+        watched_only: t.watched.is_some(),
+    }))
 }
 
 /// One cycle with `master_side` run at its snapshot on the master; then `slave_side` on the
@@ -340,23 +369,40 @@ pub fn check(ep: &mut Endpoints, opts: &CycleOptions, repair: bool) -> Result<Re
         }
     }
     if repair && !report.equal() {
-        let mut tx = ep.master.transaction().ctx("master: starting the repair")?;
-        let touch = format!(
-            "SELECT {}($1::text::regclass, $2::text[])",
-            ep.master_rs.func("rserv_touch")
-        );
-        for (t, r) in tables.iter().zip(&report.tables) {
-            let name = t.qualified.trim_end_matches(" AS t").to_string();
-            for key in r.keys() {
-                tx.execute(&touch, &[&name, key])
-                    .ctx(format!("master: marking a row of {} for repair", t.name))?;
-                report.repaired += 1;
-            }
-        }
-        tx.commit().ctx("master: committing the repair marks")?;
+        let marks: Vec<(&Table, Vec<Vec<String>>)> = tables
+            .iter()
+            .zip(&report.tables)
+            .map(|(t, r)| (t, r.keys().cloned().collect()))
+            .collect();
+        report.repaired = touch(ep.master, ep.master_rs, &marks)?;
         cycle::run(ep, opts, &mut Session::default(), None)?;
     }
     Ok(report)
+}
+
+/// Mark rows (by key, as text arrays) of tables on the master as changed (`rserv_touch`), in
+/// one transaction: the next change set carries their current state, or their deletion, to
+/// every slave. Returns how many were marked.
+pub fn touch(
+    master: &mut Client,
+    rs: &Rserv,
+    marks: &[(&Table, Vec<Vec<String>>)],
+) -> Result<usize, Error> {
+    let mut tx = master.transaction().ctx("master: starting the repair")?;
+    let touch = format!(
+        "SELECT {}($1::text::regclass, $2::text[])",
+        rs.func("rserv_touch")
+    );
+    let mut n = 0;
+    for (t, keys) in marks {
+        for key in keys {
+            tx.execute(&touch, &[&t.quoted, key])
+                .ctx(format!("master: marking a row of {} for repair", t.name))?;
+            n += 1;
+        }
+    }
+    tx.commit().ctx("master: committing the repair marks")?;
+    Ok(n)
 }
 
 /// A report for people.

@@ -84,6 +84,8 @@ pub struct Session {
     in_step: bool,
     /// The slave's id on the master, once a cycle found it.
     server: Option<i32>,
+    /// When the pair was last found the right way round (see [`crate::guard`]).
+    checked: Option<Instant>,
 }
 
 impl Session {
@@ -163,7 +165,9 @@ fn server_by_node(ep: &mut Endpoints, node: &str) -> Result<i32, Error> {
     master::server_for_node(ep.master, ep.master_rs, node)
 }
 
-/// One cycle: the slave's last change set confirmed on the master, the next one prepared
+/// One cycle: (in a session's first, and every two seconds, the pair checked the right way
+/// round: [`crate::guard`])
+/// the slave's last change set confirmed on the master, the next one prepared
 /// there and applied on the slave, confirmed, and (with [`CycleOptions::clean_log`]) the log
 /// cleaned. `session` carries what a caller running many cycles over the same connections
 /// keeps between them (a fresh `Session::default()` for a single cycle). `at_snapshot` runs on
@@ -175,6 +179,11 @@ pub fn run(
     session: &mut Session,
     at_snapshot: Option<master::SnapshotHook<'_>>,
 ) -> Result<Outcome, Error> {
+    // again every TARGET_TTL: a session that outlives a switchover notices the flip
+    if session.checked.is_none_or(|at| at.elapsed() >= TARGET_TTL) {
+        crate::guard::check(ep)?;
+        session.checked = Some(Instant::now());
+    }
     let target = target(ep, opts, session)?;
     if !session.in_step {
         sync_back(ep, opts, target.server)?;

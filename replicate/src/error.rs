@@ -56,6 +56,14 @@ pub enum Error {
         waited: Option<String>,
         holders: Vec<crate::locks::LockHolder>,
     },
+    /// The master and slave given are not (or no longer) master and slave of each other: the
+    /// slave took over from the master (switchover or failover).
+    #[error("{0}")]
+    Direction(String),
+    /// The master and slave given have swapped roles: the slave took over and the master
+    /// follows it now (a `replicate run` daemon follows the flip).
+    #[error("{0}")]
+    Flipped(String),
 }
 
 impl Error {
@@ -74,9 +82,12 @@ impl Error {
             Error::Connect { .. } => exit::CONNECT,
             Error::Snapshot(_) => exit::BAD_SNAPSHOT,
             Error::Usage(_) => exit::USAGE,
-            Error::Db { .. } | Error::Io { .. } | Error::Failed(_) | Error::LockTimeout { .. } => {
-                exit::FAILED
-            }
+            Error::Db { .. }
+            | Error::Io { .. }
+            | Error::Failed(_)
+            | Error::LockTimeout { .. }
+            | Error::Direction(_)
+            | Error::Flipped(_) => exit::FAILED,
         }
     }
 
@@ -98,7 +109,9 @@ impl Error {
             Error::Connect { side, .. } | Error::LockTimeout { side, .. } => return Some(side),
             Error::Db { context, .. } | Error::Io { context, .. } => context,
             Error::Failed(message) => message,
-            Error::Snapshot(_) | Error::Usage(_) => return None,
+            Error::Snapshot(_) | Error::Usage(_) | Error::Direction(_) | Error::Flipped(_) => {
+                return None
+            }
         };
         ["master", "slave"]
             .into_iter()

@@ -2,7 +2,11 @@
 //!
 //! From the top (ARCHITECTURE.md has the picture):
 //! - [`cli`]: the command line, one function per command
-//! - [`daemon`] (`replicate run`) and [`check`] run cycles; [`status`] reads the lag
+//! - [`daemon`] (`replicate run`) and [`check`] run cycles; [`status`] reads the lag and the
+//!   roles ([`node`])
+//! - [`switchover`], [`failover`], [`rejoin`] (with [`divergence`]): roles change, with
+//!   [`position`] (how slaves compare), [`guard`] (a pair the wrong way round; a deposed master
+//!   fenced) and [`steps`] (test-only pause points)
 //! - [`cycle`]: one replication cycle (the seed's `Replicate`)
 //! - [`master`] / [`slave`]: the two ends of a change set, independent of each other
 //! - [`majors`]: values one PostgreSQL major has and an older one cannot store
@@ -18,17 +22,24 @@ pub mod cli;
 pub mod conn;
 pub mod cycle;
 pub mod daemon;
+pub mod divergence;
 pub mod error;
+pub mod failover;
+pub mod guard;
 pub mod locks;
 pub mod log;
 pub mod majors;
 pub mod master;
 pub mod metrics;
+pub mod node;
 pub mod pipe;
+pub mod position;
 pub mod progress;
+pub mod rejoin;
 pub mod rserv;
 pub mod slave;
 pub mod snapshot;
 pub mod status;
+pub mod steps;
 pub mod switchover;
 pub mod table;

@@ -99,7 +99,7 @@ pub fn unbound_server_confirmed_at(
     let row = client
         .query_opt(
             &format!(
-                "SELECT server FROM {} WHERE slave_node IS NULL AND confirmed_syncid = $1 \
+                "SELECT server FROM {} WHERE server IS NOT NULL AND slave_node IS NULL AND confirmed_syncid = $1 \
                  ORDER BY server LIMIT 1",
                 rs.func("rserv_status")
             ),
@@ -128,7 +128,7 @@ pub fn servers(client: &mut Client, rs: &Rserv) -> Result<Vec<i32>, Error> {
     let rows = client
         .query(
             &format!(
-                "SELECT server FROM {} ORDER BY server",
+                "SELECT server FROM {} WHERE server IS NOT NULL ORDER BY server",
                 rs.func("rserv_status")
             ),
             &[],
@@ -247,6 +247,14 @@ pub fn prepare(
             header.slave = first.get(10);
             header.fingerprint = first.get(11);
         }
+        // the transaction's snapshot (REPEATABLE READ: the one the change set is read at)
+        header.snapshot = tx
+            .query_one(
+                "SELECT pg_catalog.pg_current_snapshot()::pg_catalog.text",
+                &[],
+            )
+            .ctx("master: reading the snapshot")?
+            .get(0);
         let mut sections = Vec::with_capacity(rows.len());
         for r in &rows {
             let word: String = r.get(1);

@@ -280,7 +280,7 @@ fn apply_in_transaction(
         ),
         Api::V1_1 => tx.query_one(
             &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9), {EXTVERSION}",
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), {EXTVERSION}",
                 rs.func("rserv_apply_begin")
             ),
             &[
@@ -293,6 +293,7 @@ fn apply_in_transaction(
                 &h.fingerprint,
                 &format,
                 &h.features,
+                &h.snapshot,
             ],
         ),
     }

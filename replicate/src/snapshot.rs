@@ -72,6 +72,10 @@ pub struct Header {
     /// the features the change set uses ([`FEATURES`]); empty: only what rserv 1.0.0 reads
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// the master's snapshot the change set was read at (`pg_snapshot` text form): a slave
+    /// records it, for a failover to tell which slave holds more; absent before 1.1.0
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 impl Header {

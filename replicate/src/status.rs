@@ -1,6 +1,9 @@
-//! `replicate status`: how far behind each slave is, from the master's `rserv_status` view.
+//! `replicate status`: this node's role (master, slave, fenced; whom it follows, its sync point,
+//! a switchover or failover in progress) and how far behind each of its slaves is, from the
+//! `rserv_status` view.
 
 use crate::error::{DbContext, Error};
+use crate::node::{state, NodeState};
 use crate::rserv::Rserv;
 use postgres::Client;
 use serde::Serialize;
@@ -35,6 +38,8 @@ pub struct LongTransaction {
 
 #[derive(Serialize, Debug)]
 pub struct Status {
+    /// this node
+    pub node: NodeState,
     pub slaves: Vec<SlaveStatus>,
     pub long_transactions: Vec<LongTransaction>,
 }
@@ -44,7 +49,8 @@ pub fn read(client: &mut Client, rs: &Rserv) -> Result<Status, Error> {
         .query(
             &format!(
                 "SELECT server, slave_node::text, confirmed_syncid, data_as_of::text, confirmed_at::text, \
-                        lag_seconds, pending_changes, copies_in_progress FROM {} ORDER BY server",
+                        lag_seconds, pending_changes, copies_in_progress FROM {} \
+                 WHERE server IS NOT NULL ORDER BY server",
                 rs.func("rserv_status")
             ),
             &[],
@@ -76,14 +82,52 @@ pub fn read(client: &mut Client, rs: &Rserv) -> Result<Status, Error> {
         })
         .collect();
     Ok(Status {
+        node: state(client, rs, "node")?,
         slaves,
         long_transactions,
     })
 }
 
+/// This node's role in one line, e.g. `node 1f…: slave of 2e… at change set 42`.
+pub fn role_line(n: &NodeState) -> String {
+    let mut line = format!("node {}: {}", n.node, n.role);
+    if let Some(m) = &n.master_node {
+        line.push_str(&format!(" of {m}"));
+    }
+    match (n.role.as_str(), n.syncid) {
+        ("slave", Some(id)) => line.push_str(&format!(" at change set {id}")),
+        (_, Some(id)) => line.push_str(&format!(", last sync id {id}")),
+        _ => {}
+    }
+    if let (Some(kind), Some(from), Some(at)) =
+        (&n.takeover_kind, &n.takeover_from, n.takeover_syncid)
+    {
+        line.push_str(&format!(
+            "; took over from {from} by {kind} at sync point {at} ({})",
+            n.takeover_at.clone().unwrap_or_default()
+        ));
+    }
+    if let Some(prev) = &n.previous_master {
+        line.push_str(&format!("; re-pointed here from {prev} by a failover"));
+    }
+    match n.in_progress.as_deref() {
+        Some("switchover") => {
+            line.push_str("; SWITCHOVER IN PROGRESS (run replicate switchover again to finish it)")
+        }
+        Some("failover") => line
+            .push_str("; FAILOVER IN PROGRESS: the old master has not rejoined (replicate rejoin)"),
+        Some("rejoin") => line
+            .push_str("; DEPOSED: another node took over, writes refused until replicate rejoin"),
+        Some(other) => line.push_str(&format!("; {other} in progress")),
+        None => {}
+    }
+    line
+}
+
 /// A plain table for people.
 pub fn render(s: &Status) -> String {
-    let mut out = format!(
+    let mut out = role_line(&s.node) + "\n";
+    out += &format!(
         "{:>6}  {:>10}  {:>9}  {:>8}  {:<29}  {}\n",
         "server", "lag (s)", "pending", "sync id", "data as of", "slave node"
     );
@@ -108,7 +152,7 @@ pub fn render(s: &Status) -> String {
         ));
     }
     if s.slaves.is_empty() {
-        out.push_str("(no slave has synced from this master yet)\n");
+        out.push_str("(no slave registered on this node)\n");
     }
     for t in &s.long_transactions {
         out.push_str(&format!(

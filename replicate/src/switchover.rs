@@ -5,8 +5,10 @@
 
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
 use crate::error::{DbContext, Error};
-use crate::master;
-use crate::slave;
+use crate::rserv::Rserv;
+use crate::steps::reached;
+use crate::{master, slave};
+use postgres::Client;
 use std::time::{Duration, Instant};
 
 /// What a switchover did.
@@ -21,7 +23,8 @@ pub struct Report {
     /// The old master's server id on the new master, and the sync id it starts from.
     pub server: i32,
     pub syncid: i64,
-    /// From the fence to the new master's first accepted write.
+    /// From the fence taking the tables (writes wait, then are refused) to the new master's
+    /// first accepted write.
     pub unavailable: Duration,
 }
 
@@ -42,51 +45,99 @@ fn promoted(ep: &mut Endpoints, old: &str) -> Result<Option<(i32, i64)>, Error> 
         .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(0))))
 }
 
-/// Fence the master, waiting `grace` for writers in flight, then cancelling those still there.
-fn fence(ep: &mut Endpoints, successor: &str, grace: Duration) -> Result<(i64, i64), Error> {
-    let m = &mut *ep.master;
-    let rs = ep.master_rs;
+/// Fence a master (`kind` 'switchover' or 'deposed', see the extension's `fence.rs`), giving
+/// the writers in flight `grace` to finish, then cancelling those still there. Returns the
+/// tables fenced, the writers cancelled, and when writes started to be refused (or to wait for
+/// the fence).
+///
+/// The fence needs every replicated table's lock at once. During the grace period it takes
+/// them all or none (`LOCK TABLE ... NOWAIT`, again every few milliseconds), so it never holds
+/// one table while waiting for another: a writer holding that other table and waiting for the
+/// first (writers change several tables) would deadlock with it. Writes go on meanwhile, and
+/// reach the slave with the last change sets. After the grace period the writers holding the
+/// tables are cancelled and the fence waits for the locks.
+pub fn fence(
+    m: &mut Client,
+    rs: &Rserv,
+    successor: &str,
+    grace: Duration,
+    kind: &str,
+) -> Result<(i64, i64, Instant), Error> {
+    let call = format!("SELECT {}($1, $2)", rs.func("rserv_fence"));
+    let tables: Option<String> = m
+        .query_one(
+            &format!(
+                "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', schema_name, table_name), ', ') \
+                 FROM {}()",
+                rs.func("rserv_table_list")
+            ),
+            &[],
+        )
+        .ctx("master: listing the replicated tables")?
+        .get(0);
+    let deadline = Instant::now() + grace;
+    while let (Some(list), true) = (&tables, Instant::now() < deadline) {
+        let mut tx = m.transaction().ctx("master: starting the fence")?;
+        match tx.batch_execute(&format!(
+            "LOCK TABLE {list} IN SHARE ROW EXCLUSIVE MODE NOWAIT"
+        )) {
+            Ok(()) => {
+                let since = Instant::now();
+                let n: i64 = tx
+                    .query_one(&call, &[&successor, &kind])
+                    .ctx("master: fencing the replicated tables")?
+                    .get(0);
+                tx.commit().ctx("master: committing the fence")?;
+                return Ok((n, 0, since));
+            }
+            Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                drop(tx);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).ctx("master: locking the replicated tables"),
+        }
+    }
     let mut cancelled = 0;
     for attempt in 0..3 {
+        // writers in flight past the grace period: cancelled (they roll back, and their
+        // clients see the cancellation and retry, then meet the fence)
+        let row = m
+            .query_one(
+                &format!(
+                    "SELECT count(pg_catalog.pg_cancel_backend(l.pid)) FROM pg_catalog.pg_locks l \
+                     WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() \
+                       AND l.relation IN (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident(t.schema_name) \
+                                          || '.' || pg_catalog.quote_ident(t.table_name)) \
+                                          FROM {} t)",
+                    rs.func("rserv_table_list") + "()"
+                ),
+                &[],
+            )
+            .ctx("master: cancelling the writers in flight")?;
+        cancelled += row.get::<_, i64>(0);
         m.batch_execute(&format!(
             "SET lock_timeout = '{}ms'",
             grace.as_millis().max(1)
         ))
         .ctx("master: setting lock_timeout")?;
-        let r = m.query_one(
-            &format!("SELECT {}($1)", rs.func("rserv_fence")),
-            &[&successor],
-        );
+        let since = Instant::now();
+        let r = m.query_one(&call, &[&successor, &kind]);
         m.batch_execute("RESET lock_timeout")
             .ctx("master: resetting lock_timeout")?;
         match r {
-            Ok(row) => return Ok((row.get(0), cancelled)),
+            Ok(row) => return Ok((row.get(0), cancelled, since)),
             Err(e)
-                if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-                    && attempt < 2 =>
-            {
-                // writers in flight past the grace period: cancelled (they roll back, and their
-                // clients see the cancellation and retry, then meet the fence)
-                let row = m
-                    .query_one(
-                        &format!(
-                            "SELECT count(pg_catalog.pg_cancel_backend(l.pid)) FROM pg_catalog.pg_locks l \
-                             WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() \
-                               AND l.relation IN (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident(t.schema_name) \
-                                                  || '.' || pg_catalog.quote_ident(t.table_name)) \
-                                                  FROM {} t)",
-                            rs.func("rserv_table_list") + "()"
-                        ),
-                        &[],
-                    )
-                    .ctx("master: cancelling the writers in flight")?;
-                cancelled += row.get::<_, i64>(0);
-            }
+                if attempt < 2
+                    && [
+                        Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+                        Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED),
+                    ]
+                    .contains(&e.code()) => {}
             Err(e) => return Err(e).ctx("master: fencing the replicated tables"),
         }
     }
     Err(Error::Failed(
-        "master: the replicated tables stayed locked; the switchover did not start".into(),
+        "master: the replicated tables stayed locked; the fence could not be taken".into(),
     ))
 }
 
@@ -105,13 +156,14 @@ pub fn switchover(
         // interrupted after the promotion: only the old master's part is left (or done)
         let follows = slave::sync_state(ep.master, ep.master_rs)?.1;
         if follows.is_some_and(|m| m.eq_ignore_ascii_case(&new)) {
+            complete(ep.slave, ep.slave_rs, &old)?;
             return Err(Error::Failed(
                 "the switchover is complete already: the slave is the master now".into(),
             ));
         }
         report.server = server;
         report.syncid = syncid;
-        report.tables = demote(ep, &new, server, syncid)?;
+        report.tables = demote(ep, &old, &new, server, syncid)?;
         return Ok(report);
     }
     let follows = slave::sync_state(ep.slave, ep.slave_rs)?.1;
@@ -127,9 +179,9 @@ pub fn switchover(
             "created the indexes, foreign keys, triggers and policies of table {name} on the slave"
         );
     }
-    let started = Instant::now();
-    let (_, cancelled) = fence(ep, &new, grace)?;
+    let (_, cancelled, started) = fence(ep.master, ep.master_rs, &new, grace, "switchover")?;
     report.cancelled = cancelled;
+    reached("switchover:fenced");
     // what the master committed before the fence reaches the slave
     let mut session = cycle::Session::default();
     loop {
@@ -141,6 +193,7 @@ pub fn switchover(
             break;
         }
     }
+    reached("switchover:synced");
     let mut promote = ep
         .slave
         .transaction()
@@ -158,11 +211,19 @@ pub fn switchover(
     report.unavailable = started.elapsed();
     report.server = row.get(0);
     report.syncid = row.get(1);
-    report.tables = demote(ep, &new, report.server, report.syncid)?;
+    reached("switchover:promoted");
+    report.tables = demote(ep, &old, &new, report.server, report.syncid)?;
     Ok(report)
 }
 
-fn demote(ep: &mut Endpoints, new: &str, server: i32, syncid: i64) -> Result<i64, Error> {
+/// The old master becomes a slave of the new one; the new master records the takeover complete.
+fn demote(
+    ep: &mut Endpoints,
+    old: &str,
+    new: &str,
+    server: i32,
+    syncid: i64,
+) -> Result<i64, Error> {
     let row = ep
         .master
         .query_one(
@@ -170,7 +231,19 @@ fn demote(ep: &mut Endpoints, new: &str, server: i32, syncid: i64) -> Result<i64
             &[&new, &server, &syncid],
         )
         .ctx("master: becoming a slave of the new master")?;
+    reached("switchover:demoted");
+    complete(ep.slave, ep.slave_rs, old)?;
     Ok(row.get(0))
+}
+
+/// On the new master: the old master `old` follows it now.
+pub fn complete(new: &mut Client, rs: &Rserv, old: &str) -> Result<(), Error> {
+    new.query_one(
+        &format!("SELECT {}($1)", rs.func("rserv_takeover_done")),
+        &[&old],
+    )
+    .ctx("new master: recording the takeover complete")?;
+    Ok(())
 }
 
 /// Lift the fence of a switchover that is not going ahead (the slave was not promoted).

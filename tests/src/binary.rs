@@ -275,3 +275,112 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+/// A `replicate` run held at its test-only pause points (`RSERV_TEST_STEP=pause:<step>,...`,
+/// see `replicate/src/steps.rs`): [`Stepped::wait_for`] returns once it says it paused at a
+/// step, [`Stepped::resume`] lets it go on, [`Stepped::finish`] waits for it to exit. Killed
+/// if dropped before it exited.
+pub struct Stepped {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Stepped {
+    /// Start `replicate args` pausing at each of `steps`.
+    pub fn start(args: &[String], steps: &[&str]) -> Stepped {
+        let pauses: Vec<String> = steps.iter().map(|s| format!("pause:{s}")).collect();
+        let mut cmd = replicate_command();
+        cmd.args(args)
+            .env("RSERV_TEST_STEP", pauses.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start replicate");
+        let (tx, rx) = mpsc::channel();
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stdout = child.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = out.read_to_end(&mut buf);
+                buf
+            })
+        });
+        Stepped {
+            child,
+            stderr: rx,
+            seen: Vec::new(),
+            stdout,
+        }
+    }
+
+    /// Wait (up to two minutes) until it pauses at `step`; panics with its output if it exits
+    /// or pauses elsewhere first.
+    pub fn wait_for(&mut self, step: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let want = format!("replicate: paused at {step}");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line == want;
+                    self.seen.push(line);
+                    if done {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "replicate never paused at {step}; its stderr:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Let it go on from the step it paused at.
+    pub fn resume(&mut self) {
+        use std::io::Write;
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Wait for it to exit: (exit code, stdout, stderr).
+    pub fn finish(mut self) -> (Option<i32>, String, String) {
+        self.child.stdin.take();
+        let status = self.child.wait().expect("wait for replicate");
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        let out = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (
+            status.code(),
+            String::from_utf8_lossy(&out).into_owned(),
+            self.seen.join("\n"),
+        )
+    }
+}
+
+impl Drop for Stepped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //!   major) in its own directory under `/tmp`, on its own port, torn down on drop;
 //! - [`binary`]: running the workspace's `replicate` binary with a clean environment
 //!   ([`run_replicate`]);
+//! - [`bank`]: the money-transfer workload of the switchover and failover tests;
 //! - [`pair`]: a master and a slave cluster with rserv, and the assertions replication tests
 //!   share; [`daemon`]: a `replicate run` process; [`oracle`]: what a slave must hold after a
 //!   cycle; [`proxy`]: a TCP proxy that cuts connections; [`roles`]: roles and helpers of the
@@ -22,6 +23,7 @@
 //! * `RSERV_REPLICATE_TIMEOUT` — seconds after which [`run_replicate`] kills `replicate` and
 //!   panics (default 300).
 
+pub mod bank;
 pub mod binary;
 pub mod cluster;
 pub mod daemon;
@@ -34,7 +36,7 @@ pub mod rng;
 pub mod roles;
 
 pub use binary::{
-    replicate_bin, replicate_command, run_replicate, run_replicate_env, run_replicate_of,
+    replicate_bin, replicate_command, run_replicate, run_replicate_env, run_replicate_of, Stepped,
 };
 pub use cluster::{pg_bindir, pg_bindir_for, Cluster};
 /// Full text of a postgres error, including SQLSTATE, detail, hint, position and context:

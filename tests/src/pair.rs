@@ -37,9 +37,14 @@ pub struct Pair {
 impl Pair {
     /// Start both clusters (in parallel), create database `app` and the extension on each.
     pub fn start(name: &str) -> Pair {
+        Pair::start_with(name, &[])
+    }
+
+    /// [`Pair::start`] with server settings for both clusters (see [`Cluster::start_with`]).
+    pub fn start_with(name: &str, settings: &[(&str, &str)]) -> Pair {
         let (m, s) = std::thread::scope(|sc| {
-            let m = sc.spawn(|| Cluster::start(&format!("{name}-m")));
-            let s = sc.spawn(|| Cluster::start(&format!("{name}-s")));
+            let m = sc.spawn(|| Cluster::start_with(&format!("{name}-m"), settings));
+            let s = sc.spawn(|| Cluster::start_with(&format!("{name}-s"), settings));
             (
                 m.join().expect("master cluster"),
                 s.join().expect("slave cluster"),
@@ -53,6 +58,27 @@ impl Pair {
             master: m,
             slave: s,
         }
+    }
+
+    /// A pair replicating table `m (id int PRIMARY KEY, v text)`, partitioned by range into
+    /// `m1` (ids below `split`) and `m2` (`split` to `2 * split`), with rows 1 to `2 * split - 1`,
+    /// copied to the slave.
+    pub fn partitioned(name: &str, split: i32) -> Pair {
+        let p = Pair::start(name);
+        p.master.execute(
+            DB,
+            &format!(
+                "CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+                 CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO ({split});
+                 CREATE TABLE m2 PARTITION OF m FOR VALUES FROM ({split}) TO ({});
+                 INSERT INTO m SELECT g, 'v' || g FROM generate_series(1, {}) g;
+                 SELECT rserv_add_table('m');",
+                2 * split,
+                2 * split - 1
+            ),
+        );
+        assert_ok(&p.replicate(&["--create-tables", DB, DB]), "initial copy");
+        p
     }
 
     /// Run the same statements on both sides (on the slave as a fixture: local writes to
@@ -78,21 +104,12 @@ impl Pair {
 
     /// Command-line arguments that point `replicate` at this pair's sockets and ports.
     pub fn conn_args(&self) -> Vec<String> {
-        vec![
-            format!("--masterhost={}", self.master.socket_dir().display()),
-            format!("--masterport={}", self.master.port()),
-            format!("--slavehost={}", self.slave.socket_dir().display()),
-            format!("--slaveport={}", self.slave.port()),
-            "--user=postgres".to_string(),
-        ]
+        conn_args(&self.master, &self.slave)
     }
 
     /// Run the `replicate` binary with this pair's connection flags followed by `args`.
     pub fn replicate(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = self.conn_args();
-        all.extend(args.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        run_replicate(&refs)
+        between(&self.master, &self.slave, args)
     }
 
     /// One cycle through the binary; panics unless it exits 0.
@@ -130,6 +147,34 @@ impl Pair {
         let s = Pair::rows(&self.slave, table);
         assert_eq!(m, s, "table {table} differs between master and slave");
     }
+}
+
+/// Command-line arguments that point `replicate` at `m` as master and `s` as slave.
+pub fn conn_args(m: &Cluster, s: &Cluster) -> Vec<String> {
+    vec![
+        format!("--masterhost={}", m.socket_dir().display()),
+        format!("--masterport={}", m.port()),
+        format!("--slavehost={}", s.socket_dir().display()),
+        format!("--slaveport={}", s.port()),
+        "--user=postgres".to_string(),
+    ]
+}
+
+/// Run `replicate` with `m` as master and `s` as slave, then `args`.
+pub fn between(m: &Cluster, s: &Cluster, args: &[&str]) -> Output {
+    let mut all = conn_args(m, s);
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    run_replicate(&refs)
+}
+
+/// `c`'s database `app` as a `replicate` database argument (a connection string).
+pub fn database_arg(c: &Cluster) -> String {
+    format!(
+        "host={} port={} dbname={DB}",
+        c.socket_dir().display(),
+        c.port()
+    )
 }
 
 pub struct Session {

@@ -118,3 +118,27 @@ fn no_false_alarm_while_the_master_writes() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
 }
+
+/// A partitioned table is compared by its partitions' rows (reading `ONLY` the partitioned
+/// table itself, which holds none, would find any two equal), and repaired.
+#[test]
+fn a_partitioned_table_is_compared_by_its_rows() {
+    let p = Pair::partitioned("checkp", 1000);
+    assert_ok(&p.replicate(&["check", DB, DB]), "check of equal tables");
+    p.slave.execute(
+        DB,
+        "SET rserv.allow_slave_writes = on; UPDATE m SET v = 'tampered' WHERE id = 1500",
+    );
+    let out = p.replicate(&["check", DB, DB, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = json(&out);
+    assert_eq!(keys(&r["tables"][0]["different"]), vec!["1500"]);
+    assert_eq!(r["tables"][0]["master_rows"], 1999);
+    assert_ok(&p.replicate(&["check", DB, DB, "--repair"]), "repair");
+    p.assert_equal("m");
+}

@@ -22,19 +22,7 @@ use std::sync::{Arc, Mutex};
 
 /// A pair whose clusters get extra settings (started in parallel).
 fn pair_with(name: &str, settings: &[(&str, &str)]) -> Pair {
-    let (m, s) = std::thread::scope(|sc| {
-        let m = sc.spawn(|| Cluster::start_with(&format!("{name}-m"), settings));
-        let s = sc.spawn(|| Cluster::start_with(&format!("{name}-s"), settings));
-        (m.join().expect("master"), s.join().expect("slave"))
-    });
-    for c in [&m, &s] {
-        c.create_db(DB);
-        c.execute(DB, "CREATE EXTENSION rserv");
-    }
-    Pair {
-        master: m,
-        slave: s,
-    }
+    Pair::start_with(name, settings)
 }
 
 /// A connection to `db` of `c` as `user` whose server notices (with severity) are collected.

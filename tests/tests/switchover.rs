@@ -1,27 +1,18 @@
 //! Switchover: master and slave swap roles at one sync point, with no copy, under a steady
 //! money-transfer workload whose clients retry on the fence and then write to the new master.
 
-use rserv_tests::pair::{assert_ok, Pair, DB};
-use rserv_tests::{run_replicate, Cluster};
+use rserv_tests::bank::{self, total, transfer, ACCOUNTS};
+use rserv_tests::daemon::{eventually, Daemon};
+use rserv_tests::pair::{assert_ok, between, Pair, DB};
+use rserv_tests::Cluster;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-const ACCOUNTS: i64 = 20;
-
 /// `replicate` with `m` as master and `s` as slave.
 fn replicate(m: &Cluster, s: &Cluster, args: &[&str]) -> Output {
-    let mut all = vec![
-        format!("--masterhost={}", m.socket_dir().display()),
-        format!("--masterport={}", m.port()),
-        format!("--slavehost={}", s.socket_dir().display()),
-        format!("--slaveport={}", s.port()),
-        "--user=postgres".to_string(),
-    ];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    run_replicate(&refs)
+    between(m, s, args)
 }
 
 fn text(out: &Output) -> String {
@@ -36,60 +27,18 @@ fn rows(c: &Cluster, table: &str) -> Vec<String> {
     Pair::rows(c, table)
 }
 
-fn total(c: &Cluster) -> String {
-    c.query_strings(DB, "SELECT sum(balance)::text FROM account")[0][0]
-        .clone()
-        .unwrap_or_default()
+fn setup(name: &str) -> Pair {
+    setup_with(name, &[])
 }
 
-fn setup(name: &str) -> Pair {
-    let p = Pair::start(name);
-    p.table(
-        "CREATE TABLE account (id int PRIMARY KEY, balance bigint NOT NULL)",
-        "account",
-        None,
-    );
-    p.table(
-        "CREATE TABLE transfer (id bigserial PRIMARY KEY, src int NOT NULL, dst int NOT NULL, amount int NOT NULL)",
-        "transfer",
-        None,
-    );
-    p.master.execute(
-        DB,
-        &format!("INSERT INTO account SELECT g, 1000 FROM generate_series(1, {ACCOUNTS}) g"),
-    );
+fn setup_with(name: &str, settings: &[(&str, &str)]) -> Pair {
+    let p = Pair::start_with(name, settings);
+    for (table, ddl) in bank::TABLES {
+        p.table(ddl, table, None);
+    }
+    p.master.execute(DB, &bank::accounts_sql());
     assert_ok(&p.replicate(&[DB, DB]), "first copy");
     p
-}
-
-/// One transfer on `c`; Ok(transfer id) when it committed.
-fn transfer(c: &mut postgres::Client, n: u64) -> Result<i64, postgres::Error> {
-    // the lower id first, so that two transfers never wait for each other's accounts
-    let (x, y) = (
-        (n % ACCOUNTS as u64) as i32 + 1,
-        ((n * 7 + 3) % ACCOUNTS as u64) as i32 + 1,
-    );
-    let (a, b) = if n.is_multiple_of(2) { (x, y) } else { (y, x) };
-    let (first, second) = (a.min(b), a.max(b));
-    let delta = |id: i32| if id == a { -1i64 } else { 1 };
-    let amount = (n % 13) as i32 + 1;
-    let mut tx = c.transaction()?;
-    for id in [first, second] {
-        if a != b {
-            tx.execute(
-                "UPDATE account SET balance = balance + $2 WHERE id = $1",
-                &[&id, &(delta(id) * amount as i64)],
-            )?;
-        }
-    }
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO transfer (src, dst, amount) VALUES ($1, $2, $3) RETURNING id",
-            &[&a, &b, &amount],
-        )?
-        .get(0);
-    tx.commit()?;
-    Ok(id)
 }
 
 /// Switch over back and forth under load: every transfer a client saw committed exists on the
@@ -269,4 +218,108 @@ fn interrupted_switchover_is_finished_or_aborted() {
         before,
         "account was copied again"
     );
+}
+
+/// A prepared (2PC) transaction holding a replicated table would block the fence forever: the
+/// switchover is refused naming it (gid, owner, when it was prepared) and changes nothing;
+/// once it is committed, the switchover goes through.
+#[test]
+fn a_prepared_transaction_blocking_the_fence_is_named() {
+    let p = setup_with("swo-2pc", &[("max_prepared_transactions", "8")]);
+    p.master.execute(
+        DB,
+        "BEGIN; UPDATE account SET balance = balance - 1 WHERE id = 3;
+         UPDATE account SET balance = balance + 1 WHERE id = 4; PREPARE TRANSACTION 'pay-42'",
+    );
+    let out = replicate(&p.master, &p.slave, &["switchover", "--grace", "1", DB, DB]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "prepared transactions hold replicated tables",
+        "'pay-42' (owner postgres, prepared at 20",
+        "on public.account",
+        "COMMIT PREPARED",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+    }
+    // nothing changed: the master takes writes (to rows the prepared transaction does not
+    // hold), the slave refuses them
+    assert!(bank::try_write(&p.master).is_ok());
+    assert!(bank::try_write(&p.slave).is_err());
+    p.master.execute(DB, "COMMIT PREPARED 'pay-42'");
+    let out = replicate(&p.master, &p.slave, &["switchover", "--grace", "1", DB, DB]);
+    assert_ok(
+        &out,
+        "switchover once the prepared transaction is committed",
+    );
+    assert_eq!(rows(&p.master, "account"), rows(&p.slave, "account"));
+    assert_eq!(total(&p.slave), (ACCOUNTS * 1000).to_string());
+}
+
+/// A `replicate run` daemon given the pair notices each switchover and replicates the other way
+/// from then on, without a restart.
+#[test]
+fn the_daemon_follows_the_flip() {
+    let p = setup("swo-daemon");
+    let mut args = p.conn_args();
+    args.extend(["run", "--interval", "0.2", DB, DB].map(String::from));
+    let daemon = Daemon::start(&args);
+    let (a, b) = (&p.master, &p.slave);
+    for round in 0..3u64 {
+        let (m, s) = if round % 2 == 0 { (a, b) } else { (b, a) };
+        let mut c = m.connect(DB);
+        transfer(&mut c, round * 100 + 1).expect("a transfer on the master");
+        eventually(120, "the daemon replicates", || {
+            rows(m, "transfer") == rows(s, "transfer")
+        });
+        let out = replicate(m, s, &["switchover", "--grace", "1", DB, DB]);
+        assert_ok(&out, &format!("round {round}: switchover"));
+        let mut c = s.connect(DB);
+        transfer(&mut c, round * 100 + 50).expect("a transfer on the new master");
+        eventually(120, "the daemon follows the flip", || {
+            rows(s, "transfer") == rows(m, "transfer")
+        });
+    }
+    assert!(daemon.log().contains("roles flipped"), "{}", daemon.log());
+    assert!(daemon.stop().success());
+}
+
+/// A partitioned table switches over with its partitions: each is fenced on the old master,
+/// captured on the new one (a write or a TRUNCATE of one partition replicates back), and
+/// protected on the old master once it is a slave.
+#[test]
+fn a_partitioned_table_switches_over_with_its_partitions() {
+    let p = Pair::partitioned("swo-part", 100);
+    p.master.execute(DB, "SELECT rserv_fence(NULL)");
+    let mut c = p.master.connect(DB);
+    let refused = c
+        .batch_execute("UPDATE m2 SET v = 'x' WHERE id = 150")
+        .expect_err("a fenced partition");
+    assert!(
+        rserv_tests::describe_pg_error(&refused).contains("switchover in progress"),
+        "{refused:?}"
+    );
+    assert_ok(&p.replicate(&["switchover", DB, DB]), "switchover");
+    // the new master captures every partition, a TRUNCATE of one too
+    p.slave.execute(
+        DB,
+        "UPDATE m SET v = 'new' WHERE id IN (5, 150); INSERT INTO m VALUES (199, 'x')
+         ON CONFLICT (id) DO UPDATE SET v = 'y'; TRUNCATE m1",
+    );
+    assert_ok(&replicate(&p.slave, &p.master, &[DB, DB]), "the other way");
+    assert_eq!(rows(&p.slave, "m"), rows(&p.master, "m"));
+    assert_eq!(
+        p.master.query_strings(DB, "SELECT count(*)::text FROM m1")[0][0],
+        Some("0".into())
+    );
+    // and the old master's partitions refuse local writes as a slave's
+    for table in ["m", "m1", "m2"] {
+        let err = c
+            .batch_execute(&format!("DELETE FROM {table}"))
+            .expect_err("a slave partition");
+        assert!(
+            rserv_tests::describe_pg_error(&err).contains("replication slave table"),
+            "{table}: {err:?}"
+        );
+    }
 }

@@ -1,8 +1,8 @@
 //! One function per command. Each returns the process's exit code.
 
-use super::databases::Side;
+use super::databases::{endpoints, Side};
 use super::Cli;
-use crate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
+use crate::cycle::{self, Outcome, Session};
 use crate::daemon::{Config, Daemon, RunConfig, SlaveSpec};
 use crate::error::{exit, Error, IoContext};
 use crate::rserv;
@@ -15,12 +15,7 @@ use tracing::info;
 /// `replicate MASTERDB SLAVEDB`: one cycle (the seed's `Replicate`).
 pub(super) fn one_cycle(cli: &Cli) -> Result<i32, Error> {
     let (mut m, mut s) = cli.pair(cli.masterdb.as_deref(), cli.slavedb.as_deref())?;
-    let mut ep = Endpoints {
-        master: &mut m.client,
-        master_rs: &m.rs,
-        slave: &mut s.client,
-        slave_rs: &s.rs,
-    };
+    let mut ep = endpoints(&mut m, &mut s);
     match cycle::run(&mut ep, &cli.cycle_options(), &mut Session::default(), None)? {
         Outcome::Applied {
             syncid,
@@ -256,18 +251,8 @@ pub(super) fn compare(
     json: bool,
 ) -> Result<i32, Error> {
     let (mut m, mut s) = cli.pair(masterdb, slavedb)?;
-    let mut ep = Endpoints {
-        master: &mut m.client,
-        master_rs: &m.rs,
-        slave: &mut s.client,
-        slave_rs: &s.rs,
-    };
-    let opts = CycleOptions {
-        server: cli.server,
-        clean_log: !cli.no_clean_log,
-        verbose: cli.verbose,
-        ..CycleOptions::default()
-    };
+    let mut ep = endpoints(&mut m, &mut s);
+    let opts = cli.plain_cycle_options();
     let render = |report: &check::Report| -> Result<String, Error> {
         if json {
             Ok(to_json(report)? + "\n")
@@ -294,58 +279,6 @@ pub(super) fn compare(
     } else {
         exit::DIFFERENT
     })
-}
-
-/// `switchover`: the slave takes over, the master becomes its slave (see `switchover.rs`).
-pub(super) fn switch_over(
-    cli: &Cli,
-    masterdb: Option<&str>,
-    slavedb: Option<&str>,
-    grace: f64,
-    abort: bool,
-) -> Result<i32, Error> {
-    let (mut m, mut s) = cli.pair(masterdb, slavedb)?;
-    let mut ep = Endpoints {
-        master: &mut m.client,
-        master_rs: &m.rs,
-        slave: &mut s.client,
-        slave_rs: &s.rs,
-    };
-    if abort {
-        let lifted = crate::switchover::abort(&mut ep)?;
-        println!(
-            "{}",
-            if lifted {
-                "switchover aborted: the master accepts writes again"
-            } else {
-                "no switchover in progress on the master"
-            }
-        );
-        return Ok(exit::OK);
-    }
-    let opts = CycleOptions {
-        server: cli.server,
-        clean_log: !cli.no_clean_log,
-        verbose: cli.verbose,
-        ..CycleOptions::default()
-    };
-    let grace = std::time::Duration::from_secs_f64(grace.clamp(0.0, 3600.0));
-    let r = crate::switchover::switchover(&mut ep, &opts, grace)?;
-    println!(
-        "switchover done: {} tables; the old master is slave {} of the new master at change set {} \
-         ({} final change sets, {} writers cancelled, writes refused for {:.3} s)",
-        r.tables,
-        r.server,
-        r.syncid,
-        r.final_change_sets,
-        r.cancelled,
-        r.unavailable.as_secs_f64()
-    );
-    println!(
-        "from now on replicate the other way: the slave's connection options and database ({}) are the master's, and the old master's ({}) the slave's",
-        s.name, m.name
-    );
-    Ok(exit::OK)
 }
 
 /// `status`: every slave's lag, from the master.

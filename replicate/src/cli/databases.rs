@@ -3,7 +3,7 @@
 
 use super::{Cli, ConnFlags, SEED_SERVER};
 use crate::conn::{conninfo_dbname, looks_like_conninfo, ConnArgs, Endpoint};
-use crate::cycle::CycleOptions;
+use crate::cycle::{CycleOptions, Endpoints};
 use crate::error::Error;
 use crate::master;
 use crate::rserv::Rserv;
@@ -218,6 +218,16 @@ pub(super) fn master_only_server(
     }
 }
 
+/// The two connected sides of a two-database command, as a cycle takes them.
+pub(super) fn endpoints<'a>(m: &'a mut Db, s: &'a mut Db) -> Endpoints<'a> {
+    Endpoints {
+        master: &mut m.client,
+        master_rs: &m.rs,
+        slave: &mut s.client,
+        slave_rs: &s.rs,
+    }
+}
+
 pub(super) fn open(side: Side, ep: &Endpoint) -> Result<postgres::Client, Error> {
     ep.connect().map_err(|source| Error::Connect {
         side: side.name(),
@@ -242,6 +252,17 @@ impl Cli {
             create_tables: self.create_tables,
             finish_tables: false,
             verbose: self.verbose,
+        }
+    }
+
+    /// The cycle options of a command that runs cycles of its own (`check`, `switchover`,
+    /// `failover`, `rejoin`): no snapshot file, no table creation.
+    pub(super) fn plain_cycle_options(&self) -> CycleOptions {
+        CycleOptions {
+            server: self.server,
+            clean_log: !self.no_clean_log,
+            verbose: self.verbose,
+            ..CycleOptions::default()
         }
     }
 

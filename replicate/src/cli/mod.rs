@@ -5,12 +5,14 @@
 
 mod commands;
 mod databases;
+mod roles;
 
 use crate::error::Error;
 use crate::log::LogFormat;
 use clap::{Args, Parser, Subcommand};
 use commands::*;
 use databases::Side;
+use roles::*;
 use std::path::PathBuf;
 
 /// `replicate --version`: this build, and the extension versions it talks to (the workspace
@@ -300,6 +302,42 @@ pub enum Command {
         #[arg(long)]
         abort: bool,
     },
+    /// Unplanned failover (the master is unreachable): promote one of its slaves (of those
+    /// given, the most advanced, or --promote), record the sync point it took over at, and
+    /// re-point the other slaves given to it without a copy. Prints each slave's position.
+    /// Run it again to finish one that was interrupted (with the new master in the list); when
+    /// the old master comes back, run replicate rejoin before it takes any write
+    Failover {
+        /// The failed master's slaves: database names, key=value connection strings or
+        /// postgresql:// URLs, each completed by the slave connection options
+        #[arg(value_name = "SLAVEDB", required = true)]
+        slaves: Vec<String>,
+        /// Promote this one (one of the SLAVEDB given, as written) rather than the most advanced
+        #[arg(long, value_name = "SLAVEDB")]
+        promote: Option<String>,
+    },
+    /// The old master is back after a failover: fence it, report what it committed after the
+    /// new master took over (table, key, both sides' rows), save its version of those rows in
+    /// COPY format, have the new master re-send exactly them, and make it a slave of the new
+    /// master without a copy. Refused, changing nothing but the fence, when rows would be
+    /// discarded, unless --discard-divergent. Run it again to finish one that was interrupted
+    Rejoin {
+        /// The new master (may be left out when --master names it)
+        newmasterdb: Option<String>,
+        /// The old master, which becomes its slave (may be left out when --slave names it)
+        oldmasterdb: Option<String>,
+        /// Rejoin even though the old master holds rows the new master does not: they are
+        /// replaced by the new master's (and saved to the file)
+        #[arg(long)]
+        discard_divergent: bool,
+        /// Where to save the old master's differing rows (default:
+        /// rserv-rejoin-<old node>-<unix time>.sql in the current directory)
+        #[arg(long, value_name = "FILE")]
+        divergent_file: Option<PathBuf>,
+        /// Seconds to wait for the old master's writers in flight before cancelling them
+        #[arg(long, default_value_t = 5.0)]
+        grace: f64,
+    },
 }
 
 /// Which log style a command line wants: structured lines for the daemon, the seed's plain
@@ -364,6 +402,20 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             slavedb.as_deref(),
             *grace,
             *abort,
+        ),
+        Some(Command::Failover { slaves, promote }) => fail_over(&cli, slaves, promote.as_deref()),
+        Some(Command::Rejoin {
+            newmasterdb,
+            oldmasterdb,
+            discard_divergent,
+            divergent_file,
+            grace,
+        }) => rejoin(
+            &cli,
+            (newmasterdb.as_deref(), oldmasterdb.as_deref()),
+            *discard_divergent,
+            divergent_file.clone(),
+            *grace,
         ),
     }
 }

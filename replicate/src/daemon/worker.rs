@@ -6,6 +6,10 @@
 //! server only refused something (an apply rolled back by a lock timeout, a full disk): either
 //! way the next attempt comes after a backoff (0.5 s doubling to 30 s), and meanwhile the
 //! master's figures keep being refreshed every second when the master is up.
+//!
+//! When the pair's roles flip (a switchover, or a failover once the old master has rejoined),
+//! the worker follows the new direction: the configured slave is the master now, the
+//! configured master its slave.
 
 use super::lag::{self, LongTransactionWarnings};
 use super::{nap, Cancels};
@@ -97,6 +101,8 @@ struct Run<'a> {
     unclean: bool,
     last_vacuum: Instant,
     cleaned_since_vacuum: bool,
+    /// The roles of the configured pair have flipped: replicate from `w.slave` to `w.master`.
+    flipped: bool,
 }
 
 impl<'a> Run<'a> {
@@ -128,7 +134,40 @@ impl<'a> Run<'a> {
             unclean: false,
             last_vacuum: Instant::now(),
             cleaned_since_vacuum: false,
+            flipped: false,
         }
+    }
+
+    /// The endpoint replicated from (the configured master, or its slave after a flip).
+    fn master_ep(&self) -> &'a Endpoint {
+        if self.flipped {
+            &self.w.slave
+        } else {
+            &self.w.master
+        }
+    }
+
+    fn slave_ep(&self) -> &'a Endpoint {
+        if self.flipped {
+            &self.w.master
+        } else {
+            &self.w.slave
+        }
+    }
+
+    /// The roles flipped: drop both sessions and follow the new direction at once. The
+    /// configured server id was the old direction's; the new slave is found by its node id.
+    fn flip(&mut self, why: &str) {
+        for side in ["master", "slave"] {
+            self.drop_link(side);
+        }
+        self.flipped = !self.flipped;
+        self.server = if self.flipped { None } else { self.w.server };
+        self.opts.server = self.server;
+        self.backoff = FIRST_BACKOFF;
+        self.retry_at = None;
+        warn!(slave = %self.w.name, why = %why, master = %self.master_ep().describe(),
+              to = %self.slave_ep().describe(), "roles flipped: following the new direction");
     }
 
     fn stopping(&self) -> bool {
@@ -182,7 +221,7 @@ impl<'a> Run<'a> {
 
     fn connect_master(&mut self) -> Result<(), Error> {
         if self.master.is_none() {
-            let link = self.came_up("master", open_master(&self.w.master), |l| &l.client)?;
+            let link = self.came_up("master", open_master(self.master_ep()), |l| &l.client)?;
             self.master = Some(link);
         }
         Ok(())
@@ -190,7 +229,7 @@ impl<'a> Run<'a> {
 
     fn connect_slave(&mut self) -> Result<(), Error> {
         if self.slave.is_none() {
-            let link = self.came_up("slave", open_slave(&self.w.slave), |l| &l.client)?;
+            let link = self.came_up("slave", open_slave(self.slave_ep()), |l| &l.client)?;
             self.slave = Some(link);
         }
         Ok(())
@@ -205,8 +244,8 @@ impl<'a> Run<'a> {
     ) -> Result<L, Error> {
         let link = opened.inspect_err(|_| self.m.set_connected(side, false))?;
         let ep = match side {
-            "master" => &self.w.master,
-            _ => &self.w.slave,
+            "master" => self.master_ep(),
+            _ => self.slave_ep(),
         };
         let token = client(&link).cancel_token();
         self.shared.cancels.set(self.slot, side, token, ep);
@@ -324,6 +363,10 @@ impl<'a> Run<'a> {
     /// A failure: say so (metrics, log), mark the side that failed down, drop the sessions
     /// that are broken, and retry after the backoff.
     fn failed(&mut self, e: Error) {
+        if let Error::Flipped(why) = &e {
+            self.flip(why);
+            return;
+        }
         let failed_side = e.side();
         let retry_in = self.backoff;
         if self.stopping() {
