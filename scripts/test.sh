@@ -9,6 +9,9 @@
 #      /opt/rserv-pg/18 with scripts/setup.sh --pg 18, a few minutes the first time, then two
 #      tests of about a minute together; scripts/test-versions.sh runs every pair of 14..18, the
 #      SQL API suite on each, and with --full the whole suite on every major)
+#   6. rserv upgraded in place from the previous release (1.0.0, built from its git tag by
+#      scripts/build-release.sh into a PostgreSQL 15 of its own, a few minutes the first time)
+#      while replication runs (tests/tests/rolling.rs)
 # and ends with one line "rserv: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +51,13 @@ bash scripts/setup.sh --pg 18
 RSERV_PG15_BINDIR=$(dirname "$PG_CONFIG") RSERV_PG18_BINDIR=$(bash scripts/pg-bin.sh 18) \
     run cargo test --no-fail-fast -p rserv-tests --test versions -- --ignored --exact \
     from_15_to_18 from_18_to_15
+
+step "rserv upgraded in place from 1.0.0 while replication runs (tests/tests/rolling.rs)"
+bash scripts/setup.sh --pg 15 --no-extension
+bash scripts/build-release.sh 1.0.0
+# the new side: the system's 15, with this tree's rserv installed above
+RSERV_PG_BINDIR=$(dirname "$PG_CONFIG") \
+    run cargo test --no-fail-fast -p rserv-tests --test rolling -- --ignored
 
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
