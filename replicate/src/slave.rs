@@ -2,7 +2,7 @@
 
 use crate::error::{DbContext, Error, IoContext};
 use crate::rserv::Rserv;
-use crate::snapshot::{SectionKind, SectionMeta, SnapshotReader, Stats};
+use crate::snapshot::{Header, SectionKind, SectionMeta, SnapshotReader, Stats};
 use crate::table::ReplicatedTable;
 use postgres::Client;
 use std::collections::VecDeque;
@@ -193,7 +193,15 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
                 .collect::<Vec<_>>()
         })
         .collect();
+    // ... but only for a change set this slave is going to apply (from its master, for this
+    // database, not applied yet): rserv_apply_begin says so, in a transaction rolled back
     if !ddl.is_empty() {
+        let mut check = client.transaction().ctx("slave: checking the change set")?;
+        let applies = begin(&mut check, rs, syncid, &reader.header)?;
+        check.rollback().ctx("slave: checking the change set")?;
+        if !applies {
+            return Ok(Outcome::Skipped { syncid });
+        }
         let (schemas, tables, payloads): (Vec<_>, Vec<_>, Vec<_>) = ddl.into_iter().fold(
             (Vec::new(), Vec::new(), Vec::new()),
             |(mut a, mut b, mut c), (x, y, z)| {
@@ -215,25 +223,7 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
     let mut tx = client
         .transaction()
         .ctx("slave: starting the apply transaction")?;
-    let began: bool = tx
-        .query_one(
-            &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6, $7)",
-                rs.func("rserv_apply_begin")
-            ),
-            &[
-                &syncid,
-                &reader.header.master,
-                &reader.header.rserv,
-                &reader.header.server,
-                &reader.header.base,
-                &reader.header.slave,
-                &reader.header.fingerprint,
-            ],
-        )
-        .ctx(format!("slave: starting change set {syncid}"))?
-        .get(0);
-    if !began {
+    if !begin(&mut tx, rs, syncid, &reader.header)? {
         tx.rollback().ctx("slave: ending the apply transaction")?;
         return Ok(Outcome::Skipped { syncid });
     }
@@ -314,6 +304,34 @@ pub fn apply(client: &mut Client, rs: &Rserv, input: impl BufRead) -> Result<Out
         stats: reader.stats(),
         changed,
     })
+}
+
+/// `rserv_apply_begin` for change set `syncid` with `header`: false when the slave has it
+/// already (refused with an error when it must not apply it).
+fn begin(
+    tx: &mut postgres::Transaction<'_>,
+    rs: &Rserv,
+    syncid: i64,
+    header: &Header,
+) -> Result<bool, Error> {
+    Ok(tx
+        .query_one(
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7)",
+                rs.func("rserv_apply_begin")
+            ),
+            &[
+                &syncid,
+                &header.master,
+                &header.rserv,
+                &header.server,
+                &header.base,
+                &header.slave,
+                &header.fingerprint,
+            ],
+        )
+        .ctx(format!("slave: starting change set {syncid}"))?
+        .get(0))
 }
 
 /// One field of a COPY text row, unescaped (`\\`, `\n`, `\t`, … and octal escapes).

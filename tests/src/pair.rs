@@ -78,21 +78,12 @@ impl Pair {
 
     /// Command-line arguments that point `replicate` at this pair's sockets and ports.
     pub fn conn_args(&self) -> Vec<String> {
-        vec![
-            format!("--masterhost={}", self.master.socket_dir().display()),
-            format!("--masterport={}", self.master.port()),
-            format!("--slavehost={}", self.slave.socket_dir().display()),
-            format!("--slaveport={}", self.slave.port()),
-            "--user=postgres".to_string(),
-        ]
+        conn_args_between(&self.master, &self.slave)
     }
 
     /// Run the `replicate` binary with this pair's connection flags followed by `args`.
     pub fn replicate(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = self.conn_args();
-        all.extend(args.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        run_replicate(&refs)
+        replicate_between(&self.master, &self.slave, args)
     }
 
     /// One cycle through the binary; panics unless it exits 0.
@@ -160,6 +151,25 @@ impl Session {
 }
 
 /// Panics with both output streams unless `out` exited 0.
+/// Command-line arguments that point `replicate` at `master` and `slave`.
+pub fn conn_args_between(master: &Cluster, slave: &Cluster) -> Vec<String> {
+    vec![
+        format!("--masterhost={}", master.socket_dir().display()),
+        format!("--masterport={}", master.port()),
+        format!("--slavehost={}", slave.socket_dir().display()),
+        format!("--slaveport={}", slave.port()),
+        "--user=postgres".to_string(),
+    ]
+}
+
+/// Run the `replicate` binary with `master` and `slave`'s connection flags followed by `args`.
+pub fn replicate_between(master: &Cluster, slave: &Cluster, args: &[&str]) -> Output {
+    let mut all = conn_args_between(master, slave);
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    run_replicate(&refs)
+}
+
 pub fn assert_ok(out: &Output, what: &str) {
     assert!(
         out.status.success(),

@@ -2,7 +2,7 @@
 //! money-transfer workload whose clients retry on the fence and then write to the new master.
 
 use rserv_tests::pair::{assert_ok, Pair, DB};
-use rserv_tests::{run_replicate, Cluster};
+use rserv_tests::Cluster;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -12,16 +12,7 @@ const ACCOUNTS: i64 = 20;
 
 /// `replicate` with `m` as master and `s` as slave.
 fn replicate(m: &Cluster, s: &Cluster, args: &[&str]) -> Output {
-    let mut all = vec![
-        format!("--masterhost={}", m.socket_dir().display()),
-        format!("--masterport={}", m.port()),
-        format!("--slavehost={}", s.socket_dir().display()),
-        format!("--slaveport={}", s.port()),
-        "--user=postgres".to_string(),
-    ];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    run_replicate(&refs)
+    rserv_tests::pair::replicate_between(m, s, args)
 }
 
 fn text(out: &Output) -> String {
