@@ -357,10 +357,11 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
                 return; // renamed already (or made here under the new name)
             }
             let what = if kind == "d" { "DOMAIN" } else { "TYPE" };
-            crate::schema::build::ensure_schema(table, &to.schema);
             as_type_owner(table, table_owner, from, |name| {
                 let mut current = name.to_string();
                 if from.schema != to.schema {
+                    // (as the type's owner, who must be able to create in it)
+                    crate::schema::build::ensure_schema(table, &to.schema);
                     run(
                         table,
                         &format!("ALTER {what} {name} SET SCHEMA {}", quote_ident(&to.schema)),
