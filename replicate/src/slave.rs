@@ -5,7 +5,7 @@ use crate::locks;
 use crate::majors::{self, Screen};
 use crate::rserv::{Api, Rserv};
 use crate::snapshot::{
-    feature_list, SectionKind, SectionMeta, SnapshotReader, Stats, FEATURE_SEQUENCE,
+    feature_list, Header, SectionKind, SectionMeta, SnapshotReader, Stats, FEATURE_SEQUENCE,
 };
 use crate::table::ReplicatedTable;
 use postgres::Client;
@@ -246,7 +246,15 @@ fn apply_in_transaction(
                 .collect::<Vec<_>>()
         })
         .collect();
+    // ... but only for a change set this slave is going to apply (from its master, for this
+    // database, not applied yet): rserv_apply_begin says so, in a transaction rolled back
     if !ddl.is_empty() {
+        let mut check = client.transaction().ctx("slave: checking the change set")?;
+        let applies = begin(&mut check, rs, syncid, &reader.header)?;
+        check.rollback().ctx("slave: checking the change set")?;
+        if !applies {
+            return Ok(Outcome::Skipped { syncid });
+        }
         let (schemas, tables, payloads): (Vec<_>, Vec<_>, Vec<_>) = ddl.into_iter().fold(
             (Vec::new(), Vec::new(), Vec::new()),
             |(mut a, mut b, mut c), (x, y, z)| {
@@ -268,41 +276,7 @@ fn apply_in_transaction(
     let mut tx = client
         .transaction()
         .ctx("slave: starting the apply transaction")?;
-    let format = crate::snapshot::FORMAT;
-    let h = &reader.header;
-    let begin = match rs.api {
-        Api::V1_0 => tx.query_one(
-            &format!(
-                "SELECT {}($1, $2, $3), {EXTVERSION}",
-                rs.func("rserv_apply_begin")
-            ),
-            &[&syncid, &h.master, &rs.version],
-        ),
-        Api::V1_1 => tx.query_one(
-            &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), {EXTVERSION}",
-                rs.func("rserv_apply_begin")
-            ),
-            &[
-                &syncid,
-                &h.master,
-                &h.rserv,
-                &h.server,
-                &h.base,
-                &h.slave,
-                &h.fingerprint,
-                &format,
-                &h.features,
-                &h.snapshot,
-            ],
-        ),
-    }
-    .ctx(format!("slave: starting change set {syncid}"))?;
-    // (an error drops `tx`: rolled back)
-    let version_now: Option<&str> = begin.get(1);
-    rs.still(version_now.unwrap_or("(none)"))?;
-    let began: bool = begin.get(0);
-    if !began {
+    if !begin(&mut tx, rs, syncid, &reader.header)? {
         tx.rollback().ctx("slave: ending the apply transaction")?;
         return Ok(Outcome::Skipped { syncid });
     }
@@ -439,6 +413,51 @@ fn refuse_unreadable<R: BufRead>(rs: &Rserv, reader: &mut SnapshotReader<R>) -> 
         rs.node(),
         own = crate::rserv::OWN_VERSION
     )))
+}
+
+/// `rserv_apply_begin` for change set `syncid` with `h`, in the calls the slave's rserv version
+/// offers: false when the slave has it already (refused with an error when it must not apply
+/// it). The version is read in the same statement: a connection that found another version
+/// must not apply with its calls.
+fn begin(
+    tx: &mut postgres::Transaction<'_>,
+    rs: &Rserv,
+    syncid: i64,
+    h: &Header,
+) -> Result<bool, Error> {
+    let format = crate::snapshot::FORMAT;
+    let begin = match rs.api {
+        Api::V1_0 => tx.query_one(
+            &format!(
+                "SELECT {}($1, $2, $3), {EXTVERSION}",
+                rs.func("rserv_apply_begin")
+            ),
+            &[&syncid, &h.master, &rs.version],
+        ),
+        Api::V1_1 => tx.query_one(
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), {EXTVERSION}",
+                rs.func("rserv_apply_begin")
+            ),
+            &[
+                &syncid,
+                &h.master,
+                &h.rserv,
+                &h.server,
+                &h.base,
+                &h.slave,
+                &h.fingerprint,
+                &format,
+                &h.features,
+                &h.snapshot,
+            ],
+        ),
+    }
+    .ctx(format!("slave: starting change set {syncid}"))?;
+    // (an error drops the transaction: rolled back)
+    let version_now: Option<&str> = begin.get(1);
+    rs.still(version_now.unwrap_or("(none)"))?;
+    Ok(begin.get(0))
 }
 
 /// One field of a COPY text row, unescaped (`\\`, `\n`, `\t`, … and octal escapes).

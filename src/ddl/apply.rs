@@ -7,12 +7,13 @@
 //! not commit.
 
 use super::diff::{diff, Step};
+use super::types::TypeStep;
 use crate::catalog::{ext_schema, table_info};
 use crate::error::{fail, SpiOrFail};
 use crate::schema::build::{
     self, column_sql, ensure_schema, ensure_types, relation, run, type_sql,
 };
-use crate::schema::model::{Rel, TableDef, TypeDef};
+use crate::schema::model::{Named, Rel, TableDef, TypeDef};
 use crate::schema::parse_definition;
 use crate::schema::post_data::{
     add_constraint, make_foreign_key, make_index, make_policy, make_trigger, set_row_security,
@@ -718,7 +719,7 @@ pub fn finish_deferred() -> i64 {
                 .iter()
                 .any(|x| x.schema == t.schema && x.name == t.name)
         }) {
-            super::types::finish_domain(&table, d.reloid, d.owner, t);
+            super::types::finish_domain(&table, d.owner, t);
         }
         run_as_owner(d.owner, &[], || {
             set_not_null(&d.def);
@@ -758,22 +759,79 @@ fn rserv_apply_types(schemas: Vec<String>, tables: Vec<String>, payloads: Vec<St
     }
     let _internal = internal_ddl();
     let mut added = 0;
+    // the renames of earlier sections, which the slave has not made yet: a table's name on the
+    // master since then (and its slave table), a type's (and its name here)
+    let mut tables_renamed: Vec<(String, pg_sys::Oid)> = Vec::new();
+    let mut types_renamed: Vec<(Named, Named)> = Vec::new();
     for ((schema, table), payload) in schemas.iter().zip(&tables).zip(&payloads) {
-        let Some(section) = resolve_section(payload, schema, table, false) else {
+        let Some(section) = resolve_section(payload, schema, table, false)
+            .or_else(|| renamed_section(payload, &tables_renamed))
+        else {
             continue;
         };
+        let new_name = qualified(&section.new.schema, &section.new.table);
+        if new_name != qualified(&section.old.schema, &section.old.table) {
+            tables_renamed.push((new_name, section.reloid));
+        }
         let owner = table_info(section.reloid).owner;
         for step in super::types::diff_types(&section.old.types, &section.new.types).steps {
-            let super::types::TypeStep::EnumAdd { typ, .. } = &step else {
-                continue;
-            };
-            // (a payload names its types: only those of tables received here are touched)
-            if super::types::received_tables_use(typ)
-                && super::types::add_label(&section.name, owner, &step)
-            {
-                added += 1;
+            match step {
+                TypeStep::Rename { from, to, .. } => {
+                    let from = type_here(&types_renamed, &from);
+                    types_renamed.push((to, from));
+                }
+                TypeStep::EnumAdd {
+                    typ,
+                    label,
+                    after,
+                    before,
+                } => {
+                    let typ = type_here(&types_renamed, &typ);
+                    // (a payload names its types: only those of tables received here are touched)
+                    let used = super::types::received_tables_use(&typ);
+                    let step = TypeStep::EnumAdd {
+                        typ,
+                        label,
+                        after,
+                        before,
+                    };
+                    if used && super::types::add_label(&section.name, owner, &step) {
+                        added += 1;
+                    }
+                }
+                _ => {}
             }
         }
     }
     added
+}
+
+/// This slave's name of the master's type `n`, which an earlier section may have renamed
+/// (`renamed`: the master's name since, and the name here).
+fn type_here(renamed: &[(Named, Named)], n: &Named) -> Named {
+    renamed
+        .iter()
+        .rev()
+        .find(|(master, _)| master == n)
+        .map_or_else(|| n.clone(), |(_, here)| here.clone())
+}
+
+/// The section of `payload` for a table an earlier section of the change set renamed
+/// (`renamed`: the master's name since, and the slave table), which the slave still has under
+/// its name before the change set.
+fn renamed_section(payload: &str, renamed: &[(String, pg_sys::Oid)]) -> Option<Section> {
+    let p: Payload = serde_json::from_str(payload).unwrap_or_else(|e| bad_section(e));
+    if p.target {
+        return None;
+    }
+    let (old, new) = (parse_definition(p.old), parse_definition(p.new));
+    let name = qualified(&old.schema, &old.table);
+    let reloid = renamed.iter().rev().find(|(n, _)| *n == name)?.1;
+    Some(Section {
+        reloid,
+        name,
+        old,
+        new,
+        recopy: p.recopy,
+    })
 }

@@ -221,12 +221,37 @@ pub fn diff_types(old: &[TypeDef], new: &[TypeDef]) -> TypeDiff {
 /// This slave's type `n`: its oid and owner, when it has it.
 fn slave_type(n: &Named) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
     let oid = crate::schema::build::type_oid(n)?;
-    let owner = first::<pg_sys::Oid>(
+    Some((oid, type_owner(oid)?))
+}
+
+fn type_owner(oid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    first::<pg_sys::Oid>(
         "SELECT typowner FROM pg_catalog.pg_type WHERE oid = $1",
         &[oid.into()],
         "reading a type's owner",
-    )?;
-    Some((oid, owner))
+    )
+}
+
+/// An expression rserv has just put on this slave's type `oid` (a domain's DEFAULT or CHECK)
+/// must call only functions its owner trusts (a superuser's or the type owner's own), not
+/// volatile ones: the type's owner (a superuser, perhaps, when the table owner's DDL reached
+/// a superuser's domain) validates it, and whoever inserts evaluates it. Checked before
+/// anything of it runs; an error here rolls the change set back.
+fn check_type_calls(table: &str, name: &str, oid: pg_sys::Oid) {
+    let Some(owner) = type_owner(oid) else {
+        return;
+    };
+    let risky = risky_calls(pg_sys::InvalidOid, &[oid], owner);
+    if !risky.is_empty() {
+        bad_definition(
+            table,
+            format!(
+                "the default or constraints of domain {name} call functions with side effects, or functions its owner {} does not own: {}",
+                crate::security::role_name(owner),
+                risky.join(", ")
+            ),
+        );
+    }
 }
 
 /// Run `f` as the owner of this slave's type `n` (who alone may alter it), which must be a
@@ -332,10 +357,11 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
                 return; // renamed already (or made here under the new name)
             }
             let what = if kind == "d" { "DOMAIN" } else { "TYPE" };
-            crate::schema::build::ensure_schema(table, &to.schema);
             as_type_owner(table, table_owner, from, |name| {
                 let mut current = name.to_string();
                 if from.schema != to.schema {
+                    // (as the type's owner, who must be able to create in it)
+                    crate::schema::build::ensure_schema(table, &to.schema);
                     run(
                         table,
                         &format!("ALTER {what} {name} SET SCHEMA {}", quote_ident(&to.schema)),
@@ -393,6 +419,9 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
                     None => format!("ALTER DOMAIN {name} DROP DEFAULT"),
                 };
                 run(table, &sql, Tag::T_AlterDomainStmt, None);
+                if let Some((oid, _)) = default.as_ref().and(slave_type(typ)) {
+                    check_type_calls(table, name, oid);
+                }
             })
         }
         TypeStep::DomainDropNotNull(typ) => as_type_owner(table, table_owner, typ, |name| {
@@ -422,7 +451,7 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
 /// Once the rows are the master's: domain `def` gets the NOT NULL and constraints it has on the
 /// master. A constraint is added NOT VALID first (nothing of it runs), the functions it calls
 /// are checked, and only then is it validated on the rows.
-pub fn finish_domain(table: &str, reloid: pg_sys::Oid, table_owner: pg_sys::Oid, def: &TypeDef) {
+pub fn finish_domain(table: &str, table_owner: pg_sys::Oid, def: &TypeDef) {
     let typ = named(def);
     let Some((oid, _)) = slave_type(&typ) else {
         return;
@@ -463,16 +492,8 @@ pub fn finish_domain(table: &str, reloid: pg_sys::Oid, table_owner: pg_sys::Oid,
                 Tag::T_AlterDomainStmt,
                 None,
             );
-            let risky = risky_calls(reloid, &[oid], table_owner);
-            if !risky.is_empty() {
-                bad_definition(
-                    table,
-                    format!(
-                        "the constraints of domain {name} call functions with side effects: {}",
-                        risky.join(", ")
-                    ),
-                );
-            }
+            // (as its owner validates it: the functions it calls must be the type owner's)
+            check_type_calls(table, name, oid);
             if valid {
                 run(
                     table,

@@ -121,7 +121,9 @@ fn databases_named_in_connection_strings_need_no_arguments() {
         .execute(DB, "UPDATE t SET v = 'daemon' WHERE id = 1");
     eventually(60, "the daemon's change on the slave", || same(&p, "t"));
     // the line follows the commit that made the change visible
-    eventually(30, "the daemon's log line", || d.log().contains("change set applied"));
+    eventually(30, "the daemon's log line", || {
+        d.log().contains("change set applied")
+    });
     let log = d.log();
     assert!(d.stop().success());
     assert!(

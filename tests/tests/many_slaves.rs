@@ -44,13 +44,7 @@ fn one(c: &Cluster, sql: &str) -> String {
 }
 
 fn conn_args(m: &Cluster, s: &Cluster) -> Vec<String> {
-    vec![
-        format!("--masterhost={}", m.socket_dir().display()),
-        format!("--masterport={}", m.port()),
-        format!("--slavehost={}", s.socket_dir().display()),
-        format!("--slaveport={}", s.port()),
-        "--user=postgres".into(),
-    ]
+    rserv_tests::pair::conn_args(m, s)
 }
 
 fn replicate_to(m: &Cluster, s: &Cluster, extra: &[&str]) -> std::process::Output {
