@@ -54,6 +54,28 @@ pub fn refuse_write(kind: &str, successor: Option<&str>, op: &str, table: &str) 
     )
 }
 
+/// A schema change of replicated table `table` (its definition, a rewrite of its rows, a
+/// partition arriving or leaving) on a fenced master: refused. The node taking over has (or is
+/// about to have) its last change set, so the change would reach no slave, and the demoted
+/// master would differ from the new one without a trace.
+pub fn refuse_ddl_while_fenced(table: &str) {
+    if let Some((kind, successor)) = fence() {
+        let who = successor.unwrap_or_else(|| "another node".into());
+        fail(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!(
+                "rserv: this master is fenced ({}): schema change of replicated table {table} refused",
+                if kind == "deposed" {
+                    format!("{who} took over by failover")
+                } else {
+                    format!("switchover to {who} in progress")
+                }
+            ),
+            "change the table on the new master: the slaves (and this node, once it follows it) follow",
+        );
+    }
+}
+
 /// The tables in `catalog` (`_rserv_tables_` or `_rserv_slave_tables_`) with their identity;
 /// the caller must be able to act as each one's owner.
 pub fn owned_tables(s: &str, catalog: &str, func: &str) -> Vec<(pg_sys::Oid, Vec<String>)> {

@@ -49,6 +49,12 @@ pub(crate) fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_
         &[root.into()],
         "reading known partitions",
     );
+    let arrived = leaves.iter().any(|(p, _)| !known.contains(p));
+    let left = known.iter().any(|k| !leaves.iter().any(|(p, _)| p == k));
+    if log_rows && (arrived || left) {
+        // rows arriving or leaving with a partition: a change no slave would receive
+        crate::fence::refuse_ddl_while_fenced(&table_info(root).qualified());
+    }
     let log_oid = crate::sql::first::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regclass($1)::oid",
         &[format!("{s}._rserv_log_").into()],

@@ -292,7 +292,9 @@ pub fn mark_copied(reloid: pg_sys::Oid) {
 fn _rserv_protect_<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
-    if crate::guc::ALLOW_SLAVE_WRITES.get() {
+    // (a slave's own choice to differ from its master; never a fenced master's, whose tables
+    // carry this trigger while another node takes over: the write would be lost)
+    if crate::guc::ALLOW_SLAVE_WRITES.get() && crate::fence::fence().is_none() {
         return Ok(None);
     }
     let op = match trigger.trigger_data().tg_event & pg_sys::TRIGGER_EVENT_OPMASK {

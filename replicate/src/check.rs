@@ -48,12 +48,16 @@ impl Table {
         format!("pg_catalog.md5(ROW({})::text)", self.col_exprs.join(", "))
     }
 
-    /// The key as a text array, `ARRAY[t.k1::text, ...]`, as `rserv_touch` takes it.
+    /// The key as a text array of each column's output-function text, as the capture trigger
+    /// logs it and `rserv_touch` takes it. Not `k::text`: a cast to text can differ from the
+    /// output function (`true::text` is 'true', the log holds 't'; `char(n)`, `inet`), and a
+    /// table owner who owns the key's type can make one (`CREATE CAST ... WITH FUNCTION`) that
+    /// would run as this session's role. `format('%s', k)` calls the output function only.
     pub fn key_array(&self) -> String {
         let parts: Vec<String> = self
             .key_exprs
             .iter()
-            .map(|k| format!("{k}::text"))
+            .map(|k| format!("pg_catalog.format('%s', {k})"))
             .collect();
         format!("ARRAY[{}]", parts.join(", "))
     }

@@ -232,11 +232,12 @@ pub fn render(d: &Divergence) -> String {
             ));
         }
         for e in &t.entries {
-            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(no row)".into());
+            // (one line per key, whatever the key and rows hold)
+            let show = |v: &Option<String>| comment(v.as_deref().unwrap_or("(no row)"));
             out.push_str(&format!(
                 "{} key ({}){}: old master {} | new master {}{}\n",
-                t.table.name,
-                e.key.join(", "),
+                comment(&t.table.name),
+                comment(&e.key.join(", ")),
                 if e.xids.is_empty() {
                     String::new()
                 } else {
@@ -258,31 +259,49 @@ fn list(xids: &[i64]) -> String {
         .join(", ")
 }
 
+/// Text for a `--` comment line of the file: control characters (line breaks above all)
+/// escaped, so that nothing of a key or a row, which the tables' owners chose, starts a line of
+/// its own, which psql would run as the operator loading the file.
+fn comment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Save the old master's version of every differing row to `path`: per table a comment naming
 /// each key and what the new master holds, then `COPY table (columns) FROM stdin;` with the rows
 /// in COPY text format (psql can load it into a copy of the table). A row the old master
 /// deleted has nothing to save: its comment says so. Returns the rows saved.
+///
+/// The file starts with `\set ON_ERROR_STOP on`: a COPY that fails (no such table where it is
+/// loaded) would otherwise have psql run its data lines as SQL. It is written to a new file
+/// renamed into place, never through a link planted at `path`.
 pub fn save(old: &mut Client, d: &Divergence, path: &Path, header: &str) -> Result<usize, Error> {
     let shown = path.display().to_string();
-    let mut f = std::fs::File::create(path).io_ctx(format!("creating {shown}"))?;
     let mut saved = 0;
-    let mut text = format!("-- {header}\n");
+    let mut text = format!("\\set ON_ERROR_STOP on\n-- {}\n", comment(header));
     for t in &d.tables {
         let differing: Vec<&Entry> = t.entries.iter().filter(|e| e.differs()).collect();
         if differing.is_empty() {
             continue;
         }
-        text.push_str(&format!("\n-- table {}\n", t.table.name));
+        text.push_str(&format!("\n-- table {}\n", comment(&t.table.name)));
         for e in &differing {
             text.push_str(&format!(
                 "-- key ({}): the old master {}; the new master holds {}\n",
-                e.key.join(", "),
+                comment(&e.key.join(", ")),
                 if e.old.is_some() {
                     "held the row below"
                 } else {
                     "had deleted it"
                 },
-                e.new.clone().unwrap_or_else(|| "no row".into())
+                comment(e.new.as_deref().unwrap_or("no row"))
             ));
         }
         let keys: Vec<&Vec<String>> = differing
@@ -333,8 +352,19 @@ pub fn save(old: &mut Client, d: &Divergence, path: &Path, header: &str) -> Resu
         text.push_str(&rows);
         text.push_str("\\.\n");
     }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.new", std::process::id()));
+    let fresh = std::path::PathBuf::from(name);
+    let _ = std::fs::remove_file(&fresh); // (a leftover of this process id: ours or nobody's)
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&fresh)
+        .io_ctx(format!("creating {}", fresh.display()))?;
     f.write_all(text.as_bytes())
-        .io_ctx(format!("writing {shown}"))?;
-    f.sync_all().io_ctx(format!("syncing {shown}"))?;
+        .io_ctx(format!("writing {}", fresh.display()))?;
+    f.sync_all()
+        .io_ctx(format!("syncing {}", fresh.display()))?;
+    std::fs::rename(&fresh, path).io_ctx(format!("renaming {} to {shown}", fresh.display()))?;
     Ok(saved)
 }

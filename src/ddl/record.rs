@@ -182,6 +182,7 @@ fn record_table(s: &str, reloid: pg_sys::Oid) {
     if before == now && !rewritten {
         return;
     }
+    crate::fence::refuse_ddl_while_fenced(&table_info(reloid).qualified());
     let (old, new) = (
         parse_definition(before.clone()),
         parse_definition(now.clone()),

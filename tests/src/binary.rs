@@ -340,7 +340,8 @@ impl Stepped {
                     }
                 }
                 Err(_) => panic!(
-                    "replicate never paused at {step}; its stderr:\n{}",
+                    "replicate never paused at {step} (exit status {:?}); its stderr:\n{}",
+                    self.child.try_wait(),
                     self.seen.join("\n")
                 ),
             }
