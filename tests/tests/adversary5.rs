@@ -428,3 +428,194 @@ fn divergent_rows_file_is_safe_to_load_with_psql() {
         output_text(&psql)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// e3, residual: a snapshot older than the fence passes it with rserv.allow_slave_writes
+// ---------------------------------------------------------------------------------------------
+
+/// e3, residual. A REPEATABLE READ transaction took its snapshot before a switchover fenced
+/// its master, and writes (with `rserv.allow_slave_writes`) once the new master is writable:
+/// its snapshot does not show `_rserv_fence_`'s row. Must be refused; it committed on the old
+/// master only. The setting still lets a slave's session write to a table it receives, also
+/// one it passes on to a slave of its own (a cascade: the table carries a capture trigger too).
+#[test]
+fn the_fence_holds_against_a_snapshot_older_than_it() {
+    let cs = start_clusters(&["adv5-rr-a", "adv5-rr-b"]);
+    let (a, b) = (&cs[0], &cs[1]);
+    bank::master(a);
+    assert_ok(&between(a, b, &["--create-tables", DB, DB]), "first copy");
+    let mut early = a.connect(DB);
+    early
+        .batch_execute(
+            "SET rserv.allow_slave_writes = on; BEGIN ISOLATION LEVEL REPEATABLE READ; \
+             SELECT count(*) FROM pg_catalog.pg_class",
+        )
+        .expect("a transaction with its snapshot");
+    let written = during_switchover(a, b, "switchover:promoted", |_| {
+        let r = early
+            .batch_execute("INSERT INTO account VALUES (100003, 7)")
+            .map_err(|e| rserv_tests::describe_pg_error(&e));
+        let _ = early.batch_execute("COMMIT");
+        r
+    });
+    assert!(
+        written.as_ref().is_err_and(|e| e.contains("refused")),
+        "a snapshot older than the fence wrote on the fenced old master: {written:?}"
+    );
+    assert_eq!(accounts(a), accounts(b));
+    // `a` is a slave of `b` now, and passes the tables on (a cascade): the setting still works
+    a.execute(DB, "SELECT rserv_add_table('account')");
+    assert!(
+        write_anyway(a, 100_004).is_ok(),
+        "rserv.allow_slave_writes no longer lets a slave's session write"
+    );
+    assert!(
+        write_anyway(b, 100_005).is_ok(),
+        "the new master takes writes"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// e6 (correctness, MEDIUM): a failover stopped before a slave's repair leaves it inconsistent
+// ---------------------------------------------------------------------------------------------
+
+/// `replicate failover` of `slaves`, with `env`.
+fn failover_env(slaves: &[&Cluster], env: &[(&str, &str)]) -> Output {
+    let mut args = vec!["--user=postgres".to_string(), "failover".to_string()];
+    args.extend(slaves.iter().map(|c| database_arg(c)));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    rserv_tests::run_replicate_env(&refs, env)
+}
+
+fn balances(c: &Cluster) -> String {
+    value(
+        c,
+        "SELECT string_agg(id || ':' || balance, ' ' ORDER BY id) FROM account",
+    )
+}
+
+fn in_progress(c: &Cluster) -> String {
+    value(
+        c,
+        "SELECT in_progress FROM rserv_status WHERE server IS NULL",
+    )
+}
+
+/// e6. Slave 2 is behind slave 1 when the master dies; `replicate failover` stops (a kill)
+/// after re-pointing slave 2 to slave 1 and before comparing them. A plain `replicate` from
+/// the new master must not apply to slave 2 (it would follow it for good, silently lacking the
+/// old master's last transactions): refused, naming the fix, and `rserv_status` says so.
+/// `replicate failover` run again repairs it; it replicates again.
+#[test]
+fn failover_stopped_before_a_repair_leaves_the_slave_refusing_to_apply() {
+    let cs = start_clusters(&["adv5-chk-m", "adv5-chk-s1", "adv5-chk-s2"]);
+    let (m, s1, s2) = (&cs[0], &cs[1], &cs[2]);
+    bank::master(m);
+    for s in [s1, s2] {
+        assert_ok(&between(m, s, &["--create-tables", DB, DB]), "first copy");
+    }
+    m.execute(
+        DB,
+        "UPDATE account SET balance = balance - 5 WHERE id = 1; \
+         UPDATE account SET balance = balance + 5 WHERE id = 2",
+    );
+    assert_ok(&between(m, s1, &[DB, DB]), "master -> slave 1");
+    m.execute(DB, "CHECKPOINT"); // (synchronous_commit is off)
+    m.stop_immediate();
+    let out = failover_env(&[s1, s2], &[("RSERV_TEST_STEP", "stop:failover:repointed")]);
+    assert_eq!(out.status.code(), Some(86), "{}", output_text(&out));
+    s1.execute(DB, "UPDATE account SET balance = balance + 1 WHERE id = 3");
+    let out = between(s1, s2, &[DB, DB]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a slave re-pointed while behind took change sets before its comparison: {}",
+        output_text(&out)
+    );
+    assert!(
+        output_text(&out).contains("replicate failover"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(in_progress(s2), "check");
+    let out = failover_env(&[s1, s2], &[]);
+    assert_ok(&out, "failover again");
+    assert_eq!(balances(s2), balances(s1));
+    assert_eq!(in_progress(s2), "");
+    s1.execute(DB, "UPDATE account SET balance = balance + 1 WHERE id = 4");
+    assert_ok(&between(s1, s2, &[DB, DB]), "new master -> slave 2");
+    assert_eq!(balances(s2), balances(s1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// e7 (correctness, MEDIUM): a switchover erases the record of an unfinished failover
+// ---------------------------------------------------------------------------------------------
+
+/// `replicate switchover` from master `m` to its slave `s`.
+fn switchover(m: &Cluster, s: &Cluster) -> Output {
+    between(m, s, &["switchover", DB, DB])
+}
+
+/// e7. A dies, B takes over by failover (C follows it); before A rejoins, B is to switch over
+/// to C. That erased B's record of the failover (the demote deletes `_rserv_takeover_`): A,
+/// back, was writable next to C, no guard recognised it, and rejoin could not run. Must be
+/// refused before anything changes, naming A, also once A's registration on B is dropped (as
+/// the demote's "other slaves" hint says), and by `rserv_demote` itself; giving A up
+/// (`rserv_takeover_done`) lets the switchover go ahead.
+#[test]
+fn a_switchover_never_erases_an_unfinished_failover() {
+    let cs = start_clusters(&["adv5-swf-a", "adv5-swf-b", "adv5-swf-c"]);
+    let (a, b, c) = (&cs[0], &cs[1], &cs[2]);
+    bank::master(a);
+    // (c first: b's change set is the later one, b is promoted)
+    for s in [c, b] {
+        assert_ok(&between(a, s, &["--create-tables", DB, DB]), "first copy");
+    }
+    let a_node = value(a, "SELECT rserv_node_id()::text");
+    let c_node = value(c, "SELECT rserv_node_id()::text");
+    a.execute(DB, "CHECKPOINT"); // (synchronous_commit is off)
+    a.stop_immediate();
+    assert_ok(&failover_env(&[b, c], &[]), "failover");
+    assert!(try_write(b).is_ok() && try_write(c).is_err(), "b took over");
+    let refused = |what: &str| {
+        let out = switchover(b, c);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", output_text(&out));
+        assert!(
+            output_text(&out).contains(&a_node),
+            "{what}: {}",
+            output_text(&out)
+        );
+        assert!(
+            try_write(b).is_ok() && try_write(c).is_err(),
+            "{what}: the switchover changed roles"
+        );
+        assert_eq!(
+            value(
+                b,
+                "SELECT kind || ' ' || (completed IS NULL) FROM rserv_takeover()"
+            ),
+            "failover true",
+            "{what}"
+        );
+    };
+    refused("A registered on B");
+    b.execute(DB, "SELECT rserv_drop_server(server) FROM rserv_takeover()");
+    refused("A's registration dropped");
+    // the extension refuses too (a driver that does not ask first)
+    let mut client = b.connect(DB);
+    let demoted = client
+        .batch_execute(&format!(
+            "BEGIN; SELECT rserv_fence('{c_node}'); SELECT rserv_demote('{c_node}', 1, 1); COMMIT"
+        ))
+        .map_err(|e| rserv_tests::describe_pg_error(&e));
+    let _ = client.batch_execute("ROLLBACK");
+    assert!(
+        demoted.as_ref().is_err_and(|e| e.contains(&a_node)),
+        "rserv_demote erased an unfinished failover: {demoted:?}"
+    );
+    drop(client);
+    // given up explicitly
+    b.execute(DB, &format!("SELECT rserv_takeover_done('{a_node}')"));
+    assert_ok(&switchover(b, c), "switchover once A is given up");
+    assert!(try_write(c).is_ok() && try_write(b).is_err());
+}
