@@ -140,6 +140,9 @@ CREATE TABLE _rserv_slave_tables_ (
     added    timestamptz NOT NULL DEFAULT now(),
     needs_copy bool      NOT NULL DEFAULT true
 );
+-- the protection trigger, run by any writer, lets rserv.allow_slave_writes through only on a
+-- table this database receives (not on a fenced master's, whatever its snapshot shows)
+GRANT SELECT (reloid) ON _rserv_slave_tables_ TO PUBLIC;
 
 -- Slave: sequences received besides those the received tables use (rserv_slave_add_sequence).
 CREATE TABLE _rserv_slave_sequences_ (
@@ -170,7 +173,11 @@ CREATE TABLE _rserv_slave_sync_ (
     -- slaves by it (which one holds more of the old master's transactions)
     snapshot text,
     -- the master this slave followed before a failover re-pointed it to `master`
-    previous_master uuid
+    previous_master uuid,
+    -- a failover re-pointed this slave while it lacked some of the old master's last
+    -- transactions: change sets are refused until a comparison with `master` finds both equal
+    -- (src/failover.rs; replicate failover, or replicate check --repair)
+    needs_check bool     NOT NULL DEFAULT false
 );
 
 -- A node that took over as master (replicate switchover or failover; src/takeover.rs): the

@@ -197,7 +197,9 @@ REVOKE EXECUTE ON FUNCTION _rserv_note_rewrite_(oid) FROM PUBLIC;
 -- sync id issued; for a slave row, its confirmed one), in_progress ('switchover': this master
 -- is fenced for one, or this node took over and its old master does not follow it yet;
 -- 'failover': this node took over by failover and its old master has not rejoined; 'rejoin':
--- this master was deposed by a failover and awaits replicate rejoin), takeover_*: the
+-- this master was deposed by a failover and awaits replicate rejoin; 'check': a failover
+-- re-pointed this slave while it was behind and has not compared it with its new master yet,
+-- change sets are refused until it does), takeover_*: the
 -- takeover that made this node a master (kind, old master, the sync point the old master and
 -- re-pointed slaves start from, when), previous_master: the master a failover re-pointed this
 -- slave from.
@@ -244,6 +246,7 @@ SELECT NULL, NULL, NULL, s.synctime, NULL, 0, 0::float8,
        coalesce(s.syncid, (SELECT q.last_value FROM @extschema@._rserv_sync_seq_ q WHERE q.is_called)),
        CASE WHEN f.kind = 'switchover' THEN 'switchover'
             WHEN f.kind = 'deposed' THEN 'rejoin'
+            WHEN s.needs_check THEN 'check'
             WHEN t.completed IS NULL THEN t.kind END,
        t.kind, t.old_master, t.syncid, t.at, s.previous_master
   -- (one-row tables: LIMIT 1 keeps the planner's estimate, and the query, small)

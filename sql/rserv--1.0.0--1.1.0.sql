@@ -77,6 +77,10 @@ ALTER TABLE _rserv_slave_sync_ ADD COLUMN fingerprint uuid;
 -- the master's snapshot of the change set applied, and the master a failover re-pointed from
 ALTER TABLE _rserv_slave_sync_ ADD COLUMN snapshot text;
 ALTER TABLE _rserv_slave_sync_ ADD COLUMN previous_master uuid;
+-- re-pointed by a failover while behind: no change set applies until a comparison
+ALTER TABLE _rserv_slave_sync_ ADD COLUMN needs_check bool NOT NULL DEFAULT false;
+-- the protection trigger reads which tables are received (rserv.allow_slave_writes)
+GRANT SELECT (reloid) ON _rserv_slave_tables_ TO PUBLIC;
 ALTER TABLE _rserv_sync_ ADD COLUMN fingerprint uuid NOT NULL DEFAULT gen_random_uuid();
 
 CREATE  FUNCTION "_rserv_internal_ddl_"() RETURNS bool /* bool */
@@ -554,11 +558,24 @@ CREATE  FUNCTION "rserv_repoint"(
 	"new_master" TEXT, /* String */
 	"server" INT, /* i32 */
 	"syncid" bigint, /* i64 */
-	"old_master" TEXT /* String */
+	"old_master" TEXT, /* String */
+	"behind" bool DEFAULT true /* bool */
 ) RETURNS bool /* bool */
 STRICT VOLATILE SECURITY DEFINER
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rserv_repoint_wrapper';
+
+CREATE  FUNCTION "rserv_slave_check_begin"() RETURNS bool /* bool */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_slave_check_begin_wrapper';
+
+CREATE  FUNCTION "rserv_slave_check_end"(
+	"equal" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_slave_check_end_wrapper';
 
 CREATE  FUNCTION "rserv_changed_since"(
 	"server" INT, /* i32 */
@@ -619,6 +636,7 @@ SELECT NULL, NULL, NULL, s.synctime, NULL, 0, 0::float8,
        coalesce(s.syncid, (SELECT q.last_value FROM @extschema@._rserv_sync_seq_ q WHERE q.is_called)),
        CASE WHEN f.kind = 'switchover' THEN 'switchover'
             WHEN f.kind = 'deposed' THEN 'rejoin'
+            WHEN s.needs_check THEN 'check'
             WHEN t.completed IS NULL THEN t.kind END,
        t.kind, t.old_master, t.syncid, t.at, s.previous_master
   -- (one-row tables: LIMIT 1 keeps the planner's estimate, and the query, small)

@@ -184,6 +184,7 @@ fn rserv_apply_begin_v11(
         "LOCK TABLE {s}._rserv_slave_sync_ IN EXCLUSIVE MODE"
     ))
     .or_fail("locking _rserv_slave_sync_");
+    crate::failover::refuse_while_unchecked(&s);
     // Compared as uuid, so any spelling of the same id matches and a malformed one is an error.
     if let Some(node) = &slave_node {
         require_this_node(node, server);

@@ -10,6 +10,14 @@
 //! `replicate check --repair`; one that is ahead (it holds transactions the new master never
 //! received) is refused by `replicate`, which compares the slaves' positions
 //! ([`rserv_slave_position`]) before anything changes.
+//!
+//! Until that comparison finds both equal, the slave must not simply follow its new master:
+//! it would for good lack what it missed, and nothing would say so. `rserv_repoint` records
+//! that it awaits the comparison (`_rserv_slave_sync_.needs_check`), and `rserv_apply_begin`
+//! refuses change sets meanwhile ([`refuse_while_unchecked`]), except in the session that
+//! compares (`replicate check`, which `replicate failover` runs): it says so
+//! ([`rserv_slave_check_begin`]), and clears the mark once both sides are equal
+//! ([`rserv_slave_check_end`]).
 
 use crate::catalog::ext_schema;
 use crate::error::{fail, SpiOrFail};
@@ -134,9 +142,18 @@ fn rserv_adopt_slave(
 /// database is slave `server`, from change set `syncid` (what [`rserv_adopt_slave`] returned
 /// there). It must follow `old_master` now; following the new master already (a re-run) is a
 /// no-op. Nothing is copied: the new master's next change set brings what it changed since.
-/// Returns false when it followed the new master already.
+/// `behind`: it lacks some of the old master's transactions that the new master holds (or the
+/// caller cannot tell): no change set applies until a comparison with the new master finds
+/// both equal (see the module's comment). Returns false when it followed the new master
+/// already.
 #[pg_extern(volatile, security_definer)]
-fn rserv_repoint(new_master: String, server: i32, syncid: i64, old_master: String) -> bool {
+fn rserv_repoint(
+    new_master: String,
+    server: i32,
+    syncid: i64,
+    old_master: String,
+    behind: default!(bool, "true"),
+) -> bool {
     let _definer = definer();
     require_replicator("rserv_repoint");
     let s = ext_schema();
@@ -169,15 +186,77 @@ fn rserv_repoint(new_master: String, server: i32, syncid: i64, old_master: Strin
     Spi::run_with_args(
         &format!(
             "UPDATE {s}._rserv_slave_sync_ SET syncid = $1, synctime = now(), master = $2::uuid, \
-                    server = $3, fingerprint = NULL, snapshot = NULL, previous_master = $4::uuid"
+                    server = $3, fingerprint = NULL, snapshot = NULL, previous_master = $4::uuid, \
+                    needs_check = $5"
         ),
         &[
             syncid.into(),
             new_master.into(),
             server.into(),
             old_master.into(),
+            behind.into(),
         ],
     )
     .or_fail("following the new master");
     true
+}
+
+thread_local! {
+    /// This session compares the slave with its master (`replicate check`): it may apply
+    /// change sets while the slave awaits that comparison.
+    static CHECKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Does this slave await a comparison with its master (a failover re-pointed it while it was
+/// behind)?
+fn needs_check(s: &str) -> bool {
+    first::<bool>(
+        &format!("SELECT needs_check FROM {s}._rserv_slave_sync_"),
+        &[],
+        "reading _rserv_slave_sync_",
+    )
+    .unwrap_or(false)
+}
+
+/// From `rserv_apply_begin`: no change set applies to a slave that awaits its comparison,
+/// except in the session that compares.
+pub fn refuse_while_unchecked(s: &str) {
+    if CHECKING.with(|c| c.get()) || !needs_check(s) {
+        return;
+    }
+    fail(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "rserv: a failover re-pointed this slave to its new master while it lacked some of the old master's last transactions, and it has not been compared with the new master since: applying change sets is refused until it is (it would follow the new master for good without them)",
+        "run replicate failover again (with the new master and this slave), or replicate check --repair from the new master to this slave",
+    );
+}
+
+/// This session is about to compare this slave with its master (`replicate check`): it may
+/// apply change sets (the comparison's cycles) while the slave awaits the comparison, until
+/// [`rserv_slave_check_end`]. Returns whether the slave awaits one.
+#[pg_extern(volatile, security_definer)]
+fn rserv_slave_check_begin() -> bool {
+    let _definer = definer();
+    require_replicator("rserv_slave_check_begin");
+    CHECKING.with(|c| c.set(true));
+    needs_check(&ext_schema())
+}
+
+/// The comparison this session began ([`rserv_slave_check_begin`]) is over; `equal`: it found
+/// the slave equal to its master (at the change set it applied last, this session having been
+/// the only one allowed to apply), which ends the slave's wait for it. Returns whether the slave
+/// still awaits a comparison.
+#[pg_extern(volatile, security_definer)]
+fn rserv_slave_check_end(equal: bool) -> bool {
+    let _definer = definer();
+    require_replicator("rserv_slave_check_end");
+    let s = ext_schema();
+    let began = CHECKING.with(|c| c.replace(false));
+    if equal && began {
+        Spi::run(&format!(
+            "UPDATE {s}._rserv_slave_sync_ SET needs_check = false WHERE needs_check"
+        ))
+        .or_fail("recording the comparison");
+    }
+    needs_check(&s)
 }

@@ -253,7 +253,8 @@ pub fn needs_copy(reloid: pg_sys::Oid) -> bool {
 }
 
 /// Have every table this slave receives copied afresh with the next change set (after a
-/// restore from a backup, or to start over); the slave also forgets which server id it was.
+/// restore from a backup, or to start over); the slave also forgets which server id it was,
+/// and no longer awaits a failover's comparison (the copy makes it equal to its master).
 /// Returns how many tables will be copied.
 #[pg_extern(volatile, security_definer)]
 fn rserv_slave_resync() -> i64 {
@@ -263,7 +264,7 @@ fn rserv_slave_resync() -> i64 {
     // and its change sets: their ids may mean something else to its master now (a master
     // restored from a backup issues them again)
     Spi::run(&format!(
-        "UPDATE {s}._rserv_slave_sync_ SET server = NULL, syncid = 0, snapshot = NULL"
+        "UPDATE {s}._rserv_slave_sync_ SET server = NULL, syncid = 0, snapshot = NULL, needs_check = false"
     ))
     .or_fail("forgetting the server id");
     count_rows(
@@ -285,6 +286,25 @@ pub fn mark_copied(reloid: pg_sys::Oid) {
     .or_fail("recording the copy");
 }
 
+/// Does this database receive `reloid` (or a partitioned table it is a partition of:
+/// `pg_partition_ancestors` has no rows for a table that is not a partition)? Read
+/// as the writer (`_rserv_slave_tables_.reloid` is readable to PUBLIC), with the operator and
+/// function named in pg_catalog whatever its search_path.
+fn received(reloid: pg_sys::Oid) -> bool {
+    let s = ext_schema();
+    first::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}._rserv_slave_tables_ t \
+                             WHERE t.reloid OPERATOR(pg_catalog.=) ANY (ARRAY[$1::pg_catalog.oid] \
+                                   OPERATOR(pg_catalog.||) ARRAY(SELECT a.relid::pg_catalog.oid \
+                                   FROM pg_catalog.pg_partition_ancestors($1::pg_catalog.regclass) a)))"
+        ),
+        &[reloid.into()],
+        "reading _rserv_slave_tables_",
+    )
+    .unwrap_or(false)
+}
+
 /// BEFORE statement trigger on slave tables: local writes would make the slave diverge from
 /// its master, so they are refused unless the session asks for them. The apply itself runs
 /// with session_replication_role = replica, where this trigger does not fire.
@@ -293,8 +313,11 @@ fn _rserv_protect_<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
     // (a slave's own choice to differ from its master; never a fenced master's, whose tables
-    // carry this trigger while another node takes over: the write would be lost)
-    if crate::guc::ALLOW_SLAVE_WRITES.get() && crate::fence::fence().is_none() {
+    // carry this trigger while another node takes over: the write would be lost. Decided by
+    // the table being received, which a fence does not change: a transaction whose snapshot
+    // is older than the fence does not see `_rserv_fence_`'s row.)
+    let reloid = trigger.relation()?.oid();
+    if crate::guc::ALLOW_SLAVE_WRITES.get() && received(reloid) && crate::fence::fence().is_none() {
         return Ok(None);
     }
     let op = match trigger.trigger_data().tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
@@ -309,6 +332,15 @@ fn _rserv_protect_<'a>(
     );
     if let Some((kind, successor)) = crate::fence::fence() {
         crate::fence::refuse_write(&kind, successor.as_deref(), op, &table);
+    }
+    if !received(reloid) {
+        // (neither received nor, as this transaction's snapshot shows, fenced: the protection
+        // came after that snapshot)
+        fail(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("rserv: local {op} on table {table} refused: this node's replication role changed after this transaction took its snapshot (a fence for a switchover or a failover, or the table became a slave table)"),
+            "write on the master; a new transaction sees the role and says which",
+        );
     }
     fail(
         PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,

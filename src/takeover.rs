@@ -232,8 +232,9 @@ fn rserv_promote(
 /// slave `server`, at change set `syncid` (what [`rserv_promote`] returned): nothing is copied
 /// again. The fence goes; the tables stay protected as a slave's. Its own slaves must follow
 /// the new master already: `moved` lists their node ids (a failover re-pointed them); any
-/// other is refused. A takeover this node made earlier is forgotten (it is a master no more).
-/// Returns the tables demoted.
+/// other is refused. A takeover this node made earlier is forgotten (it is a master no more),
+/// so one by failover whose old master has not rejoined refuses the demote
+/// ([`refuse_unfinished_failover`]). Returns the tables demoted.
 #[pg_extern(volatile, security_definer)]
 fn rserv_demote(
     new_master: String,
@@ -251,6 +252,7 @@ fn rserv_demote(
             "switch over with replicate switchover (or rejoin with replicate rejoin), which fences the master first",
         );
     }
+    refuse_unfinished_failover(&s);
     let others = first::<String>(
         &format!(
             "SELECT string_agg(server::text, ', ' ORDER BY server) FROM {s}._rserv_servers_ \
@@ -301,13 +303,35 @@ fn rserv_demote(
              VALUES ($1, now(), $2::uuid, $3) \
              ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
                  master = excluded.master, server = excluded.server, fingerprint = NULL, \
-                 snapshot = NULL, previous_master = NULL"
+                 snapshot = NULL, previous_master = NULL, needs_check = false"
         ),
         &[syncid.into(), new_master.into(), server.into()],
     )
     .or_fail("following the new master");
     reconcile_protection(&s);
     replicated.len() as i64
+}
+
+/// This node took over by failover and its old master has not rejoined: `_rserv_takeover_` is
+/// all that records it (where the old master's later transactions start, that its comeback
+/// must be fenced, how it rejoins). Demoting this node would delete it, and the old master
+/// would come back writable next to the next master, recognised by nobody. Refused, naming
+/// it, until it rejoins or the operator gives it up (`rserv_takeover_done`).
+fn refuse_unfinished_failover(s: &str) {
+    let old = first::<String>(
+        &format!(
+            "SELECT old_master::text FROM {s}._rserv_takeover_ WHERE kind = 'failover' AND completed IS NULL"
+        ),
+        &[],
+        "reading _rserv_takeover_",
+    );
+    if let Some(old) = old {
+        fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("rserv: this node took over from {old} by failover, and {old} has not rejoined: demoting this node would forget it (where its later transactions start, that it must be fenced when it comes back), and it would come back writable next to the next master"),
+            format!("rejoin it first (replicate rejoin THISDB OLDMASTERDB, this node as the master); or, if it is gone for good, give it up on this node: SELECT rserv_takeover_done('{old}'); (what it committed after the takeover is then never looked for)"),
+        );
+    }
 }
 
 /// The takeover that made this node a master, if any (the latest): `kind` 'switchover' or
@@ -367,7 +391,10 @@ fn rserv_takeover() -> TableIterator<
 }
 
 /// The old master `old_master` follows this node now (a switchover's demote, or a rejoin):
-/// the takeover is complete. Returns false when there was nothing to complete.
+/// the takeover is complete. Called by hand, it gives up an old master that is gone for good
+/// after a failover: this node may then be demoted (a switchover), and nothing will fence
+/// that old master, nor look for what it committed after the takeover, should it come back.
+/// Returns false when there was nothing to complete.
 #[pg_extern(volatile, security_definer)]
 fn rserv_takeover_done(old_master: String) -> bool {
     let _definer = definer();

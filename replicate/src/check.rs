@@ -12,7 +12,7 @@
 
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome, Session};
 use crate::error::{DbContext, Error};
-use crate::rserv::Rserv;
+use crate::rserv::{Api, Rserv};
 use crate::{slave, table};
 use postgres::{Client, GenericClient};
 use serde::Serialize;
@@ -301,8 +301,44 @@ where
     ))
 }
 
+/// Around a comparison, on the slave (rserv 1.1): a slave that a failover re-pointed while it
+/// was behind refuses change sets until a comparison finds it equal to its new master; this
+/// session may apply them meanwhile (its cycles), and a verdict of equal ends that wait. With
+/// `equal` None, the comparison begins; else it ended with that verdict.
+fn comparing(ep: &mut Endpoints, equal: Option<bool>) -> Result<(), Error> {
+    if ep.slave_rs.api < Api::V1_1 {
+        return Ok(());
+    }
+    let rs = ep.slave_rs;
+    match equal {
+        None => ep
+            .slave
+            .query_one(
+                &format!("SELECT {}()", rs.func("rserv_slave_check_begin")),
+                &[],
+            )
+            .ctx("slave: starting the comparison")?,
+        Some(e) => ep
+            .slave
+            .query_one(
+                &format!("SELECT {}($1)", rs.func("rserv_slave_check_end")),
+                &[&e],
+            )
+            .ctx("slave: recording the comparison")?,
+    };
+    Ok(())
+}
+
 /// Compare every table the slave receives; with `repair`, fix the rows that differ.
 pub fn check(ep: &mut Endpoints, opts: &CycleOptions, repair: bool) -> Result<Report, Error> {
+    comparing(ep, None)?;
+    let report = compare(ep, opts, repair)?;
+    // (a repair's result is the next comparison's to judge)
+    comparing(ep, Some(report.equal()))?;
+    Ok(report)
+}
+
+fn compare(ep: &mut Endpoints, opts: &CycleOptions, repair: bool) -> Result<Report, Error> {
     let tables = tables(ep)?;
     // Pass 1: bucket hashes.
     let (syncid, mb, sb) = at_one_point(

@@ -14,7 +14,9 @@
 //! 3. each other slave at or behind the new master's position is registered there at the
 //!    takeover point (`rserv_adopt_slave`), follows it (`rserv_repoint`), and, if it was
 //!    behind (it lacks some of the old master's last transactions), is compared with it and
-//!    repaired row by row (`check --repair`); one ahead is refused, saying what to run.
+//!    repaired row by row (`check --repair`); one ahead is refused, saying what to run. A slave
+//!    re-pointed while behind refuses change sets until that comparison finds it equal (a
+//!    `replicate run` started instead of this command again is told to run it).
 
 use crate::check;
 use crate::cycle::{CycleOptions, Endpoints};
@@ -361,8 +363,11 @@ fn repoint(
     other
         .client
         .query_one(
-            &format!("SELECT {}($1, $2, $3, $4)", other.rs.func("rserv_repoint")),
-            &[&new_node, &server, &syncid, &old],
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5)",
+                other.rs.func("rserv_repoint")
+            ),
+            &[&new_node, &server, &syncid, &old, &behind],
         )
         .ctx(format!("{}: following the new master", other.name))?;
     reached("failover:repointed");

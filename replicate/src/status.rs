@@ -116,6 +116,10 @@ pub fn role_line(n: &NodeState) -> String {
         }
         Some("failover") => line
             .push_str("; FAILOVER IN PROGRESS: the old master has not rejoined (replicate rejoin)"),
+        Some("check") => line.push_str(
+            "; NOT YET COMPARED with the master a failover re-pointed it to: change sets refused \
+             (run replicate failover again, or replicate check --repair)",
+        ),
         Some("rejoin") => line
             .push_str("; DEPOSED: another node took over, writes refused until replicate rejoin"),
         Some(other) => line.push_str(&format!("; {other} in progress")),

@@ -7,7 +7,7 @@ use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
 use crate::error::{DbContext, Error};
 use crate::rserv::Rserv;
 use crate::steps::reached;
-use crate::{master, slave};
+use crate::{master, node, slave};
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -173,6 +173,7 @@ pub fn switchover(
                 .into(),
         ));
     }
+    refuse_before_fence(ep)?;
     // indexes and constraints of tables --create-tables made, before writes stop (not while)
     for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
         tracing::info!(
@@ -214,6 +215,39 @@ pub fn switchover(
     reached("switchover:promoted");
     report.tables = demote(ep, &old, &new, report.server, report.syncid)?;
     Ok(report)
+}
+
+/// What would stop a switchover after the fence, refused before it (nothing changed): the
+/// master took over by failover from a node that has not rejoined (the demote would forget
+/// that node, see the extension's `takeover.rs`), or the slave awaits a failover's comparison
+/// (it takes no change set).
+fn refuse_before_fence(ep: &mut Endpoints) -> Result<(), Error> {
+    let unfinished = node::takeover(ep.master, ep.master_rs, "master")?
+        .filter(|t| t.kind == "failover" && t.completed.is_none());
+    if let Some(t) = unfinished {
+        let old = t.old_master;
+        return Err(Error::Failed(format!(
+            "this master took over from {old} by failover, and {old} has not rejoined: the \
+             switchover would forget it (where its later transactions start, that it must be \
+             fenced when it comes back), and it would come back writable next to the new master. \
+             Rejoin it first (replicate rejoin THISDB OLDMASTERDB, this node as the master); or, \
+             if it is gone for good, give it up on this master: SELECT rserv_takeover_done('{old}'); \
+             nothing was changed"
+        )));
+    }
+    if node::state(ep.slave, ep.slave_rs, "slave")?
+        .in_progress
+        .as_deref()
+        == Some("check")
+    {
+        return Err(Error::Failed(
+            "the slave was re-pointed to this master by a failover while it was behind, and has \
+             not been compared with it since: it takes no change set until it is. Run replicate \
+             failover again (or replicate check --repair), then switch over; nothing was changed"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The old master becomes a slave of the new one; the new master records the takeover complete.

@@ -24,12 +24,13 @@
 //!   write commits, is captured, and never reaches the new master: the row is lost, and in
 //!   rejoin it is not in the divergent-rows file either. FIXED: while `_rserv_fence_` holds
 //!   its row the trigger refuses whatever the setting (src/slave_registry.rs,
-//!   `_rserv_protect_`). Residual (open): a REPEATABLE READ writer whose snapshot is older
-//!   than the fence's commit does not see that row and still passes with the setting.
-//!   Proposed: decide by "the table (or a partition ancestor) is received", which is stable
-//!   across the fence (`_rserv_slave_tables_`, readable to the trigger through a SECURITY
-//!   DEFINER helper or a PUBLIC SELECT grant); not the relcache's capture trigger, which a
-//!   cascading slave's received tables carry too.
+//!   `_rserv_protect_`). Residual, FIXED later (e3b
+//!   `the_fence_holds_against_a_snapshot_older_than_it`): a REPEATABLE READ writer whose
+//!   snapshot is older than the fence's commit does not see that row and still passed with
+//!   the setting. The setting now lets a write through only on a table this database
+//!   receives (or a partition of one), which a fence does not change
+//!   (`_rserv_slave_tables_.reloid`, readable to PUBLIC); not by the relcache's capture
+//!   trigger, which a cascading slave's received tables carry too (the test checks a cascade).
 //! - HIGH (correctness) e4 `ddl_on_a_fenced_master_is_refused`: the fence blocks DML only. A
 //!   schema change on a fenced master after the last change set (`ALTER TABLE ... TYPE ...
 //!   USING`, which rewrites every row; ADD/DROP COLUMN; ATTACH/DETACH PARTITION) commits, is
@@ -47,23 +48,30 @@
 //!   otherwise have psql run its data lines as SQL), and it is written to a new file renamed
 //!   into place (replicate/src/divergence.rs `save`).
 //!
-//! Open (documented, not fixed here; the fix proposed):
-//! - MEDIUM (correctness) e6: `replicate failover` killed between `rserv_repoint` and the
-//!   `check --repair` of a slave that was behind leaves that slave following the new master
-//!   while lacking the old master's last transactions; nothing records that it still needs the
-//!   comparison, so a `replicate run` started instead of re-running `failover` never repairs
-//!   it (silently inconsistent). Proposed: `rserv_repoint(..., behind bool)` records
-//!   `_rserv_slave_sync_.needs_check = true` (cleared by a check that finds both equal, i.e. a
-//!   new `rserv_checked()` called by `check` when equal); `rserv_apply_begin` (or replicate's
-//!   `guard::check`) refuses to apply while it is set, saying "run replicate failover again /
-//!   replicate check --repair".
-//! - MEDIUM (correctness) e7: `rserv_demote` deletes `_rserv_takeover_` even when that records
-//!   a failover whose old master has not rejoined (completed IS NULL). After failover A->B and
-//!   then a switchover B->C before A comes back, nothing records what A committed after the
-//!   takeover point, and no guard recognises A as deposed: A, back, is writable next to C, and
-//!   `replicate rejoin` cannot run. Proposed: `rserv_demote` refuses while a failover takeover
-//!   is incomplete ("rejoin the old master first, or give it up with
-//!   rserv_takeover_done(old)"); the switchover driver says the same before fencing.
+//! Left open by the review, fixed afterwards (each test failed before its fix):
+//! - MEDIUM (correctness) e6 `failover_stopped_before_a_repair_leaves_the_slave_refusing_to_apply`:
+//!   `replicate failover` killed between `rserv_repoint` and the `check --repair` of a slave
+//!   that was behind left that slave following the new master while lacking the old master's
+//!   last transactions; nothing recorded that it still needed the comparison, so a `replicate
+//!   run` started instead of re-running `failover` never repaired it (silently inconsistent).
+//!   FIXED: `rserv_repoint(..., behind)` records `_rserv_slave_sync_.needs_check`;
+//!   `rserv_apply_begin` refuses change sets while it is set ("run replicate failover again,
+//!   or replicate check --repair"), except in a session that compares
+//!   (`rserv_slave_check_begin`, called by `check`), and a comparison that finds both sides
+//!   equal clears it (`rserv_slave_check_end`); `rserv_status.in_progress` says 'check', and
+//!   `replicate switchover` to such a slave is refused before its fence (src/failover.rs,
+//!   replicate/src/check.rs).
+//! - MEDIUM (correctness) e7 `a_switchover_never_erases_an_unfinished_failover`:
+//!   `rserv_demote` deleted `_rserv_takeover_` even when that recorded a failover whose old
+//!   master had not rejoined (completed IS NULL). After failover A->B and then a switchover
+//!   B->C before A came back, nothing recorded what A committed after the takeover point, and
+//!   no guard recognised A as deposed: A, back, was writable next to C, and `replicate rejoin`
+//!   could not run. FIXED: `rserv_demote` refuses while a failover takeover is incomplete,
+//!   naming the old master ("rejoin it first, or give it up with rserv_takeover_done(old)"),
+//!   and `replicate switchover` says the same before it fences anything (src/takeover.rs
+//!   `refuse_unfinished_failover`, replicate/src/switchover.rs `refuse_before_fence`). Carrying
+//!   the record over to the new master was not chosen: `_rserv_takeover_` holds one takeover,
+//!   and a second master to rejoin through would only lengthen the chain.
 //! - LOW e8: rejoin's report on stdout printed keys and rows raw (terminal control characters,
 //!   fake lines in logs). FIXED with e5 (the same escaping; no test of its own).
 //!
