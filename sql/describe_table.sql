@@ -182,7 +182,9 @@ SELECT pg_catalog.jsonb_build_object(
                                       FROM pg_catalog.pg_range r JOIN pg_catalog.pg_type st ON st.oid = r.rngsubtype
                                       JOIN pg_catalog.pg_namespace sn ON sn.oid = st.typnamespace
                                      WHERE r.rngtypid = t.oid) END,
-                      'comment', pg_catalog.obj_description(t.oid, 'pg_type')) AS def
+                      'comment', pg_catalog.obj_description(t.oid, 'pg_type'),
+                      'owner', (SELECT o.rolname FROM pg_catalog.pg_roles o WHERE o.oid = t.typowner),
+                      'owner_super', (SELECT o.rolsuper FROM pg_catalog.pg_roles o WHERE o.oid = t.typowner)) AS def
                FROM used u
                JOIN pg_catalog.pg_type t ON t.oid = u.oid
                JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace

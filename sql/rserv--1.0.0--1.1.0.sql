@@ -194,9 +194,18 @@ AS 'MODULE_PATHNAME', 'rserv_apply_end_wrapper';
 CREATE  FUNCTION "rserv_apply_types"(
 	"schemas" TEXT[], /* Vec < String > */
 	"tables" TEXT[], /* Vec < String > */
-	"payloads" TEXT[] /* Vec < String > */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE SECURITY DEFINER
+	"payloads" TEXT[], /* Vec < String > */
+	"syncid" bigint, /* i64 */
+	"master" TEXT, /* String */
+	"version" TEXT, /* String */
+	"server" INT DEFAULT NULL, /* Option < i32 > */
+	"base" bigint DEFAULT NULL, /* Option < i64 > */
+	"slave_node" TEXT DEFAULT NULL, /* Option < String > */
+	"fingerprint" TEXT DEFAULT NULL, /* Option < String > */
+	"format" INT DEFAULT NULL, /* Option < i32 > */
+	"features" TEXT[] DEFAULT NULL /* :: std :: option :: Option < Vec < String > > */
+) RETURNS bigint /* Option < i64 > */
+VOLATILE SECURITY DEFINER
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rserv_apply_types_wrapper';
 

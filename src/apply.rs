@@ -178,15 +178,89 @@ fn rserv_apply_begin_v11(
             "BEGIN; SELECT rserv_apply_begin(...); ...; COMMIT",
         );
     }
+    let cs = ChangeSet {
+        syncid,
+        master,
+        version,
+        server,
+        base,
+        slave_node,
+        fingerprint,
+        format,
+        features,
+    };
+    if !check_change_set(&cs) {
+        return false;
+    }
     let s = ext_schema();
-    crate::negotiate::require_readable(syncid, &version, format, features.as_deref());
+    let ChangeSet {
+        syncid,
+        master,
+        server,
+        fingerprint,
+        ..
+    } = cs;
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint, snapshot) \
+             VALUES ($1, now(), $2::uuid, $3, $4::uuid, $5) \
+             ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
+                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint, \
+                 snapshot = excluded.snapshot"
+        ),
+        &[
+            syncid.into(),
+            master.into(),
+            server.into(),
+            fingerprint.into(),
+            snapshot.into(),
+        ],
+    )
+    .or_fail("recording the sync id");
+    // The master is told this change set is applied right after COMMIT returns: it must be
+    // durable by then, whatever the slave's own synchronous_commit.
+    set_local("synchronous_commit", "on");
+    set_local("work_mem", "64MB");
+    set_canonical_settings_local();
+    let x = current_xact();
+    STATE.with(|st| {
+        *st.borrow_mut() = ApplyState {
+            xact: x,
+            ..ApplyState::default()
+        }
+    });
+    true
+}
+
+/// The facts of a change set's header that decide whether this slave applies it (see
+/// `rserv_apply_begin`).
+pub struct ChangeSet {
+    pub syncid: i64,
+    pub master: String,
+    pub version: String,
+    pub server: Option<i32>,
+    pub base: Option<i64>,
+    pub slave_node: Option<String>,
+    pub fingerprint: Option<String>,
+    pub format: Option<i32>,
+    pub features: Option<Vec<String>>,
+}
+
+/// `rserv_apply_begin`'s checks of change set `cs`, recording nothing: false when this slave
+/// has it already; an error when it must not apply it. Locks `_rserv_slave_sync_` until the
+/// transaction ends (concurrent appliers queue here).
+pub fn check_change_set(cs: &ChangeSet) -> bool {
+    let s = ext_schema();
+    let (syncid, server, base) = (cs.syncid, cs.server, cs.base);
+    let (master, fingerprint) = (&cs.master, &cs.fingerprint);
+    crate::negotiate::require_readable(syncid, &cs.version, cs.format, cs.features.as_deref());
     Spi::run(&format!(
         "LOCK TABLE {s}._rserv_slave_sync_ IN EXCLUSIVE MODE"
     ))
     .or_fail("locking _rserv_slave_sync_");
     crate::failover::refuse_while_unchecked(&s);
     // Compared as uuid, so any spelling of the same id matches and a malformed one is an error.
-    if let Some(node) = &slave_node {
+    if let Some(node) = &cs.slave_node {
         require_this_node(node, server);
     }
     let current = Spi::connect(|client| {
@@ -249,35 +323,6 @@ fn rserv_apply_begin_v11(
     if let Some(base) = base.filter(|b| applied.is_none_or(|a| a < *b)) {
         require_all_copied(&s, syncid, base, applied);
     }
-    Spi::run_with_args(
-        &format!(
-            "INSERT INTO {s}._rserv_slave_sync_ AS x (syncid, synctime, master, server, fingerprint, snapshot) \
-             VALUES ($1, now(), $2::uuid, $3, $4::uuid, $5) \
-             ON CONFLICT (singleton) DO UPDATE SET syncid = excluded.syncid, synctime = excluded.synctime, \
-                 server = coalesce(excluded.server, x.server), fingerprint = excluded.fingerprint, \
-                 snapshot = excluded.snapshot"
-        ),
-        &[
-            syncid.into(),
-            master.into(),
-            server.into(),
-            fingerprint.into(),
-            snapshot.into(),
-        ],
-    )
-    .or_fail("recording the sync id");
-    // The master is told this change set is applied right after COMMIT returns: it must be
-    // durable by then, whatever the slave's own synchronous_commit.
-    set_local("synchronous_commit", "on");
-    set_local("work_mem", "64MB");
-    set_canonical_settings_local();
-    let x = current_xact();
-    STATE.with(|st| {
-        *st.borrow_mut() = ApplyState {
-            xact: x,
-            ..ApplyState::default()
-        }
-    });
     true
 }
 

@@ -247,31 +247,10 @@ fn apply_in_transaction(
         })
         .collect();
     // ... but only for a change set this slave is going to apply (from its master, for this
-    // database, not applied yet): rserv_apply_begin says so, in a transaction rolled back
-    if !ddl.is_empty() {
-        let mut check = client.transaction().ctx("slave: checking the change set")?;
-        let applies = begin(&mut check, rs, syncid, &reader.header)?;
-        check.rollback().ctx("slave: checking the change set")?;
-        if !applies {
-            return Ok(Outcome::Skipped { syncid });
-        }
-        let (schemas, tables, payloads): (Vec<_>, Vec<_>, Vec<_>) = ddl.into_iter().fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |(mut a, mut b, mut c), (x, y, z)| {
-                a.push(x);
-                b.push(y);
-                c.push(z);
-                (a, b, c)
-            },
-        );
-        client
-            .query_one(
-                &format!("SELECT {}($1, $2, $3)", rs.func("rserv_apply_types")),
-                &[&schemas, &tables, &payloads],
-            )
-            .ctx(format!(
-                "slave: adding the enum labels of change set {syncid}"
-            ))?;
+    // database, not applied yet): rserv_apply_types checks its header as rserv_apply_begin
+    // does (NULL: this slave has it already)
+    if !ddl.is_empty() && !add_labels(client, rs, syncid, &reader.header, ddl)? {
+        return Ok(Outcome::Skipped { syncid });
     }
     let mut tx = client
         .transaction()
@@ -415,6 +394,58 @@ fn refuse_unreadable<R: BufRead>(rs: &Rserv, reader: &mut SnapshotReader<R>) -> 
     )))
 }
 
+type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
+
+/// The facts of header `h` that rserv 1.1's `rserv_apply_begin` and `rserv_apply_types` take
+/// after the sync id, in their order (`format`: the change set's).
+fn header_params<'a>(h: &'a Header, format: &'a i32) -> [Param<'a>; 8] {
+    [
+        &h.master,
+        &h.rserv,
+        &h.server,
+        &h.base,
+        &h.slave,
+        &h.fingerprint,
+        format,
+        &h.features,
+    ]
+}
+
+/// The enum labels the DDL sections `ddl` (schema, table, payload) of change set `syncid` add,
+/// committed by `rserv_apply_types` (rserv 1.1, which checks the header `h` first): false when
+/// this slave has the change set already.
+fn add_labels(
+    client: &mut Client,
+    rs: &Rserv,
+    syncid: i64,
+    h: &Header,
+    ddl: Vec<(String, String, String)>,
+) -> Result<bool, Error> {
+    let (mut schemas, mut tables, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
+    for (schema, table, payload) in ddl {
+        schemas.push(schema);
+        tables.push(table);
+        payloads.push(payload);
+    }
+    let format = crate::snapshot::FORMAT;
+    let mut params: Vec<Param> = vec![&schemas, &tables, &payloads, &syncid];
+    params.extend(header_params(h, &format));
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12), {EXTVERSION}",
+                rs.func("rserv_apply_types")
+            ),
+            &params,
+        )
+        .ctx(format!(
+            "slave: adding the enum labels of change set {syncid}"
+        ))?;
+    let version_now: Option<&str> = row.get(1);
+    rs.still(version_now.unwrap_or("(none)"))?;
+    Ok(row.get::<_, Option<i64>>(0).is_some())
+}
+
 /// `rserv_apply_begin` for change set `syncid` with `h`, in the calls the slave's rserv version
 /// offers: false when the slave has it already (refused with an error when it must not apply
 /// it). The version is read in the same statement: a connection that found another version
@@ -434,24 +465,18 @@ fn begin(
             ),
             &[&syncid, &h.master, &rs.version],
         ),
-        Api::V1_1 => tx.query_one(
-            &format!(
-                "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), {EXTVERSION}",
-                rs.func("rserv_apply_begin")
-            ),
-            &[
-                &syncid,
-                &h.master,
-                &h.rserv,
-                &h.server,
-                &h.base,
-                &h.slave,
-                &h.fingerprint,
-                &format,
-                &h.features,
-                &h.snapshot,
-            ],
-        ),
+        Api::V1_1 => {
+            let mut params: Vec<Param> = vec![&syncid];
+            params.extend(header_params(h, &format));
+            params.push(&h.snapshot);
+            tx.query_one(
+                &format!(
+                    "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), {EXTVERSION}",
+                    rs.func("rserv_apply_begin")
+                ),
+                &params,
+            )
+        }
     }
     .ctx(format!("slave: starting change set {syncid}"))?;
     // (an error drops the transaction: rolled back)

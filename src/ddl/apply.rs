@@ -175,9 +175,15 @@ pub fn apply_section(payload: &str, schema: &str, table: &str) {
     }
     let fresh = recopy || crate::slave_registry::needs_copy(reloid);
     // the types first (each as its owner): the table's steps may use them renamed
+    let scope = super::types::Scope {
+        table: &old_name,
+        reloid,
+        owner,
+        master: &new.types,
+    };
     for step in &steps.before {
         if let Step::Type(t) = step {
-            super::types::apply_type_step(&old_name, owner, t);
+            super::types::apply_type_step(&scope, t);
         }
     }
     let types = run_as_owner(owner, &[], || {
@@ -714,12 +720,18 @@ pub fn finish_deferred() -> i64 {
     for d in deferred {
         // domains as they are on the master now (the latest definition has them)
         let table = qualified(&d.def.schema, &d.def.table);
+        let scope = super::types::Scope {
+            table: &table,
+            reloid: d.reloid,
+            owner: d.owner,
+            master: &d.def.types,
+        };
         for t in d.def.types.iter().filter(|t| {
             d.domains
                 .iter()
                 .any(|x| x.schema == t.schema && x.name == t.name)
         }) {
-            super::types::finish_domain(&table, d.owner, t);
+            super::types::finish_domain(&scope, t);
         }
         run_as_owner(d.owner, &[], || {
             set_not_null(&d.def);
@@ -745,17 +757,48 @@ pub fn forget() {
     TARGETED.with(|t| t.borrow_mut().clear());
 }
 
-/// Before a change set's transaction (replicate calls it with the change set's DDL sections,
-/// which come first): the enum labels they add, added and committed now, each as the type's
-/// owner. A label added in the transaction that uses it cannot be used there ("unsafe use of
-/// new value"); added earlier it is harmless, since the master has committed it. Only labels of
-/// enums that tables this slave receives use; returns how many were added.
+/// Before a change set's transaction (replicate calls it with the change set's header and its
+/// DDL sections, which come first): the enum labels they add, added and committed now, each as
+/// the type's owner. A label added in the transaction that uses it cannot be used there
+/// ("unsafe use of new value"); added earlier it is harmless, since the master has committed
+/// it. Only for a change set this slave is going to apply: its header (the arguments after the
+/// sections, as `rserv_apply_begin` takes them) passes `rserv_apply_begin`'s checks here,
+/// recording nothing; NULL when this slave has the change set already. Only labels of enums
+/// the section's table uses here; returns how many were added.
 #[pg_extern(volatile, security_definer)]
-fn rserv_apply_types(schemas: Vec<String>, tables: Vec<String>, payloads: Vec<String>) -> i64 {
+#[allow(clippy::too_many_arguments)] // the SQL signature: the sections, then the header's facts
+fn rserv_apply_types(
+    schemas: Vec<String>,
+    tables: Vec<String>,
+    payloads: Vec<String>,
+    syncid: i64,
+    master: String,
+    version: String,
+    server: default!(Option<i32>, "NULL"),
+    base: default!(Option<i64>, "NULL"),
+    slave_node: default!(Option<String>, "NULL"),
+    fingerprint: default!(Option<String>, "NULL"),
+    format: default!(Option<i32>, "NULL"),
+    features: default!(Option<Vec<String>>, "NULL"),
+) -> Option<i64> {
     let _definer = crate::security::definer();
     crate::security::require_replicator("rserv_apply_types");
     if schemas.len() != tables.len() || tables.len() != payloads.len() {
         bad_section("schemas, tables and payloads differ in length");
+    }
+    let applies = crate::apply::check_change_set(&crate::apply::ChangeSet {
+        syncid,
+        master,
+        version,
+        server,
+        base,
+        slave_node,
+        fingerprint,
+        format,
+        features,
+    });
+    if !applies {
+        return None;
     }
     let _internal = internal_ddl();
     let mut added = 0;
@@ -773,29 +816,22 @@ fn rserv_apply_types(schemas: Vec<String>, tables: Vec<String>, payloads: Vec<St
         if new_name != qualified(&section.old.schema, &section.old.table) {
             tables_renamed.push((new_name, section.reloid));
         }
-        let owner = table_info(section.reloid).owner;
+        let scope = super::types::Scope {
+            table: &section.name,
+            reloid: section.reloid,
+            owner: table_info(section.reloid).owner,
+            master: &section.new.types,
+        };
         for step in super::types::diff_types(&section.old.types, &section.new.types).steps {
-            match step {
+            match &step {
                 TypeStep::Rename { from, to, .. } => {
-                    let from = type_here(&types_renamed, &from);
-                    types_renamed.push((to, from));
+                    let from = type_here(&types_renamed, from);
+                    types_renamed.push((to.clone(), from));
                 }
-                TypeStep::EnumAdd {
-                    typ,
-                    label,
-                    after,
-                    before,
-                } => {
-                    let typ = type_here(&types_renamed, &typ);
-                    // (a payload names its types: only those of tables received here are touched)
-                    let used = super::types::received_tables_use(&typ);
-                    let step = TypeStep::EnumAdd {
-                        typ,
-                        label,
-                        after,
-                        before,
-                    };
-                    if used && super::types::add_label(&section.name, owner, &step) {
+                TypeStep::EnumAdd { typ, .. } => {
+                    let here = type_here(&types_renamed, typ);
+                    // (a payload names its types: only those its table uses here are touched)
+                    if scope.uses(&here) && super::types::add_label(&scope, &here, &step) {
                         added += 1;
                     }
                 }
@@ -803,7 +839,7 @@ fn rserv_apply_types(schemas: Vec<String>, tables: Vec<String>, payloads: Vec<St
             }
         }
     }
-    added
+    Some(added)
 }
 
 /// This slave's name of the master's type `n`, which an earlier section may have renamed

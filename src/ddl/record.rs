@@ -43,7 +43,8 @@ fn touched(s: &str, dropped_in: Option<Vec<String>>) -> Vec<pg_sys::Oid> {
                     WHERE n.nspname = ANY ($1)) \
                  OR (SELECT n.nspname FROM pg_catalog.pg_class c \
                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                      WHERE c.oid = t.reloid) = ANY ($1)"
+                      WHERE c.oid = t.reloid) = ANY ($1) \
+                 ORDER BY 1"
             ),
             &[schemas.into()],
             "finding tables touched by DROP",
@@ -112,13 +113,15 @@ fn touched(s: &str, dropped_in: Option<Vec<String>>) -> Vec<pg_sys::Oid> {
     if rels.is_empty() {
         return Vec::new();
     }
+    // (in oid order, as their `_rserv_tables_` rows are locked: see record_table)
     crate::sql::column::<pg_sys::Oid>(
         &format!(
             "SELECT DISTINCT t.reloid FROM unnest($1::pg_catalog.oid[]) AS r(rel) \
                CROSS JOIN LATERAL (SELECT r.rel AS a \
                                    UNION SELECT a.relid FROM pg_catalog.pg_partition_ancestors(r.rel) a(relid) \
                                    UNION SELECT d.relid FROM pg_catalog.pg_partition_tree(r.rel) d) up \
-               JOIN {s}._rserv_tables_ t ON t.reloid = up.a"
+               JOIN {s}._rserv_tables_ t ON t.reloid = up.a \
+             ORDER BY 1"
         ),
         &[rels.into()],
         "finding tables touched by DDL",
@@ -152,10 +155,16 @@ fn rewritten(reloid: pg_sys::Oid) -> bool {
 }
 
 fn record_table(s: &str, reloid: pg_sys::Oid) {
+    // The table's row is locked before the definition is read and the table described: DDL of
+    // another transaction on it that does not lock this one out (two CREATE INDEX, ShareLock)
+    // has committed by then, and both reads (each a statement of its own, with its own
+    // snapshot at READ COMMITTED) see it; otherwise the later of the two would record a
+    // definition without the other's change. At REPEATABLE READ, PostgreSQL refuses the lock
+    // of a row updated since the snapshot (a serialization failure: the DDL is retried).
     let stored = first::<pgrx::JsonB>(
-        &format!("SELECT definition FROM {s}._rserv_tables_ WHERE reloid = $1"),
+        &format!("SELECT definition FROM {s}._rserv_tables_ WHERE reloid = $1 FOR NO KEY UPDATE"),
         &[reloid.into()],
-        "reading the table's definition",
+        "locking the table's definition",
     );
     let now = describe(reloid);
     let store = |key: Option<Vec<String>>| {

@@ -79,6 +79,8 @@ fn same_but_name(a: &TypeDef, b: &TypeDef) -> bool {
     b.schema = a.schema.clone();
     b.name = a.name.clone();
     b.comment = a.comment.clone();
+    b.owner = a.owner.clone();
+    b.owner_super = a.owner_super;
     *a == b
 }
 
@@ -254,23 +256,99 @@ fn check_type_calls(table: &str, name: &str, oid: pg_sys::Oid) {
     }
 }
 
-/// Run `f` as the owner of this slave's type `n` (who alone may alter it), which must be a
-/// superuser's or the table owner's, like every type a received table uses.
-fn as_type_owner(table: &str, table_owner: pg_sys::Oid, n: &Named, f: impl FnOnce(&str)) {
-    let Some((oid, owner)) = slave_type(n) else {
-        return;
-    };
-    if !trusted_type(oid, table_owner) {
-        bad_definition(
-            table,
+/// A DDL section's table on this slave, as its type steps see it: its name (for messages), oid
+/// and owner, and the master's types after the section (with their owners there).
+pub struct Scope<'a> {
+    pub table: &'a str,
+    pub reloid: pg_sys::Oid,
+    pub owner: pg_sys::Oid,
+    pub master: &'a [TypeDef],
+}
+
+impl Scope<'_> {
+    /// Does the section's table use this slave's type `n` (in a column, or inside an array,
+    /// domain, composite or range type of one)? Only those types are the section's to change:
+    /// a payload names its types, and no other type of the slave follows it.
+    pub fn uses(&self, n: &Named) -> bool {
+        let Some((oid, _)) = slave_type(n) else {
+            return false;
+        };
+        first::<bool>(
+            "WITH RECURSIVE used(oid) AS ( \
+               SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+               UNION SELECT x.nxt FROM used u JOIN pg_catalog.pg_type t ON t.oid = u.oid \
+                CROSS JOIN LATERAL ( \
+                   SELECT t.typelem WHERE t.typelem <> 0 AND t.typcategory = 'A' \
+                   UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd' \
+                   UNION ALL SELECT ca.atttypid FROM pg_catalog.pg_attribute ca \
+                    WHERE t.typtype = 'c' AND ca.attrelid = t.typrelid AND ca.attnum > 0 \
+                      AND NOT ca.attisdropped \
+                   UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
+                    WHERE t.typtype = 'r' AND r.rngtypid = t.oid) AS x(nxt)) \
+             SELECT EXISTS (SELECT 1 FROM used WHERE oid = $2)",
+            &[self.reloid.into(), oid.into()],
+            "looking for the types a table uses",
+        )
+        .unwrap_or(false)
+    }
+
+    /// Run `f` as the owner of this slave's type `here` (who alone may alter it; the master
+    /// calls it `master`), which must be a superuser's or the table owner's, like every type a
+    /// received table uses. A type of another role than the table's owner (a superuser's: a
+    /// DBA's type, as a restore leaves it, shared with other users' tables) follows only a
+    /// change its owner could have made: the master's owner of the type is a superuser, or the
+    /// same role; a table owner's DDL on her own type on the master does not reach it.
+    fn as_type_owner(&self, here: &Named, master: &Named, f: impl FnOnce(&str)) {
+        let Some((oid, owner)) = slave_type(here) else {
+            return;
+        };
+        let shown = crate::catalog::format_type(oid, -1);
+        if !trusted_type(oid, self.owner) {
+            bad_definition(
+                self.table,
+                format!("it uses type {shown} of this slave, which belongs to another user"),
+            );
+        }
+        if owner != self.owner {
+            self.require_owners_match(master, &shown, owner);
+        }
+        let name = qualified(&here.schema, &here.name);
+        run_as_owner(owner, &[], || f(&name));
+    }
+
+    /// This slave's type `shown`, owned by `owner` (not the table's owner), follows the master's
+    /// change of type `master` only when a superuser or the same role owns that on the master.
+    fn require_owners_match(&self, master: &Named, shown: &str, owner: pg_sys::Oid) {
+        let here = crate::security::role_name(owner);
+        let def = self
+            .master
+            .iter()
+            .find(|t| t.schema == master.schema && t.name == master.name);
+        let by = def.and_then(|t| t.owner.clone());
+        if def.is_some_and(|t| t.owner_super == Some(true) || by.as_deref() == Some(here.as_str()))
+        {
+            return;
+        }
+        let table_owner = crate::security::role_name(self.owner);
+        let what = match def.map(|t| t.kind.as_str()) {
+            Some("d") => "DOMAIN",
+            _ => "TYPE",
+        };
+        fail(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
-                "it uses type {} of this slave, which belongs to another user",
-                crate::catalog::format_type(oid, -1)
+                "rserv: the master changed type {} of table {} (its owner there, {}, is not a superuser), but this slave's {shown} belongs to {here}: a table owner's change does not reach another role's type",
+                qualified(&master.schema, &master.name),
+                self.table,
+                by.as_deref().unwrap_or("unknown"),
+            ),
+            format!(
+                "to have this slave's {shown} follow the master's, give it to the table's owner: ALTER {what} {shown} OWNER TO {}; (or on the master, to a superuser); then replicate again (nothing of this change set was applied)",
+                quote_ident(&table_owner)
             ),
         );
     }
-    let name = qualified(&n.schema, &n.name);
-    run_as_owner(owner, &[], || f(&name));
 }
 
 fn has_label(typ: &str, label: &str) -> bool {
@@ -283,37 +361,9 @@ fn has_label(typ: &str, label: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// Does a table this slave receives use this slave's type `n` (in a column, or inside an
-/// array, domain, composite or range type of one)?
-pub fn received_tables_use(n: &Named) -> bool {
-    let s = crate::catalog::ext_schema();
-    first::<bool>(
-        &format!(
-            "WITH RECURSIVE used(oid) AS ( \
-               SELECT a.atttypid FROM pg_catalog.pg_attribute a \
-                WHERE a.attrelid IN (SELECT reloid FROM {s}._rserv_slave_tables_) \
-                  AND a.attnum > 0 AND NOT a.attisdropped \
-               UNION SELECT x.nxt FROM used u JOIN pg_catalog.pg_type t ON t.oid = u.oid \
-                CROSS JOIN LATERAL ( \
-                   SELECT t.typelem WHERE t.typelem <> 0 AND t.typcategory = 'A' \
-                   UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd' \
-                   UNION ALL SELECT ca.atttypid FROM pg_catalog.pg_attribute ca \
-                    WHERE t.typtype = 'c' AND ca.attrelid = t.typrelid AND ca.attnum > 0 \
-                      AND NOT ca.attisdropped \
-                   UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
-                    WHERE t.typtype = 'r' AND r.rngtypid = t.oid) AS x(nxt)) \
-             SELECT EXISTS (SELECT 1 FROM used u JOIN pg_catalog.pg_type t ON t.oid = u.oid \
-                             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
-                            WHERE n.nspname = $1 AND t.typname = $2)"
-        ),
-        &[n.schema.clone().into(), n.name.clone().into()],
-        "looking for the tables that use a type",
-    )
-    .unwrap_or(false)
-}
-
-/// `ALTER TYPE … ADD VALUE` of step `EnumAdd`; false when its neighbour is missing here.
-pub fn add_label(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) -> bool {
+/// `ALTER TYPE … ADD VALUE` of step `EnumAdd` to this slave's enum `here` (the step names the
+/// master's); false when its neighbour is missing here.
+pub fn add_label(sc: &Scope, here: &Named, step: &TypeStep) -> bool {
     let TypeStep::EnumAdd {
         typ,
         label,
@@ -324,7 +374,7 @@ pub fn add_label(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) -> bool
         return false;
     };
     let mut added = false;
-    as_type_owner(table, table_owner, typ, |name| {
+    sc.as_type_owner(here, typ, |name| {
         if has_label(name, label) {
             return;
         }
@@ -335,7 +385,7 @@ pub fn add_label(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) -> bool
             _ => return,
         };
         run(
-            table,
+            sc.table,
             &format!(
                 "ALTER TYPE {name} ADD VALUE IF NOT EXISTS {}{place}",
                 quote_literal(label)
@@ -349,15 +399,30 @@ pub fn add_label(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) -> bool
 }
 
 /// Run one type step on this slave as the type's owner; what is done already is left alone
-/// (a type shared by several tables comes with each of their sections).
-pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
-    match step {
-        TypeStep::Rename { kind, from, to } => {
+/// (a type shared by several tables comes with each of their sections), and so is a type the
+/// section's table does not use here.
+pub fn apply_type_step(sc: &Scope, step: &TypeStep) {
+    let table = sc.table;
+    let typ = match step {
+        TypeStep::Rename { from, to, .. } => {
             if slave_type(to).is_some() {
                 return; // renamed already (or made here under the new name)
             }
+            from
+        }
+        TypeStep::EnumRename { typ, .. }
+        | TypeStep::EnumAdd { typ, .. }
+        | TypeStep::DomainDefault { typ, .. }
+        | TypeStep::DomainDropNotNull(typ)
+        | TypeStep::DomainDropConstraint { typ, .. } => typ,
+    };
+    if !sc.uses(typ) {
+        return;
+    }
+    match step {
+        TypeStep::Rename { kind, from, to } => {
             let what = if kind == "d" { "DOMAIN" } else { "TYPE" };
-            as_type_owner(table, table_owner, from, |name| {
+            sc.as_type_owner(from, to, |name| {
                 let mut current = name.to_string();
                 if from.schema != to.schema {
                     // (as the type's owner, who must be able to create in it)
@@ -380,7 +445,7 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
                 }
             });
         }
-        TypeStep::EnumRename { typ, from, to } => as_type_owner(table, table_owner, typ, |name| {
+        TypeStep::EnumRename { typ, from, to } => sc.as_type_owner(typ, typ, |name| {
             if has_label(name, from) && !has_label(name, to) {
                 run(
                     table,
@@ -395,7 +460,7 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
             }
         }),
         TypeStep::EnumAdd { typ, label, .. } => {
-            if !add_label(table, table_owner, step) {
+            if !add_label(sc, typ, step) {
                 let name = qualified(&typ.schema, &typ.name);
                 if slave_type(typ).is_some() && !has_label(&name, label) {
                     fail(
@@ -409,22 +474,20 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
                 }
             }
         }
-        TypeStep::DomainDefault { typ, default } => {
-            as_type_owner(table, table_owner, typ, |name| {
-                let sql = match default {
-                    Some(d) => format!(
-                        "ALTER DOMAIN {name} SET DEFAULT {}",
-                        expression(table, &format!("the default of domain {name}"), d)
-                    ),
-                    None => format!("ALTER DOMAIN {name} DROP DEFAULT"),
-                };
-                run(table, &sql, Tag::T_AlterDomainStmt, None);
-                if let Some((oid, _)) = default.as_ref().and(slave_type(typ)) {
-                    check_type_calls(table, name, oid);
-                }
-            })
-        }
-        TypeStep::DomainDropNotNull(typ) => as_type_owner(table, table_owner, typ, |name| {
+        TypeStep::DomainDefault { typ, default } => sc.as_type_owner(typ, typ, |name| {
+            let sql = match default {
+                Some(d) => format!(
+                    "ALTER DOMAIN {name} SET DEFAULT {}",
+                    expression(table, &format!("the default of domain {name}"), d)
+                ),
+                None => format!("ALTER DOMAIN {name} DROP DEFAULT"),
+            };
+            run(table, &sql, Tag::T_AlterDomainStmt, None);
+            if let Some((oid, _)) = default.as_ref().and(slave_type(typ)) {
+                check_type_calls(table, name, oid);
+            }
+        }),
+        TypeStep::DomainDropNotNull(typ) => sc.as_type_owner(typ, typ, |name| {
             run(
                 table,
                 &format!("ALTER DOMAIN {name} DROP NOT NULL"),
@@ -432,31 +495,34 @@ pub fn apply_type_step(table: &str, table_owner: pg_sys::Oid, step: &TypeStep) {
                 None,
             )
         }),
-        TypeStep::DomainDropConstraint { typ, name: c } => {
-            as_type_owner(table, table_owner, typ, |name| {
-                run(
-                    table,
-                    &format!(
-                        "ALTER DOMAIN {name} DROP CONSTRAINT IF EXISTS {}",
-                        quote_ident(c)
-                    ),
-                    Tag::T_AlterDomainStmt,
-                    None,
-                )
-            })
-        }
+        TypeStep::DomainDropConstraint { typ, name: c } => sc.as_type_owner(typ, typ, |name| {
+            run(
+                table,
+                &format!(
+                    "ALTER DOMAIN {name} DROP CONSTRAINT IF EXISTS {}",
+                    quote_ident(c)
+                ),
+                Tag::T_AlterDomainStmt,
+                None,
+            )
+        }),
     }
 }
 
 /// Once the rows are the master's: domain `def` gets the NOT NULL and constraints it has on the
 /// master. A constraint is added NOT VALID first (nothing of it runs), the functions it calls
-/// are checked, and only then is it validated on the rows.
-pub fn finish_domain(table: &str, table_owner: pg_sys::Oid, def: &TypeDef) {
+/// are checked, and only then is it validated on the rows. Only a domain the section's table
+/// uses here.
+pub fn finish_domain(sc: &Scope, def: &TypeDef) {
+    let table = sc.table;
     let typ = named(def);
     let Some((oid, _)) = slave_type(&typ) else {
         return;
     };
-    as_type_owner(table, table_owner, &typ, |name| {
+    if !sc.uses(&typ) {
+        return;
+    }
+    sc.as_type_owner(&typ, &typ, |name| {
         for c in def.constraints.iter().flatten() {
             let here = first::<String>(
                 "SELECT pg_catalog.pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint \
@@ -543,6 +609,8 @@ mod tests {
             attributes: None,
             subtype: None,
             comment: None,
+            owner: None,
+            owner_super: None,
         }
     }
 

@@ -165,6 +165,13 @@ pub struct TypeDef {
     pub attributes: Option<Vec<Attribute>>,
     pub subtype: Option<Named>,
     pub comment: Option<String>,
+    /// the type's owner on the master, and whether a superuser: a slave alters a type of its
+    /// own that a role other than the table's owner owns only for a superuser's (or the same
+    /// role's) change (absent from definitions recorded by earlier builds: no superuser's)
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub owner_super: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -35,41 +35,44 @@
 //! Checked and held up (by reading): `rserv_execute_ddl` is not SECURITY DEFINER (the script
 //! runs as its caller, as typed by hand); `_rserv_ddl_recorded_` counts only the caller's own
 //! transaction; `rserv_apply_types` requires a replicator and runs each ALTER TYPE as the type's
-//! owner, only for types a received table uses, schema-qualified (no search_path lookup);
+//! owner, only for types the section's table uses, schema-qualified (no search_path lookup);
 //! the probe's plain-column shortcut: an index on plain columns with default operator classes
 //! calls only default operator-class support, which only a superuser can create (enum, record,
 //! range and domain types bring builtin ones); storage settings (`settings.rs`) run as the
 //! table's owner and set no expression.
 //!
-//! Noted, not fixed (proposed fixes):
-//! - A forged change set (whoever can write one, i.e. a replicator) can name in its DDL payload
+//! Left open in that review (listed under "Noted, not fixed"), then fixed on ddl3, each with a
+//! reproduction that FAILED before its fix:
+//! - MEDIUM (security) d6: beyond d1/d2 (which stop code from running), a table owner's DDL on
+//!   *her* domain on the master altered the slave's same-named domain of a *superuser*
+//!   (`trusted_type` accepts both): `DROP CONSTRAINT` / `DROP NOT NULL` then no longer held for
+//!   other users' tables of that domain. FIXED: definitions carry each type's owner on the
+//!   master (`owner`, `owner_super`); a slave type owned by another role than the table's owner
+//!   changes only when the master's owner is a superuser or the same role, else the change set
+//!   is refused naming the type and the fix (`ALTER DOMAIN … OWNER TO` the table's owner).
+//! - MEDIUM (correctness) d7: d3 was fixed in replicate only; `rserv_apply_types` itself trusted
+//!   its caller. FIXED: it takes the change set's header and runs `rserv_apply_begin`'s checks
+//!   (`apply::check_change_set`) without recording; NULL when the slave has it already.
+//! - MEDIUM (security) d8: a forged change set (a replicator's) could name in its DDL payload
 //!   any type of the slave owned by a superuser or by the table's owner, used by the table or
-//!   not (only `rserv_apply_types` checks `received_tables_use`): renames, `DROP CONSTRAINT`,
-//!   `DROP NOT NULL` of such a domain then run as its owner. Fix: in `apply_type_step` and
-//!   `finish_domain`, act only on types the section's slave table uses (the same
-//!   `received_tables_use` query restricted to `reloid`).
-//! - Beyond d1/d2 (which stop code from running), the model question stays: a table owner's
-//!   DDL on *her* domain on the master alters the slave's same-named domain of a *superuser*
-//!   (`trusted_type` accepts both), e.g. `DROP CONSTRAINT` / `DROP NOT NULL`, which then no
-//!   longer hold for other users' tables of that domain on the slave. Fix: carry in `TypeDef`
-//!   whether the master's type owner is a superuser, and alter a slave type owned by a
-//!   superuser only when the master's is too (else refuse, naming the type and its owners).
-//! - d3 is fixed in replicate only: `rserv_apply_types` itself still trusts its caller (a
-//!   replicator) to have checked the change set. Fix: give it the header (sync id, master,
-//!   server, base, slave node, fingerprint) and run `rserv_apply_begin`'s checks in it without
-//!   recording (a new signature: upgrade script and C symbol).
-//! - Two concurrent `CREATE INDEX` (not reproduced here) on one table (ShareLock does not conflict with itself) each
-//!   record the definition read before the other committed, so `_rserv_tables_.definition`
-//!   loses one index; a slave built from it later (`--create-tables`) lacks that index, and a
-//!   `DROP INDEX` of it never reaches the existing slaves. Fix: in `_rserv_record_ddl_`, take
-//!   `SELECT … FOR UPDATE` of the table's `_rserv_tables_` row (or a transaction advisory lock
-//!   on its oid) *before* describing the table, and describe it with a fresh catalog snapshot
-//!   after the lock is granted; at REPEATABLE READ refuse when the row changed since.
+//!   not. FIXED: type steps, domain constraints and labels act only on types the section's
+//!   slave table uses (`Scope::uses`); others are left alone (not refused: the same step comes
+//!   with the section of each table that uses the type).
+//! - MEDIUM (correctness) d9: two concurrent `CREATE INDEX` on one table (ShareLock does not
+//!   conflict with itself) each recorded the definition read before the other committed, so
+//!   `_rserv_tables_.definition` lost one index, and its later `DROP INDEX` never reached the
+//!   slaves. FIXED: `_rserv_record_ddl_` locks the table's `_rserv_tables_` row (FOR NO KEY
+//!   UPDATE, tables in oid order) before it reads the definition and describes the table; at
+//!   REPEATABLE READ the lock of a row changed since the snapshot is a serialization failure.
+//!
+//! Still open: the master's type owner is a claim of the change set: a replicator who forges
+//! one can still change a superuser's type that the section's table uses (as a superuser's
+//! change), as it can write the table's rows; the slave cannot tell.
 //!
 //! Run against the PostgreSQL under test with
 //! `RSERV_PG_BINDIR=…/bin cargo test -p rserv-tests --test adversary4 -- --nocapture`.
 
-use rserv_tests::pair::{between, start_clusters, Pair, DB};
+use rserv_tests::pair::{between, number, start_clusters, Pair, DB};
 use rserv_tests::roles::{exec_as, output_text, value};
 use rserv_tests::Cluster;
 
@@ -77,8 +80,9 @@ use rserv_tests::Cluster;
 /// superuser made (a DBA's type, as a restore by a superuser leaves it) and mallory's table
 /// using it; on the master, everything is mallory's. On the slave, mallory's functions `m.f`
 /// (IMMUTABLE, for a CHECK) and `m.g` (STABLE, for a DEFAULT) call her `m.evil`, which makes her a
-/// superuser when it runs as one, and logs who ran it.
-fn superuser_domain_pair(name: &str) -> Pair {
+/// superuser when it runs as one, and logs who ran it. `domain`: the domain's clauses after
+/// its base type (the same on both sides).
+fn superuser_domain_pair(name: &str, domain: &str) -> Pair {
     let p = Pair::start(name);
     for c in [&p.master, &p.slave] {
         c.execute(
@@ -89,16 +93,20 @@ fn superuser_domain_pair(name: &str) -> Pair {
     exec_as(
         &p.master,
         "mallory",
-        "CREATE DOMAIN m.d AS int;
+        &format!(
+            "CREATE DOMAIN m.d AS int {domain};
          CREATE FUNCTION m.f(int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT true';
          CREATE FUNCTION m.g() RETURNS int LANGUAGE sql STABLE AS 'SELECT 1';
          CREATE TABLE m.t (id int PRIMARY KEY, v m.d);
-         INSERT INTO m.t SELECT i, i FROM generate_series(1, 5) i;",
+         INSERT INTO m.t SELECT i, i FROM generate_series(1, 5) i;"
+        ),
     );
     p.slave.execute(
         DB,
-        "CREATE DOMAIN m.d AS int; CREATE TABLE public.seen (who text, super bool);
-         GRANT INSERT ON public.seen TO PUBLIC",
+        &format!(
+            "CREATE DOMAIN m.d AS int {domain}; CREATE TABLE public.seen (who text, super bool);
+             GRANT INSERT ON public.seen TO PUBLIC"
+        ),
     );
     let escalate = "INSERT INTO public.seen
                         SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
@@ -156,10 +164,12 @@ fn escalated(p: &Pair) -> (Vec<String>, bool) {
 ///
 /// Fix (done): the functions an expression rserv puts on a type calls are checked against
 /// the *type's* owner (a superuser's or the type owner's own), before the constraint is
-/// validated: `risky_calls(InvalidOid, &[type], type_owner)`.
+/// validated: `risky_calls(InvalidOid, &[type], type_owner)`. Since D6's fix the change set is
+/// refused before that (the master's owner of `m.d` is not a superuser; the refusal names the
+/// type): the function check remains for a superuser's change (or a change set claiming one).
 #[test]
 fn d1_domain_check_validated_as_its_superuser_owner_runs_table_owners_function() {
-    let p = superuser_domain_pair("adv4-d1");
+    let p = superuser_domain_pair("adv4-d1", "");
     exec_as(
         &p.master,
         "mallory",
@@ -181,8 +191,8 @@ fn d1_domain_check_validated_as_its_superuser_owner_runs_table_owners_function()
         assert_eq!(Pair::rows(&p.slave, "m.t"), Pair::rows(&p.master, "m.t"));
     } else {
         assert!(
-            text.contains("m.f"),
-            "D1: the refusal names the function: {text}"
+            text.contains("m.f") || text.contains("OWNER TO"),
+            "D1: the refusal names the function, or the type's owner: {text}"
         );
     }
 }
@@ -207,7 +217,7 @@ fn d1_domain_check_validated_as_its_superuser_owner_runs_table_owners_function()
 /// `SET DEFAULT` (in the apply transaction, so a refusal leaves nothing).
 #[test]
 fn d2_domain_default_set_on_a_superusers_domain_calls_table_owners_function() {
-    let p = superuser_domain_pair("adv4-d2");
+    let p = superuser_domain_pair("adv4-d2", "");
     exec_as(&p.master, "mallory", "ALTER DOMAIN m.d SET DEFAULT m.g()");
     let out = p.replicate(&[DB, DB]);
     let text = output_text(&out);
@@ -227,8 +237,8 @@ fn d2_domain_default_set_on_a_superusers_domain_calls_table_owners_function() {
     );
     if !out.status.success() {
         assert!(
-            text.contains("m.g"),
-            "D2: the refusal names the function: {text}"
+            text.contains("m.g") || text.contains("OWNER TO"),
+            "D2: the refusal names the function, or the type's owner (since D6): {text}"
         );
     }
 }
@@ -249,22 +259,13 @@ fn labels(c: &Cluster) -> Vec<String> {
     .collect()
 }
 
-/// D3. `replicate` calls `rserv_apply_types` (committed) before the apply transaction's
-/// `rserv_apply_begin` checks the change set: from this slave's master? for this slave
-/// database? already applied? A change set of another master (an operator's slip: a wrong
-/// host in a connection string) is refused by `rserv_apply_begin` — the cycle fails, as it
-/// should — but the labels its DDL added are in the slave's enum for good. The slave's enum
-/// now differs from its master's (extra labels, and the master's next label added at that
-/// place sorts differently on the slave), and nothing reports it.
-///
-/// Severity: MEDIUM (a refused change set changes the slave; silent divergence of an enum's
-/// sort order).
-///
-/// Fix (done, in replicate): check the header with `rserv_apply_begin` in a transaction that
-/// is rolled back, and add the labels only when it would apply the change set.
-#[test]
-fn d3_labels_of_a_refused_change_set_stay_on_the_slave() {
-    let cs = start_clusters(&["adv4-d3-m1", "adv4-d3-m2", "adv4-d3-s"]);
+/// Two masters m1 and m2 of the same table `t` (with an enum `mood`) and a slave of m1, in sync.
+fn two_masters_one_slave(name: &str) -> Vec<Cluster> {
+    let cs = start_clusters(&[
+        &format!("{name}-m1"),
+        &format!("{name}-m2"),
+        &format!("{name}-s"),
+    ]);
     let (m1, m2, s) = (&cs[0], &cs[1], &cs[2]);
     for c in [m1, m2, s] {
         c.execute(
@@ -281,6 +282,26 @@ fn d3_labels_of_a_refused_change_set_stay_on_the_slave() {
     s.execute(DB, "SELECT rserv_slave_add_table('t')");
     let out = between(m1, s, &[DB, DB]);
     assert!(out.status.success(), "{}", output_text(&out));
+    cs
+}
+
+/// D3. `replicate` calls `rserv_apply_types` (committed) before the apply transaction's
+/// `rserv_apply_begin` checks the change set: from this slave's master? for this slave
+/// database? already applied? A change set of another master (an operator's slip: a wrong
+/// host in a connection string) is refused by `rserv_apply_begin` — the cycle fails, as it
+/// should — but the labels its DDL added are in the slave's enum for good. The slave's enum
+/// now differs from its master's (extra labels, and the master's next label added at that
+/// place sorts differently on the slave), and nothing reports it.
+///
+/// Severity: MEDIUM (a refused change set changes the slave; silent divergence of an enum's
+/// sort order).
+///
+/// Fix (done, in replicate): check the header with `rserv_apply_begin` in a transaction that
+/// is rolled back, and add the labels only when it would apply the change set.
+#[test]
+fn d3_labels_of_a_refused_change_set_stay_on_the_slave() {
+    let cs = two_masters_one_slave("adv4-d3");
+    let (m1, m2, s) = (&cs[0], &cs[1], &cs[2]);
     // another master's change set reaches the slave by mistake
     m2.execute(DB, "ALTER TYPE mood ADD VALUE 'zz' BEFORE 'a'");
     m2.execute(DB, "INSERT INTO t VALUES (2, 'zz')");
@@ -409,5 +430,322 @@ fn d5_type_moved_to_a_new_schema_gets_a_schema_of_the_superuser() {
         .as_deref(),
         Some("mallory"),
         "D5: the schema the type moved to is the type owner's"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// D6 (security, MEDIUM): a table owner's domain DDL weakens a superuser's domain on the slave
+// ---------------------------------------------------------------------------------------------
+
+/// NOT NULL and the constraints of this slave's domain `m.d`: "notnull constraint,…".
+fn domain_state(c: &Cluster, domain: &str) -> String {
+    value(
+        c,
+        &format!(
+            "SELECT t.typnotnull::text || ' ' || coalesce((SELECT string_agg(o.conname, ',' ORDER BY 1)
+                      FROM pg_constraint o WHERE o.contypid = t.oid), '')
+               FROM pg_type t WHERE t.oid = '{domain}'::regtype"
+        ),
+    )
+    .unwrap_or_default()
+}
+
+/// D6. Beyond D1/D2 (which stop code from running): mallory's DDL on *her* domain on the
+/// master (`DROP CONSTRAINT`, `DROP NOT NULL`) was made on the slave's same-named domain of a
+/// *superuser*, as that superuser (`trusted_type` accepts a superuser's type as it accepts the
+/// table owner's). The constraint then no longer holds for every other table of that domain on
+/// the slave: here the DBA's own table takes a NULL and a negative number.
+///
+/// Severity: MEDIUM (a table owner changes a superuser's object on the slave; no code runs).
+///
+/// Fix (done): the master describes each type's owner (name, superuser or not); the slave
+/// alters a type of its own that another role than the table's owner owns only when the
+/// master's owner is a superuser or has the same name; otherwise the change set is refused,
+/// naming the type and the fix (give the slave's type to the table owner).
+#[test]
+fn d6_table_owners_domain_ddl_weakens_a_superusers_domain_on_the_slave() {
+    let p = superuser_domain_pair("adv4-d6", "NOT NULL CONSTRAINT pos CHECK (VALUE > 0)");
+    p.slave
+        .execute(DB, "CREATE TABLE public.dba (id int, v m.d)");
+    assert_eq!(domain_state(&p.slave, "m.d"), "true pos");
+    exec_as(
+        &p.master,
+        "mallory",
+        "ALTER DOMAIN m.d DROP CONSTRAINT pos; ALTER DOMAIN m.d DROP NOT NULL",
+    );
+    p.master.execute(DB, "INSERT INTO m.t VALUES (6, -1)");
+    let out = p.replicate(&[DB, DB]);
+    let text = output_text(&out);
+    eprintln!("D6: {text}");
+    assert_eq!(
+        domain_state(&p.slave, "m.d"),
+        "true pos",
+        "D6: mallory's DDL weakened the superuser's domain on the slave\n{text}"
+    );
+    assert!(
+        !out.status.success() && text.contains("m.d") && text.contains("OWNER TO"),
+        "D6: the change set is refused, naming the type and the fix\n{text}"
+    );
+    // the fix the error names: the slave's domain is the table owner's, and follows hers
+    p.slave.execute(DB, "ALTER DOMAIN m.d OWNER TO mallory");
+    p.sync();
+    assert_eq!(domain_state(&p.slave, "m.d"), "false ");
+    assert_eq!(Pair::rows(&p.slave, "m.t"), Pair::rows(&p.master, "m.t"));
+}
+
+/// D6, the other side: a domain a superuser owns on both sides follows the master's DDL.
+#[test]
+fn d6_superusers_domain_ddl_follows_to_a_superusers_domain() {
+    let p = Pair::start("adv4-d6-super");
+    p.both("CREATE DOMAIN pos AS int NOT NULL CONSTRAINT pos CHECK (VALUE > 0)");
+    p.table("CREATE TABLE t (id int PRIMARY KEY, v pos)", "t", None);
+    p.master.execute(DB, "INSERT INTO t VALUES (1, 1)");
+    p.sync();
+    p.master.execute(
+        DB,
+        "ALTER DOMAIN pos DROP CONSTRAINT pos; ALTER DOMAIN pos DROP NOT NULL;
+         INSERT INTO t VALUES (2, -2)",
+    );
+    p.sync();
+    assert_eq!(domain_state(&p.slave, "pos"), "false ");
+    assert_eq!(Pair::rows(&p.slave, "t"), Pair::rows(&p.master, "t"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// D7 (correctness, MEDIUM): rserv_apply_types trusts its caller to have checked the change set
+// ---------------------------------------------------------------------------------------------
+
+/// D7. d3's fix is in replicate: `rserv_apply_types` itself adds the labels of any change set
+/// a replicator hands it, from another master or not. Here the other master's section, called
+/// as a replicator would: the three-argument form added the labels; the form with the change
+/// set's header must refuse a change set of another master and add nothing.
+///
+/// Severity: MEDIUM (as D3, for any caller other than replicate).
+///
+/// Fix (done): `rserv_apply_types` takes the change set's header and runs `rserv_apply_begin`'s
+/// checks without recording anything; NULL when this slave has the change set already.
+#[test]
+fn d7_apply_types_adds_labels_of_a_change_set_it_does_not_check() {
+    let cs = two_masters_one_slave("adv4-d7");
+    let (m1, m2, s) = (&cs[0], &cs[1], &cs[2]);
+    m2.execute(DB, "ALTER TYPE mood ADD VALUE 'zz' BEFORE 'a'");
+    let payload = value(
+        m2,
+        "SELECT jsonb_build_object('old', old, 'new', new, 'recopy', recopy)::text
+           FROM _rserv_ddl_ ORDER BY logid DESC LIMIT 1",
+    )
+    .expect("m2 recorded the DDL");
+    let other = value(m2, "SELECT rserv_node_id()").expect("node id");
+    let sections = format!(
+        "ARRAY['public'], ARRAY['t'], ARRAY[{}]",
+        rserv_tests::roles::sql_literal(&payload)
+    );
+    let mut r = s.connect(DB);
+    let calls = [
+        (
+            "the three-argument form",
+            format!("SELECT rserv_apply_types({sections})"),
+        ),
+        (
+            "the form with the header",
+            format!(
+                "SELECT rserv_apply_types({sections}, syncid => 1000, master => '{other}', \
+                                         version => rserv_version())"
+            ),
+        ),
+    ];
+    for (what, call) in &calls {
+        let res = r.simple_query(call).map(|_| ());
+        eprintln!("{what}: {res:?}");
+        assert_eq!(
+            labels(s),
+            labels(m1),
+            "D7: {what} added the labels of another master's change set ({res:?})"
+        );
+    }
+    assert!(
+        r.simple_query(&calls[1].1)
+            .is_err_and(|e| format!("{e:?}").contains("comes from master")),
+        "D7: the other master's change set is refused as such"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// D8 (security, MEDIUM): a forged DDL section alters a type its table does not use
+// ---------------------------------------------------------------------------------------------
+
+/// D8. A DDL section's payload names the types of its table (old and new definitions); the
+/// slave altered whatever type of its own the payload named, when a superuser or the table's
+/// owner owns it, used by the table or not. A replicator (who may feed the apply functions
+/// anything) forges a section for mallory's `m.t` naming the DBA's superuser domain
+/// `public.dba_d` and mallory's `m.other`, which only the DBA's table uses (copying the shape of
+/// a real type entry, and claiming a superuser owns it on the master): their NOT NULL and
+/// constraints were dropped.
+///
+/// Severity: MEDIUM (a replicator changes types beyond the tables it replicates).
+///
+/// Fix (done): a type step or a domain's constraints act only on types the section's table
+/// uses on the slave (its columns, and the arrays', domains', composites' and ranges' types
+/// within); the others are left alone.
+#[test]
+fn d8_forged_ddl_section_alters_a_type_its_table_does_not_use() {
+    let p = superuser_domain_pair("adv4-d8", "");
+    exec_as(
+        &p.slave,
+        "mallory",
+        "CREATE DOMAIN m.other AS int NOT NULL CONSTRAINT pos CHECK (VALUE > 0)",
+    );
+    p.slave.execute(
+        DB,
+        "CREATE DOMAIN public.dba_d AS int NOT NULL CONSTRAINT pos CHECK (VALUE > 0);
+         CREATE TABLE public.dba (id int, v public.dba_d, w m.other)",
+    );
+    let def: serde_json::Value = serde_json::from_str(
+        &value(
+            &p.master,
+            "SELECT definition::text FROM _rserv_tables_ WHERE reloid = 'm.t'::regclass",
+        )
+        .expect("m.t's definition"),
+    )
+    .expect("json");
+    let shape = def["types"][0].clone();
+    let typ = |schema: &str, name: &str, constrained: bool| {
+        let mut t = shape.clone();
+        t["schema"] = schema.into();
+        t["name"] = name.into();
+        t["not_null"] = constrained.into();
+        t["constraints"] = if constrained {
+            serde_json::json!([{"name": "pos", "definition": "CHECK ((VALUE > 0))"}])
+        } else {
+            serde_json::json!([])
+        };
+        for (k, v) in [("owner", "postgres".into()), ("owner_super", true.into())] {
+            if t.get(k).is_some() {
+                t[k] = v;
+            }
+        }
+        t
+    };
+    let with = |constrained: bool| {
+        let mut d = def.clone();
+        let types = d["types"].as_array_mut().expect("types");
+        types.push(typ("public", "dba_d", constrained));
+        types.push(typ("m", "other", constrained));
+        d
+    };
+    let payload = serde_json::json!({"old": with(true), "new": with(false), "recopy": false});
+    let mut r = p.slave.connect(DB);
+    let master = value(&p.slave, "SELECT rserv_slave_master_id()").expect("master");
+    let next = value(&p.slave, "SELECT rserv_slave_sync_id() + 1").expect("sync id");
+    let res = (|| -> Result<(), postgres::Error> {
+        let mut tx = r.transaction()?;
+        tx.query_one(
+            "SELECT rserv_apply_begin($1::text::int8, $2, rserv_version())",
+            &[&next, &master],
+        )?;
+        let copy: String = tx
+            .query_one(
+                "SELECT rserv_apply_stage('DDL', 'm', 't', '{}'::text[], '{}'::text[])",
+                &[],
+            )?
+            .get(0);
+        let mut w = tx.copy_in(&copy)?;
+        let line = payload.to_string().replace('\\', "\\\\") + "\n";
+        std::io::Write::write_all(&mut w, line.as_bytes()).expect("copy");
+        w.finish()?;
+        tx.query_one(
+            "SELECT rserv_apply_merge('DDL', 'm', 't', '{}'::text[], '{}'::text[])",
+            &[],
+        )?;
+        tx.query_one("SELECT rserv_apply_end()", &[])?;
+        tx.commit()
+    })();
+    eprintln!("forged DDL section: {res:?}");
+    for d in ["public.dba_d", "m.other"] {
+        assert_eq!(
+            domain_state(&p.slave, d),
+            "true pos",
+            "D8: a forged DDL section of m.t changed domain {d}, which m.t does not use ({res:?})"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// D9 (correctness, MEDIUM): two concurrent CREATE INDEX: one is lost from the definition
+// ---------------------------------------------------------------------------------------------
+
+/// Wait until a backend of `c` other than `me` waits for a lock (a row's, here).
+fn wait_for_waiter(c: &Cluster) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while number(
+        c,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = 'app'",
+    ) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second CREATE INDEX never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// D9. `CREATE INDEX` takes a ShareLock, which does not conflict with itself: two sessions
+/// index one replicated table at once. Each DDL guard read the recorded definition and
+/// described the table before the other committed; the second's UPDATE of `_rserv_tables_`
+/// waited for the first's row and then overwrote it with a definition lacking the first's
+/// index. Deterministic: session A creates its index and stays open; B's CREATE INDEX runs up
+/// to that wait; A commits, then B. The index A made is missing from the recorded definition
+/// (a slave built from it lacks it), and its later `DROP INDEX` changes nothing recorded, so it
+/// never reaches the slaves.
+///
+/// Severity: MEDIUM (a slave silently keeps an index the master dropped, or lacks one).
+///
+/// Fix (done): `_rserv_record_ddl_` locks the table's `_rserv_tables_` row before it reads
+/// the recorded definition and describes the table (both then see what the other committed).
+#[test]
+fn d9_concurrent_create_index_loses_one_from_the_definition() {
+    let p = Pair::start("adv4-d9");
+    p.table(
+        "CREATE TABLE t (id int PRIMARY KEY, a int, b int)",
+        "t",
+        None,
+    );
+    p.master.execute(DB, "INSERT INTO t VALUES (1, 1, 1)");
+    p.sync();
+    let mut a = p.master.connect(DB);
+    let mut b = p.master.connect(DB);
+    a.batch_execute("BEGIN; CREATE INDEX t_a ON t (a)")
+        .expect("A's index");
+    let second =
+        std::thread::spawn(move || b.batch_execute("BEGIN; CREATE INDEX t_b ON t (b); COMMIT"));
+    wait_for_waiter(&p.master);
+    a.batch_execute("COMMIT").expect("A commits");
+    second.join().expect("B").expect("B's index");
+    let recorded = value(
+        &p.master,
+        "SELECT string_agg(i->>'name', ',' ORDER BY i->>'name')
+           FROM _rserv_tables_, jsonb_array_elements(definition->'indexes') i
+          WHERE reloid = 't'::regclass",
+    );
+    assert_eq!(
+        recorded.as_deref(),
+        Some("t_a,t_b"),
+        "D9: the recorded definition lost an index"
+    );
+    p.sync();
+    p.master.execute(DB, "DROP INDEX t_a");
+    p.sync();
+    let indexes = |c: &Cluster| {
+        value(
+            c,
+            "SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index
+              WHERE indrelid = 't'::regclass",
+        )
+    };
+    assert_eq!(
+        indexes(&p.slave),
+        indexes(&p.master),
+        "D9: DROP INDEX t_a did not follow"
     );
 }
