@@ -6,7 +6,13 @@
 //! anything, as a dead network or a frozen peer would look to a client; it then forwards again
 //! after [`Proxy::resume`]. An *absorbing* proxy ([`Proxy::start_absorbing`]) reads what the
 //! server sends as fast as the server sends it, whatever the client's pace (an unbounded
-//! queue in between): the server is never held up writing to its client.
+//! queue in between): the server is never held up writing to its client. Its deliveries to the
+//! client can be held ([`Proxy::hold`]) while it keeps reading the server; once the server has
+//! closed, what is left goes to the client in one piece with the close (a client that fell
+//! behind finds the server's last message and the end of the stream together).
+//!
+//! [`Proxy::watch`] counts a byte pattern in what the proxy delivered (e.g. a SQLSTATE in an
+//! ErrorResponse): whether the server's last words reached the client, or never existed.
 //!
 //! Plain `std::net` with two threads per connection. A cut shuts both sockets of every live
 //! connection down (FIN to the client and to the server): the client sees the connection
@@ -61,6 +67,12 @@ struct Shared {
     stalled: AtomicBool,
     /// Server → client through an unbounded queue (see [`Proxy::start_absorbing`]).
     absorbing: bool,
+    /// Deliveries from that queue to the client wait while set.
+    held: AtomicBool,
+    /// The pattern [`Proxy::watch`] counts, and in which direction.
+    watch: Mutex<Option<(Dir, Vec<u8>)>>,
+    /// How often it was delivered.
+    seen: AtomicU64,
 }
 
 impl Shared {
@@ -138,6 +150,9 @@ impl Proxy {
             accepted: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             absorbing,
+            held: AtomicBool::new(false),
+            watch: Mutex::new(None),
+            seen: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let acceptor = std::thread::spawn(move || accept_loop(listener, sh));
@@ -184,6 +199,32 @@ impl Proxy {
         self.shared.stalled.store(false, Ordering::Relaxed);
     }
 
+    /// Absorbing proxies only: stop delivering to the client (the server is still read, what
+    /// it sends queued) until [`Proxy::release`]. A server that closes meanwhile has its last
+    /// bytes delivered together with the close.
+    pub fn hold(&self) {
+        assert!(self.shared.absorbing, "proxy: hold needs start_absorbing");
+        self.shared.held.store(true, Ordering::Relaxed);
+    }
+
+    /// Deliver again after [`Proxy::hold`].
+    pub fn release(&self) {
+        self.shared.held.store(false, Ordering::Relaxed);
+    }
+
+    /// Count from now on how often `pattern` is delivered in `dir` (written to the receiving
+    /// side's socket; a pattern split across two deliveries is seen). Replaces a previous one.
+    pub fn watch(&self, dir: Dir, pattern: &[u8]) {
+        assert!(!pattern.is_empty());
+        *self.shared.watch.lock().unwrap() = Some((dir, pattern.to_vec()));
+        self.shared.seen.store(0, Ordering::Relaxed);
+    }
+
+    /// How often the watched pattern was delivered since [`Proxy::watch`].
+    pub fn seen(&self) -> u64 {
+        self.shared.seen.load(Ordering::Relaxed)
+    }
+
     /// Forget an armed cut that has not fired.
     pub fn disarm(&self) {
         *self.shared.armed.lock().unwrap() = None;
@@ -227,6 +268,7 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.stalled.store(false, Ordering::Relaxed);
+        self.shared.held.store(false, Ordering::Relaxed);
         // wake the acceptor
         let _ = TcpStream::connect(("127.0.0.1", self.port));
         if let Some(h) = self.acceptor.take() {
@@ -268,35 +310,111 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
         });
         sh.accepted.fetch_add(1, Ordering::Relaxed);
         let up = sh.clone();
-        std::thread::spawn(move || forward(client, Sink::Socket(s2), Dir::Up, id, up));
+        let sink = Sink::Socket(Delivery::new(s2, Dir::Up, sh.clone()));
+        std::thread::spawn(move || forward(client, sink, Dir::Up, id, up));
         let down = sh.clone();
+        let to_client = Delivery::new(c2, Dir::Down, sh.clone());
         let sink = if sh.absorbing {
-            Sink::queue(c2)
+            Sink::queue(to_client)
         } else {
-            Sink::Socket(c2)
+            Sink::Socket(to_client)
         };
         std::thread::spawn(move || forward(server, sink, Dir::Down, id, down));
+    }
+}
+
+/// A socket bytes are delivered into, counting the watched pattern in what it delivers.
+struct Delivery {
+    out: TcpStream,
+    dir: Dir,
+    sh: Arc<Shared>,
+    /// The last bytes delivered (a pattern may span two deliveries).
+    tail: Vec<u8>,
+}
+
+impl Delivery {
+    fn new(out: TcpStream, dir: Dir, sh: Arc<Shared>) -> Delivery {
+        Delivery {
+            out,
+            dir,
+            sh,
+            tail: Vec::new(),
+        }
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(data)?;
+        let watch = self.sh.watch.lock().unwrap().clone();
+        if let Some((_, pattern)) = watch.filter(|(dir, _)| *dir == self.dir) {
+            self.tail.extend_from_slice(data);
+            let found = self
+                .tail
+                .windows(pattern.len())
+                .filter(|w| *w == pattern.as_slice())
+                .count();
+            self.sh.seen.fetch_add(found as u64, Ordering::Relaxed);
+            // keep what could start a pattern that the next delivery completes
+            let keep = self.tail.len().min(pattern.len() - 1);
+            self.tail.drain(..self.tail.len() - keep);
+        }
+        Ok(())
+    }
+
+    /// Send what is written from now on with the close, in one segment (`TCP_CORK`: the
+    /// close's FIN is added to the last segment still held).
+    fn cork(&self) {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option of the right size
+        unsafe {
+            libc::setsockopt(
+                self.out.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
+    fn close(self) {
+        let _ = self.out.shutdown(Shutdown::Both);
     }
 }
 
 /// Where forwarded bytes go: straight into the other socket, or into an unbounded queue that a
 /// thread of its own writes into it (then closes it once the queue is drained).
 enum Sink {
-    Socket(TcpStream),
+    Socket(Delivery),
     Queue(std::sync::mpsc::Sender<Vec<u8>>),
 }
 
 impl Sink {
-    fn queue(to: TcpStream) -> Sink {
+    fn queue(mut to: Delivery) -> Sink {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let mut out = to;
         std::thread::spawn(move || {
-            for chunk in rx {
-                if out.write_all(&chunk).is_err() {
+            let sh = to.sh.clone();
+            while let Ok(mut chunk) = rx.recv() {
+                while sh.held.load(Ordering::Relaxed) && !sh.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                // everything queued so far in one write; when the server has closed, that is
+                // the last of it, and it goes with the close
+                let ended = loop {
+                    match rx.try_recv() {
+                        Ok(more) => chunk.extend_from_slice(&more),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break false,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break true,
+                    }
+                };
+                if ended {
+                    to.cork();
+                }
+                if to.write_all(&chunk).is_err() || ended {
                     break;
                 }
             }
-            let _ = out.shutdown(Shutdown::Both);
+            to.close();
         });
         Sink::Queue(tx)
     }
@@ -313,9 +431,7 @@ impl Sink {
     /// The end of the stream: the socket is shut down once everything before it is written.
     fn close(self) {
         match self {
-            Sink::Socket(s) => {
-                let _ = s.shutdown(Shutdown::Both);
-            }
+            Sink::Socket(s) => s.close(),
             // the queue's thread shuts the socket down after the last chunk
             Sink::Queue(q) => drop(q),
         }
