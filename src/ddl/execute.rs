@@ -18,19 +18,14 @@ use pgrx::prelude::*;
 /// ALTER TABLE subcommands whose effect the recorded definitions carry.
 const FOLLOWED_ALTERS: &[At::Type] = &[
     At::AT_AddColumn,
-    At::AT_AddColumnRecurse,
     At::AT_ColumnDefault,
     At::AT_DropNotNull,
     At::AT_SetNotNull,
     At::AT_DropColumn,
-    At::AT_DropColumnRecurse,
     At::AT_AddConstraint,
-    At::AT_AddConstraintRecurse,
     At::AT_AlterConstraint,
     At::AT_ValidateConstraint,
-    At::AT_ValidateConstraintRecurse,
     At::AT_DropConstraint,
-    At::AT_DropConstraintRecurse,
     At::AT_AlterColumnType,
     At::AT_EnableTrig,
     At::AT_EnableAlwaysTrig,
@@ -54,6 +49,19 @@ const FOLLOWED_ALTERS: &[At::Type] = &[
     At::AT_DropCluster,
 ];
 
+/// The `...Recurse` subcommands PostgreSQL 14 and 15 parse some of those into (16 folded them
+/// into the plain ones).
+#[cfg(any(feature = "pg14", feature = "pg15"))]
+const RECURSE_ALTERS: &[At::Type] = &[
+    At::AT_AddColumnRecurse,
+    At::AT_DropColumnRecurse,
+    At::AT_AddConstraintRecurse,
+    At::AT_ValidateConstraintRecurse,
+    At::AT_DropConstraintRecurse,
+];
+#[cfg(not(any(feature = "pg14", feature = "pg15")))]
+const RECURSE_ALTERS: &[At::Type] = &[];
+
 /// Why statement `stmt` cannot follow to the slaves; None when rserv follows its kind.
 ///
 /// # Safety
@@ -72,7 +80,8 @@ unsafe fn not_followed(stmt: *mut pg_sys::Node) -> Option<&'static str> {
             };
             for i in 0..cmds {
                 let cmd = (*(*a.cmds).elements.add(i)).ptr_value as *mut pg_sys::AlterTableCmd;
-                if !FOLLOWED_ALTERS.contains(&(*cmd).subtype) {
+                let subtype = (*cmd).subtype;
+                if !FOLLOWED_ALTERS.contains(&subtype) && !RECURSE_ALTERS.contains(&subtype) {
                     return Some(
                         "this ALTER TABLE action (owner, tablespace, access method, inheritance, rules, identity) is not part of what rserv replicates",
                     );
