@@ -76,6 +76,7 @@ fn rserv_adopt_slave(
 ) -> TableIterator<'static, (name!(server, i32), name!(syncid, i64))> {
     let _definer = definer();
     require_replicator("rserv_adopt_slave");
+    crate::takeover::durable();
     let s = ext_schema();
     // one adoption at a time (see rserv_register_slave)
     Spi::run(&format!(
@@ -139,6 +140,7 @@ fn rserv_adopt_slave(
 fn rserv_repoint(new_master: String, server: i32, syncid: i64, old_master: String) -> bool {
     let _definer = definer();
     require_replicator("rserv_repoint");
+    crate::takeover::durable();
     let s = ext_schema();
     Spi::run(&format!(
         "LOCK TABLE {s}._rserv_slave_sync_ IN EXCLUSIVE MODE"
