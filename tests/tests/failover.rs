@@ -3,7 +3,7 @@
 //! slave promoted, a second slave re-pointed without a copy, the old master back with
 //! transactions the new master never received, rejoined: reported, saved, replaced.
 
-use rserv_tests::bank::{self, total, transfer, try_write, ACCOUNTS};
+use rserv_tests::bank::{self, both_tables, total, transfer, try_write, Rows, ACCOUNTS};
 use rserv_tests::pair::{assert_ok, between, conn_args, database_arg, start_clusters, DB};
 use rserv_tests::roles::output_text;
 use rserv_tests::{run_replicate, run_replicate_env, Cluster, Stepped};
@@ -12,25 +12,6 @@ use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-
-type Rows = BTreeMap<String, String>;
-
-/// Every row of `table` on `c` by its key (id), as record text.
-fn rows(c: &Cluster, table: &str) -> Rows {
-    c.query_strings(DB, &format!("SELECT id::text, t::text FROM {table} t"))
-        .into_iter()
-        .map(|r| {
-            (
-                r[0].clone().unwrap_or_default(),
-                r[1].clone().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn both_tables(c: &Cluster) -> [Rows; 2] {
-    [rows(c, "account"), rows(c, "transfer")]
-}
 
 /// How `replicate` names a database given as [`database_arg`].
 fn name(c: &Cluster) -> String {
