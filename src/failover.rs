@@ -84,6 +84,7 @@ fn rserv_adopt_slave(
 ) -> TableIterator<'static, (name!(server, i32), name!(syncid, i64))> {
     let _definer = definer();
     require_replicator("rserv_adopt_slave");
+    crate::takeover::durable();
     let s = ext_schema();
     // one adoption at a time (see rserv_register_slave)
     Spi::run(&format!(
@@ -156,6 +157,7 @@ fn rserv_repoint(
 ) -> bool {
     let _definer = definer();
     require_replicator("rserv_repoint");
+    crate::takeover::durable();
     let s = ext_schema();
     Spi::run(&format!(
         "LOCK TABLE {s}._rserv_slave_sync_ IN EXCLUSIVE MODE"

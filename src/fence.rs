@@ -132,6 +132,7 @@ fn refuse_prepared_transactions(s: &str) {
 fn rserv_fence(successor: Option<String>, kind: default!(Option<String>, "'switchover'")) -> i64 {
     let _definer = definer();
     require_replicator("rserv_fence");
+    crate::takeover::durable();
     let kind = kind.unwrap_or_else(|| "switchover".into());
     if kind != "switchover" && kind != "deposed" {
         fail(

@@ -28,6 +28,13 @@ use crate::slave_registry::reconcile_protection;
 use crate::sql::first;
 use pgrx::prelude::*;
 
+/// A change of roles commits durably whatever `synchronous_commit` says: a node that crashed
+/// right after its promotion (or the old master's demotion, a fence, a re-pointing) must not
+/// come back in its earlier role while the other nodes moved on (two masters, or none).
+pub fn durable() {
+    crate::sql::set_local("synchronous_commit", "on");
+}
+
 /// What this slave knew of its master when it took over: (server id there, last change set
 /// applied, its fingerprint, the master's snapshot of it).
 type Position = (Option<i32>, Option<i64>, Option<String>, Option<String>);
@@ -118,6 +125,7 @@ fn rserv_promote(
 ) -> TableIterator<'static, (name!(server, i32), name!(syncid, i64))> {
     let _definer = definer();
     require_replicator("rserv_promote");
+    durable();
     let kind = kind.unwrap_or_else(|| "switchover".into());
     if kind != "switchover" && kind != "failover" {
         fail(
@@ -231,10 +239,10 @@ fn rserv_promote(
 /// tables become tables received from `new_master` (its node id), where this database is
 /// slave `server`, at change set `syncid` (what [`rserv_promote`] returned): nothing is copied
 /// again. The fence goes; the tables stay protected as a slave's. Its own slaves must follow
-/// the new master already: `moved` lists their node ids (a failover re-pointed them); any
-/// other is refused. A takeover this node made earlier is forgotten (it is a master no more),
-/// so one by failover whose old master has not rejoined refuses the demote
-/// ([`refuse_unfinished_failover`]). Returns the tables demoted.
+/// the new master already: `moved` lists their node ids (a failover, or `replicate switchover
+/// --other`, re-pointed them); any other is refused. A takeover this node made earlier is
+/// forgotten (it is a master no more), so one by failover whose old master has not rejoined
+/// refuses the demote ([`refuse_unfinished_failover`]). Returns the tables demoted.
 #[pg_extern(volatile, security_definer)]
 fn rserv_demote(
     new_master: String,
@@ -244,6 +252,7 @@ fn rserv_demote(
 ) -> i64 {
     let _definer = definer();
     require_replicator("rserv_demote");
+    durable();
     let s = ext_schema();
     if !fenced() {
         fail(
@@ -266,7 +275,7 @@ fn rserv_demote(
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("rserv: this master has other slaves ({ids}), which would be left without a master"),
-            "drop them first (replicate --server N drop-slave MASTERDB), and add them to the new master afterwards; after a failover, re-point them with replicate failover NEWMASTER SLAVE",
+            "give each to replicate switchover with --other SLAVEDB (re-pointed to the new master, no copy); after a failover, re-point them with replicate failover NEWMASTER SLAVE; or drop them (replicate --server N drop-slave MASTERDB) and add them to the new master afterwards",
         );
     }
     let replicated = tables(&s, "_rserv_tables_", "rserv_demote");
@@ -399,6 +408,7 @@ fn rserv_takeover() -> TableIterator<
 fn rserv_takeover_done(old_master: String) -> bool {
     let _definer = definer();
     require_replicator("rserv_takeover_done");
+    durable();
     let s = ext_schema();
     crate::sql::count_rows(
         &format!(

@@ -68,6 +68,9 @@ pub struct Report {
     pub old_master: String,
     pub new_master: String,
     pub new_node: String,
+    /// how the new master took over: 'failover', or 'switchover' (the old master is its slave
+    /// already; the slaves given were dropped from it)
+    pub kind: String,
     /// the old master's change set the new master took over at
     pub old_syncid: Option<i64>,
     /// the old master's server id on the new master, and the sync point it (and every slave
@@ -99,7 +102,8 @@ fn read(n: &mut Node) -> Result<Found, Error> {
         node: slave::node_id(&mut n.client, &n.rs)?,
         position: node::position(&mut n.client, &n.rs, &side)?,
         takeover: node::takeover(&mut n.client, &n.rs, &side)?
-            .filter(|t| t.kind == "failover" && t.completed.is_none()),
+            // (a switchover's too: its old master's slaves dropped there follow it this way)
+            .filter(|t| t.kind == "switchover" || t.completed.is_none()),
     })
 }
 
@@ -261,6 +265,7 @@ pub fn failover(
         None => promote(&mut nodes[pick], &old, &found[pick])?,
     };
     reached("failover:promoted");
+    report.kind = takeover.kind.clone();
     report.old_syncid = takeover.old_syncid;
     report.server = takeover.server;
     report.syncid = takeover.syncid;
@@ -348,50 +353,97 @@ fn repoint(
             p.master
         )));
     };
-    let row = new
-        .client
-        .query_one(
-            &format!(
-                "SELECT server, syncid FROM {}($1, $2)",
-                new.rs.func("rserv_adopt_slave")
-            ),
-            &[&f.node, &p.server],
-        )
-        .ctx(format!("{}: taking {} as slave", new.name, other.name))?;
-    let (server, syncid): (i32, i64) = (row.get(0), row.get(1));
-    reached("failover:adopted");
-    other
-        .client
-        .query_one(
-            &format!(
-                "SELECT {}($1, $2, $3, $4, $5)",
-                other.rs.func("rserv_repoint")
-            ),
-            &[&new_node, &server, &syncid, &old, &behind],
-        )
-        .ctx(format!("{}: following the new master", other.name))?;
-    reached("failover:repointed");
-    let mut repaired = 0;
-    if behind {
-        let mut ep = Endpoints {
-            master: &mut new.client,
-            master_rs: &new.rs,
-            slave: &mut other.client,
-            slave_rs: &other.rs,
-        };
-        let first = check::check(&mut ep, opts, true)?;
-        repaired = first.repaired;
-        if repaired > 0 && !check::check(&mut ep, opts, false)?.equal() {
-            return Err(Error::Failed(format!(
-                "{}: still differs from the new master after {repaired} rows were re-sent; run \
-                 replicate check --repair on it",
-                other.name
-            )));
-        }
-    }
+    let mut ep = Endpoints {
+        master: &mut new.client,
+        master_rs: &new.rs,
+        slave: &mut other.client,
+        slave_rs: &other.rs,
+    };
+    let (server, repaired) = follow(
+        &mut ep,
+        &Adoption {
+            name: &other.name,
+            node: &f.node,
+            server: p.server,
+            old,
+            new_node,
+            compare: behind,
+            step: "failover",
+        },
+        opts,
+    )?;
     Ok(Outcome::Repointed {
         server,
         behind,
         repaired,
     })
+}
+
+/// One slave of the old master taken over by the new master (see [`follow`]).
+pub struct Adoption<'a> {
+    /// how reports name it
+    pub name: &'a str,
+    /// its node id, and its server id on the old master (kept when free on the new one)
+    pub node: &'a str,
+    pub server: Option<i32>,
+    /// the old master's and the new master's node ids
+    pub old: &'a str,
+    pub new_node: &'a str,
+    /// compare it with the new master afterwards and repair it (it may lack or hold rows
+    /// the new master does not): false only when it is known to hold exactly what the new
+    /// master held when it took over
+    pub compare: bool,
+    /// the command whose pause points these are (`failover`, `switchover`)
+    pub step: &'a str,
+}
+
+/// `ep.slave`, a slave of the old master, follows the new master `ep.master` from the
+/// takeover's sync point, without a copy: registered there at that point
+/// (`rserv_adopt_slave`), re-pointed (`rserv_repoint`), then, with `a.compare`, compared with
+/// it and repaired row by row. Each step is a no-op when done already. Returns its server id
+/// on the new master and the rows re-sent.
+pub fn follow(
+    ep: &mut Endpoints,
+    a: &Adoption,
+    opts: &CycleOptions,
+) -> Result<(i32, usize), Error> {
+    let row = ep
+        .master
+        .query_one(
+            &format!(
+                "SELECT server, syncid FROM {}($1, $2)",
+                ep.master_rs.func("rserv_adopt_slave")
+            ),
+            &[&a.node, &a.server],
+        )
+        .ctx(format!("new master: taking {} as slave", a.name))?;
+    let (server, syncid): (i32, i64) = (row.get(0), row.get(1));
+    reached(&format!("{}:adopted", a.step));
+    ep.slave
+        .query_one(
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5)",
+                ep.slave_rs.func("rserv_repoint")
+            ),
+            // (compared: the slave refuses change sets until the comparison below finds it equal)
+            &[&a.new_node, &server, &syncid, &a.old, &a.compare],
+        )
+        .ctx(format!("{}: following the new master", a.name))?;
+    reached(&format!("{}:repointed", a.step));
+    if !a.compare {
+        return Ok((server, 0));
+    }
+    let opts = CycleOptions {
+        server: Some(server),
+        ..opts.clone()
+    };
+    let repaired = check::check(ep, &opts, true)?.repaired;
+    if repaired > 0 && !check::check(ep, &opts, false)?.equal() {
+        return Err(Error::Failed(format!(
+            "{}: still differs from the new master after {repaired} rows were re-sent; run \
+             replicate check --repair on it",
+            a.name
+        )));
+    }
+    Ok((server, repaired))
 }

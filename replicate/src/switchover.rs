@@ -1,10 +1,16 @@
 //! `replicate switchover`: the slave takes over as master, the old master becomes its slave, at
 //! one sync point and with no copy (see the extension's `takeover.rs` for each step's
-//! invariant). Every step is idempotent: running the command again after an interruption
-//! finishes the switchover from where it stopped.
+//! invariant); the old master's other slaves given (`--other`) follow the new master, without
+//! a copy either (`others.rs`). Every step is idempotent: running the command again after an
+//! interruption finishes the switchover from where it stopped.
+
+mod others;
+
+pub use others::Repointed;
 
 use crate::cycle::{self, CycleOptions, Endpoints, Outcome};
 use crate::error::{DbContext, Error};
+use crate::failover::Node;
 use crate::rserv::Rserv;
 use crate::steps::reached;
 use crate::{master, node, slave};
@@ -26,6 +32,8 @@ pub struct Report {
     /// From the fence taking the tables (writes wait, then are refused) to the new master's
     /// first accepted write.
     pub unavailable: Duration,
+    /// The old master's other slaves, re-pointed to the new master.
+    pub others: Vec<Repointed>,
 }
 
 /// The old master's registration on the new one, when the new one was promoted already.
@@ -141,17 +149,24 @@ pub fn fence(
     ))
 }
 
-/// Switch the roles of master and slave (`opts.server`: the slave's id on the master).
+/// Switch the roles of master and slave (`opts.server`: the slave's id on the master); the
+/// master's other slaves `others` follow the new master. Every slave of the master must be
+/// the one taking over or one of `others`: otherwise nothing is done.
 pub fn switchover(
     ep: &mut Endpoints,
+    others: &mut [Node],
     opts: &CycleOptions,
     grace: Duration,
 ) -> Result<Report, Error> {
     ep.master_rs.require_1_1("a switchover")?;
     ep.slave_rs.require_1_1("a switchover")?;
+    for n in others.iter() {
+        n.rs.require_1_1("a switchover")?;
+    }
     let mut report = Report::default();
     let old = master::node_id(ep.master, ep.master_rs)?;
     let new = slave::node_id(ep.slave, ep.slave_rs)?;
+    let nodes = others::screen(ep.master, ep.master_rs, others, (&old, &new))?;
     if let Some((server, syncid)) = promoted(ep, &old)? {
         // interrupted after the promotion: only the old master's part is left (or done)
         let follows = slave::sync_state(ep.master, ep.master_rs)?.1;
@@ -163,7 +178,8 @@ pub fn switchover(
         }
         report.server = server;
         report.syncid = syncid;
-        report.tables = demote(ep, &old, &new, server, syncid)?;
+        report.others = others::repoint(ep, others, &nodes, (&old, &new), opts)?;
+        report.tables = demote(ep, &old, &new, (server, syncid), &nodes)?;
         return Ok(report);
     }
     let follows = slave::sync_state(ep.slave, ep.slave_rs)?.1;
@@ -213,7 +229,9 @@ pub fn switchover(
     report.server = row.get(0);
     report.syncid = row.get(1);
     reached("switchover:promoted");
-    report.tables = demote(ep, &old, &new, report.server, report.syncid)?;
+    // (after the promotion: the other slaves do not lengthen the time writes are refused)
+    report.others = others::repoint(ep, others, &nodes, (&old, &new), opts)?;
+    report.tables = demote(ep, &old, &new, (report.server, report.syncid), &nodes)?;
     Ok(report)
 }
 
@@ -250,19 +268,23 @@ fn refuse_before_fence(ep: &mut Endpoints) -> Result<(), Error> {
     Ok(())
 }
 
-/// The old master becomes a slave of the new one; the new master records the takeover complete.
+/// The old master becomes a slave of the new one (its other slaves, `moved`, follow the new
+/// one already); the new master records the takeover complete.
 fn demote(
     ep: &mut Endpoints,
     old: &str,
     new: &str,
-    server: i32,
-    syncid: i64,
+    (server, syncid): (i32, i64),
+    moved: &[String],
 ) -> Result<i64, Error> {
     let row = ep
         .master
         .query_one(
-            &format!("SELECT {}($1, $2, $3)", ep.master_rs.func("rserv_demote")),
-            &[&new, &server, &syncid],
+            &format!(
+                "SELECT {}($1, $2, $3, $4)",
+                ep.master_rs.func("rserv_demote")
+            ),
+            &[&new, &server, &syncid, &moved],
         )
         .ctx("master: becoming a slave of the new master")?;
     reached("switchover:demoted");

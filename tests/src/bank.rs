@@ -3,6 +3,9 @@
 
 use crate::pair::DB;
 use crate::Cluster;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Accounts, each starting with 1000.
 pub const ACCOUNTS: i64 = 20;
@@ -79,4 +82,85 @@ pub fn try_write(c: &Cluster) -> Result<(), String> {
     client
         .batch_execute("UPDATE account SET balance = balance WHERE id = 1")
         .map_err(|e| crate::describe_pg_error(&e))
+}
+
+/// Rows of a table by key: id -> the row as record text.
+pub type Rows = std::collections::BTreeMap<String, String>;
+
+/// Every row of `table` (with an `id` column) on `c`, by id.
+pub fn rows(c: &Cluster, table: &str) -> Rows {
+    c.query_strings(DB, &format!("SELECT id::text, t::text FROM {table} t"))
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Both tables' rows on `c`.
+pub fn both_tables(c: &Cluster) -> [Rows; 2] {
+    [rows(c, "account"), rows(c, "transfer")]
+}
+
+/// The state clients writing transfers share while nodes switch roles under them.
+#[derive(Default)]
+pub struct Workload {
+    /// which node of the caller's list the clients write to
+    pub current: AtomicUsize,
+    pub stop: AtomicBool,
+    /// the ids of the transfers committed
+    pub committed: Mutex<Vec<i64>>,
+    /// writes refused by a fence or a slave's protection, or cancelled by a fence: retried
+    pub refusals: AtomicUsize,
+    /// any other error
+    pub unexpected: Mutex<Vec<String>>,
+}
+
+impl Workload {
+    /// Client `w`'s loop until `stop`: transfers on `nodes[current]`, reconnecting when it
+    /// changes; a refused write is retried after a pause.
+    pub fn client(&self, nodes: &[&Cluster], w: u64) {
+        let mut on = usize::MAX;
+        let mut client: Option<postgres::Client> = None;
+        let mut n = w * 1_000_000;
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = self.current.load(Ordering::SeqCst);
+            if on != now || client.is_none() {
+                client = Some(nodes[now].connect(DB));
+                on = now;
+            }
+            n += 1;
+            let Some(c) = client.as_mut() else { continue };
+            match transfer(c, n) {
+                Ok(id) => self.committed.lock().expect("lock").push(id),
+                Err(e) => {
+                    let msg = crate::describe_pg_error(&e);
+                    if msg.contains("switchover in progress")
+                        || msg.contains("replication slave table")
+                        || msg.contains("canceling statement")
+                    {
+                        self.refusals.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                    } else {
+                        self.unexpected.lock().expect("lock").push(msg);
+                        client = None;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops the workload's clients however the scope that holds it is left (a failed assertion
+/// too).
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }

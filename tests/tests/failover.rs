@@ -3,8 +3,8 @@
 //! slave promoted, a second slave re-pointed without a copy, the old master back with
 //! transactions the new master never received, rejoined: reported, saved, replaced.
 
-use rserv_tests::bank::{self, total, transfer, try_write, ACCOUNTS};
-use rserv_tests::pair::{assert_ok, between, conn_args, database_arg, DB};
+use rserv_tests::bank::{self, both_tables, total, transfer, try_write, Rows, ACCOUNTS};
+use rserv_tests::pair::{assert_ok, between, conn_args, database_arg, start_clusters, DB};
 use rserv_tests::roles::output_text;
 use rserv_tests::{run_replicate, run_replicate_env, Cluster, Stepped};
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,37 +12,6 @@ use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-
-type Rows = BTreeMap<String, String>;
-
-/// Every row of `table` on `c` by its key (id), as record text.
-/// Clusters whose acknowledged commits survive `stop_immediate` (a crash): these tests kill
-/// nodes right after a takeover committed, and the default `synchronous_commit=off` could lose
-/// the takeover itself (fsync stays off: the WAL reaches the OS, which does not crash here).
-fn start_clusters(names: &[&str]) -> Vec<Cluster> {
-    let cs = rserv_tests::pair::start_clusters(names);
-    for c in &cs {
-        c.execute("postgres", "ALTER SYSTEM SET synchronous_commit = on");
-        c.execute("postgres", "SELECT pg_reload_conf()");
-    }
-    cs
-}
-
-fn rows(c: &Cluster, table: &str) -> Rows {
-    c.query_strings(DB, &format!("SELECT id::text, t::text FROM {table} t"))
-        .into_iter()
-        .map(|r| {
-            (
-                r[0].clone().unwrap_or_default(),
-                r[1].clone().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn both_tables(c: &Cluster) -> [Rows; 2] {
-    [rows(c, "account"), rows(c, "transfer")]
-}
 
 /// How `replicate` names a database given as [`database_arg`].
 fn name(c: &Cluster) -> String {

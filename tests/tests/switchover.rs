@@ -1,13 +1,12 @@
 //! Switchover: master and slave swap roles at one sync point, with no copy, under a steady
 //! money-transfer workload whose clients retry on the fence and then write to the new master.
 
-use rserv_tests::bank::{self, total, transfer, ACCOUNTS};
+use rserv_tests::bank::{self, total, transfer, StopOnDrop, Workload, ACCOUNTS};
 use rserv_tests::daemon::{eventually, Daemon};
 use rserv_tests::pair::{assert_ok, between, Pair, DB};
 use rserv_tests::Cluster;
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// `replicate` with `m` as master and `s` as slave.
@@ -48,54 +47,12 @@ fn setup_with(name: &str, settings: &[(&str, &str)]) -> Pair {
 fn switchover_back_and_forth_under_transfers() {
     let p = setup("swo");
     let nodes = [&p.master, &p.slave];
-    let current = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let committed: Mutex<Vec<i64>> = Mutex::new(Vec::new());
-    let refusals = AtomicUsize::new(0);
-    let unexpected: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    /// Stops the writers however the main thread leaves the scope (a failed assertion too).
-    struct StopOnDrop<'a>(&'a AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
+    let load = Workload::default();
     std::thread::scope(|sc| {
-        let _stop = StopOnDrop(&stop);
+        let _stop = StopOnDrop(&load.stop);
         for w in 0..2u64 {
-            let (current, stop, committed, refusals, unexpected) =
-                (&current, &stop, &committed, &refusals, &unexpected);
-            sc.spawn(move || {
-                let mut on = usize::MAX;
-                let mut client: Option<postgres::Client> = None;
-                let mut n = w * 1_000_000;
-                while !stop.load(Ordering::SeqCst) {
-                    let now = current.load(Ordering::SeqCst);
-                    if on != now || client.is_none() {
-                        client = Some(nodes[now].connect(DB));
-                        on = now;
-                    }
-                    n += 1;
-                    let Some(c) = client.as_mut() else { continue };
-                    match transfer(c, n) {
-                        Ok(id) => committed.lock().expect("lock").push(id),
-                        Err(e) => {
-                            let msg = rserv_tests::describe_pg_error(&e);
-                            if msg.contains("switchover in progress")
-                                || msg.contains("replication slave table")
-                                || msg.contains("canceling statement")
-                            {
-                                refusals.fetch_add(1, Ordering::SeqCst);
-                                std::thread::sleep(Duration::from_millis(20));
-                            } else {
-                                unexpected.lock().expect("lock").push(msg);
-                                client = None;
-                                std::thread::sleep(Duration::from_millis(50));
-                            }
-                        }
-                    }
-                }
-            });
+            let load = &load;
+            sc.spawn(move || load.client(&nodes, w));
         }
         for round in 0..4 {
             let (m, s) = (nodes[round % 2], nodes[(round + 1) % 2]);
@@ -112,7 +69,7 @@ fn switchover_back_and_forth_under_transfers() {
                 "round {round}: {}",
                 text(&out)
             );
-            current.store((round + 1) % 2, Ordering::SeqCst);
+            load.current.store((round + 1) % 2, Ordering::SeqCst);
             // the old master is a slave now: writes there are refused
             let mut old = m.connect(DB);
             let refused = old
@@ -134,7 +91,7 @@ fn switchover_back_and_forth_under_transfers() {
     let last = nodes[4 % 2];
     let other = nodes[5 % 2];
     assert_ok(&replicate(last, other, &[DB, DB]), "final cycle");
-    let unexpected = unexpected.into_inner().expect("lock");
+    let unexpected = load.unexpected.into_inner().expect("lock");
     assert!(
         unexpected.is_empty(),
         "writers met unexpected errors: {unexpected:?}"
@@ -147,7 +104,7 @@ fn switchover_back_and_forth_under_transfers() {
         .into_iter()
         .filter_map(|r| r[0].as_ref().and_then(|v| v.parse().ok()))
         .collect();
-    let committed = committed.into_inner().expect("lock");
+    let committed = load.committed.into_inner().expect("lock");
     assert!(
         committed.len() > 10,
         "the workload ran: {}",
@@ -162,7 +119,7 @@ fn switchover_back_and_forth_under_transfers() {
     eprintln!(
         "{} transfers committed, {} refused and retried",
         committed.len(),
-        refusals.load(Ordering::SeqCst)
+        load.refusals.load(Ordering::SeqCst)
     );
 }
 

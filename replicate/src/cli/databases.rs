@@ -105,6 +105,23 @@ impl ConnFlags {
         db: Option<&str>,
         debug: bool,
     ) -> Result<Endpoint, Error> {
+        self.endpoint_as(side, db, debug, true)
+    }
+
+    /// A slave other than the one the slave options address (`switchover --other`): `db`
+    /// completed by the slave's user and password options, not by its host, port or
+    /// connection string (those name the slave taking over).
+    pub(super) fn other_slave_endpoint(&self, db: &str, debug: bool) -> Result<Endpoint, Error> {
+        self.endpoint_as(Side::Slave, Some(db), debug, false)
+    }
+
+    fn endpoint_as(
+        &self,
+        side: Side,
+        db: Option<&str>,
+        debug: bool,
+        address: bool,
+    ) -> Result<Endpoint, Error> {
         let (host, port, user, password, flag) = match side {
             Side::Master => (
                 &self.masterhost,
@@ -137,9 +154,9 @@ impl ConnFlags {
             }
         }
         let specific = ConnArgs {
-            conninfo: self.conninfo(side).map(str::to_string),
-            host: host.clone(),
-            port,
+            conninfo: self.conninfo(side).filter(|_| address).map(str::to_string),
+            host: host.clone().filter(|_| address),
+            port: port.filter(|_| address),
             user: user.clone(),
             password: password.clone(),
             dbname: db.map(str::to_string),

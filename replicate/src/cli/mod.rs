@@ -286,15 +286,21 @@ pub enum Command {
         json: bool,
     },
     /// Planned switchover: the slave takes over as master and the old master becomes its slave,
-    /// at one sync point, with no copy. Writes to the replicated tables on the master are
-    /// refused from the start ("switchover in progress"); writers still in flight after --grace
-    /// seconds are cancelled. Run it again to finish one that was interrupted; --abort lifts the
-    /// fence of one whose slave has not taken over
+    /// at one sync point, with no copy; the master's other slaves (--other) follow the new
+    /// master, with no copy either. Writes to the replicated tables on the master are refused
+    /// from the start ("switchover in progress"); writers still in flight after --grace seconds
+    /// are cancelled. Run it again to finish one that was interrupted; --abort lifts the fence
+    /// of one whose slave has not taken over
     Switchover {
         /// Master database (may be left out when --master names it)
         masterdb: Option<String>,
         /// Slave database (may be left out when --slave names it)
         slavedb: Option<String>,
+        /// Another slave of the master, re-pointed to the new master (repeat for each): a
+        /// database name, key=value connection string or postgresql:// URL, completed by the
+        /// slave connection options. Every slave of the master must be given
+        #[arg(long = "other", value_name = "SLAVEDB")]
+        others: Vec<String>,
         /// Seconds to wait for the master's writers in flight before cancelling them
         #[arg(long, default_value_t = 5.0)]
         grace: f64,
@@ -394,12 +400,13 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Some(Command::Switchover {
             masterdb,
             slavedb,
+            others,
             grace,
             abort,
         }) => switch_over(
             &cli,
-            masterdb.as_deref(),
-            slavedb.as_deref(),
+            (masterdb.as_deref(), slavedb.as_deref()),
+            others,
             *grace,
             *abort,
         ),

@@ -16,12 +16,13 @@ fn seconds(s: f64) -> Duration {
 /// `switchover`: the slave takes over, the master becomes its slave (see `switchover.rs`).
 pub(super) fn switch_over(
     cli: &Cli,
-    masterdb: Option<&str>,
-    slavedb: Option<&str>,
+    (masterdb, slavedb): (Option<&str>, Option<&str>),
+    others: &[String],
     grace: f64,
     abort: bool,
 ) -> Result<i32, Error> {
     let (mut m, mut s) = cli.pair(masterdb, slavedb)?;
+    let mut others = slave_nodes(cli, others, true)?;
     let mut ep = endpoints(&mut m, &mut s);
     if abort {
         let lifted = crate::switchover::abort(&mut ep)?;
@@ -35,7 +36,27 @@ pub(super) fn switch_over(
         );
         return Ok(exit::OK);
     }
-    let r = crate::switchover::switchover(&mut ep, &cli.plain_cycle_options(), seconds(grace))?;
+    let r = crate::switchover::switchover(
+        &mut ep,
+        &mut others,
+        &cli.plain_cycle_options(),
+        seconds(grace),
+    )?;
+    for o in &r.others {
+        println!(
+            "re-pointed {}: slave {} of the new master from its sync point {}, no copy ({} change \
+             sets from the old master after the fence; {})",
+            o.name,
+            o.server,
+            r.syncid,
+            o.change_sets,
+            if o.exact {
+                "it held exactly what the new master held, verified on the old master".to_string()
+            } else {
+                format!("compared with the new master: {} rows re-sent", o.repaired)
+            }
+        );
+    }
     println!(
         "switchover done: {} tables; the old master is slave {} of the new master at change set {} \
          ({} final change sets, {} writers cancelled, writes refused for {:.3} s)",
@@ -53,6 +74,26 @@ pub(super) fn switch_over(
     Ok(exit::OK)
 }
 
+/// Slave databases given by name or connection string, connected (`other`: besides the
+/// slave the slave options address, so not completed by its host, port or connection string).
+fn slave_nodes(cli: &Cli, dbs: &[String], other: bool) -> Result<Vec<Node>, Error> {
+    let mut nodes = Vec::new();
+    for db in dbs {
+        let ep = if other {
+            cli.conn.other_slave_endpoint(db, cli.debug)?
+        } else {
+            cli.conn.endpoint(Side::Slave, Some(db), cli.debug)?
+        };
+        let d = located(Side::Slave, &ep)?;
+        nodes.push(Node {
+            name: format!("{}@{}:{}", ep.dbname(), ep.host(), ep.port()),
+            client: d.client,
+            rs: d.rs,
+        });
+    }
+    Ok(nodes)
+}
+
 /// `failover`: promote one of the failed master's slaves, re-point the others.
 pub(super) fn fail_over(cli: &Cli, slaves: &[String], promote: Option<&str>) -> Result<i32, Error> {
     let chosen =
@@ -62,16 +103,7 @@ pub(super) fn fail_over(cli: &Cli, slaves: &[String], promote: Option<&str>) -> 
             })?),
             None => None,
         };
-    let mut nodes = Vec::new();
-    for db in slaves {
-        let ep = cli.conn.endpoint(Side::Slave, Some(db), cli.debug)?;
-        let d = located(Side::Slave, &ep)?;
-        nodes.push(Node {
-            name: format!("{}@{}:{}", ep.dbname(), ep.host(), ep.port()),
-            client: d.client,
-            rs: d.rs,
-        });
-    }
+    let mut nodes = slave_nodes(cli, slaves, false)?;
     let r = failover::failover(&mut nodes, chosen, &cli.plain_cycle_options())?;
     for s in &r.slaves {
         println!(
@@ -111,11 +143,19 @@ pub(super) fn fail_over(cli: &Cli, slaves: &[String], promote: Option<&str>) -> 
             Outcome::Refused(why) => println!("left out {}: {why}", s.name),
         }
     }
-    println!(
-        "failover done: {} is the master. Point the applications at it. When the old master comes \
-         back, keep applications away from it and run: replicate rejoin NEWMASTERDB OLDMASTERDB",
-        r.new_master
-    );
+    if r.kind == "switchover" {
+        println!(
+            "done: the slaves given follow {}, which took over from {} by switchover",
+            r.new_master, r.old_master
+        );
+    } else {
+        println!(
+            "failover done: {} is the master. Point the applications at it. When the old master \
+             comes back, keep applications away from it and run: replicate rejoin NEWMASTERDB \
+             OLDMASTERDB",
+            r.new_master
+        );
+    }
     if r.refused() {
         return Err(Error::Failed(
             "some slaves were left out (see above)".into(),
