@@ -166,7 +166,6 @@ pub fn switchover(
     let mut report = Report::default();
     let old = master::node_id(ep.master, ep.master_rs)?;
     let new = slave::node_id(ep.slave, ep.slave_rs)?;
-    let nodes = others::screen(ep.master, ep.master_rs, others, (&old, &new))?;
     if let Some((server, syncid)) = promoted(ep, &old)? {
         // interrupted after the promotion: only the old master's part is left (or done)
         let follows = slave::sync_state(ep.master, ep.master_rs)?.1;
@@ -176,6 +175,7 @@ pub fn switchover(
                 "the switchover is complete already: the slave is the master now".into(),
             ));
         }
+        let nodes = others::screen(ep.master, ep.master_rs, others, (&old, &new))?;
         report.server = server;
         report.syncid = syncid;
         report.others = others::repoint(ep, others, &nodes, (&old, &new), opts)?;
@@ -190,6 +190,9 @@ pub fn switchover(
         ));
     }
     refuse_before_fence(ep)?;
+    // (after that: an old master that has not rejoined is registered here as a slave, and must
+    // be named as such, not as one to give with --other)
+    let nodes = others::screen(ep.master, ep.master_rs, others, (&old, &new))?;
     // indexes and constraints of tables --create-tables made, before writes stop (not while)
     for name in slave::finish_tables(ep.slave, ep.slave_rs)? {
         tracing::info!(
