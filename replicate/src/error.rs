@@ -60,6 +60,10 @@ pub enum Error {
     /// slave took over from the master (switchover or failover).
     #[error("{0}")]
     Direction(String),
+    /// The extension was updated (`ALTER EXTENSION rserv UPDATE`) on `side` while this session
+    /// was connected: its calls are the old version's, so the session must be opened again.
+    #[error("{message}")]
+    Reconnect { side: &'static str, message: String },
     /// The master and slave given have swapped roles: the slave took over and the master
     /// follows it now (a `replicate run` daemon follows the flip).
     #[error("{0}")]
@@ -86,6 +90,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Failed(_)
             | Error::LockTimeout { .. }
+            | Error::Reconnect { .. }
             | Error::Direction(_)
             | Error::Flipped(_) => exit::FAILED,
         }
@@ -106,7 +111,9 @@ impl Error {
     /// error's context starts with its side); None when it does not.
     pub fn side(&self) -> Option<&'static str> {
         let text = match self {
-            Error::Connect { side, .. } | Error::LockTimeout { side, .. } => return Some(side),
+            Error::Connect { side, .. }
+            | Error::LockTimeout { side, .. }
+            | Error::Reconnect { side, .. } => return Some(side),
             Error::Db { context, .. } | Error::Io { context, .. } => context,
             Error::Failed(message) => message,
             Error::Snapshot(_) | Error::Usage(_) | Error::Direction(_) | Error::Flipped(_) => {

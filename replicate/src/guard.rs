@@ -9,6 +9,7 @@
 use crate::cycle::Endpoints;
 use crate::error::Error;
 use crate::node::{same, state};
+use crate::rserv::Api;
 use crate::switchover::fence;
 use std::time::Duration;
 
@@ -49,6 +50,14 @@ pub fn check(ep: &mut Endpoints) -> Result<(), Error> {
         ("switchover", Some("switchover")) => "run replicate switchover again to finish it",
         _ => "make it a slave of the new master: replicate rejoin NEWMASTERDB OLDMASTERDB",
     };
+    if master.role == "master" && ep.master_rs.api == Api::V1_0 {
+        // (rserv 1.0 has no fence)
+        return Err(Error::Direction(format!(
+            "{new} took over from this master ({old}) by {kind}, but this master still takes \
+             writes and runs rserv 1.0, which cannot be fenced: keep applications away from it, \
+             update rserv on it (ALTER EXTENSION rserv UPDATE), then {todo}"
+        )));
+    }
     if master.role == "master" {
         let fence_kind = if kind == "failover" {
             "deposed"

@@ -3,7 +3,7 @@
 //! master (`rserv_takeover`). Read by `status`, the direction guard, failover and rejoin.
 
 use crate::error::{DbContext, Error};
-use crate::rserv::Rserv;
+use crate::rserv::{Api, Rserv};
 use postgres::Client;
 use serde::Serialize;
 
@@ -27,6 +27,9 @@ pub struct NodeState {
 }
 
 pub fn state(client: &mut Client, rs: &Rserv, side: &str) -> Result<NodeState, Error> {
+    if rs.api == Api::V1_0 {
+        return state_1_0(client, rs, side);
+    }
     let r = client
         .query_one(
             &format!(
@@ -49,6 +52,35 @@ pub fn state(client: &mut Client, rs: &Rserv, side: &str) -> Result<NodeState, E
         takeover_syncid: r.get(7),
         takeover_at: r.get(8),
         previous_master: r.get(9),
+    })
+}
+
+/// A node on rserv 1.0, whose `rserv_status` has no row of its own: it knows no fence, no
+/// takeover and no switchover (those came with 1.1), only whether it follows a master.
+fn state_1_0(client: &mut Client, rs: &Rserv, side: &str) -> Result<NodeState, Error> {
+    let r = client
+        .query_one(
+            &format!(
+                "SELECT {}()::text, {}()::text, {}()",
+                rs.func("rserv_node_id"),
+                rs.func("rserv_slave_master_id"),
+                rs.func("rserv_slave_sync_id")
+            ),
+            &[],
+        )
+        .ctx(format!("{side}: reading its role"))?;
+    let master_node: Option<String> = r.get(1);
+    Ok(NodeState {
+        node: r.get(0),
+        role: if master_node.is_some() {
+            "slave"
+        } else {
+            "master"
+        }
+        .to_string(),
+        master_node,
+        syncid: r.get(2),
+        ..NodeState::default()
     })
 }
 

@@ -121,12 +121,19 @@ impl Rserv {
         if version_now == self.version {
             return Ok(());
         }
-        Err(Error::Failed(format!(
-            "{}: rserv was updated to {version_now} in \"{}\" while replicate was connected: \
-             connect again (replicate run does by itself)",
-            self.node(),
-            self.db
-        )))
+        Err(Error::Reconnect {
+            side: if self.side == "slave" {
+                "slave"
+            } else {
+                "master"
+            },
+            message: format!(
+                "{}: rserv was updated to {version_now} in \"{}\" while replicate was connected: \
+                 connect again (replicate run does by itself)",
+                self.node(),
+                self.db
+            ),
+        })
     }
 
     /// `SELECT schema.func(table[, column])`, the table name parsed by the server as a regclass.

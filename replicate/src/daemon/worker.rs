@@ -403,7 +403,10 @@ impl<'a> Run<'a> {
                 "master" => self.master.as_mut().map(|l| &mut l.client),
                 _ => self.slave.as_mut().map(|l| &mut l.client),
             };
-            broken[i] = client.is_some_and(|c| c.is_closed() || c.is_valid(PING_TIMEOUT).is_err());
+            // (a session whose extension was updated under it must be opened again too)
+            let stale = matches!(&e, Error::Reconnect { side: s, .. } if *s == side);
+            broken[i] =
+                stale || client.is_some_and(|c| c.is_closed() || c.is_valid(PING_TIMEOUT).is_err());
         }
         for (i, side) in ["master", "slave"].into_iter().enumerate() {
             // an error that does not say its side is the broken side's, else both sides'
