@@ -90,10 +90,13 @@ CREATE TABLE _rserv_server_tables_ (
 -- trigger appends with heap_insert (no index maintenance), prepare reads it in one scan.
 -- logid = the writer's top-level 64-bit transaction id (xid8 as int8, never wraps).
 -- key = identity values as canonical text, one element per key column; NULL = TRUNCATE.
+-- deleted = true: the identity may be gone (deleted, old key of a key change, TRUNCATE, a
+-- partition emptied or detached, rserv_touch); false: updated in place (rserv 1.0: also
+-- inserted); NULL: inserted, it did not exist before (capture::Logged).
 CREATE TABLE _rserv_log_ (
     reloid   oid         NOT NULL,
     logid    int8        NOT NULL,
-    deleted  bool        NOT NULL,
+    deleted  bool,
     key      text[]
 );
 

@@ -22,6 +22,10 @@
 -- - a slave applies change sets of any rserv release by their format and features
 --   (rserv_apply_begin takes them; 1.0.0 required the master's rserv version to be its own).
 
+-- deleted NULL = inserted (capture::Logged): the slave loads such identities without looking for
+-- them first. The row keeps its shape, so backends still running 1.0's trigger append as before.
+ALTER TABLE _rserv_log_ ALTER COLUMN deleted DROP NOT NULL;
+
 ALTER TABLE _rserv_tables_ ADD COLUMN watched_attnums int2[];
 UPDATE _rserv_tables_ t
    SET watched_attnums = (SELECT array_agg(a.attnum ORDER BY w.ord)

@@ -518,7 +518,7 @@ fn rserv_apply_stage(
             mark_copied(t.reloid);
             None
         }
-        "DELETE" | "INSERT" | "UPDATE" if crate::slave_registry::needs_copy(t.reloid) => fail(
+        "DELETE" | "INSERT" | "UPDATE" | "UPSERT" if crate::slave_registry::needs_copy(t.reloid) => fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "rserv: table {} waits for its initial copy, but this change set only carries changes to it",
@@ -557,7 +557,7 @@ fn rserv_apply_stage(
             });
             Some(command)
         }
-        "UPDATE" => {
+        "UPDATE" | "UPSERT" => {
             let stage = rows_stage(t.columns.len());
             staging::empty(&stage, false);
             Some(format!(
@@ -568,14 +568,14 @@ fn rserv_apply_stage(
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
-            "sections are TRUNCATE, DELETE, INSERT, UPDATE, SEQUENCE and DDL",
+            "sections are TRUNCATE, DELETE, INSERT, UPDATE, UPSERT, SEQUENCE and DDL",
         ),
     }
 }
 
 /// `t.k1 = s.c<i> AND ...`: rows of `t` whose identity is staged in `s`, column `c<i>` of the
 /// stage holding key column `i` (or, for whole rows, the column at that position).
-fn staged_identity(t: &Target, position_of: impl Fn(usize, &str) -> usize) -> String {
+pub(crate) fn staged_identity(t: &Target, position_of: impl Fn(usize, &str) -> usize) -> String {
     key_columns(t)
         .iter()
         .enumerate()
@@ -590,12 +590,17 @@ fn staged_identity(t: &Target, position_of: impl Fn(usize, &str) -> usize) -> St
 }
 
 /// Delete the rows of `t` whose identity is staged in `stage`, as the table's owner.
-fn delete_staged(t: &Target, stage: &str, matches: &str) -> i64 {
+pub(crate) fn delete_staged(
+    t: &Target,
+    stage: &str,
+    matches: &str,
+    settings: &[(&str, &str)],
+) -> i64 {
     let sql = format!(
         "DELETE FROM {}{} AS t USING {stage} AS s WHERE {matches}",
         t.only, t.table
     );
-    run_as_owner(t.owner, &apply_settings(), || {
+    run_as_owner(t.owner, settings, || {
         count_rows(&sql, &[], "deleting changed rows")
     })
 }
@@ -646,51 +651,31 @@ fn rserv_apply_merge(
             let stage = keys_stage(t.key.len());
             let big = staging::analyze_if_big(&stage, 1024 * 1024);
             let matches = staged_identity(&t, |i, _| i);
-            let deleted = delete_staged(&t, &stage, &matches);
+            let staged = crate::apply_rows::staged_rows(&stage);
+            let settings = crate::apply_rows::settings(staged);
+            let deleted = delete_staged(&t, &stage, &matches, &settings);
             if big {
                 // give the space back now rather than keep a large table for the session
                 staging::empty(&stage, true);
             }
             deleted
         }
-        "UPDATE" => {
+        "UPDATE" | "UPSERT" => {
             let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
             let stage = rows_stage(t.columns.len());
             staging::analyze_if_big(&stage, 8 * 1024 * 1024);
-            let matches = staged_identity(&t, |_, name| {
-                t.columns.iter().position(|c| c == name).unwrap_or(0)
-            });
-            delete_staged(&t, &stage, &matches);
-            // text read with the column's input function as COPY would (modifiers applied on
-            // assignment, so a value too long for the slave's column is an error, not cut)
-            let values = t
-                .slave_columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    format!(
-                        "s.c{}::{}",
-                        i + 1,
-                        crate::catalog::format_type(c.type_oid, -1)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {values} FROM {stage} AS s",
-                t.table,
-                ident_list(&t.columns)
-            );
-            let inserted = run_as_owner(t.owner, &apply_settings(), || {
-                count_rows(&sql, &[], "inserting changed rows")
-            });
+            let written = if section == "UPSERT" {
+                crate::apply_rows::merge_upsert(&t, &stage)
+            } else {
+                crate::apply_rows::replace_staged(&t, &stage)
+            };
             staging::empty(&stage, false);
-            inserted
+            written
         }
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),
-            "sections are TRUNCATE, DELETE, INSERT, UPDATE, SEQUENCE and DDL",
+            "sections are TRUNCATE, DELETE, INSERT, UPDATE, UPSERT, SEQUENCE and DDL",
         ),
     }
 }

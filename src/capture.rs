@@ -396,13 +396,38 @@ unsafe fn column_unchanged(
     std::slice::from_raw_parts(p1, len) == std::slice::from_raw_parts(p2, len)
 }
 
-/// Append one row to `_rserv_log_`: (table, writer's top-level xid, deleted, identity).
+/// What a log row says happened to its identity (the `deleted` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logged {
+    /// inserted (NULL): it did not exist before this transaction's change. Every way an
+    /// identity can stop existing logs it as gone, so an identity the window logged only as
+    /// inserted (or inserted and updated) was absent at the window's start: the slave loads it
+    /// without looking for it first.
+    Inserted,
+    /// updated in place (false); rserv 1.0 also logged inserts so
+    Updated,
+    /// possibly gone (true): deleted, the old identity of a key change, a partition emptied or
+    /// detached, a TRUNCATE (`key` NULL), or marked by `rserv_touch`
+    Gone,
+}
+
+impl Logged {
+    fn datum(self) -> (pg_sys::Datum, bool) {
+        match self {
+            Logged::Inserted => (pg_sys::Datum::from(false), true),
+            Logged::Updated => (pg_sys::Datum::from(false), false),
+            Logged::Gone => (pg_sys::Datum::from(true), false),
+        }
+    }
+}
+
+/// Append one row to `_rserv_log_`: (table, writer's top-level xid, what happened, identity).
 /// `key` None records a TRUNCATE of the whole table.
 unsafe fn append_log(
     trigger: &PgTrigger,
     table: &TableName,
     reloid: pg_sys::Oid,
-    deleted: bool,
+    deleted: Logged,
     key: Option<&[String]>,
 ) {
     insert_log_row(log_relation(trigger.trigger().tgfoid), reloid, deleted, key);
@@ -411,7 +436,7 @@ unsafe fn append_log(
             None => "TRUNCATE".to_string(),
             Some(k) => format!("key {k:?}"),
         };
-        notice!("_rserv_log_: {} {} deleted={}", table, what, deleted);
+        notice!("_rserv_log_: {} {} {:?}", table, what, deleted);
     }
 }
 
@@ -419,7 +444,7 @@ unsafe fn append_log(
 pub unsafe fn insert_log_row(
     log_oid: pg_sys::Oid,
     reloid: pg_sys::Oid,
-    deleted: bool,
+    deleted: Logged,
     key: Option<&[String]>,
 ) {
     let xid = pg_sys::GetTopFullTransactionId().value as i64;
@@ -446,13 +471,14 @@ pub unsafe fn insert_log_row(
         }
     };
     let log = pg_sys::table_open(log_oid, pg_sys::RowExclusiveLock as i32);
+    let (deleted, inserted) = deleted.datum();
     let mut values = [
         pg_sys::Datum::from(reloid.to_u32()),
         pg_sys::Datum::from(xid),
-        pg_sys::Datum::from(deleted),
+        deleted,
         key_datum,
     ];
-    let mut nulls = [false, false, false, key.is_none()];
+    let mut nulls = [false, false, inserted, key.is_none()];
     let tuple = pg_sys::heap_form_tuple((*log).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
     pg_sys::simple_heap_insert(log, tuple);
     pg_sys::table_close(log, pg_sys::NoLock as i32);
@@ -486,7 +512,7 @@ unsafe fn truncated(trigger: &PgTrigger, table: &TableName, reloid: pg_sys::Oid)
         Some("@root") => {
             let (x, c) = command();
             ROOT_TRUNCATED.with(|r| r.set((x, c, reloid)));
-            append_log(trigger, table, reloid, true, None);
+            append_log(trigger, table, reloid, Logged::Gone, None);
         }
         Some("@part") if args.len() > 2 => {
             let root = pg_sys::Oid::from(args[1].parse::<u32>().unwrap_or(0));
@@ -496,7 +522,7 @@ unsafe fn truncated(trigger: &PgTrigger, table: &TableName, reloid: pg_sys::Oid)
             }
             log_every_identity(trigger, table, reloid, root, &args[2..]);
         }
-        _ => append_log(trigger, table, reloid, true, None),
+        _ => append_log(trigger, table, reloid, Logged::Gone, None),
     }
 }
 
@@ -513,7 +539,7 @@ unsafe fn log_every_identity(
         root,
         part,
         root_keys,
-        true,
+        Logged::Gone,
     );
 }
 
@@ -526,7 +552,7 @@ pub unsafe fn log_rows_of(
     root: pg_sys::Oid,
     part: pg_sys::Oid,
     root_keys: &[String],
-    deleted: bool,
+    deleted: Logged,
 ) {
     let here = root_attnums_here(root, part, root_keys);
     let info = crate::catalog::table_info(part);
@@ -607,11 +633,17 @@ fn _rserv_log_<'a>(
         match op {
             pg_sys::TRIGGER_EVENT_INSERT => {
                 let key = key_text(td.tg_trigtuple, tupdesc, &cfg.keys, &table);
-                append_log(trigger, &table, cfg.log_reloid, false, Some(&key));
+                append_log(
+                    trigger,
+                    &table,
+                    cfg.log_reloid,
+                    Logged::Inserted,
+                    Some(&key),
+                );
             }
             pg_sys::TRIGGER_EVENT_DELETE => {
                 let key = key_text(td.tg_trigtuple, tupdesc, &cfg.keys, &table);
-                append_log(trigger, &table, cfg.log_reloid, true, Some(&key));
+                append_log(trigger, &table, cfg.log_reloid, Logged::Gone, Some(&key));
             }
             _ => {
                 let (old, new) = (td.tg_trigtuple, td.tg_newtuple);
@@ -636,13 +668,23 @@ fn _rserv_log_<'a>(
                     }
                     return Ok(None);
                 }
-                if key_changed {
-                    // The old identity is gone, the new one holds the row.
+                // The old identity is gone, the new one holds the row: it did not exist
+                // before (a unique key), unless something logged as gone held it.
+                let now = if key_changed {
                     let old_key = key_text(old, tupdesc, &cfg.keys, &table);
-                    append_log(trigger, &table, cfg.log_reloid, true, Some(&old_key));
-                }
+                    append_log(
+                        trigger,
+                        &table,
+                        cfg.log_reloid,
+                        Logged::Gone,
+                        Some(&old_key),
+                    );
+                    Logged::Inserted
+                } else {
+                    Logged::Updated
+                };
                 let key = key_text(new, tupdesc, &cfg.keys, &table);
-                append_log(trigger, &table, cfg.log_reloid, false, Some(&key));
+                append_log(trigger, &table, cfg.log_reloid, now, Some(&key));
             }
         }
     }
@@ -657,7 +699,8 @@ mod tests {
     fn logged() -> Vec<String> {
         Spi::connect(|c| {
             c.select(
-                "SELECT format('%s %s', deleted, key) FROM _rserv_log_ ORDER BY 1",
+                "SELECT format('%s %s', CASE WHEN deleted THEN 't' WHEN NOT deleted THEN 'f' ELSE 'i' END, key) \
+                 FROM _rserv_log_ ORDER BY 1",
                 None,
                 &[],
             )?
@@ -680,7 +723,7 @@ mod tests {
         // the writer's session would print "01/03/2024 15:45:00 +0545", "0.3" and escape bytea
         assert_eq!(
             logged(),
-            vec!["f {\"2024-03-01 10:00:00+00\",0.30000000000000004,\"{\\\"\\\\\\\\x01ff\\\"}\"}"]
+            vec!["i {\"2024-03-01 10:00:00+00\",0.30000000000000004,\"{\\\"\\\\\\\\x01ff\\\"}\"}"]
         );
     }
 
@@ -697,7 +740,26 @@ mod tests {
         )
         .unwrap();
         // the update of an unwatched column logged nothing; the key change logged both keys
-        assert_eq!(logged(), vec!["f {1}", "f {2}", "t {1}", "t {2}"]);
+        assert_eq!(logged(), vec!["f {1}", "i {2}", "t {1}", "t {2}"]);
+    }
+
+    #[pg_test]
+    fn each_change_logs_what_happened() {
+        Spi::run(
+            "CREATE TABLE w (id int PRIMARY KEY, v text);
+             SELECT rserv_add_table('w');
+             INSERT INTO w VALUES (1, 'a'), (2, 'b');
+             UPDATE w SET v = 'c' WHERE id = 1;
+             UPDATE w SET id = 3 WHERE id = 2;
+             DELETE FROM w WHERE id = 1;",
+        )
+        .unwrap();
+        // inserted (NULL), updated in place (false), possibly gone (true): the old key of a
+        // key change and a delete are gone, the new key of a key change is inserted
+        assert_eq!(
+            logged(),
+            vec!["f {1}", "i {1}", "i {2}", "i {3}", "t {1}", "t {2}"]
+        );
     }
 
     #[pg_test]

@@ -156,13 +156,22 @@ fn rserv_prepare_v11(
     }
     let pending = staging::table(
         "pending",
-        "reloid pg_catalog.oid NOT NULL, key pg_catalog.text[]",
+        "reloid pg_catalog.oid NOT NULL, key pg_catalog.text[], deleted pg_catalog.bool",
         staging::Access {
             caller: "SELECT",
             public_select: false,
         },
     );
-    let collected = collect_pending(&s, &pending, prev_xmax, prev_active, &subscribed, &to_copy);
+    let in_place = crate::guc::SLAVE_READS_UPSERT.get();
+    let collected = collect_pending(
+        &s,
+        &pending,
+        prev_xmax,
+        prev_active,
+        &subscribed,
+        &to_copy,
+        in_place,
+    );
     if collected == 0 && to_copy.is_empty() && ddl.is_empty() {
         return TableIterator::new(Vec::new());
     }
@@ -183,10 +192,10 @@ fn rserv_prepare_v11(
     .or_fail("recording the initial copies");
 
     let mut sections = Vec::new();
-    for (reloid, key, truncated, copy) in changed_tables(&s, &pending, &to_copy) {
-        let info = table_info(reloid);
+    for changed in changed_tables(&s, &pending, &to_copy) {
+        let info = table_info(changed.reloid);
         guard_table(&info);
-        sections.extend(table_sections(&info, &pending, key, truncated, copy));
+        sections.extend(table_sections(&info, &pending, &changed, in_place));
     }
     sections.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
     // schema changes first (the definitions of tables copied whole, then what changed, oldest
@@ -529,7 +538,11 @@ fn last_confirmed(s: &str, server: i32) -> (Option<i64>, Option<i64>, Vec<i64>) 
 /// Copy the identities changed in the window into the pending staging table (emptied first).
 /// Tables being copied need no log: the copy carries their state at this snapshot. No DISTINCT
 /// here: sorting a million text[] keys costs seconds, while the DELETE section's DISTINCT and
-/// the INSERT section's semi-join hash the keys cheaply.
+/// the INSERT section's semi-join hash the keys cheaply. With `in_place` (UPSERT sections), an
+/// identity logged both as updated and otherwise (inserted or possibly gone) has its updated
+/// rows marked as possibly gone (one hashed semi-join; an inserted one is then deleted on the
+/// slave first, where it is not: exact, only not the cheapest): then `deleted IS FALSE` alone
+/// picks the identities only updated, and each section reads the table with one semi-join.
 fn collect_pending(
     s: &str,
     pending: &str,
@@ -537,11 +550,12 @@ fn collect_pending(
     prev_active: Vec<i64>,
     subscribed: &[pg_sys::Oid],
     to_copy: &[pg_sys::Oid],
+    in_place: bool,
 ) -> i64 {
     staging::empty(pending, false);
     let n = crate::sql::count_rows(
         &format!(
-            "INSERT INTO {pending} (reloid, key) SELECT l.reloid, l.key FROM {s}._rserv_log_ AS l \
+            "INSERT INTO {pending} (reloid, key, deleted) SELECT l.reloid, l.key, l.deleted FROM {s}._rserv_log_ AS l \
              WHERE l.reloid = ANY ($3::oid[]) AND l.reloid <> ALL ($4::oid[]) \
                AND ($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[]))"
         ),
@@ -556,20 +570,44 @@ fn collect_pending(
     if n > 10_000 {
         Spi::run(&format!("ANALYZE {pending}")).or_fail("analyzing the pending changes");
     }
+    if in_place && n > 0 {
+        Spi::run(&format!(
+            "UPDATE {pending} AS p SET deleted = true \
+              WHERE p.deleted IS FALSE AND EXISTS (SELECT 1 FROM {pending} AS q \
+                    WHERE q.reloid = p.reloid AND q.key = p.key AND q.deleted IS NOT FALSE)"
+        ))
+        .or_fail("classifying the pending changes");
+    }
     n
 }
 
-/// (table, key columns, truncated in the window, copied whole) of every table in the change set.
-fn changed_tables(
-    s: &str,
-    pending: &str,
-    to_copy: &[pg_sys::Oid],
-) -> Vec<(pg_sys::Oid, Vec<String>, bool, bool)> {
+/// A table in the change set, and what its log rows in the window say.
+pub(crate) struct Changed {
+    pub reloid: pg_sys::Oid,
+    /// its key columns
+    pub key: Vec<String>,
+    /// TRUNCATEd in the window
+    pub truncated: bool,
+    /// copied whole
+    pub copy: bool,
+    /// some identity was logged as possibly gone (`deleted` true)
+    pub gone: bool,
+    /// some identity was logged as inserted (`deleted` NULL)
+    pub inserted: bool,
+    /// some identity was logged as updated in place (`deleted` false)
+    pub updated: bool,
+}
+
+/// Every table in the change set.
+fn changed_tables(s: &str, pending: &str, to_copy: &[pg_sys::Oid]) -> Vec<Changed> {
     Spi::connect(|client| {
         let tab = client.select(
             &format!(
                 "SELECT t.reloid, t.key::text[], \
-                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]) \
+                        coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]), \
+                        coalesce(bool_or(p.deleted), false), \
+                        coalesce(bool_or(p.key IS NOT NULL AND p.deleted IS NULL), false), \
+                        coalesce(bool_or(NOT p.deleted), false) \
                  FROM {s}._rserv_tables_ t LEFT JOIN {pending} p ON p.reloid = t.reloid \
                  WHERE t.reloid = ANY ($1::oid[]) OR p.reloid IS NOT NULL \
                  GROUP BY t.reloid, t.key ORDER BY t.reloid"
@@ -579,12 +617,15 @@ fn changed_tables(
         )?;
         let mut out = Vec::new();
         for r in tab {
-            out.push((
-                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                r.get::<Vec<String>>(2)?.unwrap_or_default(),
-                r.get::<bool>(3)?.unwrap_or(false),
-                r.get::<bool>(4)?.unwrap_or(false),
-            ));
+            out.push(Changed {
+                reloid: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                key: r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                truncated: r.get::<bool>(3)?.unwrap_or(false),
+                copy: r.get::<bool>(4)?.unwrap_or(false),
+                gone: r.get::<bool>(5)?.unwrap_or(true),
+                inserted: r.get::<bool>(6)?.unwrap_or(true),
+                updated: r.get::<bool>(7)?.unwrap_or(true),
+            });
         }
         Ok::<_, pgrx::spi::Error>(out)
     })

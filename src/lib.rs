@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 
 mod apply;
 mod apply_copy;
+mod apply_rows;
 mod apply_target;
 mod canonical;
 mod capture;
@@ -64,6 +65,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     capture::register_callbacks();
+    apply_rows::register_callbacks();
     wakeup::register_callbacks();
     ddl::register_callbacks();
     apply_copy::install();

@@ -13,8 +13,8 @@ use pgrx::prelude::*;
 pub const FORMAT: i32 = 1;
 
 /// The features of format 1 added after rserv 1.0.0 that this slave applies: DDL sections
-/// (schema changes) and the SEQUENCE section.
-pub const FEATURES: [&str; 2] = ["ddl", "sequence"];
+/// (schema changes), the SEQUENCE section and UPSERT sections (rows updated in place).
+pub const FEATURES: [&str; 3] = ["ddl", "sequence", "upsert"];
 
 /// Refuse change set `syncid` of a master running rserv `version` unless this slave reads its
 /// `format` and every one of its `features`. A caller older than rserv 1.1 names neither

@@ -95,7 +95,15 @@ pub(crate) fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_
         .or_fail("recording a partition");
         if log_rows {
             // SAFETY: appends to rserv's own log
-            unsafe { crate::capture::log_rows_of(log_oid, root, *part, &root_keys, false) };
+            unsafe {
+                crate::capture::log_rows_of(
+                    log_oid,
+                    root,
+                    *part,
+                    &root_keys,
+                    crate::capture::Logged::Updated,
+                )
+            };
         }
     }
     for part in known
@@ -111,7 +119,15 @@ pub(crate) fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_
         if exists {
             if log_rows {
                 // SAFETY: appends to rserv's own log
-                unsafe { crate::capture::log_rows_of(log_oid, root, *part, &root_keys, true) };
+                unsafe {
+                    crate::capture::log_rows_of(
+                        log_oid,
+                        root,
+                        *part,
+                        &root_keys,
+                        crate::capture::Logged::Gone,
+                    )
+                };
             }
             let name = table_info(*part).qualified();
             drop_trigger(*part, &name, PART_TRUNCATE_TRIGGER);

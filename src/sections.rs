@@ -1,7 +1,7 @@
 //! Change sets: what the prepare reads per changed table, at its snapshot. [`guard_table`]
 //! makes sure the table can be read whole and consistently (still an ordinary logged table, no
 //! row-level security in the way, locked against TRUNCATE, none committed after the snapshot);
-//! [`table_sections`] gives the table's sections (TRUNCATE or DELETE, then INSERT) with the
+//! [`table_sections`] gives the table's sections (TRUNCATE or DELETE, then UPSERT and INSERT) with the
 //! queries the caller runs as `COPY (query) TO STDOUT`.
 
 use crate::catalog::{key_match, table_columns, Column, TableInfo};
@@ -141,13 +141,20 @@ pub(crate) fn guard_table(info: &TableInfo) {
 /// Marks, in a section's column types, a column the master generates (and does not send).
 pub const GENERATED_MARK: &str = "generated:";
 
+/// The sections of one changed table. Without `in_place` (a slave that does not read UPSERT
+/// sections, or a change set written to a file): every changed identity is deleted, then those
+/// that exist are inserted. With it, by what the window logged for each identity: those logged
+/// as possibly gone are deleted (DELETE); the current rows of those and of the inserted ones are
+/// loaded (INSERT: an inserted identity was absent at the window's start, see
+/// `capture::Logged`); those only updated are updated in place (UPSERT), coming before the
+/// INSERT section, whose rows they never share.
 pub(crate) fn table_sections(
     info: &TableInfo,
     pending: &str,
-    key: Vec<String>,
-    truncated: bool,
-    copy: bool,
+    changed: &crate::changeset::Changed,
+    in_place: bool,
 ) -> Vec<Section> {
+    let (key, truncated, copy) = (changed.key.clone(), changed.truncated, changed.copy);
     let table = qualified(&info.schema, &info.name);
     // a partitioned table holds no rows itself: read it with its partitions
     let only = if info.relkind == "p" { "" } else { "ONLY " };
@@ -226,25 +233,6 @@ pub(crate) fn table_sections(
         out.push(all);
         return out;
     }
-    if truncated {
-        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
-    } else {
-        // Every changed identity goes, as the canonical text it was logged as: the INSERT
-        // section then brings back those that still exist, so the slave loads rows straight
-        // into the table with no merge step.
-        let logged = key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("k.key[{}] AS {}", i + 1, quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        out.push(mk(
-            "DELETE",
-            key.clone(),
-            types(&key_cols),
-            Some(format!("SELECT DISTINCT {logged} FROM {pending_rows}")),
-        ));
-    }
     let matches = key_cols
         .iter()
         .enumerate()
@@ -256,14 +244,55 @@ pub(crate) fn table_sections(
         })
         .collect::<Vec<_>>()
         .join(" AND ");
-    out.push(mk(
-        "INSERT",
-        names(&sent),
-        row_types(),
-        Some(format!(
-            "SELECT {select_list} FROM {only}{table} AS t \
-             WHERE EXISTS (SELECT 1 FROM {pending_rows} AND {matches})"
-        )),
-    ));
+    let logged = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("k.key[{}] AS {}", i + 1, quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // the current rows of the identities `which` picks among the logged ones
+    let rows = |section, which: &str| {
+        mk(
+            section,
+            names(&sent),
+            row_types(),
+            Some(format!(
+                "SELECT {select_list} FROM {only}{table} AS t \
+                 WHERE EXISTS (SELECT 1 FROM {pending_rows}{which} AND {matches})"
+            )),
+        )
+    };
+    let delete = |which: &str| {
+        mk(
+            "DELETE",
+            key.clone(),
+            types(&key_cols),
+            Some(format!(
+                "SELECT DISTINCT {logged} FROM {pending_rows}{which}"
+            )),
+        )
+    };
+    if truncated {
+        out.push(mk("TRUNCATE", Vec::new(), Vec::new(), None));
+        out.push(rows("INSERT", ""));
+    } else if in_place {
+        if changed.gone {
+            out.push(delete(" AND k.deleted"));
+        }
+        // collect_pending marked an identity with both kinds of rows as gone: these two sets
+        // of identities are disjoint
+        if changed.updated {
+            out.push(rows("UPSERT", " AND k.deleted IS FALSE"));
+        }
+        if changed.gone || changed.inserted {
+            out.push(rows("INSERT", " AND k.deleted IS NOT FALSE"));
+        }
+    } else {
+        // Every changed identity goes, as the canonical text it was logged as: the INSERT
+        // section then brings back those that still exist, so the slave loads rows straight
+        // into the table with no merge step.
+        out.push(delete(""));
+        out.push(rows("INSERT", ""));
+    }
     out
 }

@@ -136,6 +136,7 @@ fn target(
         slave_node: Some(node),
         tables: Some(slave::tables(ep.slave, ep.slave_rs)?),
         verbose: opts.verbose,
+        in_place: ep.slave_rs.api >= crate::rserv::Api::V1_1,
     };
     master::register(ep.master, ep.master_rs, &t)?;
     // A table the slave asks to receive whole stops asking once that copy is applied: keep

@@ -42,6 +42,8 @@ pub struct Target {
     pub tables: Option<Vec<(String, String, bool)>>,
     /// report progress of initial copies even when short
     pub verbose: bool,
+    /// the slave applies UPSERT sections (rows updated in place): its rserv does
+    pub in_place: bool,
 }
 
 impl Target {
@@ -207,8 +209,17 @@ pub fn prepare(
     };
     // Nothing in the session's schemas can shadow a built-in while we read the change set, and
     // no row-level security policy may filter it (the master then refuses, naming the table).
+    let mut settings = "SET search_path = pg_catalog, pg_temp; SET row_security = off".to_string();
+    if rs.api >= Api::V1_1 {
+        // which sections the slave reads (a file's reader is unknown: then every release's)
+        settings.push_str(if target.in_place {
+            "; SET rserv.slave_reads_upsert = on"
+        } else {
+            "; SET rserv.slave_reads_upsert = off"
+        });
+    }
     client
-        .batch_execute("SET search_path = pg_catalog, pg_temp; SET row_security = off")
+        .batch_execute(&settings)
         .ctx("master: pinning search_path")?;
     let mut attempt = 0;
     loop {

@@ -42,8 +42,9 @@ pub const MAGIC_PREFIX: &str = "-- RSERV SNAPSHOT ";
 /// section a reader must know to apply the change set.
 pub const FEATURE_DDL: &str = "ddl";
 pub const FEATURE_SEQUENCE: &str = "sequence";
+pub const FEATURE_UPSERT: &str = "upsert";
 /// Every feature this replicate reads and writes.
-pub const FEATURES: [&str; 2] = [FEATURE_DDL, FEATURE_SEQUENCE];
+pub const FEATURES: [&str; 3] = [FEATURE_DDL, FEATURE_SEQUENCE, FEATURE_UPSERT];
 
 /// Facts about the change set as a whole.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -100,6 +101,8 @@ pub enum SectionKind {
     Delete,
     Insert,
     Update,
+    /// the current rows of identities only updated in the window: updated in place
+    Upsert,
     /// the state of the master's replicated sequences
     Sequence,
     /// a schema change of the table: its definition before and after (one JSON row)
@@ -113,6 +116,7 @@ impl SectionKind {
             SectionKind::Delete => "DELETE",
             SectionKind::Insert => "INSERT",
             SectionKind::Update => "UPDATE",
+            SectionKind::Upsert => "UPSERT",
             SectionKind::Sequence => "SEQUENCE",
             SectionKind::Ddl => "DDL",
         }
@@ -124,6 +128,7 @@ impl SectionKind {
             "DELETE" => Some(SectionKind::Delete),
             "INSERT" => Some(SectionKind::Insert),
             "UPDATE" => Some(SectionKind::Update),
+            "UPSERT" => Some(SectionKind::Upsert),
             "SEQUENCE" => Some(SectionKind::Sequence),
             "DDL" => Some(SectionKind::Ddl),
             _ => None,
@@ -135,6 +140,7 @@ impl SectionKind {
         match self {
             SectionKind::Ddl => Some(FEATURE_DDL),
             SectionKind::Sequence => Some(FEATURE_SEQUENCE),
+            SectionKind::Upsert => Some(FEATURE_UPSERT),
             _ => None,
         }
     }
@@ -215,6 +221,8 @@ impl<W: Write> SnapshotWriter<W> {
             )
             .as_bytes(),
         )?;
+        // the reader may begin its transaction while the sections are read from the master
+        w.out.flush()?;
         Ok(w)
     }
 
@@ -267,6 +275,8 @@ impl<W: Write> SnapshotWriter<W> {
         // it is merged into the slave table.
         let check = format!("-- CHECK {}\n", json(&self.totals()));
         self.put(check.as_bytes())?;
+        // the reader may merge this section while the next one is read from the master
+        self.out.flush()?;
         Ok(n_rows)
     }
 
