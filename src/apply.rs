@@ -69,6 +69,19 @@ struct ApplyState {
     /// targets resolved in this transaction (each is checked once)
     resolved: Vec<ResolvedTarget>,
     copy: Option<AllowedCopy>,
+    /// the change set leaves identities it logged as inserted out of its DELETE section
+    /// (feature `upsert`)
+    in_place: bool,
+    /// this slave is exactly at the change set's window start (the last change set it applied
+    /// is the change set's `base`): an identity the window logged as inserted is not here yet.
+    /// Not so when the master prepared this one before it learned of the last one applied (two
+    /// `replicate` runs at once, or a confirm lost): then the windows overlap, and inserted
+    /// rows are loaded as replacements (delete, then insert).
+    exact_start: bool,
+    /// tables a TRUNCATE section emptied in this change set
+    emptied: Vec<pg_sys::Oid>,
+    /// the INSERT section being applied was staged to replace rows, not COPYed in
+    insert_staged: bool,
 }
 
 thread_local! {
@@ -189,10 +202,12 @@ fn rserv_apply_begin_v11(
         format,
         features,
     };
-    if !check_change_set(&cs) {
+    let Some(applied) = change_set_applies(&cs) else {
         return false;
-    }
+    };
     let s = ext_schema();
+    let in_place = cs.features.iter().flatten().any(|f| f == "upsert");
+    let exact_start = applied.is_some() && applied == cs.base;
     let ChangeSet {
         syncid,
         master,
@@ -226,6 +241,8 @@ fn rserv_apply_begin_v11(
     STATE.with(|st| {
         *st.borrow_mut() = ApplyState {
             xact: x,
+            in_place,
+            exact_start,
             ..ApplyState::default()
         }
     });
@@ -250,6 +267,12 @@ pub struct ChangeSet {
 /// has it already; an error when it must not apply it. Locks `_rserv_slave_sync_` until the
 /// transaction ends (concurrent appliers queue here).
 pub fn check_change_set(cs: &ChangeSet) -> bool {
+    change_set_applies(cs).is_some()
+}
+
+/// [`check_change_set`]: None when this slave has the change set already, else the sync id of
+/// the last change set it applied (None: none yet).
+fn change_set_applies(cs: &ChangeSet) -> Option<Option<i64>> {
     let s = ext_schema();
     let (syncid, server, base) = (cs.syncid, cs.server, cs.base);
     let (master, fingerprint) = (&cs.master, &cs.fingerprint);
@@ -316,14 +339,14 @@ pub fn check_change_set(cs: &ChangeSet) -> bool {
                 applied,
                 syncid
             );
-            return false;
+            return None;
         }
     }
     let applied = current.as_ref().map(|c| c.0);
     if let Some(base) = base.filter(|b| applied.is_none_or(|a| a < *b)) {
         require_all_copied(&s, syncid, base, applied);
     }
-    true
+    Some(applied)
 }
 
 /// A change set the master prepared for another slave database is refused.
@@ -516,6 +539,7 @@ fn rserv_apply_stage(
             });
             // The table now holds exactly the master's rows once this change set is applied.
             mark_copied(t.reloid);
+            STATE.with(|s| s.borrow_mut().emptied.push(t.reloid));
             None
         }
         "DELETE" | "INSERT" | "UPDATE" | "UPSERT" if crate::slave_registry::needs_copy(t.reloid) => fail(
@@ -545,6 +569,15 @@ fn rserv_apply_stage(
                 staging::column_names(t.key.len())
             ))
         }
+        "INSERT" if replaces_rows(t.reloid) => {
+            STATE.with(|s| s.borrow_mut().insert_staged = true);
+            let stage = rows_stage(t.columns.len());
+            staging::empty(&stage, false);
+            Some(format!(
+                "COPY {stage} ({}) FROM STDIN",
+                staging::column_names(t.columns.len())
+            ))
+        }
         "INSERT" => {
             let command = format!("COPY {} ({}) FROM STDIN", t.table, ident_list(&t.columns));
             STATE.with(|s| {
@@ -571,6 +604,17 @@ fn rserv_apply_stage(
             "sections are TRUNCATE, DELETE, INSERT, UPDATE, UPSERT, SEQUENCE and DDL",
         ),
     }
+}
+
+/// Whether an INSERT section for `reloid` must replace rows rather than load them: its
+/// identities are left out of the DELETE section (feature `upsert`), but this slave may hold
+/// some of them already (see `ApplyState::exact_start`), and no TRUNCATE section emptied the
+/// table in this change set.
+fn replaces_rows(reloid: pg_sys::Oid) -> bool {
+    STATE.with(|s| {
+        let s = s.borrow();
+        s.in_place && !s.exact_start && !s.emptied.contains(&reloid)
+    })
 }
 
 /// `t.k1 = s.c<i> AND ...`: rows of `t` whose identity is staged in `s`, column `c<i>` of the
@@ -641,6 +685,14 @@ fn rserv_apply_merge(
                 crate::ddl::apply_section(p, schema_name, table_name);
             }
             payloads.len() as i64
+        }
+        "INSERT" if STATE.with(|s| std::mem::take(&mut s.borrow_mut().insert_staged)) => {
+            let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
+            let stage = rows_stage(t.columns.len());
+            staging::analyze_if_big(&stage, 8 * 1024 * 1024);
+            let written = crate::apply_rows::replace_staged(&t, &stage);
+            staging::empty(&stage, false);
+            written
         }
         "INSERT" => {
             STATE.with(|s| s.borrow_mut().copy = None);
