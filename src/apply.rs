@@ -706,10 +706,10 @@ fn rserv_apply_merge(
             let staged = crate::apply_rows::staged_rows(&stage);
             let settings = crate::apply_rows::settings(staged);
             let deleted = delete_staged(&t, &stage, &matches, &settings);
-            if big {
-                // give the space back now rather than keep a large table for the session
-                staging::empty(&stage, true);
-            }
+            // Nothing staged outlives its section: a later statement run as another table's
+            // owner (who can read the stage) must not find this table's keys. A large stage
+            // gives its space back now rather than keep it for the session.
+            staging::empty(&stage, big);
             deleted
         }
         "UPDATE" | "UPSERT" => {

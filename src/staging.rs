@@ -131,8 +131,9 @@ pub fn column_names(n: usize) -> String {
 /// smaller one by DELETE (no new file, no catalog change: far cheaper for a few rows).
 const TRUNCATE_ABOVE: i64 = 256 * 1024;
 
-/// Empty a staging table before a section fills it (the table outlives sections and
-/// transactions). `big`: give its space back now, whatever its size.
+/// Empty a staging table before a section fills it, and after its merge (the table outlives
+/// sections and transactions; what it held must not). `big`: give its space back now,
+/// whatever its size.
 pub fn empty(qualified: &str, big: bool) {
     let truncate = big
         || first::<bool>(

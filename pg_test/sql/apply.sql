@@ -141,7 +141,7 @@ SELECT rserv_slave_sync_id(), rserv_slave_master_id();
 COMMIT;
 SHOW session_replication_role;
 SELECT * FROM t ORDER BY id;
--- the key staging table stays, emptied by the commit
+-- the key staging table stays, emptied after its merge
 SELECT count(*) FROM :keys;
 SELECT rserv_slave_sync_id(), rserv_slave_master_id();
 SELECT syncid, master FROM _rserv_slave_sync_;
@@ -200,7 +200,7 @@ ROLLBACK;
 -- an unknown section
 BEGIN;
 SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_version());
-SELECT rserv_apply_stage('UPSERT', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
+SELECT rserv_apply_stage('MERGE', 'public', 't', ARRAY['id', 'v', 'n'], ARRAY['id']);
 ROLLBACK;
 BEGIN;
 SELECT rserv_apply_begin(2, '11111111-2222-3333-4444-555555555555', rserv_version());
