@@ -94,10 +94,12 @@ chmod 700 "$WORK"
 SOCK=$WORK
 STARTED=()      # data directories of running clusters
 BG_PIDS=()      # background jobs of this script
-# The rserv build this run measures, under a version name of its own (see "pin" below).
-BENCH_VERSION="bench_${WORK##*.}"
 PG_SHAREDIR=$("$PG_CONFIG" --sharedir)
-EXT_SQL=$PG_SHAREDIR/extension/rserv--$BENCH_VERSION.sql
+# the rserv version this tree builds (the workspace's package version)
+EXT_VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
+case "$EXT_VERSION" in *.*.*) ;; *) die "no [workspace.package] version in Cargo.toml" ;; esac
+EXT_SQL=""      # this run's install script (see "pin" below), removed on exit
+BENCH_VERSION=""
 cleanup() {
     local rc=$?
     set +e
@@ -113,7 +115,7 @@ cleanup() {
     for (( i=${#STARTED[@]}-1; i>=0; i-- )); do
         runuser -u postgres -- "$PG_BIN/pg_ctl" -D "${STARTED[$i]}" -m immediate -w -t 60 stop >/dev/null 2>&1
     done
-    rm -f "$EXT_SQL"
+    if [ -n "$EXT_SQL" ]; then rm -f "$EXT_SQL"; fi
     cp "$WORK/master/server.log" "$OUT/master.server.log" 2>/dev/null
     cp "$WORK/slave/server.log" "$OUT/slave.server.log" 2>/dev/null
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
@@ -129,6 +131,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# The rserv build this run measures is installed under a version name of its own: the tree's
+# MAJOR.MINOR with a patch number of this run's (replicate drives an extension by the
+# major.minor of its version, so the name must read as a version of the release built here).
+# The name is reserved by creating its install script exclusively; it is filled in below.
+for _ in $(seq 1 50); do
+    v="${EXT_VERSION%.*}.$(( 100000 + RANDOM * 32768 + RANDOM ))"
+    if ( set -C; : >"$PG_SHAREDIR/extension/rserv--$v.sql" ) 2>/dev/null; then
+        BENCH_VERSION=$v; EXT_SQL=$PG_SHAREDIR/extension/rserv--$v.sql; break
+    fi
+done
+[ -n "$BENCH_VERSION" ] || die "could not reserve an install script name in $PG_SHAREDIR/extension"
 
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     log "build: scripts/setup.sh, cargo pgrx install --release, cargo build -p replicate --release"
@@ -142,13 +155,13 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
 fi
 # Pin what this run measures. The machine is shared: another engineer's `cargo pgrx install`
 # (often a debug build, sometimes of a newer source tree) can replace the installed rserv.so
-# and rserv--1.0.0.sql in the middle of a run, and a rebuild can replace
+# and rserv--VERSION.sql in the middle of a run, and a rebuild can replace
 # target/release/replicate. So this build is copied now: replicate to $WORK/bin, the library
 # to $WORK/lib, and the install script to rserv--$BENCH_VERSION.sql with the library's
 # absolute path in place of MODULE_PATHNAME. The benchmark creates the extension with
 # VERSION '$BENCH_VERSION' (removed again on exit), so nothing else can swap it.
 PKGLIB_SO=$("$PG_CONFIG" --pkglibdir)/rserv.so
-INSTALLED_SQL=$PG_SHAREDIR/extension/rserv--1.0.0.sql
+INSTALLED_SQL=$PG_SHAREDIR/extension/rserv--$EXT_VERSION.sql
 [ -x "$REPO/target/release/replicate" ] || die "target/release/replicate is missing"
 [ -f "$REPO/target/release/librserv.so" ] || die "target/release/librserv.so is missing"
 [ -f "$INSTALLED_SQL" ] || die "$INSTALLED_SQL is missing"
@@ -512,17 +525,19 @@ build_backlog() {   # kind db: prints the seconds it took on the master
 }
 explain_prepare() {   # db: EXPLAIN ANALYZE of rserv_prepare's queries on the current backlog
     {
-        echo "-- rserv_prepare(0) on a backlog of $BACKLOG changed rows ($1), $(date -u '+%F %T UTC')"
+        echo "-- rserv_prepare on a backlog of $BACKLOG changed rows ($1), $(date -u '+%F %T UTC')"
         m "$1" -f - <<'EOF'
 SET client_min_messages = warning;
+-- the one slave registered on this master (replicate registers it by its node id)
+SELECT server AS srv, coalesce(node::text, '') AS node FROM _rserv_servers_ ORDER BY server LIMIT 1 \gset
 \timing on
 BEGIN ISOLATION LEVEL REPEATABLE READ;
--- what the prepare's collect step reads into _rserv_pending_, with the last confirmed snapshot
+-- what the prepare's collect step reads into its pending table, with the last confirmed snapshot
 EXPLAIN (ANALYZE, BUFFERS)
-SELECT l.reloid, l.key FROM _rserv_log_ AS l JOIN _rserv_tables_ AS t ON t.reloid = l.reloid,
-  LATERAL (SELECT maxid, active FROM _rserv_sync_ WHERE server = 0 AND status > 0 ORDER BY syncid DESC LIMIT 1) c
-WHERE l.logid >= c.maxid OR l.logid = ANY (c.active);
-CREATE TEMP TABLE bench_sections AS SELECT * FROM rserv_prepare(0);
+SELECT l.reloid, l.key FROM _rserv_log_ AS l,
+  LATERAL (SELECT maxid, active FROM _rserv_sync_ WHERE server = :srv AND status > 0 ORDER BY syncid DESC LIMIT 1) c
+WHERE l.reloid IN (SELECT reloid FROM _rserv_tables_) AND (l.logid >= c.maxid OR l.logid = ANY (c.active));
+CREATE TEMP TABLE bench_sections AS SELECT * FROM rserv_prepare(:srv, nullif(:'node', ''));
 SELECT section, table_name, query FROM bench_sections;
 SELECT format('EXPLAIN (ANALYZE, BUFFERS) %s', query) FROM bench_sections WHERE query IS NOT NULL \gexec
 ROLLBACK;
@@ -561,7 +576,10 @@ if ! skipped catchup; then
                     read -r rows bytes < <(mval "$db" "SELECT count(*), pg_total_relation_size('_rserv_log_') FROM _rserv_log_" | tr '|' ' ')
                     rec catchup "log_rows_$kind" rserv "$r" "$rows"
                     rec catchup "log_bytes_$kind" rserv "$r" "$bytes"
-                    if [ "$r" = 1 ] && [ "$kind" = large ]; then explain_prepare "$db"; fi
+                    if [ "$r" = 1 ] && [ "$kind" = large ]; then
+                        # diagnostics only: a failure is in the file, the measurement goes on
+                        explain_prepare "$db" || echo "   (EXPLAIN of the prepare failed: $OUT/prepare-plans.txt)" >&2
+                    fi
                     t0=$(now)
                     /usr/bin/time -v -o "$OUT/time-$kind-$r.txt" timeout 3600 \
                         "$REPLICATE" --masterhost="$SOCK" --masterport="$MPORT" --slavehost="$SOCK" \
