@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# rserv benchmark suite (issue 6): capture overhead, catch-up, continuous lag, initial copy,
-# each measured side by side with PostgreSQL's built-in logical replication in the same run.
+# rserv benchmark suite (issues 6 and 18): capture only, replicating, catch-up, continuous lag,
+# initial copy, each measured like with like against PostgreSQL's built-in logical replication
+# in the same run (capture only: a slot decoded to nowhere; replicating: a subscription).
 #
 #   bash bench/run.sh [--quick] [--rounds N] [--scale N] [--peers]
 #
@@ -11,11 +12,12 @@
 # bench/RESULTS.md, bench/lag.png and the raw data in bench/out/. See bench/README.md.
 #
 # Environment knobs (for development of the suite itself; defaults come from the flags):
-#   BENCH_SECS=N      seconds per pgbench TPC-B round          (60; --quick 10)
+#   BENCH_SECS=N      seconds per pgbench TPC-B round          (30; --quick 10)
 #   BENCH_LOOP=N      single-row UPDATEs per loop round        (20000; --quick 2000)
 #   BENCH_BACKLOG=N   changed rows per catch-up backlog        (1000000; --quick 100000)
+#   BENCH_BIG_SCALE=N pgbench scale of the 10x table of the catch-up check (10 x --scale)
 #   BENCH_LAG_SECS=N  seconds of each continuous-lag run       (60; --quick 15)
-#   BENCH_SKIP="capture catchup lag copy"   phases to skip (the report marks them absent)
+#   BENCH_SKIP="capture replicating catchup big lag copy"   phases to skip (big: the 10x table)
 #   BENCH_KEEP=1      keep the cluster directory (its path is printed)
 #   BENCH_NO_BUILD=1  skip setup.sh and the two cargo builds (use what is already installed)
 #   BENCH_SOURCE=TEXT what was built, for RESULTS.md when the tree is not a git checkout
@@ -34,7 +36,7 @@ PG_CONFIG=$PG_BIN/pg_config
 COMMAND_LINE="bash bench/run.sh $*"
 
 usage() {
-    sed -n '2,21p' "$SELF" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$SELF" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -62,13 +64,16 @@ if [ "$QUICK" = 1 ]; then
     BACKLOG=${BENCH_BACKLOG:-100000}; LAG_SECS=${BENCH_LAG_SECS:-15}
 else
     ROUNDS=${ROUNDS:-5}
-    SECS=${BENCH_SECS:-60}; LOOP=${BENCH_LOOP:-20000}
+    SECS=${BENCH_SECS:-30}; LOOP=${BENCH_LOOP:-20000}
     BACKLOG=${BENCH_BACKLOG:-1000000}; LAG_SECS=${BENCH_LAG_SECS:-60}
 fi
 # catch-up rounds are long (a 1M-row backlog each): at most 3 unless --rounds says fewer
 CU_ROUNDS=$(( ROUNDS < 3 ? ROUNDS : 3 ))
 SKIP=" ${BENCH_SKIP:-} "
 NACC=$(( SCALE * 100000 ))     # pgbench_accounts rows
+BIG_SCALE=${BENCH_BIG_SCALE:-$(( SCALE * 10 ))}
+case "$BIG_SCALE" in ''|*[!0-9]*|0) echo "run.sh: BENCH_BIG_SCALE must be a positive integer" >&2; exit 2 ;; esac
+BIG_NACC=$(( BIG_SCALE * 100000 ))
 BULK_LIMIT=200000              # the issue's bulk UPDATE ... WHERE aid <= 200000
 
 log() { printf '\n== bench %s: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -94,10 +99,12 @@ chmod 700 "$WORK"
 SOCK=$WORK
 STARTED=()      # data directories of running clusters
 BG_PIDS=()      # background jobs of this script
-# The rserv build this run measures, under a version name of its own (see "pin" below).
-BENCH_VERSION="bench_${WORK##*.}"
 PG_SHAREDIR=$("$PG_CONFIG" --sharedir)
-EXT_SQL=$PG_SHAREDIR/extension/rserv--$BENCH_VERSION.sql
+# the rserv version this tree builds (the workspace's package version)
+EXT_VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
+case "$EXT_VERSION" in *.*.*) ;; *) die "no [workspace.package] version in Cargo.toml" ;; esac
+EXT_SQL=""      # this run's install script (see "pin" below), removed on exit
+BENCH_VERSION=""
 cleanup() {
     local rc=$?
     set +e
@@ -113,7 +120,7 @@ cleanup() {
     for (( i=${#STARTED[@]}-1; i>=0; i-- )); do
         runuser -u postgres -- "$PG_BIN/pg_ctl" -D "${STARTED[$i]}" -m immediate -w -t 60 stop >/dev/null 2>&1
     done
-    rm -f "$EXT_SQL"
+    if [ -n "$EXT_SQL" ]; then rm -f "$EXT_SQL"; fi
     cp "$WORK/master/server.log" "$OUT/master.server.log" 2>/dev/null
     cp "$WORK/slave/server.log" "$OUT/slave.server.log" 2>/dev/null
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
@@ -129,6 +136,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# The rserv build this run measures is installed under a version name of its own: the tree's
+# MAJOR.MINOR with a patch number of this run's (replicate drives an extension by the
+# major.minor of its version, so the name must read as a version of the release built here).
+# The name is reserved by creating its install script exclusively; it is filled in below.
+for _ in $(seq 1 50); do
+    v="${EXT_VERSION%.*}.$(( 100000 + RANDOM * 32768 + RANDOM ))"
+    if ( set -C; : >"$PG_SHAREDIR/extension/rserv--$v.sql" ) 2>/dev/null; then
+        BENCH_VERSION=$v; EXT_SQL=$PG_SHAREDIR/extension/rserv--$v.sql; break
+    fi
+done
+[ -n "$BENCH_VERSION" ] || die "could not reserve an install script name in $PG_SHAREDIR/extension"
 
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     log "build: scripts/setup.sh, cargo pgrx install --release, cargo build -p replicate --release"
@@ -142,13 +160,13 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
 fi
 # Pin what this run measures. The machine is shared: another engineer's `cargo pgrx install`
 # (often a debug build, sometimes of a newer source tree) can replace the installed rserv.so
-# and rserv--1.0.0.sql in the middle of a run, and a rebuild can replace
+# and rserv--VERSION.sql in the middle of a run, and a rebuild can replace
 # target/release/replicate. So this build is copied now: replicate to $WORK/bin, the library
 # to $WORK/lib, and the install script to rserv--$BENCH_VERSION.sql with the library's
 # absolute path in place of MODULE_PATHNAME. The benchmark creates the extension with
 # VERSION '$BENCH_VERSION' (removed again on exit), so nothing else can swap it.
 PKGLIB_SO=$("$PG_CONFIG" --pkglibdir)/rserv.so
-INSTALLED_SQL=$PG_SHAREDIR/extension/rserv--1.0.0.sql
+INSTALLED_SQL=$PG_SHAREDIR/extension/rserv--$EXT_VERSION.sql
 [ -x "$REPO/target/release/replicate" ] || die "target/release/replicate is missing"
 [ -f "$REPO/target/release/librserv.so" ] || die "target/release/librserv.so is missing"
 [ -f "$INSTALLED_SQL" ] || die "$INSTALLED_SQL is missing"
@@ -286,27 +304,28 @@ wait_for() {
     info loop "$LOOP"
     info backlog "$BACKLOG"
     info lag_secs "$LAG_SECS"
+    info big_scale "$BIG_SCALE"
     info rserv_so "release build, $(stat -c %s "$RSERV_SO") bytes, md5 $(md5sum <"$RSERV_SO" | cut -c1-12), pinned as version $BENCH_VERSION"
     info other_postgres "$(pgrep -c -u postgres -x postgres 2>/dev/null || echo 0) postgres processes on the machine (ours included: about 14)"
 }
 
 # ---------------------------------------------------------------- template databases
 # The same deterministic pgbench data on both clusters; every benchmark database is a clone.
-make_template() {   # side
-    local side=$1 port
+make_db() {   # side db scale: a pgbench database (pgbench -i) with the bench's extra tables
+    local side=$1 db=$2 scale=$3 port
     [ "$side" = m ] && port=$MPORT || port=$SPORT
-    "$side" postgres -c "CREATE DATABASE tpl"
-    timeout 1800 pgbench -h "$SOCK" -p "$port" -U postgres -i -s "$SCALE" -q tpl >"$OUT/pgbench-init-$side.log" 2>&1 ||
-        { cat "$OUT/pgbench-init-$side.log" >&2; die "pgbench -i failed"; }
-    "$side" tpl -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" \
+    "$side" postgres -c "CREATE DATABASE $db"
+    timeout 3600 pgbench -h "$SOCK" -p "$port" -U postgres -i -s "$scale" -q "$db" >"$OUT/pgbench-init-$db-$side.log" 2>&1 ||
+        { cat "$OUT/pgbench-init-$db-$side.log" >&2; die "pgbench -i failed"; }
+    "$side" "$db" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" \
         -c "CREATE TABLE bench_marker (id int PRIMARY KEY, v bigint NOT NULL)" \
         -c "INSERT INTO bench_marker VALUES (1, 0)" \
         -c "CREATE TABLE bench_hb (id int PRIMARY KEY, ts timestamptz NOT NULL)" \
         -c "INSERT INTO bench_hb VALUES (1, '2000-01-01 00:00:00+00')" \
         -c "VACUUM ANALYZE"
 }
-clone() {   # side db
-    "$1" postgres -c "CREATE DATABASE $2 TEMPLATE tpl STRATEGY FILE_COPY"
+clone() {   # side db [template]
+    "$1" postgres -c "CREATE DATABASE $2 TEMPLATE ${3:-tpl} STRATEGY FILE_COPY"
 }
 PGB_TABLES="pgbench_accounts pgbench_branches pgbench_tellers pgbench_history"
 rserv_master() {   # db [extra tables...]
@@ -329,18 +348,53 @@ setup_cycle() {   # db: an untimed replicate cycle, its output kept in bench/out
     replicate_cycle "$1" >>"$OUT/replicate-setup-$1.log" 2>&1 ||
         { tail -n 20 "$OUT/replicate-setup-$1.log" >&2; die "replicate failed on $1"; }
 }
-lr_setup() {   # db [extra tables...]: publication on the master, enabled subscription on the slave
+bg_forget() {   # pid: a background job that has ended, no longer one for cleanup to stop
+    local keep=() p
+    for p in "${BG_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    BG_PIDS=("${keep[@]}")
+}
+
+# `replicate run`, the daemon, on db (both sides). daemon_stop records its peak RSS (VmHWM).
+DMN_PID=""
+daemon_start() {   # db tag
+    "$REPLICATE" --masterhost="$SOCK" --masterport="$MPORT" --slavehost="$SOCK" --slaveport="$SPORT" \
+        --user=postgres run "$1" "$1" >"$OUT/daemon-$2.log" 2>&1 & DMN_PID=$!; BG_PIDS+=("$DMN_PID")
+    sleep 1
+    kill -0 "$DMN_PID" 2>/dev/null || { cat "$OUT/daemon-$2.log" >&2; die "replicate run did not start"; }
+}
+daemon_stop() {   # phase metric config round: stop the daemon (SIGTERM), record its peak RSS in kB
+    local hwm drc=0
+    kill -0 "$DMN_PID" 2>/dev/null || die "replicate run (pid $DMN_PID) died during the run"
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$DMN_PID/status")
+    [ -n "$hwm" ] && rec "$1" "$2" "$3" "$4" "$hwm"
+    # SIGTERM stops the daemon between cycles; give it 60 s
+    kill -TERM "$DMN_PID"
+    for _ in $(seq 1 600); do kill -0 "$DMN_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$DMN_PID" 2>/dev/null; then kill -KILL "$DMN_PID"; die "replicate run ignored SIGTERM for 60 s"; fi
+    wait "$DMN_PID" || drc=$?
+    bg_forget "$DMN_PID"
+    case "$drc" in 0|130|143) ;; *) die "replicate run exited with status $drc (log in $OUT/daemon-*.log)" ;; esac
+}
+
+# Built-in logical replication. lr_publish: a publication of the pgbench tables and the marker
+# (the same tables rserv replicates); lr_setup adds an enabled subscription on the slave.
+lr_publish() {   # db [extra tables...]
     local db=$1 tables; shift
     tables=$(echo $PGB_TABLES bench_marker "$@" | tr ' ' ',')
     m "$db" -c "CREATE PUBLICATION ${db}_pub FOR TABLE $tables"
+}
+lr_setup() {   # db [extra tables...]: publication on the master, enabled subscription on the slave
+    local db=$1
+    lr_publish "$@"
     s "$db" -c "SET client_min_messages = warning" \
         -c "CREATE SUBSCRIPTION ${db}_sub CONNECTION 'host=$SOCK port=$MPORT user=postgres dbname=$db'
                 PUBLICATION ${db}_pub WITH (copy_data = false)"
-    lr_sync "$db" >/dev/null
+    slave_sync "$db" >/dev/null
 }
-# make a marker change on the master and wait until the subscriber shows it: afterwards the
-# subscriber has everything committed before it. Prints the seconds it took.
-lr_sync() {   # db [timeout]
+# make a marker change on the master and wait until the slave shows it (through rserv or a
+# subscription, whichever replicates db): afterwards the slave has everything committed before
+# it. Prints the seconds it took.
+slave_sync() {   # db [timeout]
     local db=$1 secs=${2:-1800} v t0
     v=$(date +%s%N)
     m "$db" -c "UPDATE bench_marker SET v = $v WHERE id = 1"
@@ -353,64 +407,123 @@ lr_disable() {   # db: stop the subscription and wait until its walsender is gon
     wait_for m "$1" "NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '${1}_sub' AND active)" 120
 }
 lr_enable() { s "$1" -c "ALTER SUBSCRIPTION ${1}_sub ENABLE"; }
+lr_drop() {   # db: drop the subscription (and its slot on the master)
+    s "$1" -c "SET client_min_messages = warning" -c "DROP SUBSCRIPTION ${1}_sub"
+}
 
-# md5 over every row of the four pgbench tables, in key order
-TABLE_HASH="SELECT string_agg(x, ' ') FROM (
-    SELECT (SELECT count(*) || ':' || md5(string_agg(md5(t::text), '' ORDER BY aid)) FROM pgbench_accounts t) AS x
+# Logical decoding to nowhere: built-in logical replication's capture cost alone. A fresh
+# pgoutput slot (created for the round, dropped after it) whose changes pg_recvlogical receives
+# into /dev/null: the walsender decodes every transaction as for a subscriber, nothing applies.
+DEC_PID=""
+dec_slot_active() {   # db: SQL, the decoding walsender of db's slot is streaming
+    echo "EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+        WHERE s.slot_name = '${1}_slot' AND r.state = 'streaming')"
+}
+dec_start() {   # db
+    local db=$1 slot=${1}_slot
+    m "$db" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$slot'" >/dev/null
+    m "$db" -c "SELECT pg_create_logical_replication_slot('$slot', 'pgoutput')" >/dev/null
+    "$PG_BIN/pg_recvlogical" -h "$SOCK" -p "$MPORT" -U postgres -d "$db" --slot="$slot" --start --no-loop \
+        -o proto_version=1 -o publication_names="${db}_pub" --fsync-interval=0 --status-interval=1 \
+        -f /dev/null >>"$OUT/recvlogical-$db.log" 2>&1 & DEC_PID=$!; BG_PIDS+=("$DEC_PID")
+    wait_for m "$db" "$(dec_slot_active "$db")" 60
+}
+dec_drain() {   # db: seconds until the decoder has read all the WAL written before now
+    local db=$1 lsn t0
+    lsn=$(mval "$db" "SELECT pg_current_wal_insert_lsn()")
+    # a published change after that point, so the WAL up to it is flushed and gets decoded
+    m "$db" -c "UPDATE bench_marker SET v = v + 1 WHERE id = 1"
+    t0=$(now)
+    kill -0 "$DEC_PID" 2>/dev/null || die "pg_recvlogical died during the round ($OUT/recvlogical-$db.log)"
+    wait_for m "$db" "$(dec_slot_active "$db") AND (SELECT r.sent_lsn >= '$lsn' FROM pg_replication_slots s
+        JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = '${db}_slot')" 600
+    since "$t0"
+}
+dec_stop() {   # db: stop pg_recvlogical, drop the slot
+    local db=$1
+    kill -0 "$DEC_PID" 2>/dev/null || die "pg_recvlogical died during the round ($OUT/recvlogical-$db.log)"
+    kill -INT "$DEC_PID"
+    for _ in $(seq 1 300); do kill -0 "$DEC_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$DEC_PID" 2>/dev/null && kill -TERM "$DEC_PID"
+    wait "$DEC_PID" || true
+    bg_forget "$DEC_PID"
+    wait_for m "$db" "NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '${db}_slot' AND active)" 60
+    m "$db" -c "SELECT pg_drop_replication_slot('${db}_slot')" >/dev/null
+}
+
+# md5 over every row of the four pgbench tables, in key order; pgbench_accounts: its row count,
+# then count and md5 of the rows matching $1 (true: all of them)
+table_hash() {   # [accounts filter]
+    echo "SELECT string_agg(x, ' ') FROM (
+    SELECT (SELECT count(*) FROM pgbench_accounts) || ':' || (SELECT count(*) || ':' || md5(string_agg(md5(t::text), '' ORDER BY aid)) FROM pgbench_accounts t WHERE ${1:-true}) AS x
     UNION ALL SELECT (SELECT count(*) || ':' || md5(string_agg(md5(t::text), '' ORDER BY bid)) FROM pgbench_branches t)
     UNION ALL SELECT (SELECT count(*) || ':' || md5(string_agg(md5(t::text), '' ORDER BY tid)) FROM pgbench_tellers t)
     UNION ALL SELECT (SELECT count(*) || ':' || md5(string_agg(md5(t::text), '' ORDER BY hid)) FROM pgbench_history t)) h"
-verify_equal() {   # db what
-    local a b
-    a=$(mval "$1" "$TABLE_HASH"); b=$(sval "$1" "$TABLE_HASH")
+}
+verify_equal() {   # db what [accounts filter]: the slave's tables equal the master's
+    local q a b pm ps
+    q=$(table_hash "${3:-}")
+    mval "$1" "$q" >"$WORK/hash.m" & pm=$!
+    sval "$1" "$q" >"$WORK/hash.s" & ps=$!
+    wait "$pm" || die "$2: hashing the master's tables failed"
+    wait "$ps" || die "$2: hashing the slave's tables failed"
+    a=$(cat "$WORK/hash.m"); b=$(cat "$WORK/hash.s")
     if [ "$a" != "$b" ]; then
         echo "master: $a" >&2; echo "slave:  $b" >&2
-        die "$2: the slave differs from the master after catch-up"
+        die "$2: the slave differs from the master"
     fi
-    echo "   verified: slave = master (${a%%:*} accounts rows, md5 of all four tables equal)" >&2
+    if [ -n "${3:-}" ]; then
+        echo "   verified: slave = master (${a%%:*} accounts rows, md5 of those where $3; md5 of every row of the other three tables)" >&2
+    else
+        echo "   verified: slave = master (${a%%:*} accounts rows, md5 of every row of the four tables)" >&2
+    fi
 }
 
 pgbench_tps() {   # file: the tps pgbench reported, without connection time
     awk '/^tps = / { print $3; exit }' "$1"
 }
+tpcb_round() {   # db log: pgbench TPC-B for $SECS s on the master's db; prints the TPS
+    timeout $(( SECS + 300 )) pgbench -h "$SOCK" -p "$MPORT" -U postgres -c 4 -j 2 -T "$SECS" "$1" \
+        >"$2" 2>&1 || { cat "$2" >&2; die "pgbench failed"; }
+    pgbench_tps "$2"
+}
 
 log "template databases (pgbench -i -s $SCALE, pgbench_history gets hid bigserial PRIMARY KEY)"
-make_template m
-make_template s
+make_db m tpl "$SCALE"
+make_db s tpl "$SCALE"
 m postgres -c CHECKPOINT; s postgres -c CHECKPOINT
 
-# ================================================================ 1. capture overhead
-CONFIGS="none rserv logical"
 rotate() {   # round: the three configurations, starting one further each round
     local r=$1 a=(none rserv logical)
     echo "${a[$(( r % 3 ))]} ${a[$(( (r + 1) % 3 ))]} ${a[$(( (r + 2) % 3 ))]}"
 }
-cfg_db() { echo "cap_$1"; }
-before_round() {   # cfg: same starting conditions for each configuration
-    local db; db=$(cfg_db "$1")
-    case "$1" in
-        rserv) m "$db" -c "TRUNCATE _rserv_log_" ;;
-        logical) lr_enable "$db"; lr_sync "$db" >/dev/null ;;
-    esac
-    m "$db" -c "VACUUM pgbench_accounts" -c CHECKPOINT
+CONFIGS="none rserv logical"
+declare -A NEXT_AID   # db -> highest aid so far (inserts take fresh ones above it)
+
+# ================================================================ 1. capture only
+# none: no replication. rserv: the four tables registered with rserv_add_table (the capture
+# triggers), no slave, no replicate; the log emptied before each round. logical: a publication
+# of the same tables and a fresh slot decoded to /dev/null by pg_recvlogical (dec_start).
+cap_before() {   # cfg: same starting conditions for each configuration
+    local db=cap_$1
+    if [ "$1" = rserv ]; then m "$db" -c "TRUNCATE _rserv_log_"; fi
+    m "$db" -c "VACUUM pgbench_accounts"
+    if [ "$1" = logical ]; then dec_start "$db"; fi
+    m "$db" -c CHECKPOINT
 }
-after_round() {   # cfg
-    local db; db=$(cfg_db "$1")
+cap_after() {   # cfg round
     if [ "$1" = logical ]; then
-        local drain
-        drain=$(lr_sync "$db")   # seconds the subscriber still needed after the round
-        rec capture lr_drain "$1" "$2" "$drain"
-        lr_disable "$db"
+        # seconds the decoder still needed after the round
+        rec capture dec_drain logical "$2" "$(dec_drain cap_logical)"
+        dec_stop cap_logical
     fi
 }
 
 if ! skipped capture; then
-    log "1. capture overhead: pgbench TPC-B -c 4 -j 2 -T $SECS, $ROUNDS interleaved rounds of none / rserv / logical"
-    for c in $CONFIGS; do clone m "$(cfg_db "$c")"; done
-    clone s cap_logical
+    log "1. capture only: pgbench TPC-B -c 4 -j 2 -T $SECS, $ROUNDS interleaved rounds of none / rserv (triggers) / logical (slot decoded to /dev/null)"
+    for c in $CONFIGS; do clone m "cap_$c"; done
     rserv_master cap_rserv
-    lr_setup cap_logical
-    lr_disable cap_logical
+    lr_publish cap_logical
     cat >"$OUT/update1.sql" <<EOF
 \set n random(1, $NACC)
 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :n;
@@ -423,14 +536,12 @@ EOF
     }
     for r in $(seq 1 "$ROUNDS"); do
         for c in $(rotate "$r"); do
-            db=$(cfg_db "$c")
-            before_round "$c"
-            timeout $(( SECS + 300 )) pgbench -h "$SOCK" -p "$MPORT" -U postgres -c 4 -j 2 -T "$SECS" "$db" \
-                >"$OUT/pgbench-$c-$r.log" 2>&1 || { cat "$OUT/pgbench-$c-$r.log" >&2; die "pgbench failed"; }
-            tps=$(pgbench_tps "$OUT/pgbench-$c-$r.log")
+            db=cap_$c
+            cap_before "$c"
+            tps=$(tpcb_round "$db" "$OUT/pgbench-$c-$r.log")
             rec capture tpcb_tps "$c" "$r" "$tps"
             if [ "$c" = rserv ]; then rec_log_size tpcb "$db" "$r"; fi
-            after_round "$c" "$r"
+            cap_after "$c" "$r"
             echo "   round $r  $c: $tps TPS" >&2
         done
     done
@@ -438,14 +549,14 @@ EOF
     log "1b. single-row UPDATE loop: $LOOP autocommit UPDATEs in one session, $ROUNDS rounds"
     for r in $(seq 1 "$ROUNDS"); do
         for c in $(rotate "$r"); do
-            db=$(cfg_db "$c")
-            before_round "$c"
+            db=cap_$c
+            cap_before "$c"
             timeout 1800 pgbench -n -h "$SOCK" -p "$MPORT" -U postgres -c 1 -j 1 -t "$LOOP" -f "$OUT/update1.sql" "$db" \
                 >"$OUT/loop-$c-$r.log" 2>&1 || { cat "$OUT/loop-$c-$r.log" >&2; die "pgbench loop failed"; }
             tps=$(pgbench_tps "$OUT/loop-$c-$r.log")
             secs=$(calc "$LOOP / $tps")
             rec capture loop_secs "$c" "$r" "$secs"
-            after_round "$c" "$r"
+            cap_after "$c" "$r"
             echo "   round $r  $c: $LOOP updates in $secs s" >&2
         done
     done
@@ -453,30 +564,118 @@ EOF
     log "1c. bulk UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $BULK_LIMIT, $ROUNDS rounds"
     for r in $(seq 1 "$ROUNDS"); do
         for c in $(rotate "$r"); do
-            db=$(cfg_db "$c")
-            before_round "$c"
+            db=cap_$c
+            cap_before "$c"
             t0=$(now)
             m "$db" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $BULK_LIMIT"
             secs=$(since "$t0")
             rec capture bulk_secs "$c" "$r" "$secs"
             if [ "$c" = rserv ]; then rec_log_size bulk "$db" "$r"; fi
-            after_round "$c" "$r"
+            cap_after "$c" "$r"
             echo "   round $r  $c: $secs s" >&2
         done
     done
-    # leave no walsender or subscription running behind the next phases
-    s cap_logical -c "SET client_min_messages = warning" -c "DROP SUBSCRIPTION cap_logical_sub"
-    for c in $CONFIGS; do m postgres -c "DROP DATABASE $(cfg_db "$c")"; done
-    s postgres -c "DROP DATABASE cap_logical"
+    for c in $CONFIGS; do m postgres -c "DROP DATABASE cap_$c"; done
 fi
 
-# ================================================================ 2. catch-up
+# ================================================================ 2. replicating
+# none: no replication. rserv: `replicate run` (the daemon) applying into the slave cluster.
+# logical: a subscription on the slave cluster applying. Each round starts with the slave
+# current and ends when it has everything (then compared with the master); the daemon and the
+# subscription run only during their own rounds.
+# The bulk workload (issue 18): 20 UPDATEs of 10k rows and 50 INSERTs of 1k fresh rows into
+# pgbench_accounts, autocommit statements of one psql script, updates and inserts interleaved.
+bulk_workload_sql() {   # db: the script on stdout (its inserts start above NEXT_AID[db])
+    awk -v base="${NEXT_AID[$1]}" -v sc="$SCALE" 'BEGIN {
+        n = 0
+        for (k = 0; k < 10; k++) {
+            for (j = 0; j < 2; j++) {
+                lo = (2 * k + j) * 10000 + 1
+                printf "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN %d AND %d;\n", lo, lo + 9999
+            }
+            for (j = 0; j < 5; j++) {
+                printf "INSERT INTO pgbench_accounts (aid, bid, abalance, filler) SELECT g, 1 + g %% %d, 0, %s FROM generate_series(%d, %d) g;\n", sc, "'\''bulk'\''", base + n + 1, base + n + 1000
+                n += 1000
+            }
+        } }'
+}
+BULK_WORKLOAD_ROWS=250000   # 200k updated + 50k inserted
+rep_before() {   # cfg tag
+    local db=rep_$1
+    case "$1" in
+        rserv) daemon_start "$db" "$2"; slave_sync "$db" 600 >/dev/null ;;
+        logical) lr_enable "$db"; slave_sync "$db" >/dev/null ;;
+    esac
+    m "$db" -c "VACUUM pgbench_accounts"
+    if [ "$1" != none ]; then s "$db" -c "VACUUM pgbench_accounts"; fi
+    m postgres -c CHECKPOINT; s postgres -c CHECKPOINT
+}
+rep_after() {   # cfg figure round: stop replicating once the slave has everything, compare
+    local db=rep_$1 drain
+    [ "$1" = none ] && return 0
+    drain=$(slave_sync "$db")   # seconds the slave still needed after the workload
+    rec replicating "${2}_drain_secs" "$1" "$3" "$drain"
+    case "$1" in
+        rserv) daemon_stop replicating "rss_kb_$2" rserv "$3" ;;
+        logical) lr_disable "$db" ;;
+    esac
+    verify_equal "$db" "replicating, $1 $2 round $3"
+}
+
+if ! skipped replicating; then
+    log "2. replicating: pgbench TPC-B -c 4 -j 2 -T $SECS and the bulk workload, $ROUNDS interleaved rounds of none / rserv (replicate run) / logical (subscription)"
+    for c in $CONFIGS; do clone m "rep_$c"; NEXT_AID[rep_$c]=$NACC; done
+    clone s rep_rserv; clone s rep_logical
+    rserv_master rep_rserv bench_marker
+    rserv_slave rep_rserv bench_marker
+    setup_cycle rep_rserv
+    lr_setup rep_logical
+    lr_disable rep_logical
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $(rotate "$r"); do
+            db=rep_$c
+            rep_before "$c" "rep-tpcb-$r"
+            tps=$(tpcb_round "$db" "$OUT/rep-pgbench-$c-$r.log")
+            rec replicating tpcb_tps "$c" "$r" "$tps"
+            echo "   round $r  $c: $tps TPS" >&2
+            rep_after "$c" tpcb "$r"
+        done
+    done
+
+    log "2b. bulk workload (20 x 10k-row UPDATE + 50 x 1k-row INSERT, autocommit), $ROUNDS rounds"
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $(rotate "$r"); do
+            db=rep_$c
+            bulk_workload_sql "$db" >"$OUT/bulk-workload.sql"
+            NEXT_AID[$db]=$(( ${NEXT_AID[$db]} + 50000 ))
+            rep_before "$c" "rep-bulk-$r"
+            t0=$(now)
+            m "$db" -f "$OUT/bulk-workload.sql" >/dev/null
+            secs=$(since "$t0")
+            rec replicating bulk_secs "$c" "$r" "$secs"
+            all=""
+            if [ "$c" != none ]; then
+                # until the slave has it all, from the start of the script
+                slave_sync "$db" >/dev/null
+                all=$(since "$t0")
+                rec replicating bulk_slave_secs "$c" "$r" "$all"
+            fi
+            echo "   round $r  $c: script $secs s${all:+, slave complete after $all s}" >&2
+            rep_after "$c" bulk "$r"
+        done
+    done
+    lr_drop rep_logical
+    for c in $CONFIGS; do m postgres -c "DROP DATABASE rep_$c"; done
+    s postgres -c "DROP DATABASE rep_rserv"; s postgres -c "DROP DATABASE rep_logical"
+fi
+
+# ================================================================ 3. catch-up
 # Backlog of $BACKLOG changed rows of pgbench_accounts: half updates of existing rows (aid from
 # 1), half fresh inserts (aid above everything so far), (large) as 4 transactions or (small) as
-# 1000-row transactions (500 updates + 500 inserts each).
+# 1000-row transactions (500 updates + 500 inserts each). (big) is (large) on a table 10x as
+# large (pgbench scale $BIG_SCALE): the same backlog, the catch-up time should not follow the table.
 UPD=$(( BACKLOG / 2 )); [ "$UPD" -gt "$NACC" ] && UPD=$NACC
 INS=$(( BACKLOG - UPD ))
-declare -A NEXT_AID
 backlog_sql() {   # kind db: SQL for psql -f on stdout
     local kind=$1 db=$2 base=${NEXT_AID[$2]}
     if [ "$kind" = large ]; then
@@ -512,17 +711,19 @@ build_backlog() {   # kind db: prints the seconds it took on the master
 }
 explain_prepare() {   # db: EXPLAIN ANALYZE of rserv_prepare's queries on the current backlog
     {
-        echo "-- rserv_prepare(0) on a backlog of $BACKLOG changed rows ($1), $(date -u '+%F %T UTC')"
+        echo "-- rserv_prepare on a backlog of $BACKLOG changed rows ($1), $(date -u '+%F %T UTC')"
         m "$1" -f - <<'EOF'
 SET client_min_messages = warning;
+-- the one slave registered on this master (replicate registers it by its node id)
+SELECT server AS srv, coalesce(node::text, '') AS node FROM _rserv_servers_ ORDER BY server LIMIT 1 \gset
 \timing on
 BEGIN ISOLATION LEVEL REPEATABLE READ;
--- what the prepare's collect step reads into _rserv_pending_, with the last confirmed snapshot
+-- what the prepare's collect step reads into its pending table, with the last confirmed snapshot
 EXPLAIN (ANALYZE, BUFFERS)
-SELECT l.reloid, l.key FROM _rserv_log_ AS l JOIN _rserv_tables_ AS t ON t.reloid = l.reloid,
-  LATERAL (SELECT maxid, active FROM _rserv_sync_ WHERE server = 0 AND status > 0 ORDER BY syncid DESC LIMIT 1) c
-WHERE l.logid >= c.maxid OR l.logid = ANY (c.active);
-CREATE TEMP TABLE bench_sections AS SELECT * FROM rserv_prepare(0);
+SELECT l.reloid, l.key FROM _rserv_log_ AS l,
+  LATERAL (SELECT maxid, active FROM _rserv_sync_ WHERE server = :srv AND status > 0 ORDER BY syncid DESC LIMIT 1) c
+WHERE l.reloid IN (SELECT reloid FROM _rserv_tables_) AND (l.logid >= c.maxid OR l.logid = ANY (c.active));
+CREATE TEMP TABLE bench_sections AS SELECT * FROM rserv_prepare(:srv, nullif(:'node', ''));
 SELECT section, table_name, query FROM bench_sections;
 SELECT format('EXPLAIN (ANALYZE, BUFFERS) %s', query) FROM bench_sections WHERE query IS NOT NULL \gexec
 ROLLBACK;
@@ -531,37 +732,66 @@ EOF
 }
 
 if ! skipped catchup; then
-    log "2. catch-up: backlog of $BACKLOG rows ($UPD updates + $INS inserts), large and small transactions, $CU_ROUNDS rounds"
+    CU_KINDS="large small"
+    BIG_FILTER="aid <= $UPD OR aid > $BIG_NACC"   # the rows a backlog touches on the big table
+    if ! skipped big; then CU_KINDS="large small big"; fi
+    log "3. catch-up: backlog of $BACKLOG rows ($UPD updates + $INS inserts), turns: $CU_KINDS (big: large on a $BIG_NACC-row table), $CU_ROUNDS rounds"
     for db in cu_rserv cu_logical; do clone m "$db"; clone s "$db"; NEXT_AID[$db]=$NACC; done
-    rserv_master cu_rserv
-    rserv_slave cu_rserv
-    # the slave is current: one confirmed change set, an empty log
-    m cu_rserv -c "UPDATE pgbench_branches SET filler = 'start' WHERE bid = 1"
-    t0=$(now)
-    first=$(replicate_cycle cu_rserv 2>&1) || { echo "$first" >&2; die "the first replicate cycle failed"; }
-    secs=$(since "$t0")
-    echo "$first" >"$OUT/replicate-first.log"
-    # a build that copies registered tables on the first cycle (issue 4 in progress) shows here
-    sent=$(printf '%s\n' "$first" | sed -n 's/.*applied: \([0-9]*\) rows sent.*/\1/p' | head -n1)
-    rec copy first_cycle_secs rserv 1 "$secs"
-    rec copy first_cycle_rows rserv 1 "${sent:-0}"
-    lr_setup cu_logical
-    lr_disable cu_logical
+    if ! skipped big; then
+        log "3. the 10x table: pgbench -i -s $BIG_SCALE on both clusters (untimed)"
+        make_db m cub_rserv "$BIG_SCALE" & p1=$!; BG_PIDS+=("$p1")
+        make_db s cub_rserv "$BIG_SCALE" & p2=$!; BG_PIDS+=("$p2")
+        wait "$p1" || die "creating the big table on the master failed"
+        wait "$p2" || die "creating the big table on the slave failed"
+        bg_forget "$p1"; bg_forget "$p2"
+        clone m cub_logical cub_rserv; clone s cub_logical cub_rserv
+        NEXT_AID[cub_rserv]=$BIG_NACC; NEXT_AID[cub_logical]=$BIG_NACC
+        m postgres -c CHECKPOINT; s postgres -c CHECKPOINT
+    fi
+    cu_db() {   # sys kind
+        if [ "$2" = big ]; then echo "cub_$1"; else echo "cu_$1"; fi
+    }
+    for kind in $CU_KINDS; do
+        [ "$kind" = small ] && continue
+        db=$(cu_db rserv "$kind")
+        rserv_master "$db"
+        rserv_slave "$db"
+        # the slave is current: one confirmed change set, an empty log
+        m "$db" -c "UPDATE pgbench_branches SET filler = 'start' WHERE bid = 1"
+        t0=$(now)
+        first=$(replicate_cycle "$db" 2>&1) || { echo "$first" >&2; die "the first replicate cycle failed"; }
+        secs=$(since "$t0")
+        echo "$first" >"$OUT/replicate-first-$db.log"
+        if [ "$kind" = large ]; then
+            # a build that copies registered tables on the first cycle (issue 4 in progress) shows here
+            sent=$(printf '%s\n' "$first" | sed -n 's/.*applied: \([0-9]*\) rows sent.*/\1/p' | head -n1)
+            rec copy first_cycle_secs rserv 1 "$secs"
+            rec copy first_cycle_rows rserv 1 "${sent:-0}"
+        fi
+        db=$(cu_db logical "$kind")
+        lr_setup "$db"
+        lr_disable "$db"
+    done
     for r in $(seq 1 "$CU_ROUNDS"); do
-        for kind in large small; do
+        for kind in $CU_KINDS; do
+            shape=$kind; [ "$kind" = big ] && shape=large
+            filter=""; [ "$kind" = big ] && filter=$BIG_FILTER
             order="rserv logical"; [ $(( r % 2 )) = 0 ] && order="logical rserv"
             for sys in $order; do
-                db=cu_$sys
+                db=$(cu_db "$sys" "$kind")
                 prep_backlog "$db"
                 rss=""
                 if [ "$sys" = rserv ]; then
-                    build=$(build_backlog "$kind" "$db")
+                    build=$(build_backlog "$shape" "$db")
                     NEXT_AID[$db]=$(( ${NEXT_AID[$db]} + INS ))
                     m "$db" -c CHECKPOINT; s "$db" -c CHECKPOINT
                     read -r rows bytes < <(mval "$db" "SELECT count(*), pg_total_relation_size('_rserv_log_') FROM _rserv_log_" | tr '|' ' ')
                     rec catchup "log_rows_$kind" rserv "$r" "$rows"
                     rec catchup "log_bytes_$kind" rserv "$r" "$bytes"
-                    if [ "$r" = 1 ] && [ "$kind" = large ]; then explain_prepare "$db"; fi
+                    if [ "$r" = 1 ] && [ "$kind" != small ]; then
+                        # diagnostics only: a failure is in the file, the measurement goes on
+                        explain_prepare "$db" || echo "   (EXPLAIN of the prepare failed: $OUT/prepare-plans.txt)" >&2
+                    fi
                     t0=$(now)
                     /usr/bin/time -v -o "$OUT/time-$kind-$r.txt" timeout 3600 \
                         "$REPLICATE" --masterhost="$SOCK" --masterport="$MPORT" --slavehost="$SOCK" \
@@ -580,8 +810,8 @@ if ! skipped catchup; then
                 else
                     # the walsender first skips the WAL written since its last run (other
                     # databases): do that now, untimed, then stop it while the backlog builds
-                    lr_enable "$db"; lr_sync "$db" >/dev/null; lr_disable "$db"
-                    build=$(build_backlog "$kind" "$db")
+                    lr_enable "$db"; slave_sync "$db" >/dev/null; lr_disable "$db"
+                    build=$(build_backlog "$shape" "$db")
                     NEXT_AID[$db]=$(( ${NEXT_AID[$db]} + INS ))
                     v=$(date +%s%N)
                     m "$db" -c "UPDATE bench_marker SET v = $v WHERE id = 1"
@@ -597,17 +827,22 @@ if ! skipped catchup; then
                 rec catchup "rows_per_s_$kind" "$sys" "$r" "$rate"
                 rec catchup "build_secs_$kind" "$sys" "$r" "$build"
                 echo "   round $r  $kind  $sys: backlog built in $build s, caught up in $secs s ($rate rows/s)${rss:+, replicate RSS $rss kB}" >&2
-                verify_equal "$db" "$sys $kind round $r"
+                verify_equal "$db" "catch-up, $sys $kind round $r" "$filter"
             done
         done
     done
-    s cu_logical -c "SET client_min_messages = warning" -c "DROP SUBSCRIPTION cu_logical_sub"
-    for db in cu_rserv cu_logical; do m postgres -c "DROP DATABASE $db"; s postgres -c "DROP DATABASE $db"; done
+    for kind in $CU_KINDS; do
+        [ "$kind" = small ] && continue
+        lr_drop "$(cu_db logical "$kind")"
+        for sys in rserv logical; do
+            db=$(cu_db "$sys" "$kind"); m postgres -c "DROP DATABASE $db"; s postgres -c "DROP DATABASE $db"
+        done
+    done
 fi
 
-# ================================================================ 3. continuous lag
+# ================================================================ 4. continuous lag
 # Heartbeat: bench_hb's one row gets clock_timestamp() every 100 ms on the master; the slave
-# samples clock_timestamp() - ts every 100 ms (both in one server session each).
+# samples clock_timestamp() - ts every 10 ms (both in one server session each).
 heartbeat() {   # db secs out: one UPDATE of the heartbeat row every 100 ms; out gets each ts
     m "$1" -c "DO \$h\$ DECLARE t0 timestamptz := clock_timestamp(); v timestamptz; BEGIN
         FOR i IN 1..$(( $2 * 10 )) LOOP
@@ -627,19 +862,14 @@ sampler() {   # db secs out: every 10 ms, the sample time and the heartbeat ts t
         END LOOP; END \$h\$" 2>&1 | sed -n 's/.*LAG \(.*\)/\1/p' >"$3"
 }
 lag_run() {   # sys rate
-    local sys=$1 rate=$2 db=lag_$1 out=$OUT/lag-$1-$2.csv tag=$1-$2 load_secs end cycles=0 t0 hb_pid smp_pid pgb_pid dmn_pid=""
+    local sys=$1 rate=$2 db=lag_$1 out=$OUT/lag-$1-$2.csv tag=$1-$2 load_secs end cycles=0 t0 hb_pid smp_pid pgb_pid
     [ "$sys" = daemon ] && db=lag_rserv
     load_secs=$(( LAG_SECS + 4 ))
     m "$db" -c "VACUUM ANALYZE" -c CHECKPOINT
     case "$sys" in
         rserv) setup_cycle "$db" ;;
-        daemon)
-            setup_cycle "$db"
-            "$REPLICATE" --masterhost="$SOCK" --masterport="$MPORT" --slavehost="$SOCK" --slaveport="$SPORT" \
-                --user=postgres run "$db" "$db" >"$OUT/daemon-$tag.log" 2>&1 & dmn_pid=$!; BG_PIDS+=("$dmn_pid")
-            sleep 1
-            kill -0 "$dmn_pid" 2>/dev/null || { cat "$OUT/daemon-$tag.log" >&2; die "replicate run did not start"; } ;;
-        logical) lr_enable "$db"; lr_sync "$db" >/dev/null ;;
+        daemon) setup_cycle "$db"; daemon_start "$db" "$tag" ;;
+        logical) lr_enable "$db"; slave_sync "$db" >/dev/null ;;
     esac
     heartbeat "$db" "$load_secs" "$OUT/hb-$tag.csv" & hb_pid=$!; BG_PIDS+=("$hb_pid")
     timeout $(( load_secs + 120 )) pgbench -n -h "$SOCK" -p "$MPORT" -U postgres -c 4 -j 2 -R "$rate" -T "$load_secs" "$db" \
@@ -659,17 +889,9 @@ lag_run() {   # sys rate
     wait "$pgb_pid" || { cat "$OUT/lagload-$tag.log" >&2; die "pgbench -R failed"; }
     wait "$hb_pid" || die "heartbeat writer failed"
     wait "$smp_pid" || die "lag sampler failed"
-    if [ -n "$dmn_pid" ]; then
-        # SIGTERM stops the daemon between cycles; give it 60 s
-        kill -TERM "$dmn_pid"
-        for _ in $(seq 1 600); do kill -0 "$dmn_pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$dmn_pid" 2>/dev/null; then kill -KILL "$dmn_pid"; die "replicate run ignored SIGTERM for 60 s"; fi
-        local drc=0
-        wait "$dmn_pid" || drc=$?
-        case "$drc" in 0|130|143) ;; *) tail -20 "$OUT/daemon-$tag.log" >&2; die "replicate run exited with status $drc" ;; esac
-    fi
-    BG_PIDS=()
-    if [ "$sys" = logical ]; then lr_sync "$db" >/dev/null; lr_disable "$db"; fi
+    bg_forget "$pgb_pid"; bg_forget "$hb_pid"; bg_forget "$smp_pid"
+    if [ "$sys" = daemon ]; then daemon_stop lag rss_kb daemon "$rate"; fi
+    if [ "$sys" = logical ]; then slave_sync "$db" >/dev/null; lr_disable "$db"; fi
     rec lag achieved_tps "$sys" "$rate" "$(pgbench_tps "$OUT/lagload-$tag.log")"
     [ -s "$out" ] || die "no lag samples in $out"
     local extra=""
@@ -682,15 +904,14 @@ if ! skipped lag; then
     MAXTPS=$(awk -F'\t' '$1 == "capture" && $2 == "tpcb_tps" && $3 == "none" { print $5 }' "$OUT/results.tsv" |
         sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }')
     if [ -z "$MAXTPS" ]; then
-        log "3. measuring the master's maximum TPS for the lag runs (capture phase skipped)"
+        log "4. measuring the master's maximum TPS for the lag runs (capture phase skipped)"
         clone m maxtps
-        pgbench -h "$SOCK" -p "$MPORT" -U postgres -c 4 -j 2 -T "$SECS" maxtps >"$OUT/maxtps.log" 2>&1
-        MAXTPS=$(pgbench_tps "$OUT/maxtps.log")
+        MAXTPS=$(tpcb_round maxtps "$OUT/maxtps.log")
         m postgres -c "DROP DATABASE maxtps"
     fi
     HALF=$(awk -v t="$MAXTPS" 'BEGIN { printf "%d", t / 2 }')
     info max_tps "$MAXTPS"
-    log "3. continuous lag: pgbench -R 300 and -R $HALF (half of $MAXTPS), $LAG_SECS s each, heartbeat every 100 ms"
+    log "4. continuous lag: pgbench -R 300 and -R $HALF (half of $MAXTPS), $LAG_SECS s each, heartbeat every 100 ms"
     for db in lag_rserv lag_logical; do clone m "$db"; clone s "$db"; done
     rserv_master lag_rserv bench_hb
     rserv_slave lag_rserv bench_hb
@@ -704,22 +925,22 @@ if ! skipped lag; then
     for rate in 300 "$HALF"; do
         for sys in $LAG_SYSTEMS; do lag_run "$sys" "$rate"; done
     done
-    s lag_logical -c "SET client_min_messages = warning" -c "DROP SUBSCRIPTION lag_logical_sub"
+    lr_drop lag_logical
     for db in lag_rserv lag_logical; do m postgres -c "DROP DATABASE $db"; s postgres -c "DROP DATABASE $db"; done
 fi
 
-# ================================================================ 4. initial copy
+# ================================================================ 5. initial copy
 ACCOUNTS_HASH="SELECT count(*) || ':' || md5(string_agg(md5(t::text), '' ORDER BY aid)) FROM pgbench_accounts t"
 if ! skipped copy; then
     HAVE_COPY=0
     "$REPLICATE" --help 2>&1 | grep -q -- '--create-tables' && HAVE_COPY=1
     if [ "$HAVE_COPY" = 1 ]; then
-        log "4. initial copy of pgbench_accounts ($NACC rows): replicate --create-tables into an empty database vs pg_dump -t pgbench_accounts | psql, $CU_ROUNDS rounds"
+        log "5. initial copy of pgbench_accounts ($NACC rows): replicate --create-tables into an empty database vs pg_dump -t pgbench_accounts | psql, $CU_ROUNDS rounds"
         clone m copy_rs
         m copy_rs -c "CREATE EXTENSION rserv VERSION '$BENCH_VERSION'" -c "SELECT rserv_add_table('pgbench_accounts')" >/dev/null
         want=$(mval copy_rs "$ACCOUNTS_HASH")
     else
-        log "4. initial copy: rserv not implemented (issue 4); reference pg_dump -t pgbench_accounts | psql"
+        log "5. initial copy: rserv not implemented (issue 4); reference pg_dump -t pgbench_accounts | psql"
     fi
     for r in $(seq 1 "$CU_ROUNDS"); do
         order="pg_dump rserv"; [ $(( r % 2 )) = 0 ] && order="rserv pg_dump"
@@ -757,9 +978,9 @@ if ! skipped copy; then
     if [ "$HAVE_COPY" = 1 ]; then m postgres -c "DROP DATABASE copy_rs"; fi
 fi
 
-# ================================================================ 5. peers
+# ================================================================ 6. peers
 if [ "$PEERS" = 1 ]; then
-    log "5. peers: which Debian packages are installable"
+    log "6. peers: which Debian packages are installable"
     apt-get update -qq >/dev/null 2>&1 || true
     for pkg in postgresql-15-slony1-2 slony1-2-bin postgresql-15-pgq3 pgqd londiste bucardo; do
         cand=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ { print $2 }')
