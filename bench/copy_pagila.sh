@@ -15,7 +15,7 @@
 #
 # Root on Debian 12. Builds rserv (cargo pgrx package, release, into a private directory) and
 # replicate (--release) unless BENCH_NO_BUILD=1, and pins both like bench/run.sh does: the
-# extension is created as version bench_XXXXXX from a private copy of its install script
+# extension is created as version 1.1.NNNNNN (see below) from a private copy of its install script
 # pointing at a private copy of rserv.so (the script file is removed on exit), so another
 # engineer's install meanwhile cannot change what is measured. Nothing else is installed.
 # Two throwaway clusters (fsync on, default settings), unix sockets only, in a mktemp
@@ -56,8 +56,20 @@ SHAREDIR=$("$PG_CONFIG" --sharedir)
 WORK=$(mktemp -d /tmp/rserv-copy.XXXXXX)
 chown postgres:postgres "$WORK"
 chmod 711 "$WORK"
-BENCH_VERSION="bench_${WORK##*.}"
-EXT_SQL=$SHAREDIR/extension/rserv--$BENCH_VERSION.sql
+# The build measured is installed under a version name of its own, as bench/run.sh does: the
+# tree's MAJOR.MINOR with a patch number of this run's (replicate drives an extension by the
+# major.minor of its version), reserved by creating its install script exclusively.
+EXT_VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml")
+case "$EXT_VERSION" in *.*.*) ;; *) die "no [workspace.package] version in Cargo.toml" ;; esac
+BENCH_VERSION=""
+EXT_SQL=""
+for _ in $(seq 1 50); do
+    v="${EXT_VERSION%.*}.$(( 100000 + RANDOM * 32768 + RANDOM ))"
+    if ( set -C; : >"$SHAREDIR/extension/rserv--$v.sql" ) 2>/dev/null; then
+        BENCH_VERSION=$v; EXT_SQL=$SHAREDIR/extension/rserv--$v.sql; break
+    fi
+done
+[ -n "$BENCH_VERSION" ] || { rm -rf "$WORK"; die "could not reserve an install script name in $SHAREDIR/extension"; }
 STARTED=()
 cleanup() {
     local rc=$? d
@@ -66,7 +78,7 @@ cleanup() {
     for d in "${STARTED[@]}"; do
         runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$d" -m immediate -w -t 60 stop >/dev/null 2>&1
     done
-    rm -f "$EXT_SQL"
+    if [ -n "$EXT_SQL" ]; then rm -f "$EXT_SQL"; fi
     if [ "$rc" -ne 0 ] && [ -d "$WORK" ]; then
         tail -n 20 "$WORK"/*/server.log >&2 2>/dev/null
     fi
@@ -89,7 +101,7 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     SQL=$(find "$PKG" -name 'rserv--*.sql' ! -name 'rserv--*--*' | head -n 1)
 else
     SO=$("$PG_CONFIG" --pkglibdir)/rserv.so
-    SQL=$(ls "$SHAREDIR"/extension/rserv--*.sql | grep -v -- '--.*--' | grep -v bench_ | sort -V | tail -n 1)
+    SQL=$SHAREDIR/extension/rserv--$EXT_VERSION.sql
 fi
 [ -f "$SO" ] && [ -f "$SQL" ] || die "no rserv.so / install script found"
 REPLICATE_SRC=${REPLICATE:-$REPO/target/release/replicate}
