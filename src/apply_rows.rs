@@ -15,7 +15,6 @@ use crate::apply_target::Target;
 use crate::security::run_as_owner;
 use crate::sql::{count_rows, first, ident_list, quote_ident};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -81,9 +80,10 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// Relcache invalidation callback: a table's indexes or columns may have changed.
-#[pg_guard]
-unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// A table's relcache entry was invalidated (its indexes or columns may have changed; every
+/// table when `relid` is InvalidOid): called from the capture's relcache callback, so rserv
+/// takes one of PostgreSQL's ten relcache callback slots, not two.
+pub fn forget_relation(relid: pg_sys::Oid) {
     IN_PLACE.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             if relid == pg_sys::InvalidOid {
@@ -93,14 +93,6 @@ unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relid: pg_sys::
             }
         }
     });
-}
-
-/// Register the callback that keeps [`in_place_possible`]'s answers current (from `_PG_init`).
-pub fn register_callbacks() {
-    // SAFETY: registering a C callback with static lifetime, once per backend
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(forget_relation), pg_sys::Datum::from(0usize));
-    }
 }
 
 /// Whether the rows of `t` can be updated where they are: not with another unique index or

@@ -55,9 +55,11 @@ thread_local! {
     static CONFIGS: RefCell<HashMap<pg_sys::Oid, Config>> = RefCell::new(HashMap::new());
 }
 
-/// Relcache invalidation callback: a table's triggers, columns or indexes changed.
+/// Relcache invalidation callback: a table's triggers, columns or indexes changed. It also
+/// serves the apply's cache of which tables can be updated in place.
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_relation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    crate::apply_rows::forget_relation(relid);
     CONFIGS.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             if relid == pg_sys::InvalidOid {

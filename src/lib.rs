@@ -65,7 +65,6 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::register();
     capture::register_callbacks();
-    apply_rows::register_callbacks();
     wakeup::register_callbacks();
     ddl::register_callbacks();
     apply_copy::install();
