@@ -654,10 +654,10 @@ fn rserv_apply_merge(
             let staged = crate::apply_rows::staged_rows(&stage);
             let settings = crate::apply_rows::settings(staged);
             let deleted = delete_staged(&t, &stage, &matches, &settings);
-            if big {
-                // give the space back now rather than keep a large table for the session
-                staging::empty(&stage, true);
-            }
+            // emptied now: the stage is shared by the tables with as many key columns and
+            // readable by the code of every table owner whose statements rserv runs later in
+            // this session (a large one gives its space back, rather than keep it)
+            staging::empty(&stage, big);
             deleted
         }
         "UPDATE" | "UPSERT" => {
