@@ -706,9 +706,9 @@ fn rserv_apply_merge(
             let staged = crate::apply_rows::staged_rows(&stage);
             let settings = crate::apply_rows::settings(staged);
             let deleted = delete_staged(&t, &stage, &matches, &settings);
-            // Nothing staged outlives its section: a later statement run as another table's
-            // owner (who can read the stage) must not find this table's keys. A large stage
-            // gives its space back now rather than keep it for the session.
+            // Nothing staged outlives its section: the stage is shared by the tables with as
+            // many key columns, and readable by the code of every table owner whose statements
+            // rserv runs later in this session. A large one gives its space back now.
             staging::empty(&stage, big);
             deleted
         }

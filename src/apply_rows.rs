@@ -98,7 +98,9 @@ pub fn forget_relation(relid: pg_sys::Oid) {
 /// Whether the rows of `t` can be updated where they are: not with another unique index or
 /// exclusion constraint (on the table or any partition of it), nor with a non-key column of
 /// the slave's that only takes generated values (GENERATED ALWAYS AS IDENTITY refuses
-/// UPDATE ... SET). Remembered for an ordinary table (a partition's own index invalidates the
+/// UPDATE ... SET), nor with an ON UPDATE rule that fires in replica mode (ENABLE ALWAYS or
+/// REPLICA: PostgreSQL refuses DO ALSO and DO INSTEAD rules on the `WITH ... RETURNING` the
+/// UPDATE runs in, and rows replaced never met such a rule before rserv updated in place). Remembered for an ordinary table (a partition's own index invalidates the
 /// partition, not its root: a partitioned table is looked at every time).
 fn in_place_possible(t: &Target) -> bool {
     let id = (t.reloid, t.key.clone());
@@ -130,7 +132,10 @@ fn query_in_place(t: &Target) -> bool {
             AND NOT EXISTS ( \
                   SELECT 1 FROM pg_catalog.pg_attribute a \
                    WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
-                     AND a.attidentity = 'a' AND a.attname::pg_catalog.text <> ALL ($2::pg_catalog.text[]))",
+                     AND a.attidentity = 'a' AND a.attname::pg_catalog.text <> ALL ($2::pg_catalog.text[])) \
+            AND NOT EXISTS ( \
+                  SELECT 1 FROM pg_catalog.pg_rewrite r JOIN rels ON rels.relid = r.ev_class \
+                   WHERE r.ev_type = '2' AND r.ev_enabled IN ('A', 'R'))",
         &[t.reloid.into(), t.key.clone().into()],
         "checking whether rows can be updated in place",
     )

@@ -257,6 +257,12 @@ fn at_one_point<M, S>(
 where
     M: Send,
 {
+    // the slave may differ from its master (that is what is being found out): a row the master
+    // logged as inserted may be there already, so every changed identity is deleted first
+    let opts = &CycleOptions {
+        replace_rows: true,
+        ..opts.clone()
+    };
     for _ in 0..5 {
         let result: Mutex<Option<M>> = Mutex::new(None);
         let mut hook = |tx: &mut postgres::Transaction<'_>| -> Result<(), Error> {

@@ -36,6 +36,11 @@ pub struct CycleOptions {
     /// --create-tables` looks for them twice a minute, and finishes them after every change set).
     pub finish_tables: bool,
     pub verbose: bool,
+    /// Ask for change sets that delete every changed identity before loading it (rserv 1.0's
+    /// sections), even from a slave that reads UPSERT sections: for a slave not known to hold
+    /// exactly its master's rows at the window's start (`check`, `rejoin`, a failover's
+    /// comparison), where an identity the master logged as inserted may be there already.
+    pub replace_rows: bool,
 }
 
 pub struct Endpoints<'a> {
@@ -100,6 +105,12 @@ impl Session {
 /// starts arriving at most this much later.
 const TARGET_TTL: Duration = Duration::from_secs(2);
 
+/// Whether the change set may update rows in place (UPSERT sections): the slave's rserv reads
+/// them, and the slave is known to hold its master's rows (see `CycleOptions::replace_rows`).
+fn in_place(ep: &Endpoints, opts: &CycleOptions) -> bool {
+    ep.slave_rs.api >= crate::rserv::Api::V1_1 && !opts.replace_rows
+}
+
 /// Who the change set is for: this slave database and the tables it receives.
 fn target(
     ep: &mut Endpoints,
@@ -112,7 +123,10 @@ fn target(
             tracing::info!("created and registered table {name} on the slave");
         }
     } else if let Some((t, at)) = &session.target {
-        if at.elapsed() < TARGET_TTL && opts.server.is_none_or(|s| s == t.server) {
+        if at.elapsed() < TARGET_TTL
+            && opts.server.is_none_or(|s| s == t.server)
+            && t.in_place == in_place(ep, opts)
+        {
             return Ok(t.clone());
         }
     }
@@ -136,7 +150,7 @@ fn target(
         slave_node: Some(node),
         tables: Some(slave::tables(ep.slave, ep.slave_rs)?),
         verbose: opts.verbose,
-        in_place: ep.slave_rs.api >= crate::rserv::Api::V1_1,
+        in_place: in_place(ep, opts),
     };
     master::register(ep.master, ep.master_rs, &t)?;
     // A table the slave asks to receive whole stops asking once that copy is applied: keep

@@ -183,8 +183,14 @@ fn finish(
     old: &str,
     report: &mut Report,
 ) -> Result<(), Error> {
+    // the old master holds rows of its own the new master may have inserted too (equal ones
+    // were not marked): every changed identity is deleted before it is loaded
+    let replacing = CycleOptions {
+        replace_rows: true,
+        ..opts.clone()
+    };
     let mut session = cycle::Session::default();
-    while cycle::run(ep, opts, &mut session, None)? != Outcome::InSync {}
+    while cycle::run(ep, &replacing, &mut session, None)? != Outcome::InSync {}
     let compared = check::check(ep, opts, false)?;
     if !compared.equal() {
         report.repaired = check::check(ep, opts, true)?.repaired;

@@ -168,6 +168,22 @@ pub fn between(m: &Cluster, s: &Cluster, args: &[&str]) -> Output {
     run_replicate(&refs)
 }
 
+/// `replicate` with `m` as master and `s` as slave, then `args`, with `env`.
+pub fn between_env(m: &Cluster, s: &Cluster, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut all = conn_args(m, s);
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    crate::run_replicate_env(&refs, env)
+}
+
+/// `replicate failover` of these slaves, with `env`.
+pub fn failover(slaves: &[&Cluster], env: &[(&str, &str)]) -> Output {
+    let mut args = vec!["--user=postgres".to_string(), "failover".to_string()];
+    args.extend(slaves.iter().map(|c| database_arg(c)));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::run_replicate_env(&refs, env)
+}
+
 /// `c`'s database `app` as a `replicate` database argument (a connection string).
 pub fn database_arg(c: &Cluster) -> String {
     format!(

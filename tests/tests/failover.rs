@@ -4,11 +4,12 @@
 //! transactions the new master never received, rejoined: reported, saved, replaced.
 
 use rserv_tests::bank::{self, both_tables, total, transfer, try_write, Rows, ACCOUNTS};
-use rserv_tests::pair::{assert_ok, between, conn_args, database_arg, start_clusters, DB};
+use rserv_tests::pair::{
+    assert_ok, between, between_env, conn_args, database_arg, failover, start_clusters, DB,
+};
 use rserv_tests::roles::output_text;
-use rserv_tests::{run_replicate, run_replicate_env, Cluster, Stepped};
+use rserv_tests::{run_replicate, Cluster, Stepped};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,22 +25,6 @@ fn value(c: &Cluster, sql: &str) -> String {
 
 fn node(c: &Cluster) -> String {
     value(c, "SELECT rserv_node_id()")
-}
-
-/// `replicate failover` of these slaves.
-fn failover(slaves: &[&Cluster], env: &[(&str, &str)]) -> Output {
-    let mut args = vec!["--user=postgres".to_string(), "failover".to_string()];
-    args.extend(slaves.iter().map(|c| database_arg(c)));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_replicate_env(&refs, env)
-}
-
-/// `replicate` with `new` as master and `old` as slave, then `args`, with `env`.
-fn between_env(new: &Cluster, old: &Cluster, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut all = conn_args(new, old);
-    all.extend(args.iter().map(|a| a.to_string()));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    run_replicate_env(&refs, env)
 }
 
 /// `rejoin --discard-divergent --divergent-file FILE DB DB`.

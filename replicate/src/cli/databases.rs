@@ -269,6 +269,7 @@ impl Cli {
             create_tables: self.create_tables,
             finish_tables: false,
             verbose: self.verbose,
+            replace_rows: false,
         }
     }
 
