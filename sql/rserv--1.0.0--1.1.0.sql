@@ -22,9 +22,10 @@
 -- - a slave applies change sets of any rserv release by their format and features
 --   (rserv_apply_begin takes them; 1.0.0 required the master's rserv version to be its own).
 
--- deleted NULL = inserted (capture::Logged): the slave loads such identities without looking for
--- them first. The row keeps its shape, so backends still running 1.0's trigger append as before.
-ALTER TABLE _rserv_log_ ALTER COLUMN deleted DROP NOT NULL;
+-- _rserv_log_.deleted keeps its NOT NULL here: dropping it needs the log to ourselves, and
+-- writers in flight hold it while they lock tables this script locks too (a deadlock).
+-- rserv_clean_log drops it once it finds the log idle; until then inserts are logged as
+-- updates (capture::Logged).
 
 ALTER TABLE _rserv_tables_ ADD COLUMN watched_attnums int2[];
 UPDATE _rserv_tables_ t

@@ -473,6 +473,12 @@ pub unsafe fn insert_log_row(
         }
     };
     let log = pg_sys::table_open(log_oid, pg_sys::RowExclusiveLock as i32);
+    // a log made by rserv 1.0 takes no NULL until clean-up relaxes it: an insert is logged as
+    // an update there (the slave then updates in place or inserts: exact either way)
+    let deleted = match deleted {
+        Logged::Inserted if attr((*log).rd_att, 3).attnotnull => Logged::Updated,
+        other => other,
+    };
     let (deleted, inserted) = deleted.datum();
     let mut values = [
         pg_sys::Datum::from(reloid.to_u32()),

@@ -21,6 +21,7 @@ fn rserv_clean_log() -> i64 {
     let _definer = definer();
     require_replicator("rserv_clean_log");
     let s = ext_schema();
+    relax_log(&s);
     let horizon = Spi::connect(|client| {
         let tab = client.select(
             &format!(
@@ -116,4 +117,42 @@ fn truncate_log(s: &str, horizon: i64) -> Option<i64> {
     }
     Spi::run(&format!("TRUNCATE {s}._rserv_log_")).or_fail("truncating the log");
     Some(counts.0)
+}
+
+/// A log made by rserv 1.0 has `deleted NOT NULL`, so inserts cannot be logged as such (NULL):
+/// the capture logs them as updates until the constraint is gone (`capture::Logged`). It goes
+/// here, the first time clean-up finds the log idle (it never waits for it). `ALTER EXTENSION
+/// UPDATE` cannot drop it: writers in flight hold the log and lock their tables, which the
+/// update script then also locks, and the two deadlock.
+fn relax_log(s: &str) {
+    let Some((log, strict)) = Spi::connect(|client| {
+        let tab = client.select(
+            "SELECT a.attrelid, a.attnotnull FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = 'deleted'",
+            None,
+            &[format!("{s}._rserv_log_").into()],
+        )?;
+        let mut out = None;
+        for r in tab {
+            out = Some((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<bool>(2)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_fail("reading the log's definition") else {
+        return;
+    };
+    // SAFETY: a conditional lock request on an existing relation; held until transaction end
+    if strict
+        && unsafe {
+            pg_sys::ConditionalLockRelationOid(log, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE)
+        }
+    {
+        Spi::run(&format!(
+            "ALTER TABLE {s}._rserv_log_ ALTER COLUMN deleted DROP NOT NULL"
+        ))
+        .or_fail("letting the log record inserts");
+    }
 }
