@@ -606,6 +606,27 @@ fn rserv_apply_stage(
     }
 }
 
+/// Merge rows staged as text into their table: updated in place where possible (`in_place`,
+/// an UPSERT section), else replacing those with their identity. Returns the rows written.
+fn merge_rows(
+    in_place: bool,
+    schema_name: &str,
+    table_name: &str,
+    columns: &[String],
+    key_columns: &[String],
+) -> i64 {
+    let t = resolve_target(schema_name, table_name, columns, key_columns, None);
+    let stage = rows_stage(t.columns.len());
+    staging::analyze_if_big(&stage, 8 * 1024 * 1024);
+    let written = if in_place {
+        crate::apply_rows::merge_upsert(&t, &stage)
+    } else {
+        crate::apply_rows::replace_staged(&t, &stage)
+    };
+    staging::empty(&stage, false);
+    written
+}
+
 /// Whether an INSERT section for `reloid` must replace rows rather than load them: its
 /// identities are left out of the DELETE section (feature `upsert`), but this slave may hold
 /// some of them already (see `ApplyState::exact_start`), and no TRUNCATE section emptied the
@@ -686,13 +707,9 @@ fn rserv_apply_merge(
             }
             payloads.len() as i64
         }
+        // staged to replace rows (see replaces_rows): merged as an UPDATE section is
         "INSERT" if STATE.with(|s| std::mem::take(&mut s.borrow_mut().insert_staged)) => {
-            let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
-            let stage = rows_stage(t.columns.len());
-            staging::analyze_if_big(&stage, 8 * 1024 * 1024);
-            let written = crate::apply_rows::replace_staged(&t, &stage);
-            staging::empty(&stage, false);
-            written
+            merge_rows(false, schema_name, table_name, &columns, &key_columns)
         }
         "INSERT" => {
             STATE.with(|s| s.borrow_mut().copy = None);
@@ -712,18 +729,13 @@ fn rserv_apply_merge(
             staging::empty(&stage, big);
             deleted
         }
-        "UPDATE" | "UPSERT" => {
-            let t = resolve_target(schema_name, table_name, &columns, &key_columns, None);
-            let stage = rows_stage(t.columns.len());
-            staging::analyze_if_big(&stage, 8 * 1024 * 1024);
-            let written = if section == "UPSERT" {
-                crate::apply_rows::merge_upsert(&t, &stage)
-            } else {
-                crate::apply_rows::replace_staged(&t, &stage)
-            };
-            staging::empty(&stage, false);
-            written
-        }
+        "UPDATE" | "UPSERT" => merge_rows(
+            section == "UPSERT",
+            schema_name,
+            table_name,
+            &columns,
+            &key_columns,
+        ),
         other => fail(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("rserv: unknown change set section \"{other}\""),

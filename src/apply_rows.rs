@@ -52,6 +52,14 @@ fn value(t: &Target, i: usize) -> String {
     )
 }
 
+/// Every staged column as its slave column's type, in the order of `t.columns`.
+fn all_values(t: &Target) -> String {
+    (0..t.columns.len())
+        .map(|i| value(t, i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Replace the rows whose identity is staged with the staged rows: delete, then insert.
 pub(crate) fn replace_staged(t: &Target, stage: &str) -> i64 {
     let staged = staged_rows(stage);
@@ -59,10 +67,7 @@ pub(crate) fn replace_staged(t: &Target, stage: &str) -> i64 {
         t.columns.iter().position(|c| c == name).unwrap_or(0)
     });
     delete_staged(t, stage, &matches, &settings(staged));
-    let values = (0..t.columns.len())
-        .map(|i| value(t, i))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = all_values(t);
     let sql = format!(
         "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {values} FROM {stage} AS s",
         t.table,
@@ -183,10 +188,7 @@ pub(crate) fn merge_upsert(t: &Target, stage: &str) -> i64 {
         return updated;
     }
     // rows the slave lacks (a table received before rserv told inserts from updates)
-    let values = (0..t.columns.len())
-        .map(|i| value(t, i))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = all_values(t);
     let sql = format!(
         "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {values} FROM {stage} AS s \
          WHERE NOT EXISTS (SELECT 1 FROM {}{} AS t WHERE {matches})",
