@@ -20,7 +20,8 @@
 --   partition of a replicated table and renaming a slave table;
 -- - rserv's trigger and internal functions are not executable by PUBLIC;
 -- - a slave applies change sets of any rserv release by their format and features
---   (rserv_apply_begin takes them; 1.0.0 required the master's rserv version to be its own).
+--   (rserv_apply_begin takes them; 1.0.0 required the master's rserv version to be its own);
+-- - writers wake an idle daemon only (rserv_wake_on_commit).
 
 -- _rserv_log_.deleted keeps its NOT NULL here: dropping it needs the log to ourselves, and
 -- writers in flight hold it while they lock tables this script locks too (a deadlock).
@@ -138,6 +139,13 @@ CREATE  FUNCTION "rserv_register_slave"(
 VOLATILE SECURITY DEFINER
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rserv_register_slave_wrapper';
+
+CREATE  FUNCTION "rserv_wake_on_commit"(
+	"waiting" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE SECURITY DEFINER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rserv_wake_on_commit_wrapper';
 
 CREATE  FUNCTION "rserv_server_for_node"(
 	"slave_node" TEXT /* & str */

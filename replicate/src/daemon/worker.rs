@@ -19,7 +19,8 @@ use crate::error::{DbContext, Error};
 use crate::locks::LockHolder;
 use crate::master;
 use crate::metrics::SlaveMetrics;
-use crate::rserv::Rserv;
+use crate::rserv::{Api, Rserv};
+use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -213,10 +214,46 @@ impl<'a> Run<'a> {
         self.refresh_status()?;
         self.clean_up(busy)?;
         if !busy {
-            let master = linked(&mut self.master)?;
-            wait_for_changes(&mut master.client, self.shared.interval, self.shared.stop)?;
+            self.idle()?;
         }
         Ok(())
+    }
+
+    /// Nothing to do: ask the master's writers to notify at commit (rserv's wake lock, see the
+    /// extension's `wakeup.rs`), look once more for what committed before they would have, and
+    /// wait. Writers notify only while the lock is held, so it is released before any work.
+    fn idle(&mut self) -> Result<(), Error> {
+        let link = linked(&mut self.master)?;
+        let waiting = match link.rs.api {
+            Api::V1_0 => false,
+            _ => match wake_on_commit(&mut link.client, &link.rs, true) {
+                Ok(waiting) => waiting,
+                // a writer's commit is stuck (a synchronous standby away?): poll by cycling
+                Err(e) if e.sqlstate() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let waited = self.wait_idle(waiting);
+        if waiting {
+            if let Some(link) = self.master.as_mut() {
+                let released = wake_on_commit(&mut link.client, &link.rs, false);
+                // an error that broke the session released the lock with it
+                waited?;
+                released?;
+                return Ok(());
+            }
+        }
+        waited
+    }
+
+    fn wait_idle(&mut self, waiting: bool) -> Result<(), Error> {
+        if waiting && self.cycle()? {
+            return Ok(());
+        }
+        let master = linked(&mut self.master)?;
+        wait_for_changes(&mut master.client, self.shared.interval, self.shared.stop)
     }
 
     fn connect_master(&mut self) -> Result<(), Error> {
@@ -478,6 +515,29 @@ fn linked(master: &mut Option<MasterLink>) -> Result<&mut MasterLink, Error> {
 fn connect(ep: &Endpoint, side: &'static str) -> Result<Client, Error> {
     ep.connect()
         .map_err(|source| Error::Connect { side, source })
+}
+
+/// Take (`waiting`) or release rserv's wake lock on the master; see [`Run::idle`]. Taking it
+/// waits up to a second for writers' commits in flight.
+fn wake_on_commit(client: &mut Client, rs: &Rserv, waiting: bool) -> Result<bool, Error> {
+    let what = if waiting {
+        "master: asking writers to notify (rserv_wake_on_commit)"
+    } else {
+        "master: releasing the wake lock (rserv_wake_on_commit)"
+    };
+    let sql = format!("SELECT {}($1)", rs.func("rserv_wake_on_commit"));
+    if !waiting {
+        return client
+            .query_one(&sql, &[&waiting])
+            .ctx(what)
+            .map(|r| r.get(0));
+    }
+    let mut tx = client.transaction().ctx(what)?;
+    tx.batch_execute("SET LOCAL lock_timeout = '1s'")
+        .ctx(what)?;
+    let held: bool = tx.query_one(&sql, &[&waiting]).ctx(what)?.get(0);
+    tx.commit().ctx(what)?;
+    Ok(held)
 }
 
 /// Block until the master says something committed, or `interval` passes.
