@@ -23,7 +23,7 @@ use crate::catalog::{ext_schema, key_match};
 use crate::error::{fail, SpiOrFail};
 use crate::security::{definer, require_replicator, run_as_owner};
 use crate::slave_registry::mark_copied;
-use crate::sql::{count_rows, first, ident_list, quote_ident, set_local};
+use crate::sql::{first, ident_list, quote_ident, set_local};
 use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -352,7 +352,7 @@ fn change_set_applies(cs: &ChangeSet) -> Option<Option<i64>> {
 /// A change set the master prepared for another slave database is refused.
 fn require_this_node(node: &str, server: Option<i32>) {
     let s = ext_schema();
-    let mine = first::<bool>(
+    let mine = crate::sql::kept_first::<bool>(
         &format!("SELECT node_id = $1::uuid FROM {s}._rserv_node_"),
         &[node.into()],
         "reading this database's node id",
@@ -666,7 +666,7 @@ pub(crate) fn delete_staged(
         t.only, t.table
     );
     run_as_owner(t.owner, settings, || {
-        count_rows(&sql, &[], "deleting changed rows")
+        crate::apply_rows::merge_count(&sql, settings, "deleting changed rows")
     })
 }
 

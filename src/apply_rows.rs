@@ -32,9 +32,20 @@ pub(crate) fn settings(staged: i64) -> Vec<(&'static str, &'static str)> {
     s
 }
 
+/// Run a data-changing statement on a stage's rows, counting the rows it touched. With the
+/// settings for a stage of few rows its plan is kept (index look-ups whatever the count up to
+/// [`FEW_ROWS`]); a larger stage's statement is planned for the rows it holds.
+pub(crate) fn merge_count(sql: &str, settings: &[(&str, &str)], context: &str) -> i64 {
+    if settings.contains(&("enable_hashjoin", "off")) {
+        crate::sql::kept_count_rows(sql, &[], context)
+    } else {
+        count_rows(sql, &[], context)
+    }
+}
+
 /// Rows in a staging table rserv made.
 pub(crate) fn staged_rows(stage: &str) -> i64 {
-    first::<i64>(
+    crate::sql::kept_first::<i64>(
         &format!("SELECT count(*) FROM {stage}"),
         &[],
         "counting staged rows",
@@ -180,8 +191,9 @@ pub(crate) fn merge_upsert(t: &Target, stage: &str) -> i64 {
             "UPDATE {}{} AS t SET {set} FROM {stage} AS s WHERE {matches}",
             t.only, t.table
         );
-        run_as_owner(t.owner, &settings(staged), || {
-            count_rows(&sql, &[], "updating changed rows")
+        let settings = settings(staged);
+        run_as_owner(t.owner, &settings, || {
+            merge_count(&sql, &settings, "updating changed rows")
         })
     };
     if updated >= staged {
@@ -197,8 +209,9 @@ pub(crate) fn merge_upsert(t: &Target, stage: &str) -> i64 {
         t.only,
         t.table
     );
-    let inserted = run_as_owner(t.owner, &settings(staged), || {
-        count_rows(&sql, &[], "inserting changed rows")
+    let settings = settings(staged);
+    let inserted = run_as_owner(t.owner, &settings, || {
+        merge_count(&sql, &settings, "inserting changed rows")
     });
     updated + inserted
 }

@@ -7,7 +7,7 @@
 use crate::catalog::{table_columns, table_info, Column};
 use crate::error::fail;
 use crate::slave_registry::slave_table;
-use crate::sql::{call_hint, first, quote_ident};
+use crate::sql::{call_hint, quote_ident};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -37,7 +37,7 @@ fn unqualified(type_name: &str) -> &str {
 /// The type and modifier a master's `format_type()` text names on this slave, if it exists.
 fn parse_type(name: &str) -> Option<(pg_sys::Oid, i32)> {
     // to_regtype() never raises; parseTypeString() then cannot fail either
-    first::<pg_sys::Oid>(
+    crate::sql::kept_first::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regtype($1)::oid",
         &[name.into()],
         "looking up a type",
@@ -61,7 +61,7 @@ fn parse_type(name: &str) -> Option<(pg_sys::Oid, i32)> {
 /// round or pad values silently (`numeric(10,3)` into `numeric(10,2)`), and so would an
 /// implicit cast such as numeric to double precision: refused.
 fn lossless(master: (pg_sys::Oid, i32), slave: &Column) -> bool {
-    first::<bool>(
+    crate::sql::kept_first::<bool>(
         "WITH s AS (SELECT coalesce(nullif(t.typbasetype, 0), t.oid) AS t, \
                            CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE $4 END AS m \
                     FROM pg_catalog.pg_type t WHERE t.oid = $3), \

@@ -2,8 +2,8 @@
 //! facts about user tables and their columns, and how a key column is compared with the
 //! canonical text the capture trigger logged.
 
-use crate::error::{fail, SpiOrFail};
-use crate::sql::{first, qualified, quote_ident};
+use crate::error::fail;
+use crate::sql::{qualified, quote_ident};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -58,7 +58,7 @@ pub const PROTECT_TRIGGER: &str = "_rserv_protect_t_";
 
 /// The extension's schema, quoted, for building statements on its catalog tables.
 pub fn ext_schema() -> String {
-    let nsp = first::<String>(
+    let nsp = crate::sql::kept_first::<String>(
         "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'rserv'",
         &[],
@@ -76,7 +76,7 @@ pub fn ext_schema() -> String {
 
 /// Version of the installed extension (pg_extension.extversion).
 pub fn ext_version() -> String {
-    first::<String>(
+    crate::sql::kept_first::<String>(
         "SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
         &[],
         "reading the extension version",
@@ -104,18 +104,15 @@ impl TableInfo {
 }
 
 pub fn table_info(reloid: pg_sys::Oid) -> TableInfo {
-    let row = Spi::connect(|client| {
-        let tab = client.select(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text, \
-                    c.relowner, c.relrowsecurity, c.relforcerowsecurity \
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = $1",
-            None,
-            &[reloid.into()],
-        )?;
-        let mut out = None;
-        for r in tab {
-            out = Some(TableInfo {
+    let row = crate::sql::rows(
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text, \
+                c.relowner, c.relrowsecurity, c.relforcerowsecurity \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = $1",
+        &[reloid.into()],
+        "reading pg_class",
+        |r| {
+            Ok(TableInfo {
                 reloid,
                 schema: r.get::<String>(1)?.unwrap_or_default(),
                 name: r.get::<String>(2)?.unwrap_or_default(),
@@ -124,11 +121,10 @@ pub fn table_info(reloid: pg_sys::Oid) -> TableInfo {
                 owner: r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
                 row_security: r.get::<bool>(6)?.unwrap_or(false),
                 force_row_security: r.get::<bool>(7)?.unwrap_or(false),
-            });
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("reading pg_class");
+            })
+        },
+    )
+    .pop();
     match row {
         Some(info) => info,
         None => fail(
@@ -156,34 +152,29 @@ pub struct Column {
 }
 
 pub fn table_columns(reloid: pg_sys::Oid) -> Vec<Column> {
-    Spi::connect(|client| {
-        let tab = client.select(
-            "SELECT a.attname::text, a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    a.atttypid, a.atttypmod, a.attgenerated <> '' \
-             FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            None,
-            &[reloid.into()],
-        )?;
-        let mut cols = Vec::new();
-        for r in tab {
-            cols.push(Column {
+    crate::sql::rows(
+        "SELECT a.attname::text, a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                a.atttypid, a.atttypmod, a.attgenerated <> '' \
+         FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        &[reloid.into()],
+        "reading pg_attribute",
+        |r| {
+            Ok(Column {
                 name: r.get::<String>(1)?.unwrap_or_default(),
                 attnum: r.get::<i16>(2)?.unwrap_or_default(),
                 type_name: r.get::<String>(3)?.unwrap_or_default(),
                 type_oid: r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
                 typmod: r.get::<i32>(5)?.unwrap_or(-1),
                 generated: r.get::<bool>(6)?.unwrap_or_default(),
-            });
-        }
-        Ok::<_, pgrx::spi::Error>(cols)
-    })
-    .or_fail("reading pg_attribute")
+            })
+        },
+    )
 }
 
 /// `format_type(oid, typmod)` as the server prints it.
 pub fn format_type(typ: pg_sys::Oid, typmod: i32) -> String {
-    first::<String>(
+    crate::sql::kept_first::<String>(
         "SELECT pg_catalog.format_type($1, $2)",
         &[typ.into(), typmod.into()],
         "naming a type",
@@ -284,7 +275,7 @@ pub fn key_match(col: &Column) -> KeyMatch {
     let eq = if eq_opr == pg_sys::InvalidOid {
         None
     } else {
-        first::<String>(
+        crate::sql::kept_first::<String>(
             "SELECT 'OPERATOR(' || pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || ')' \
              FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
              WHERE o.oid = $1",

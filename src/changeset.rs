@@ -19,7 +19,9 @@ use crate::catalog::{ext_schema, table_info};
 use crate::error::{fail, SpiOrFail};
 use crate::sections::{guard_table, table_sections, Section};
 use crate::security::{definer, require_replicator};
-use crate::sql::{call_hint, first, qualified, quote_literal, set_local};
+use crate::sql::{
+    call_hint, first, kept_first, qualified, quote_literal, rows, rows_mut, run, set_local,
+};
 use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -27,7 +29,7 @@ use pgrx::prelude::*;
 /// Record the current snapshot as change set `syncid` for `server`, status 0 (prepared);
 /// returns its fingerprint.
 fn record_snapshot(s: &str, server: i32, syncid: i64) -> Option<String> {
-    first::<String>(
+    kept_first::<String>(
         &format!(
             "INSERT INTO {s}._rserv_sync_ (server, syncid, status, minid, maxid, active) \
              SELECT $1, $2, 0, pg_catalog.pg_snapshot_xmin(c)::text::int8, \
@@ -175,21 +177,24 @@ fn rserv_prepare_v11(
     if collected == 0 && to_copy.is_empty() && ddl.is_empty() {
         return TableIterator::new(Vec::new());
     }
-    let syncid = Spi::get_one::<i64>(&format!(
-        "SELECT pg_catalog.nextval('{s}._rserv_sync_seq_'::regclass)"
-    ))
-    .or_fail("allocating a sync id")
+    let syncid = kept_first::<i64>(
+        &format!("SELECT pg_catalog.nextval('{s}._rserv_sync_seq_'::regclass)"),
+        &[],
+        "allocating a sync id",
+    )
     .unwrap_or(0);
     let fingerprint = record_snapshot(&s, server, syncid);
-    Spi::run_with_args(
-        &format!(
-            "INSERT INTO {s}._rserv_server_tables_ AS x (server, reloid, state, syncid) \
-             SELECT $1, r, 'copying', $2 FROM unnest($3::oid[]) AS r \
-             ON CONFLICT (server, reloid) DO UPDATE SET state = 'copying', syncid = excluded.syncid"
-        ),
-        &[server.into(), syncid.into(), to_copy.clone().into()],
-    )
-    .or_fail("recording the initial copies");
+    if !to_copy.is_empty() {
+        run(
+            &format!(
+                "INSERT INTO {s}._rserv_server_tables_ AS x (server, reloid, state, syncid) \
+                 SELECT $1, r, 'copying', $2 FROM unnest($3::oid[]) AS r \
+                 ON CONFLICT (server, reloid) DO UPDATE SET state = 'copying', syncid = excluded.syncid"
+            ),
+            &[server.into(), syncid.into(), to_copy.clone().into()],
+            "recording the initial copies",
+        );
+    }
 
     let mut sections = Vec::new();
     for changed in changed_tables(&s, &pending, &to_copy) {
@@ -270,7 +275,7 @@ fn copy_targets(
         .iter()
         .filter(|(oid, ..)| to_copy.contains(oid))
         .filter_map(|(oid, schema, table)| {
-            let payload = first::<String>(
+            let payload = kept_first::<String>(
                 &format!(
                     "SELECT pg_catalog.jsonb_build_object('old', t.definition, 'new', t.definition, \
                             'recopy', true, 'target', true)::pg_catalog.text \
@@ -295,34 +300,29 @@ fn ddl_in_window(
     prev_active: &[i64],
     subscribed: &[pg_sys::Oid],
 ) -> Vec<(String, String, String)> {
-    Spi::connect(|client| {
-        client
-            .select(
-                &format!(
-                    "SELECT l.old->>'schema', l.old->>'table', \
-                            pg_catalog.jsonb_build_object('old', l.old, 'new', l.new, 'recopy', l.recopy)::text \
-                     FROM {s}._rserv_ddl_ AS l \
-                     WHERE l.reloid = ANY ($3::oid[]) \
-                       AND ($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[])) \
-                     ORDER BY l.ddlid"
-                ),
-                None,
-                &[
-                    prev_xmax.into(),
-                    prev_active.to_vec().into(),
-                    subscribed.to_vec().into(),
-                ],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<String>(3)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_fail("reading recorded DDL")
+    rows(
+        &format!(
+            "SELECT l.old->>'schema', l.old->>'table', \
+                    pg_catalog.jsonb_build_object('old', l.old, 'new', l.new, 'recopy', l.recopy)::text \
+             FROM {s}._rserv_ddl_ AS l \
+             WHERE l.reloid = ANY ($3::oid[]) \
+               AND ($1::int8 IS NULL OR l.logid >= $1 OR l.logid = ANY ($2::int8[])) \
+             ORDER BY l.ddlid"
+        ),
+        &[
+            prev_xmax.into(),
+            prev_active.to_vec().into(),
+            subscribed.to_vec().into(),
+        ],
+        "reading recorded DDL",
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ))
+        },
+    )
 }
 
 /// Every prepare for a server updates its row: if another prepare committed after our snapshot
@@ -336,23 +336,17 @@ fn claim_server(s: &str, server: i32, slave_node: Option<&str>) -> Option<String
     if let Some(node) = slave_node {
         crate::slaves::require_one_id(s, server, node);
     }
-    let bound = Spi::connect_mut(|client| {
-        let tab = client.update(
-            &format!(
-                "UPDATE {s}._rserv_servers_ AS v SET last_prepare = coalesce(v.last_prepare, 0) + 1, \
-                        node = coalesce(v.node, $2::uuid) \
-                 WHERE v.server = $1 RETURNING v.node::text"
-            ),
-            None,
-            &[server.into(), slave_node.into()],
-        )?;
-        let mut out = None;
-        for r in tab {
-            out = Some(r.get::<String>(1)?);
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("registering the prepare");
+    let bound = rows_mut(
+        &format!(
+            "UPDATE {s}._rserv_servers_ AS v SET last_prepare = coalesce(v.last_prepare, 0) + 1, \
+                    node = coalesce(v.node, $2::uuid) \
+             WHERE v.server = $1 RETURNING v.node::text"
+        ),
+        &[server.into(), slave_node.into()],
+        "registering the prepare",
+        |r| r.get::<String>(1),
+    )
+    .pop();
     let Some(bound) = bound else {
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -386,74 +380,64 @@ fn subscribed_tables(
     prev_active: &[i64],
 ) -> (Vec<(pg_sys::Oid, String, String)>, Vec<pg_sys::Oid>) {
     let (Some(sch), Some(tab)) = (schemas, tables) else {
-        let all = Spi::connect(|client| {
-            client
-                .select(
-                    &format!(
-                        "SELECT t.reloid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
-                         FROM {s}._rserv_tables_ t JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
-                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                    ),
-                    None,
-                    &[],
-                )?
-                .map(|r| {
-                    Ok((
-                        r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                        r.get::<String>(2)?.unwrap_or_default(),
-                        r.get::<String>(3)?.unwrap_or_default(),
-                    ))
-                })
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        })
-        .or_fail("listing replicated tables");
+        let all = rows(
+            &format!(
+                "SELECT t.reloid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
+                 FROM {s}._rserv_tables_ t JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            ),
+            &[],
+            "listing replicated tables",
+            |r| {
+                Ok((
+                    r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                ))
+            },
+        );
         return (all, Vec::new());
     };
     let fresh = fresh.unwrap_or_else(|| vec![false; sch.len()]);
-    let rows = Spi::connect(|client| {
-        client
-            .select(
-                &format!(
-                    "SELECT coalesce( \
-                              (SELECT d.reloid FROM {s}._rserv_ddl_ d \
-                                WHERE NOT coalesce(w.fresh, false) AND $4::int8 IS NOT NULL \
-                                  AND (d.logid >= $4 OR d.logid = ANY ($5::int8[])) \
-                                  AND d.old->>'schema' = w.nsp AND d.old->>'table' = w.rel \
-                                  AND d.reloid IN (SELECT x.reloid FROM {s}._rserv_tables_ x) \
-                                ORDER BY d.ddlid LIMIT 1), \
-                              t.reloid, \
-                              (SELECT d.reloid FROM {s}._rserv_ddl_ d \
-                                WHERE d.old->>'schema' = w.nsp AND d.old->>'table' = w.rel \
-                                  AND d.reloid IN (SELECT x.reloid FROM {s}._rserv_tables_ x) \
-                                ORDER BY d.ddlid DESC LIMIT 1)), \
-                            w.nsp, w.rel, coalesce(w.fresh, false) \
-                     FROM unnest($1::text[], $2::text[], $3::bool[]) AS w(nsp, rel, fresh) \
-                     LEFT JOIN (pg_catalog.pg_class c \
-                                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                                JOIN {s}._rserv_tables_ t ON t.reloid = c.oid) \
-                       ON w.nsp = n.nspname AND w.rel = c.relname"
-                ),
-                None,
-                &[
-                    sch.into(),
-                    tab.into(),
-                    fresh.into(),
-                    prev_xmax.into(),
-                    prev_active.to_vec().into(),
-                ],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<pg_sys::Oid>(1)?,
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<String>(3)?.unwrap_or_default(),
-                    r.get::<bool>(4)?.unwrap_or(false),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_fail("matching the slave's tables");
-    let missing: Vec<String> = rows
+    let found = rows(
+        &format!(
+            "SELECT coalesce( \
+                      (SELECT d.reloid FROM {s}._rserv_ddl_ d \
+                        WHERE NOT coalesce(w.fresh, false) AND $4::int8 IS NOT NULL \
+                          AND (d.logid >= $4 OR d.logid = ANY ($5::int8[])) \
+                          AND d.old->>'schema' = w.nsp AND d.old->>'table' = w.rel \
+                          AND d.reloid IN (SELECT x.reloid FROM {s}._rserv_tables_ x) \
+                        ORDER BY d.ddlid LIMIT 1), \
+                      t.reloid, \
+                      (SELECT d.reloid FROM {s}._rserv_ddl_ d \
+                        WHERE d.old->>'schema' = w.nsp AND d.old->>'table' = w.rel \
+                          AND d.reloid IN (SELECT x.reloid FROM {s}._rserv_tables_ x) \
+                        ORDER BY d.ddlid DESC LIMIT 1)), \
+                    w.nsp, w.rel, coalesce(w.fresh, false) \
+             FROM unnest($1::text[], $2::text[], $3::bool[]) AS w(nsp, rel, fresh) \
+             LEFT JOIN (pg_catalog.pg_class c \
+                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                        JOIN {s}._rserv_tables_ t ON t.reloid = c.oid) \
+               ON w.nsp = n.nspname AND w.rel = c.relname"
+        ),
+        &[
+            sch.into(),
+            tab.into(),
+            fresh.into(),
+            prev_xmax.into(),
+            prev_active.to_vec().into(),
+        ],
+        "matching the slave's tables",
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?,
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<bool>(4)?.unwrap_or(false),
+            ))
+        },
+    );
+    let missing: Vec<String> = found
         .iter()
         .filter(|(oid, ..)| oid.is_none())
         .map(|(_, nsp, rel, _)| qualified(nsp, rel))
@@ -465,12 +449,12 @@ fn subscribed_tables(
             call_hint("rserv_add_table", &missing[0], "")
         );
     }
-    let fresh = rows
+    let fresh = found
         .iter()
         .filter(|(.., f)| *f)
         .filter_map(|(oid, ..)| *oid)
         .collect();
-    let names = rows
+    let names = found
         .into_iter()
         .filter_map(|(oid, nsp, rel, _)| oid.map(|o| (o, nsp, rel)))
         .collect();
@@ -486,7 +470,7 @@ fn tables_to_copy(
     fresh: &[pg_sys::Oid],
 ) -> Vec<pg_sys::Oid> {
     // A table this slave stopped receiving needs a fresh copy if it comes back.
-    Spi::run_with_args(
+    run(
         &format!(
             "DELETE FROM {s}._rserv_server_tables_ WHERE server = $1 \
              AND (reloid <> ALL ($2::oid[]) OR reloid = ANY ($3::oid[]))"
@@ -496,8 +480,8 @@ fn tables_to_copy(
             subscribed.to_vec().into(),
             fresh.to_vec().into(),
         ],
-    )
-    .or_fail("updating the slave's tables");
+        "updating the slave's tables",
+    );
     crate::sql::column::<pg_sys::Oid>(
         &format!(
             "SELECT t.reloid FROM {s}._rserv_tables_ t WHERE t.reloid = ANY ($2::oid[]) \
@@ -513,26 +497,23 @@ fn tables_to_copy(
 /// before the first. The next change set holds what committed since that snapshot: it builds
 /// on that sync id, and a slave that has not got it (restored from a backup) would miss changes.
 fn last_confirmed(s: &str, server: i32) -> (Option<i64>, Option<i64>, Vec<i64>) {
-    Spi::connect(|client| {
-        let tab = client.select(
-            &format!(
-                "SELECT syncid, maxid, active FROM {s}._rserv_sync_ WHERE server = $1 AND status > 0 \
-                 ORDER BY syncid DESC LIMIT 1"
-            ),
-            None,
-            &[server.into()],
-        )?;
-        let mut out = (None, None, Vec::new());
-        for r in tab {
-            out = (
+    rows(
+        &format!(
+            "SELECT syncid, maxid, active FROM {s}._rserv_sync_ WHERE server = $1 AND status > 0 \
+             ORDER BY syncid DESC LIMIT 1"
+        ),
+        &[server.into()],
+        "reading the last confirmed sync",
+        |r| {
+            Ok((
                 r.get::<i64>(1)?,
                 r.get::<i64>(2)?,
                 r.get::<Vec<i64>>(3)?.unwrap_or_default(),
-            );
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("reading the last confirmed sync")
+            ))
+        },
+    )
+    .pop()
+    .unwrap_or((None, None, Vec::new()))
 }
 
 /// Copy the identities changed in the window into the pending staging table (emptied first).
@@ -600,10 +581,9 @@ pub(crate) struct Changed {
 
 /// Every table in the change set.
 fn changed_tables(s: &str, pending: &str, to_copy: &[pg_sys::Oid]) -> Vec<Changed> {
-    Spi::connect(|client| {
-        let tab = client.select(
-            &format!(
-                "SELECT t.reloid, t.key::text[], \
+    rows(
+        &format!(
+            "SELECT t.reloid, t.key::text[], \
                         coalesce(bool_or(p.key IS NULL), false), t.reloid = ANY ($1::oid[]), \
                         coalesce(bool_or(p.deleted), false), \
                         coalesce(bool_or(p.key IS NOT NULL AND p.deleted IS NULL), false), \
@@ -611,13 +591,11 @@ fn changed_tables(s: &str, pending: &str, to_copy: &[pg_sys::Oid]) -> Vec<Change
                  FROM {s}._rserv_tables_ t LEFT JOIN {pending} p ON p.reloid = t.reloid \
                  WHERE t.reloid = ANY ($1::oid[]) OR p.reloid IS NOT NULL \
                  GROUP BY t.reloid, t.key ORDER BY t.reloid"
-            ),
-            None,
-            &[to_copy.to_vec().into()],
-        )?;
-        let mut out = Vec::new();
-        for r in tab {
-            out.push(Changed {
+        ),
+        &[to_copy.to_vec().into()],
+        "listing changed tables",
+        |r| {
+            Ok(Changed {
                 reloid: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
                 key: r.get::<Vec<String>>(2)?.unwrap_or_default(),
                 truncated: r.get::<bool>(3)?.unwrap_or(false),
@@ -625,11 +603,9 @@ fn changed_tables(s: &str, pending: &str, to_copy: &[pg_sys::Oid]) -> Vec<Change
                 gone: r.get::<bool>(5)?.unwrap_or(true),
                 inserted: r.get::<bool>(6)?.unwrap_or(true),
                 updated: r.get::<bool>(7)?.unwrap_or(true),
-            });
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("listing changed tables")
+            })
+        },
+    )
 }
 
 /// Mark one row identity of a replicated table as changed, so the next change set carries its

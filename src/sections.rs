@@ -46,7 +46,7 @@ pub(crate) fn guard_table(info: &TableInfo) {
     }
     if info.row_security {
         let me = outer_user();
-        let bypass = first::<bool>(
+        let bypass = crate::sql::kept_first::<bool>(
             "SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE oid = $1",
             &[me.into()],
             "reading the role",
@@ -84,7 +84,7 @@ pub(crate) fn guard_table(info: &TableInfo) {
     }
     // relfilenode as this transaction's snapshot sees it, and as it is now (the locks above made
     // the backend read every committed catalog change)
-    let same = first::<bool>(
+    let same = crate::sql::kept_first::<bool>(
         "SELECT coalesce(bool_and(c.relfilenode = pg_catalog.pg_relation_filenode(c.oid)), true) \
          FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1) AND c.relkind = 'r'",
         &[std::iter::once(info.reloid)

@@ -34,7 +34,7 @@ pub fn definer() -> Definer {
 /// [`definer()`] for rserv's internal functions, which only its own event triggers may call
 /// (EXECUTE is revoked from PUBLIC), also while a table owner's code runs DDL.
 pub fn internal_definer() -> Definer {
-    let previous = first::<String>(
+    let previous = crate::sql::kept_first::<String>(
         "SELECT pg_catalog.current_setting('search_path')",
         &[],
         "reading search_path",
@@ -120,7 +120,7 @@ pub fn require_table_owner(owner: pg_sys::Oid, table: &str, func: &str) {
 }
 
 fn extension_owner() -> Option<pg_sys::Oid> {
-    first::<pg_sys::Oid>(
+    crate::sql::kept_first::<pg_sys::Oid>(
         "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'rserv'",
         &[],
         "reading the extension's owner",
@@ -134,7 +134,7 @@ pub fn is_replicator() -> bool {
         return true;
     }
     let s = ext_schema();
-    first::<bool>(
+    crate::sql::kept_first::<bool>(
         &format!(
             "SELECT EXISTS (SELECT 1 FROM {s}._rserv_replicators_ r \
              WHERE pg_catalog.pg_has_role($1, r.role, 'USAGE'))"

@@ -13,7 +13,7 @@
 use crate::catalog::{ext_schema, table_info, RegClass};
 use crate::error::{fail, SpiOrFail};
 use crate::security::{definer, require_replicator, require_table_owner, run_as_owner};
-use crate::sql::{count_rows, first};
+use crate::sql::count_rows;
 use crate::staging;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -167,7 +167,7 @@ pub const COLUMNS: [&str; 4] = ["schema", "name", "last_value", "is_called"];
 /// The master's part: the state of every registered sequence now, in a staging table the caller
 /// reads; None when no sequence is registered.
 pub fn section_query(s: &str) -> Option<String> {
-    let any = first::<bool>(
+    let any = crate::sql::kept_first::<bool>(
         &format!("SELECT EXISTS (SELECT 1 FROM {s}._rserv_sequences_)"),
         &[],
         "looking for sequences",

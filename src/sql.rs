@@ -4,6 +4,8 @@
 use crate::error::{fail, SpiOrFail};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
+use pgrx::PgOid;
 use std::ffi::{CStr, CString};
 
 /// A Rust string as a C string; names and values with NUL bytes are refused.
@@ -55,6 +57,55 @@ pub fn ident_list(names: &[String]) -> String {
         .join(", ")
 }
 
+/// A statement's text, its argument types and whether it may write: what a kept plan is for.
+type PlanKey = (String, Vec<pg_sys::Oid>, bool);
+
+/// Plans of the statements rserv runs again and again (a daemon's cycle runs the same few
+/// dozen catalog look-ups each time), kept for the session as PL/pgSQL keeps its statements'.
+/// PostgreSQL's plan cache re-plans one when what it reads changes (DDL, ANALYZE, another
+/// search_path, another role under row security). At most this many: statements that name
+/// tables would otherwise grow with the number of tables.
+const MAX_PLANS: usize = 256;
+
+thread_local! {
+    static PLANS: std::cell::RefCell<std::collections::HashMap<PlanKey, std::rc::Rc<OwnedPreparedStatement>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The kept plan of `sql` for arguments of these types (prepared on first use). The map is
+/// not borrowed while a plan runs: a statement may fire code that runs rserv's own queries.
+fn kept_plan(
+    client: &SpiClient<'_>,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    mutating: bool,
+) -> Result<std::rc::Rc<OwnedPreparedStatement>, pgrx::spi::Error> {
+    let key: PlanKey = (
+        sql.to_string(),
+        args.iter().map(|a| a.oid()).collect(),
+        mutating,
+    );
+    if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
+        return Ok(plan);
+    }
+    let types: Vec<PgOid> = key.1.iter().map(|o| PgOid::from(*o)).collect();
+    let prepared = if mutating {
+        client.prepare_mut(sql, &types)?
+    } else {
+        client.prepare(sql, &types)?
+    };
+    let plan = std::rc::Rc::new(prepared.keep());
+    PLANS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() >= MAX_PLANS {
+            // per-table statements of a database with very many tables: start over
+            p.clear();
+        }
+        p.insert(key, plan.clone());
+    });
+    Ok(plan)
+}
+
 /// First column of the first row, or None when the query returns no row (or NULL).
 /// `Spi::get_one` treats "no row" as an error; catalog look-ups need the difference.
 pub fn first<T: FromDatum + IntoDatum>(
@@ -64,6 +115,26 @@ pub fn first<T: FromDatum + IntoDatum>(
 ) -> Option<T> {
     Spi::connect_mut(|client| {
         let tab = client.update(sql, Some(1), args)?;
+        match tab.into_iter().next() {
+            Some(row) => row.get::<T>(1),
+            None => Ok(None),
+        }
+    })
+    .or_fail(context)
+}
+
+/// [`first`] with its plan kept for the session: for the catalog look-ups rserv repeats on
+/// every call (a daemon's cycle runs the same few dozen), never for a statement whose best plan
+/// depends on how many rows a stage or the log holds, or on planner settings changed around
+/// it (PostgreSQL re-plans a kept plan when what it reads changes, not when settings do).
+pub fn kept_first<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    context: &str,
+) -> Option<T> {
+    Spi::connect_mut(|client| {
+        let plan = kept_plan(client, sql, args, true)?;
+        let tab = client.update(&*plan, Some(1), args)?;
         match tab.into_iter().next() {
             Some(row) => row.get::<T>(1),
             None => Ok(None),
@@ -87,13 +158,66 @@ pub fn column<T: FromDatum + IntoDatum>(
     .or_fail(context)
 }
 
+/// Every row of a query, each read by `read` (the plan kept, see [`kept_first`]).
+pub fn rows<R>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    context: &str,
+    read: impl FnMut(SpiHeapTupleData<'_>) -> Result<R, pgrx::spi::Error>,
+) -> Vec<R> {
+    Spi::connect(|client| {
+        let plan = kept_plan(client, sql, args, false)?;
+        client
+            .select(&*plan, None, args)?
+            .map(read)
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .or_fail(context)
+}
+
+/// [`rows`] of a statement that writes (`... RETURNING`).
+pub fn rows_mut<R>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    context: &str,
+    read: impl FnMut(SpiHeapTupleData<'_>) -> Result<R, pgrx::spi::Error>,
+) -> Vec<R> {
+    Spi::connect_mut(|client| {
+        let plan = kept_plan(client, sql, args, true)?;
+        client
+            .update(&*plan, None, args)?
+            .map(read)
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .or_fail(context)
+}
+
+/// Run a statement for its effect (its plan kept, see [`kept_first`]).
+pub fn run(sql: &str, args: &[pgrx::datum::DatumWithOid], context: &str) {
+    Spi::connect_mut(|client| {
+        let plan = kept_plan(client, sql, args, true)?;
+        client.update(&*plan, None, args).map(|_| ())
+    })
+    .or_fail(context)
+}
+
 /// `SET LOCAL name = value` through set_config(), so nothing is pasted into SQL.
 pub fn set_local(name: &str, value: &str) {
-    Spi::run_with_args(
+    run(
         "SELECT pg_catalog.set_config($1, $2, true)",
         &[name.into(), value.into()],
+        "changing a setting",
+    );
+}
+
+/// [`count_rows`] with its plan kept (see [`kept_first`]).
+pub fn kept_count_rows(sql: &str, args: &[pgrx::datum::DatumWithOid], context: &str) -> i64 {
+    kept_first::<i64>(
+        &format!("WITH d AS ({sql} RETURNING 1) SELECT count(*) FROM d"),
+        args,
+        context,
     )
-    .or_fail("changing a setting");
+    .unwrap_or(0)
 }
 
 /// Number of rows a data-changing statement touched (run through `WITH d AS (... RETURNING 1)`).

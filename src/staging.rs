@@ -40,7 +40,7 @@ pub fn oids() -> Vec<pg_sys::Oid> {
 
 /// Is `oid` still the staging table rserv made under `qualified`?
 fn intact(oid: pg_sys::Oid, qualified: &str) -> bool {
-    first::<bool>(
+    crate::sql::kept_first::<bool>(
         "SELECT c.relkind = 'r' AND c.relpersistence = 't' AND c.relowner = $2 \
                 AND c.relnamespace = pg_catalog.pg_my_temp_schema() \
                 AND NOT c.relhastriggers AND NOT c.relhasrules AND NOT c.relrowsecurity \
@@ -136,14 +136,18 @@ const TRUNCATE_ABOVE: i64 = 256 * 1024;
 /// whatever its size.
 pub fn empty(qualified: &str, big: bool) {
     let truncate = big
-        || first::<bool>(
+        || crate::sql::kept_first::<bool>(
             "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
             &[qualified.into(), TRUNCATE_ABOVE.into()],
             "sizing a staging table",
         )
         .unwrap_or(true);
     let verb = if truncate { "TRUNCATE" } else { "DELETE FROM" };
-    Spi::run(&format!("{verb} {qualified}")).or_fail("emptying a staging table");
+    crate::sql::run(
+        &format!("{verb} {qualified}"),
+        &[],
+        "emptying a staging table",
+    );
 }
 
 /// A large staging table deserves statistics before it is joined with a real one.
