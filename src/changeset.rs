@@ -482,7 +482,7 @@ fn tables_to_copy(
         ],
         "updating the slave's tables",
     );
-    crate::sql::column::<pg_sys::Oid>(
+    rows(
         &format!(
             "SELECT t.reloid FROM {s}._rserv_tables_ t WHERE t.reloid = ANY ($2::oid[]) \
              AND NOT EXISTS (SELECT 1 FROM {s}._rserv_server_tables_ x \
@@ -490,7 +490,11 @@ fn tables_to_copy(
         ),
         &[server.into(), subscribed.to_vec().into()],
         "finding tables to copy",
+        |r| r.get::<pg_sys::Oid>(1),
     )
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// (sync id, xmax, in-progress xids) of the slave's last confirmed change set; (None, None, [])

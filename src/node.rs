@@ -2,7 +2,6 @@
 //! follows, a master binds each slave id to a node) and the installed version.
 
 use crate::catalog::{ext_schema, ext_version};
-use crate::error::SpiOrFail;
 use crate::security::{definer, require_replicator};
 use pgrx::prelude::*;
 
@@ -13,9 +12,18 @@ fn rserv_node_id() -> String {
     let _definer = definer();
     require_replicator("rserv_node_id");
     let s = ext_schema();
-    Spi::get_one::<String>(&format!("SELECT node_id::text FROM {s}._rserv_node_"))
-        .or_fail("reading _rserv_node_")
-        .unwrap_or_default()
+    crate::sql::kept_first::<String>(
+        &format!("SELECT node_id::text FROM {s}._rserv_node_"),
+        &[],
+        "reading _rserv_node_",
+    )
+    .unwrap_or_else(|| {
+        crate::error::fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "rserv: this database has no node id (_rserv_node_ is empty)",
+            "recreate the extension: DROP EXTENSION rserv; CREATE EXTENSION rserv",
+        )
+    })
 }
 
 /// Version of the rserv extension installed in this database.

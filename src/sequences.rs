@@ -186,16 +186,19 @@ pub fn section_query(s: &str) -> Option<String> {
     );
     staging::empty(&stage, false);
     // pg_sequence_last_value is NULL until the first nextval: then the start value, not called
-    Spi::run(&format!(
-        "INSERT INTO {stage} SELECT n.nspname, c.relname, \
+    crate::sql::run(
+        &format!(
+            "INSERT INTO {stage} SELECT n.nspname, c.relname, \
                 coalesce(pg_catalog.pg_sequence_last_value(c.oid), q.seqstart), \
                 pg_catalog.pg_sequence_last_value(c.oid) IS NOT NULL \
            FROM {s}._rserv_sequences_ r \
            JOIN pg_catalog.pg_class c ON c.oid = r.seqoid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
            JOIN pg_catalog.pg_sequence q ON q.seqrelid = c.oid"
-    ))
-    .or_fail("reading the sequences");
+        ),
+        &[],
+        "reading the sequences",
+    );
     Some(format!(
         "SELECT schema, name, last_value, is_called FROM {stage} ORDER BY 1, 2"
     ))
@@ -204,47 +207,42 @@ pub fn section_query(s: &str) -> Option<String> {
 /// The slave's part: set every staged sequence this slave receives, as its owner.
 pub fn apply(stage: &str) -> i64 {
     let s = ext_schema();
-    let rows = Spi::connect(|client| {
-        client
-            .select(
-                &format!(
-                    "SELECT q.oid, q.relowner, v.c3::int8, v.c4::bool FROM {stage} AS v \
-                     JOIN pg_catalog.pg_namespace n ON n.nspname = v.c1 \
-                     JOIN pg_catalog.pg_class q ON q.relnamespace = n.oid AND q.relname = v.c2 AND q.relkind = 'S' \
-                     WHERE q.oid IN (SELECT seqoid FROM {s}._rserv_slave_sequences_) \
-                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-                                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = q.oid \
-                                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i') \
-                                      AND d.refobjid IN (SELECT reloid FROM {s}._rserv_slave_tables_)) \
-                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-                                    JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
-                                    JOIN pg_catalog.pg_class tc ON tc.oid = ad.adrelid \
-                                   WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
-                                     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = q.oid \
-                                     AND tc.relowner = q.relowner \
-                                     AND ad.adrelid IN (SELECT reloid FROM {s}._rserv_slave_tables_))"
-                ),
-                None,
-                &[],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                    r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                    r.get::<i64>(3)?.unwrap_or(1),
-                    r.get::<bool>(4)?.unwrap_or(false),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .or_fail("reading the staged sequences");
+    let rows = crate::sql::rows(
+        &format!(
+            "SELECT q.oid, q.relowner, v.c3::int8, v.c4::bool FROM {stage} AS v \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = v.c1 \
+             JOIN pg_catalog.pg_class q ON q.relnamespace = n.oid AND q.relname = v.c2 AND q.relkind = 'S' \
+             WHERE q.oid IN (SELECT seqoid FROM {s}._rserv_slave_sequences_) \
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                            WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = q.oid \
+                              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i') \
+                              AND d.refobjid IN (SELECT reloid FROM {s}._rserv_slave_tables_)) \
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                            JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
+                            JOIN pg_catalog.pg_class tc ON tc.oid = ad.adrelid \
+                           WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+                             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = q.oid \
+                             AND tc.relowner = q.relowner \
+                             AND ad.adrelid IN (SELECT reloid FROM {s}._rserv_slave_tables_))"
+        ),
+        &[],
+        "reading the staged sequences",
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<i64>(3)?.unwrap_or(1),
+                r.get::<bool>(4)?.unwrap_or(false),
+            ))
+        },
+    );
     for &(seq, owner, value, called) in &rows {
         run_as_owner(owner, &[], || {
-            Spi::run_with_args(
+            crate::sql::run(
                 "SELECT pg_catalog.setval($1, $2, $3)",
                 &[seq.into(), value.into(), called.into()],
+                "setting a sequence",
             )
-            .or_fail("setting a sequence")
         });
     }
     rows.len() as i64

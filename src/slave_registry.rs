@@ -218,33 +218,29 @@ fn rserv_slave_table_list_v11() -> TableIterator<
 /// The slave's registration of `schema.name`: (reloid, key columns).
 pub fn slave_table(schema: &str, name: &str) -> Option<(pg_sys::Oid, Vec<String>)> {
     let s = ext_schema();
-    Spi::connect(|client| {
-        let tab = client.select(
-            &format!(
-                "SELECT t.reloid, t.key::text[] FROM {s}._rserv_slave_tables_ t \
-                 JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2"
-            ),
-            None,
-            &[schema.into(), name.into()],
-        )?;
-        let mut out = None;
-        for r in tab {
-            out = Some((
+    crate::sql::rows(
+        &format!(
+            "SELECT t.reloid, t.key::text[] FROM {s}._rserv_slave_tables_ t \
+             JOIN pg_catalog.pg_class c ON c.oid = t.reloid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2"
+        ),
+        &[schema.into(), name.into()],
+        "reading _rserv_slave_tables_",
+        |r| {
+            Ok((
                 r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
                 r.get::<Vec<String>>(2)?.unwrap_or_default(),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_fail("reading _rserv_slave_tables_")
+            ))
+        },
+    )
+    .pop()
 }
 
 /// Is slave table `reloid` waiting for its initial copy?
 pub fn needs_copy(reloid: pg_sys::Oid) -> bool {
     let s = ext_schema();
-    first::<bool>(
+    crate::sql::kept_first::<bool>(
         &format!("SELECT needs_copy FROM {s}._rserv_slave_tables_ WHERE reloid = $1"),
         &[reloid.into()],
         "reading _rserv_slave_tables_",

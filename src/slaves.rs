@@ -95,7 +95,7 @@ fn rserv_server_for_node(slave_node: &str) -> i32 {
 /// A slave database has one server id: under two, its change sets would come from two
 /// independent sequences of snapshots, and one could take it back in time.
 pub fn require_one_id(s: &str, server: i32, node: &str) {
-    let other = first::<i32>(
+    let other = crate::sql::kept_first::<i32>(
         &format!(
             "SELECT server FROM {s}._rserv_servers_ WHERE node = $1::uuid AND server <> $2 \
              ORDER BY server LIMIT 1"
@@ -117,7 +117,7 @@ pub fn require_one_id(s: &str, server: i32, node: &str) {
 /// A server id belongs to one slave database: a second one using it would make both miss
 /// changes (the original rserv's bug), so it is refused.
 pub fn require_same_node(server: i32, bound: &str, node: &str) {
-    let same = first::<bool>(
+    let same = crate::sql::kept_first::<bool>(
         "SELECT $1::uuid = $2::uuid",
         &[bound.into(), node.into()],
         "comparing nodes",
@@ -140,7 +140,7 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
     let _definer = definer();
     require_replicator("rserv_confirm");
     let s = ext_schema();
-    let status = first::<i32>(
+    let status = crate::sql::kept_first::<i32>(
         &format!(
             "SELECT status FROM {s}._rserv_sync_ WHERE server = $1 AND syncid = $2 FOR UPDATE"
         ),
@@ -155,27 +155,27 @@ fn rserv_confirm(server: i32, syncid: i64) -> bool {
         }
         Some(st) if st > 0 => false,
         Some(_) => {
-            Spi::run_with_args(
+            crate::sql::run(
                 &format!(
                     "UPDATE {s}._rserv_sync_ SET status = 1, confirmed = now() WHERE server = $1 AND syncid = $2"
                 ),
                 &[server.into(), syncid.into()],
-            )
-            .or_fail("confirming the sync");
-            Spi::run_with_args(
+                "confirming the sync",
+            );
+            crate::sql::run(
                 &format!("DELETE FROM {s}._rserv_sync_ WHERE server = $1 AND syncid < $2"),
                 &[server.into(), syncid.into()],
-            )
-            .or_fail("removing superseded syncs");
+                "removing superseded syncs",
+            );
             // Initial copies carried by this change set (or an earlier one) are done.
-            Spi::run_with_args(
+            crate::sql::run(
                 &format!(
                     "UPDATE {s}._rserv_server_tables_ SET state = 'ready' \
                      WHERE server = $1 AND state = 'copying' AND syncid <= $2"
                 ),
                 &[server.into(), syncid.into()],
-            )
-            .or_fail("marking initial copies done");
+                "marking initial copies done",
+            );
             true
         }
     }

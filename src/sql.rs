@@ -106,6 +106,38 @@ fn kept_plan(
     Ok(plan)
 }
 
+/// Run a kept plan with PostgreSQL's generic plan for it: a kept statement's plan must not
+/// depend on its arguments' values (see [`kept_first`]), and re-planning it for each call's
+/// values (what the plan cache does while a custom plan looks cheaper) is the cost kept plans
+/// are for saving. The setting is in force only while the statement runs (a GUC nest level,
+/// closed here or by the transaction's abort): closing it also undoes any setting the
+/// statement itself changed, so never for a statement that changes settings (`set_config`) or
+/// runs a user's code.
+fn generic<R>(args: usize, f: impl FnOnce() -> R) -> R {
+    if args == 0 {
+        return f(); // a statement without arguments always has its generic plan
+    }
+    // SAFETY: opens a GUC nest level closed below (or by the (sub)transaction's abort)
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    // SAFETY: constant, valid C strings; a USERSET parameter any session may set
+    unsafe {
+        pg_sys::set_config_option(
+            c"plan_cache_mode".as_ptr(),
+            c"force_generic_plan".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+    let out = f();
+    // SAFETY: closes the nest level opened above, restoring the session's own setting
+    unsafe { pg_sys::AtEOXact_GUC(false, nest) };
+    out
+}
+
 /// First column of the first row, or None when the query returns no row (or NULL).
 /// `Spi::get_one` treats "no row" as an error; catalog look-ups need the difference.
 pub fn first<T: FromDatum + IntoDatum>(
@@ -134,7 +166,7 @@ pub fn kept_first<T: FromDatum + IntoDatum>(
 ) -> Option<T> {
     Spi::connect_mut(|client| {
         let plan = kept_plan(client, sql, args, true)?;
-        let tab = client.update(&*plan, Some(1), args)?;
+        let tab = generic(args.len(), || client.update(&*plan, Some(1), args))?;
         match tab.into_iter().next() {
             Some(row) => row.get::<T>(1),
             None => Ok(None),
@@ -167,8 +199,7 @@ pub fn rows<R>(
 ) -> Vec<R> {
     Spi::connect(|client| {
         let plan = kept_plan(client, sql, args, false)?;
-        client
-            .select(&*plan, None, args)?
+        generic(args.len(), || client.select(&*plan, None, args))?
             .map(read)
             .collect::<Result<Vec<_>, _>>()
     })
@@ -184,8 +215,7 @@ pub fn rows_mut<R>(
 ) -> Vec<R> {
     Spi::connect_mut(|client| {
         let plan = kept_plan(client, sql, args, true)?;
-        client
-            .update(&*plan, None, args)?
+        generic(args.len(), || client.update(&*plan, None, args))?
             .map(read)
             .collect::<Result<Vec<_>, _>>()
     })
@@ -196,6 +226,8 @@ pub fn rows_mut<R>(
 pub fn run(sql: &str, args: &[pgrx::datum::DatumWithOid], context: &str) {
     Spi::connect_mut(|client| {
         let plan = kept_plan(client, sql, args, true)?;
+        // no forced generic plan here: its GUC nest level would undo a SET LOCAL the
+        // statement makes (set_local runs through here)
         client.update(&*plan, None, args).map(|_| ())
     })
     .or_fail(context)

@@ -2078,3 +2078,45 @@ fn extra_table_list_never_runs_with_the_callers_search_path() {
         "rserv_table_list() under the caller's search_path ran the planted operator",
     );
 }
+
+/// rserv's functions pin search_path for everything they run, also after they have kept plans
+/// for their statements (a kept statement ran under its own settings nest level once, which
+/// undid the pinning `SET LOCAL`): what they describe must not depend on the caller's
+/// search_path. Found by generative seeds 1008 and 1016 (a domain named unqualified in a
+/// table's definition: `type "dom0" does not exist` on the slave).
+#[test]
+fn smaller_definitions_do_not_depend_on_the_callers_search_path() {
+    let cs = rserv_tests::pair::start_clusters(&["sec-sp"]);
+    let c = &cs[0];
+    c.execute(
+        DB,
+        "CREATE DOMAIN dom0 AS text CHECK (VALUE <> '');
+         CREATE TABLE t (id int PRIMARY KEY, d dom0 DEFAULT 'x'::dom0);
+         SELECT rserv_add_table('t');",
+    );
+    let mut client = c.connect(DB);
+    let mut definition = |path: &str| -> String {
+        client
+            .batch_execute(&format!("SET search_path = {path}"))
+            .expect("search_path");
+        // several calls: the later ones run the kept plans the first one made
+        let mut last = String::new();
+        for _ in 0..3 {
+            last = client
+                .query_one(
+                    "SELECT definition::text FROM public.rserv_table_list() WHERE table_name = 't'",
+                    &[],
+                )
+                .expect("rserv_table_list")
+                .get(0);
+        }
+        last
+    };
+    let pinned = definition("pg_catalog");
+    let callers = definition("public, pg_catalog");
+    assert!(pinned.contains("dom0"), "{pinned}");
+    assert_eq!(
+        callers, pinned,
+        "the definition depends on the caller's search_path"
+    );
+}
