@@ -144,3 +144,58 @@ fn a_full_lock_table_does_not_fail_a_logged_commit() {
         Some("1")
     );
 }
+
+/// Kept plans (src/sql.rs) outlive a change of the slave table's owner: the same daemon
+/// session applies before and after `ALTER TABLE ... OWNER TO`, and what the owner's trigger
+/// sees as current_user must follow the new owner (the apply runs as the table owner).
+#[test]
+fn apply_follows_an_owner_change_between_cycles() {
+    let (p, d) = idle_pair("aw-own", &[]);
+    p.slave.execute(
+        DB,
+        "CREATE ROLE alice; CREATE ROLE bob;
+         CREATE TABLE who (n serial, u text); GRANT INSERT ON who TO PUBLIC;
+         GRANT USAGE ON SEQUENCE who_n_seq TO PUBLIC;
+         CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN INSERT INTO public.who (u) VALUES (current_user); RETURN NULL; END$$;
+         CREATE TRIGGER note AFTER INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION note();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER note;
+         ALTER TABLE t OWNER TO alice",
+    );
+    let last = |p: &Pair| try_one(&p.slave, DB, "SELECT u FROM who ORDER BY n DESC LIMIT 1");
+    for (round, owner) in ["alice", "bob", "alice"].iter().enumerate() {
+        p.slave
+            .execute(DB, &format!("ALTER TABLE t OWNER TO {owner}"));
+        p.master
+            .execute(DB, &format!("UPDATE t SET w = {} WHERE id = 1", round + 1));
+        eventually(60, &format!("round {round} applied"), || {
+            digest(&p.slave, DB, "t") == digest(&p.master, DB, "t")
+        });
+        assert_eq!(last(&p).as_deref(), Some(*owner), "round {round}");
+    }
+    assert!(d.stop().success());
+}
+
+/// A daemon whose slave is down must not keep the wake lock through the outage (every
+/// writer would notify, serializing on PostgreSQL's notify lock), and must catch up once the
+/// slave is back without waiting for its ten-minute poll.
+#[test]
+fn a_daemon_whose_slave_is_down_lets_writers_go_quiet() {
+    let (p, d) = idle_pair("aw-down", &[]);
+    p.slave.stop();
+    p.master.execute(DB, "UPDATE t SET w = 7 WHERE id = 2");
+    eventually(60, "the daemon releasing the wake lock", || {
+        idle_daemons(&p) == 0
+    });
+    // still released a while later (it is failing, not idle)
+    for _ in 0..10 {
+        p.master.execute(DB, "UPDATE t SET w = w + 1 WHERE id = 2");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(idle_daemons(&p), 0, "the wake lock held during the outage");
+    }
+    p.slave.start_again();
+    eventually(120, "caught up after the outage", || {
+        digest(&p.slave, DB, "t") == digest(&p.master, DB, "t")
+    });
+    assert!(d.stop().success());
+}
