@@ -4,7 +4,8 @@
 //! commits that fail because of the wake-up machinery (they must never).
 
 use rserv_tests::daemon::{digest, eventually, try_one, Daemon};
-use rserv_tests::pair::{Pair, DB};
+use rserv_tests::pair::{start_clusters, Pair, DB};
+use rserv_tests::Cluster;
 use std::time::Duration;
 
 /// `pg_locks.objsubid` of rserv's wake lock.
@@ -197,5 +198,90 @@ fn a_daemon_whose_slave_is_down_lets_writers_go_quiet() {
     eventually(120, "caught up after the outage", || {
         digest(&p.slave, DB, "t") == digest(&p.master, DB, "t")
     });
+    assert!(d.stop().success());
+}
+
+fn run_daemon(m: &Cluster, s: &Cluster) -> Daemon {
+    Daemon::start(&[
+        "run".into(),
+        "--create-tables".into(),
+        "--interval=600".into(),
+        "--master".into(),
+        m.conninfo(DB),
+        "--slave".into(),
+        s.conninfo(DB),
+        DB.into(),
+        DB.into(),
+    ])
+}
+
+/// A -> B -> C, both daemons polling every ten minutes: what B applies (and captures, as a
+/// master) must wake the idle daemon that feeds C.
+#[test]
+fn a_cascaded_apply_wakes_the_next_daemon() {
+    let c = start_clusters(&["aw-ca", "aw-cb", "aw-cc"]);
+    let (a, b, cc) = (&c[0], &c[1], &c[2]);
+    a.execute(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, w int); SELECT rserv_add_table('t');
+         INSERT INTO t VALUES (1, 0)",
+    );
+    let ab = run_daemon(a, b);
+    eventually(60, "t on B", || digest(b, DB, "t") == digest(a, DB, "t"));
+    b.execute(DB, "SELECT rserv_add_table('t')");
+    let bc = run_daemon(b, cc);
+    eventually(60, "t on C", || digest(cc, DB, "t") == digest(a, DB, "t"));
+    let idle = |x: &Cluster| {
+        try_one(
+            x,
+            DB,
+            &format!(
+                "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' \
+                 AND objsubid = {WAKE_CLASS} AND mode = 'ShareLock' AND granted"
+            ),
+        )
+        .as_deref()
+            == Some("1")
+    };
+    eventually(60, "both daemons idle", || idle(a) && idle(b));
+    for round in 1..=5 {
+        a.execute(
+            DB,
+            &format!("UPDATE t SET w = {round}; INSERT INTO t VALUES ({round} + 1, 0)"),
+        );
+        eventually(60, &format!("round {round} on C"), || {
+            digest(cc, DB, "t") == digest(a, DB, "t")
+        });
+    }
+    assert!(bc.stop().success());
+    assert!(ab.stop().success());
+}
+
+/// Writers of unusual shape each wake the idle daemon: changes in released and rolled-back
+/// savepoints, synchronous_commit off, a writer that LISTENs and NOTIFYs on rserv's channel
+/// itself, an explicit lock_timeout, and a writer running as a role that may not replicate.
+#[test]
+fn odd_writers_wake_an_idle_daemon() {
+    let (p, d) = idle_pair("aw-odd", &[]);
+    p.master
+        .execute(DB, "CREATE ROLE clerk LOGIN; GRANT ALL ON t TO clerk");
+    let writers = [
+        "BEGIN; SAVEPOINT a; UPDATE t SET w = w + 1 WHERE id = 1; RELEASE a; COMMIT",
+        "BEGIN; UPDATE t SET w = w + 1 WHERE id = 2; SAVEPOINT a; \
+         UPDATE t SET w = w + 1 WHERE id = 3; ROLLBACK TO a; COMMIT",
+        "BEGIN; SAVEPOINT a; UPDATE t SET w = w + 1 WHERE id = 4; ROLLBACK TO a; \
+         UPDATE t SET w = w + 1 WHERE id = 5; COMMIT",
+        "SET synchronous_commit = off; UPDATE t SET w = w + 1 WHERE id = 6",
+        "LISTEN rserv; BEGIN; NOTIFY rserv, 'mine'; UPDATE t SET w = w + 1 WHERE id = 7; COMMIT",
+        "SET lock_timeout = '1ms'; UPDATE t SET w = w + 1 WHERE id = 8",
+        "SET ROLE clerk; UPDATE t SET w = w + 1 WHERE id = 9",
+    ];
+    for (i, sql) in writers.iter().enumerate() {
+        eventually(60, "the daemon idle again", || idle_daemons(&p) == 1);
+        p.master.execute(DB, sql);
+        eventually(60, &format!("writer {i} on the slave: {sql}"), || {
+            digest(&p.slave, DB, "t") == digest(&p.master, DB, "t")
+        });
+    }
     assert!(d.stop().success());
 }
