@@ -285,3 +285,39 @@ fn odd_writers_wake_an_idle_daemon() {
     }
     assert!(d.stop().success());
 }
+
+/// The kept-plan cache (an Rc/RefCell per session) re-entered: a trigger of the slave table's
+/// owner fires inside the apply's kept statements and calls rserv functions (which use kept
+/// plans themselves). rserv refuses them there, with a clear error, and neither the server
+/// nor the daemon panics; the slave is untouched.
+#[test]
+fn a_trigger_calling_rserv_inside_a_kept_statement() {
+    let (p, d) = idle_pair("aw-reent", &[]);
+    let before = digest(&p.slave, DB, "t");
+    p.slave.execute(
+        DB,
+        "CREATE TABLE seen (n serial, syncid int8, node text);
+         CREATE FUNCTION peek() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN INSERT INTO public.seen (syncid, node)
+                   VALUES (public.rserv_slave_sync_id(), public.rserv_node_id()); RETURN NULL; END$$;
+         CREATE TRIGGER peek AFTER INSERT OR UPDATE OR DELETE ON t
+           FOR EACH ROW EXECUTE FUNCTION peek();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER peek",
+    );
+    p.master.execute(
+        DB,
+        "UPDATE t SET w = 1 WHERE id <= 2; INSERT INTO t VALUES (100, 0); DELETE FROM t WHERE id = 6",
+    );
+    eventually(60, "the apply refused", || {
+        d.log()
+            .contains("its functions cannot be called from a table owner's code")
+    });
+    assert!(!d.log().contains("panick"), "{}", d.log());
+    assert_eq!(digest(&p.slave, DB, "t"), before, "half-applied");
+    // the owner drops the trigger: the daemon (same sessions, same kept plans) catches up
+    p.slave.execute(DB, "DROP TRIGGER peek ON t");
+    eventually(120, "caught up once the trigger is gone", || {
+        digest(&p.slave, DB, "t") == digest(&p.master, DB, "t")
+    });
+    assert!(d.stop().success());
+}
