@@ -652,6 +652,8 @@ fn rserv_touch(tbl: crate::catalog::RegClass, key: Vec<String>) {
         &[reloid.into(), key.into()],
     )
     .or_fail("marking the row");
+    // an idle daemon is woken at commit, as for a change the capture logged
+    crate::wakeup::something_logged();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
