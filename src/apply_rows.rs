@@ -168,6 +168,7 @@ pub(crate) fn merge_upsert(t: &Target, stage: &str) -> i64 {
         return replace_staged(t, stage);
     }
     let staged = staged_rows(stage);
+    let settings = settings(staged);
     let matches = staged_identity(t, |_, name| {
         t.columns.iter().position(|c| c == name).unwrap_or(0)
     });
@@ -178,7 +179,7 @@ pub(crate) fn merge_upsert(t: &Target, stage: &str) -> i64 {
             "SELECT count(*) FROM {stage} AS s WHERE EXISTS (SELECT 1 FROM {}{} AS t WHERE {matches})",
             t.only, t.table
         );
-        run_as_owner(t.owner, &settings(staged), || {
+        run_as_owner(t.owner, &settings, || {
             first::<i64>(&sql, &[], "looking for staged rows").unwrap_or(0)
         })
     } else {
@@ -191,7 +192,6 @@ pub(crate) fn merge_upsert(t: &Target, stage: &str) -> i64 {
             "UPDATE {}{} AS t SET {set} FROM {stage} AS s WHERE {matches}",
             t.only, t.table
         );
-        let settings = settings(staged);
         run_as_owner(t.owner, &settings, || {
             merge_count(&sql, &settings, "updating changed rows")
         })
@@ -209,7 +209,6 @@ pub(crate) fn merge_upsert(t: &Target, stage: &str) -> i64 {
         t.only,
         t.table
     );
-    let settings = settings(staged);
     let inserted = run_as_owner(t.owner, &settings, || {
         merge_count(&sql, &settings, "inserting changed rows")
     });

@@ -250,7 +250,7 @@ fn require_clean_temp_schema(owner: pg_sys::Oid) {
 }
 
 /// Set a configuration parameter for the current GUC nest level only.
-fn set_option(name: &str, value: &str) {
+pub(crate) fn set_option(name: &str, value: &str) {
     let (n, v) = (c_string(name), c_string(value));
     // SAFETY: both strings live across the call; ERROR on a bad value
     unsafe {

@@ -119,19 +119,7 @@ fn generic<R>(args: usize, f: impl FnOnce() -> R) -> R {
     }
     // SAFETY: opens a GUC nest level closed below (or by the (sub)transaction's abort)
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    // SAFETY: constant, valid C strings; a USERSET parameter any session may set
-    unsafe {
-        pg_sys::set_config_option(
-            c"plan_cache_mode".as_ptr(),
-            c"force_generic_plan".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
+    crate::security::set_option("plan_cache_mode", "force_generic_plan");
     let out = f();
     // SAFETY: closes the nest level opened above, restoring the session's own setting
     unsafe { pg_sys::AtEOXact_GUC(false, nest) };
@@ -164,13 +152,30 @@ pub fn kept_first<T: FromDatum + IntoDatum>(
     args: &[pgrx::datum::DatumWithOid],
     context: &str,
 ) -> Option<T> {
+    kept_rows(sql, args, context, true, Some(1), |r| r.get::<T>(1))
+        .pop()
+        .flatten()
+}
+
+/// A kept statement's rows (at most `limit`), each read by `read`, run with its generic plan.
+fn kept_rows<R>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    context: &str,
+    mutating: bool,
+    limit: Option<std::ffi::c_long>,
+    read: impl FnMut(SpiHeapTupleData<'_>) -> Result<R, pgrx::spi::Error>,
+) -> Vec<R> {
     Spi::connect_mut(|client| {
-        let plan = kept_plan(client, sql, args, true)?;
-        let tab = generic(args.len(), || client.update(&*plan, Some(1), args))?;
-        match tab.into_iter().next() {
-            Some(row) => row.get::<T>(1),
-            None => Ok(None),
-        }
+        let plan = kept_plan(client, sql, args, mutating)?;
+        let tab = generic(args.len(), || {
+            if mutating {
+                client.update(&*plan, limit, args)
+            } else {
+                client.select(&*plan, limit, args)
+            }
+        })?;
+        tab.map(read).collect::<Result<Vec<_>, _>>()
     })
     .or_fail(context)
 }
@@ -197,13 +202,7 @@ pub fn rows<R>(
     context: &str,
     read: impl FnMut(SpiHeapTupleData<'_>) -> Result<R, pgrx::spi::Error>,
 ) -> Vec<R> {
-    Spi::connect(|client| {
-        let plan = kept_plan(client, sql, args, false)?;
-        generic(args.len(), || client.select(&*plan, None, args))?
-            .map(read)
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .or_fail(context)
+    kept_rows(sql, args, context, false, None, read)
 }
 
 /// [`rows`] of a statement that writes (`... RETURNING`).
@@ -213,13 +212,7 @@ pub fn rows_mut<R>(
     context: &str,
     read: impl FnMut(SpiHeapTupleData<'_>) -> Result<R, pgrx::spi::Error>,
 ) -> Vec<R> {
-    Spi::connect_mut(|client| {
-        let plan = kept_plan(client, sql, args, true)?;
-        generic(args.len(), || client.update(&*plan, None, args))?
-            .map(read)
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .or_fail(context)
+    kept_rows(sql, args, context, true, None, read)
 }
 
 /// Run a statement for its effect (its plan kept, see [`kept_first`]).

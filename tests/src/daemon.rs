@@ -39,6 +39,22 @@ impl Daemon {
         }
     }
 
+    /// `replicate run --create-tables` from `master` to `slave` (database `db` on both) that
+    /// polls only every ten minutes: anything it applies sooner came by a wake-up.
+    pub fn polling_rarely(master: &Cluster, slave: &Cluster, db: &str) -> Daemon {
+        Daemon::start(&[
+            "run".into(),
+            "--create-tables".into(),
+            "--interval=600".into(),
+            "--master".into(),
+            master.conninfo(db),
+            "--slave".into(),
+            slave.conninfo(db),
+            db.into(),
+            db.into(),
+        ])
+    }
+
     /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -33,17 +33,7 @@ fn idle_pair(name: &str, settings: &[(&str, &str)]) -> (Pair, Daemon) {
         "CREATE TABLE t (id int PRIMARY KEY, w int); SELECT rserv_add_table('t');
          INSERT INTO t SELECT g, 0 FROM generate_series(1, 10) g",
     );
-    let d = Daemon::start(&[
-        "run".into(),
-        "--create-tables".into(),
-        "--interval=600".into(),
-        "--master".into(),
-        p.master.conninfo(DB),
-        "--slave".into(),
-        p.slave.conninfo(DB),
-        DB.into(),
-        DB.into(),
-    ]);
+    let d = Daemon::polling_rarely(&p.master, &p.slave, DB);
     eventually(60, "the table copied to the slave", || {
         digest(&p.slave, DB, "t") == digest(&p.master, DB, "t")
     });
@@ -201,20 +191,6 @@ fn a_daemon_whose_slave_is_down_lets_writers_go_quiet() {
     assert!(d.stop().success());
 }
 
-fn run_daemon(m: &Cluster, s: &Cluster) -> Daemon {
-    Daemon::start(&[
-        "run".into(),
-        "--create-tables".into(),
-        "--interval=600".into(),
-        "--master".into(),
-        m.conninfo(DB),
-        "--slave".into(),
-        s.conninfo(DB),
-        DB.into(),
-        DB.into(),
-    ])
-}
-
 /// A -> B -> C, both daemons polling every ten minutes: what B applies (and captures, as a
 /// master) must wake the idle daemon that feeds C.
 #[test]
@@ -226,10 +202,10 @@ fn a_cascaded_apply_wakes_the_next_daemon() {
         "CREATE TABLE t (id int PRIMARY KEY, w int); SELECT rserv_add_table('t');
          INSERT INTO t VALUES (1, 0)",
     );
-    let ab = run_daemon(a, b);
+    let ab = Daemon::polling_rarely(a, b, DB);
     eventually(60, "t on B", || digest(b, DB, "t") == digest(a, DB, "t"));
     b.execute(DB, "SELECT rserv_add_table('t')");
-    let bc = run_daemon(b, cc);
+    let bc = Daemon::polling_rarely(b, cc, DB);
     eventually(60, "t on C", || digest(cc, DB, "t") == digest(a, DB, "t"));
     let idle = |x: &Cluster| {
         try_one(

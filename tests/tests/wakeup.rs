@@ -225,17 +225,7 @@ fn an_idle_daemon_wakes_for_every_commit() {
     let c = start_clusters(&["wk-dm", "wk-ds"]);
     let (m, s) = (&c[0], &c[1]);
     set_up(m);
-    let d = Daemon::start(&[
-        "run".into(),
-        "--create-tables".into(),
-        "--interval=600".into(),
-        "--master".into(),
-        m.conninfo(DB),
-        "--slave".into(),
-        s.conninfo(DB),
-        DB.into(),
-        DB.into(),
-    ]);
+    let d = Daemon::polling_rarely(m, s, DB);
     eventually(60, "the table copied to the slave", || {
         try_one(s, DB, "SELECT (to_regclass('t') IS NOT NULL)::text").as_deref() == Some("true")
     });
