@@ -8,7 +8,9 @@
 //!
 //! Every statement on a slave table runs as that table's owner, in replica mode (the slave's
 //! own triggers and foreign keys stay quiet, as in built-in logical replication), under
-//! SECURITY_RESTRICTED_OPERATION ([`run_as_owner`]); replica mode never outlives the statement.
+//! SECURITY_RESTRICTED_OPERATION ([`run_as_owner`]); replica mode never outlives the statement,
+//! except for a caller that may set it itself, for whom it stays on across the row sections
+//! (`replica_window.rs`: each switch resets the session's plan cache).
 //! The table owner consented by registering the table (`rserv_slave_add_table`); the calling
 //! replication role decides which rows arrive, never what code runs.
 //! - TRUNCATE: `DELETE FROM ONLY t` (without ONLY for a partitioned table), at once.
@@ -21,7 +23,7 @@ use crate::apply_target::{key_columns, resolve_uncached, Target};
 use crate::canonical::{set_canonical_settings_local, CANONICAL_SETTINGS};
 use crate::catalog::{ext_schema, key_match};
 use crate::error::{fail, SpiOrFail};
-use crate::security::{definer, require_replicator, run_as_owner};
+use crate::security::{apply_definer, definer, require_replicator, run_as_owner};
 use crate::slave_registry::mark_copied;
 use crate::sql::{first, ident_list, quote_ident, set_local};
 use crate::staging;
@@ -181,7 +183,7 @@ fn rserv_apply_begin_v11(
     features: default!(Option<Vec<String>>, "NULL"),
     snapshot: default!(Option<String>, "NULL"),
 ) -> bool {
-    let _definer = definer();
+    let _definer = apply_definer();
     require_replicator("rserv_apply_begin");
     // SAFETY: reading backend transaction state
     if !unsafe { pg_sys::IsTransactionBlock() } {
@@ -246,6 +248,7 @@ fn rserv_apply_begin_v11(
             ..ApplyState::default()
         }
     });
+    crate::replica_window::open();
     true
 }
 
@@ -471,8 +474,11 @@ fn sequences_stage() -> String {
 /// change set with DDL does not commit without it.
 #[pg_extern(volatile, security_definer)]
 fn rserv_apply_end() -> i64 {
-    let _definer = definer();
+    let _definer = apply_definer();
     require_apply_begun();
+    if crate::ddl::pending() {
+        crate::replica_window::close(); // schema steps run in the session's own mode
+    }
     crate::ddl::finish_deferred()
 }
 
@@ -504,8 +510,12 @@ fn rserv_apply_stage(
     key_columns: Vec<String>,
     column_types: default!(Option<Vec<String>>, "NULL"),
 ) -> Option<String> {
-    let _definer = definer();
+    let _definer = apply_definer();
     require_apply_begun();
+    if section == "DDL" {
+        // schema changes run in the session's own mode (see replica_window.rs)
+        crate::replica_window::close();
+    }
     if section == "SEQUENCE" {
         let stage = sequences_stage();
         staging::empty(&stage, false);
@@ -529,6 +539,7 @@ fn rserv_apply_stage(
         &key_columns,
         column_types.as_deref(),
     );
+    crate::replica_window::open();
     match section {
         "TRUNCATE" => {
             // DELETE, not TRUNCATE: in replica mode it leaves referencing slave tables alone,
@@ -684,8 +695,11 @@ fn rserv_apply_merge(
     columns: Vec<String>,
     key_columns: Vec<String>,
 ) -> i64 {
-    let _definer = definer();
+    let _definer = apply_definer();
     require_apply_begun();
+    if section == "DDL" {
+        crate::replica_window::close();
+    }
     match section {
         "TRUNCATE" => 0,
         "SEQUENCE" => {

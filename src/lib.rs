@@ -39,6 +39,7 @@ mod node;
 mod partitions;
 mod registry;
 mod rejoin;
+mod replica_window;
 mod schema;
 mod sections;
 mod security;

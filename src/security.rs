@@ -28,6 +28,15 @@ pub struct Definer {
 
 pub fn definer() -> Definer {
     refuse_owner_code();
+    // rserv's other work runs in the session's own mode
+    crate::replica_window::close();
+    internal_definer()
+}
+
+/// [`definer()`] for the apply's own functions, which keep the apply's replica window open
+/// (`replica_window.rs`).
+pub fn apply_definer() -> Definer {
+    refuse_owner_code();
     internal_definer()
 }
 
@@ -251,6 +260,13 @@ fn require_clean_temp_schema(owner: pg_sys::Oid) {
 
 /// Set a configuration parameter for the current GUC nest level only.
 pub(crate) fn set_option(name: &str, value: &str) {
+    set_with_authority(name, value, pg_sys::GucAction::GUC_ACTION_SAVE);
+}
+
+/// Set a configuration parameter with the server's own authority (as a superuser may), for the
+/// session (`GUC_ACTION_SET`, undone by a rollback), the transaction (`GUC_ACTION_LOCAL`) or the
+/// current GUC nest level (`GUC_ACTION_SAVE`). The caller decides who may have it set.
+pub(crate) fn set_with_authority(name: &str, value: &str, action: pg_sys::GucAction::Type) {
     let (n, v) = (c_string(name), c_string(value));
     // SAFETY: both strings live across the call; ERROR on a bad value
     unsafe {
@@ -259,7 +275,7 @@ pub(crate) fn set_option(name: &str, value: &str) {
             v.as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
+            action,
             true,
             pg_sys::PGERROR as i32,
             false,
@@ -328,6 +344,8 @@ thread_local! {
 pub struct InternalDdl;
 
 pub fn internal_ddl() -> InternalDdl {
+    // rserv's DDL guards are event triggers, which replica mode silences
+    crate::replica_window::close();
     INTERNAL_DDL.with(|d| d.set(d.get() + 1));
     InternalDdl
 }

@@ -715,6 +715,9 @@ fn set_not_null(def: &TableDef) {
 /// tables it finished.
 pub fn finish_deferred() -> i64 {
     let deferred = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    if deferred.is_empty() {
+        return 0; // (internal_ddl() would end the apply's replica window for nothing)
+    }
     let n = deferred.len() as i64;
     let _internal = internal_ddl();
     for d in deferred {

@@ -201,6 +201,8 @@ fn rserv_execute_ddl(sql: &str) -> i64 {
             "",
         );
     }
+    // the apply's replica window (replica_window.rs) would hide the script from the guards
+    crate::replica_window::close();
     if !guards_active() {
         fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -10,7 +10,7 @@ mod execute;
 mod record;
 mod types;
 
-pub use apply::{apply_section, finish_deferred};
+pub use apply::{apply_section, finish_deferred, pending};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 pub use record::remember_definition;
