@@ -139,6 +139,15 @@ pub fn require_same_node(server: i32, bound: &str, node: &str) {
 fn rserv_confirm(server: i32, syncid: i64) -> bool {
     let _definer = definer();
     require_replicator("rserv_confirm");
+    // SAFETY: reading backend transaction state
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        // A confirm in a transaction of its own commits without waiting for the disk (one
+        // flush less per cycle): one lost in a crash leaves the master where it was before it,
+        // a state replicate resolves from the slave's own durable record before a session's
+        // first prepare (cycle.rs `sync_back`); anything durable committed after it (a
+        // clean-up of the log) flushes it too, the WAL being written in order.
+        crate::sql::set_local("synchronous_commit", "off");
+    }
     let s = ext_schema();
     let status = crate::sql::kept_first::<i32>(
         &format!(

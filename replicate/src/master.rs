@@ -152,6 +152,10 @@ pub fn node_id(client: &mut Client, rs: &Rserv) -> Result<String, Error> {
 pub type SnapshotHook<'h> =
     &'h mut (dyn FnMut(&mut postgres::Transaction<'_>) -> Result<(), Error> + Send);
 
+/// The prepare transaction's snapshot (REPEATABLE READ: the one its first statement, the
+/// prepare, took and the change set is read at), read in the prepare's own round trip.
+const SNAPSHOT: &str = "pg_catalog.pg_current_snapshot()::pg_catalog.text";
+
 /// Write the change set for the slave `target` names to `out`. Returns None when nothing
 /// changed since the slave's last confirmed sync (then nothing is written). The end line is
 /// written only after the master transaction committed, so a reader that sees it may commit
@@ -174,15 +178,18 @@ pub fn prepare(
         ),
         None => (None, None, None),
     };
-    let header_row = client
-        .query_one(
+    let header_query = rs
+        .prepared(
+            client,
             &format!(
                 "SELECT {}(), {}()",
                 rs.func("rserv_node_id"),
                 rs.func("rserv_version")
             ),
-            &[],
         )
+        .ctx("master: reading node id")?;
+    let header_row = client
+        .query_one(&header_query, &[])
         .ctx("master: reading node id")?;
     let mut header = Header {
         master: header_row.get(0),
@@ -196,13 +203,13 @@ pub fn prepare(
     let query = match rs.api {
         Api::V1_0 => format!(
             "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                    column_types, estimated_rows \
+                    column_types, estimated_rows, {SNAPSHOT} \
              FROM {}($1, $2, $3, $4)",
             rs.func("rserv_prepare")
         ),
         Api::V1_1 => format!(
             "SELECT syncid, section, schema_name, table_name, columns, key_columns, query, \
-                    column_types, estimated_rows, base_syncid, slave_node, fingerprint \
+                    column_types, estimated_rows, {SNAPSHOT}, base_syncid, slave_node, fingerprint \
              FROM {}($1, $2, $3, $4, $5)",
             rs.func("rserv_prepare")
         ),
@@ -218,9 +225,11 @@ pub fn prepare(
             "; SET rserv.slave_reads_upsert = off"
         });
     }
-    client
-        .batch_execute(&settings)
+    rs.pin(client, &settings)
         .ctx("master: pinning search_path")?;
+    let query = rs
+        .prepared(client, &query)
+        .ctx("master: preparing the change set")?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -253,19 +262,12 @@ pub fn prepare(
             return Ok(None);
         };
         let syncid: i64 = first.get(0);
+        header.snapshot = first.get(9);
         if rs.api >= Api::V1_1 {
-            header.base = first.get(9);
-            header.slave = first.get(10);
-            header.fingerprint = first.get(11);
+            header.base = first.get(10);
+            header.slave = first.get(11);
+            header.fingerprint = first.get(12);
         }
-        // the transaction's snapshot (REPEATABLE READ: the one the change set is read at)
-        header.snapshot = tx
-            .query_one(
-                "SELECT pg_catalog.pg_current_snapshot()::pg_catalog.text",
-                &[],
-            )
-            .ctx("master: reading the snapshot")?
-            .get(0);
         let mut sections = Vec::with_capacity(rows.len());
         for r in &rows {
             let word: String = r.get(1);
@@ -338,12 +340,16 @@ fn is_serialization_failure(e: &postgres::Error) -> bool {
 
 /// Record on the master that slave `server` applied change set `syncid`.
 pub fn confirm(client: &mut Client, rs: &Rserv, server: i32, syncid: i64) -> Result<bool, Error> {
-    let row = client
-        .query_one(
+    let context = || format!("master: confirming change set {syncid}");
+    let confirm = rs
+        .prepared(
+            client,
             &format!("SELECT {}($1, $2)", rs.func("rserv_confirm")),
-            &[&server, &syncid],
         )
-        .ctx(format!("master: confirming change set {syncid}"))?;
+        .ctx(context())?;
+    let row = client
+        .query_one(&confirm, &[&server, &syncid])
+        .ctx(context())?;
     Ok(row.get(0))
 }
 

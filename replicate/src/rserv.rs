@@ -4,7 +4,9 @@
 //! master and slave may run different rserv releases during a rolling upgrade.
 
 use crate::error::{DbContext, Error};
-use postgres::GenericClient;
+use postgres::{GenericClient, Statement};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// The SQL API a database's rserv extension offers, by its version (`pg_extension.extversion`,
 /// not the installed library's: between installing a new library and `ALTER EXTENSION rserv
@@ -59,7 +61,15 @@ pub struct Rserv {
     /// which side (master, slave) and database, for messages
     side: String,
     db: String,
+    /// Statements a cycle runs every time, prepared once on this connection (each unprepared
+    /// statement costs a second round trip).
+    statements: Mutex<HashMap<String, Statement>>,
+    /// The session settings last pinned on this connection (see [`Rserv::pin`]).
+    pinned: Mutex<Option<String>>,
 }
+
+/// At most this many statements are kept per connection (a cycle uses a handful).
+const KEPT_STATEMENTS: usize = 64;
 
 impl Rserv {
     /// Find the extension; `side` and `db` name the database in the error. An extension this
@@ -90,7 +100,54 @@ impl Rserv {
             server_version: r.get(2),
             side: side.to_string(),
             db: db.to_string(),
+            statements: Mutex::default(),
+            pinned: Mutex::default(),
         })
+    }
+
+    /// `sql` prepared on this connection, once: `client` must be this `Rserv`'s connection
+    /// (or a transaction of it).
+    pub fn prepared(
+        &self,
+        client: &mut impl GenericClient,
+        sql: &str,
+    ) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+        {
+            return Ok(s);
+        }
+        let statement = client.prepare(sql)?;
+        if let Ok(mut m) = self.statements.lock() {
+            if m.len() < KEPT_STATEMENTS {
+                m.insert(sql.to_string(), statement.clone());
+            }
+        }
+        Ok(statement)
+    }
+
+    /// Run the `SET` commands `settings` on this connection unless they were the last ones it
+    /// ran: replicate's sessions set nothing else, so they are still in force.
+    pub fn pin(
+        &self,
+        client: &mut impl GenericClient,
+        settings: &str,
+    ) -> Result<(), postgres::Error> {
+        let mut pinned = self.pinned.lock().map_err(|_| ()).ok();
+        if pinned
+            .as_deref()
+            .is_some_and(|p| p.as_deref() == Some(settings))
+        {
+            return Ok(());
+        }
+        client.batch_execute(settings)?;
+        if let Some(p) = pinned.as_mut() {
+            **p = Some(settings.to_string());
+        }
+        Ok(())
     }
 
     /// "slave database \"app\" (rserv 1.0.0)": the node, for messages.

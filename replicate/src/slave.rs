@@ -218,9 +218,16 @@ fn apply_in_transaction(
     if rs.api == Api::V1_0 {
         refuse_unreadable(rs, &mut reader)?;
     }
-    client
-        .batch_execute("SET search_path = pg_catalog, pg_temp")
-        .ctx("slave: pinning search_path")?;
+    // rserv 1.1 keeps a session that may use replica mode in it between change sets, so the
+    // next apply finds its plans still valid (each switch resets the session's plan cache)
+    rs.pin(
+        client,
+        match rs.api {
+            Api::V1_0 => "SET search_path = pg_catalog, pg_temp",
+            Api::V1_1 => "SET search_path = pg_catalog, pg_temp; SET rserv.replica_session = on",
+        },
+    )
+    .ctx("slave: pinning search_path")?;
     // The DDL sections come first (each checked by its CHECK line as it is read): the enum
     // labels they add are committed before the change set's transaction, which could not use
     // them otherwise.
@@ -259,18 +266,24 @@ fn apply_in_transaction(
         tx.rollback().ctx("slave: ending the apply transaction")?;
         return Ok(Outcome::Skipped { syncid });
     }
-    // Prepared once: every section then costs one round trip per call, not two.
-    let stage = tx
-        .prepare(&format!(
-            "SELECT {}($1, $2, $3, $4, $5, $6)",
-            rs.func("rserv_apply_stage")
-        ))
+    // Prepared once per connection: every section then costs one round trip per call, not two.
+    let stage = rs
+        .prepared(
+            &mut tx,
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5, $6)",
+                rs.func("rserv_apply_stage")
+            ),
+        )
         .ctx("slave: preparing the apply")?;
-    let merge = tx
-        .prepare(&format!(
-            "SELECT {}($1, $2, $3, $4, $5)",
-            rs.func("rserv_apply_merge")
-        ))
+    let merge = rs
+        .prepared(
+            &mut tx,
+            &format!(
+                "SELECT {}($1, $2, $3, $4, $5)",
+                rs.func("rserv_apply_merge")
+            ),
+        )
         .ctx("slave: preparing the apply")?;
     let mut changed = 0i64;
     loop {
@@ -342,7 +355,10 @@ fn apply_in_transaction(
     *at = None;
     // what the change set's schema changes left for after the rows (constraints, indexes)
     if rs.api >= Api::V1_1 {
-        tx.query_one(&format!("SELECT {}()", rs.func("rserv_apply_end")), &[])
+        let end = rs
+            .prepared(&mut tx, &format!("SELECT {}()", rs.func("rserv_apply_end")))
+            .ctx(format!("slave: finishing change set {syncid}"))?;
+        tx.query_one(&end, &[])
             .ctx(format!("slave: finishing change set {syncid}"))?;
     }
     tx.commit()
@@ -457,6 +473,7 @@ fn begin(
     h: &Header,
 ) -> Result<bool, Error> {
     let format = crate::snapshot::FORMAT;
+    let context = || format!("slave: starting change set {syncid}");
     let begin = match rs.api {
         Api::V1_0 => tx.query_one(
             &format!(
@@ -469,16 +486,19 @@ fn begin(
             let mut params: Vec<Param> = vec![&syncid];
             params.extend(header_params(h, &format));
             params.push(&h.snapshot);
-            tx.query_one(
-                &format!(
-                    "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), {EXTVERSION}",
-                    rs.func("rserv_apply_begin")
-                ),
-                &params,
-            )
+            let statement = rs
+                .prepared(
+                    tx,
+                    &format!(
+                        "SELECT {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), {EXTVERSION}",
+                        rs.func("rserv_apply_begin")
+                    ),
+                )
+                .ctx(context())?;
+            tx.query_one(&statement, &params)
         }
     }
-    .ctx(format!("slave: starting change set {syncid}"))?;
+    .ctx(context())?;
     // (an error drops the transaction: rolled back)
     let version_now: Option<&str> = begin.get(1);
     rs.still(version_now.unwrap_or("(none)"))?;
