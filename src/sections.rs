@@ -84,16 +84,16 @@ pub(crate) fn guard_table(info: &TableInfo) {
     }
     // relfilenode as this transaction's snapshot sees it, and as it is now (the locks above made
     // the backend read every committed catalog change)
-    let same = crate::sql::kept_first::<bool>(
-        "SELECT coalesce(bool_and(c.relfilenode = pg_catalog.pg_relation_filenode(c.oid)), true) \
-         FROM pg_catalog.pg_class c WHERE c.oid = ANY ($1) AND c.relkind = 'r'",
-        &[std::iter::once(info.reloid)
-            .chain(parts)
-            .collect::<Vec<_>>()
-            .into()],
-        "checking the table's storage",
-    )
-    .unwrap_or(false);
+    // (one relation at a time: a kept plan for `oid = ANY ($1)` scans the whole pg_class)
+    let same = std::iter::once(info.reloid).chain(parts).all(|rel| {
+        crate::sql::kept_first::<bool>(
+            "SELECT c.relkind <> 'r' OR c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[rel.into()],
+            "checking the table's storage",
+        )
+        .unwrap_or(true)
+    });
     if !same {
         fail(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,

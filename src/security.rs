@@ -43,11 +43,7 @@ pub fn apply_definer() -> Definer {
 /// [`definer()`] for rserv's internal functions, which only its own event triggers may call
 /// (EXECUTE is revoked from PUBLIC), also while a table owner's code runs DDL.
 pub fn internal_definer() -> Definer {
-    let previous = crate::sql::kept_first::<String>(
-        "SELECT pg_catalog.current_setting('search_path')",
-        &[],
-        "reading search_path",
-    );
+    let previous = Some(crate::sql::current_setting("search_path"));
     crate::sql::set_local("search_path", "pg_catalog, pg_temp");
     Definer { previous }
 }

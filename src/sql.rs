@@ -228,11 +228,42 @@ pub fn run(sql: &str, args: &[pgrx::datum::DatumWithOid], context: &str) {
 
 /// `SET LOCAL name = value` through set_config(), so nothing is pasted into SQL.
 pub fn set_local(name: &str, value: &str) {
-    run(
-        "SELECT pg_catalog.set_config($1, $2, true)",
-        &[name.into(), value.into()],
-        "changing a setting",
-    );
+    let (n, v) = (c_string(name), c_string(value));
+    // As `set_config(name, value, true)` does, without a statement: with the current user's
+    // authority, for the transaction. SAFETY: both strings live across the call; ERROR on a
+    // bad name or value
+    unsafe {
+        let context = if pg_sys::superuser() {
+            pg_sys::GucContext::PGC_SUSET
+        } else {
+            pg_sys::GucContext::PGC_USERSET
+        };
+        pg_sys::set_config_option(
+            n.as_ptr(),
+            v.as_ptr(),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            pg_sys::PGERROR as i32,
+            false,
+        );
+    }
+}
+
+/// `current_setting(name)`, without a statement.
+pub fn current_setting(name: &str) -> String {
+    let n = c_string(name);
+    // SAFETY: returns a palloc'd C string (ERROR for an unknown name)
+    unsafe {
+        CStr::from_ptr(pg_sys::GetConfigOptionByName(
+            n.as_ptr(),
+            std::ptr::null_mut(),
+            false,
+        ))
+    }
+    .to_string_lossy()
+    .into_owned()
 }
 
 /// [`count_rows`] with its plan kept (see [`kept_first`]).

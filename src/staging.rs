@@ -153,7 +153,7 @@ pub fn empty(qualified: &str, big: bool) {
 /// A large staging table deserves statistics before it is joined with a real one.
 /// Returns whether it was large.
 pub fn analyze_if_big(qualified: &str, bytes: i64) -> bool {
-    let big = first::<bool>(
+    let big = crate::sql::kept_first::<bool>(
         "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
         &[qualified.into(), bytes.into()],
         "sizing a staging table",
