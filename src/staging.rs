@@ -135,13 +135,7 @@ const TRUNCATE_ABOVE: i64 = 256 * 1024;
 /// sections and transactions; what it held must not). `big`: give its space back now,
 /// whatever its size.
 pub fn empty(qualified: &str, big: bool) {
-    let truncate = big
-        || crate::sql::kept_first::<bool>(
-            "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
-            &[qualified.into(), TRUNCATE_ABOVE.into()],
-            "sizing a staging table",
-        )
-        .unwrap_or(true);
+    let truncate = big || bytes(qualified).is_none_or(|b| b > TRUNCATE_ABOVE);
     let verb = if truncate { "TRUNCATE" } else { "DELETE FROM" };
     crate::sql::run(
         &format!("{verb} {qualified}"),
@@ -150,15 +144,32 @@ pub fn empty(qualified: &str, big: bool) {
     );
 }
 
+/// The size of a staging table rserv made (`pg_relation_size`), read without a statement: a
+/// cycle asks about a dozen times. None: not one of rserv's.
+fn bytes(qualified: &str) -> Option<i64> {
+    let oid = TABLES.with(|t| {
+        t.borrow()
+            .iter()
+            .find(|s| s.qualified == qualified)
+            .map(|s| s.oid)
+    })?;
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: opened under a lock and closed again; NULL if the table is gone
+    unsafe {
+        let rel = pg_sys::try_relation_open(oid, lock);
+        if rel.is_null() {
+            return None;
+        }
+        let blocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        pg_sys::relation_close(rel, lock);
+        Some(i64::from(blocks) * i64::from(pg_sys::BLCKSZ))
+    }
+}
+
 /// A large staging table deserves statistics before it is joined with a real one.
 /// Returns whether it was large.
-pub fn analyze_if_big(qualified: &str, bytes: i64) -> bool {
-    let big = crate::sql::kept_first::<bool>(
-        "SELECT pg_catalog.pg_relation_size($1::regclass) > $2",
-        &[qualified.into(), bytes.into()],
-        "sizing a staging table",
-    )
-    .unwrap_or(false);
+pub fn analyze_if_big(qualified: &str, above: i64) -> bool {
+    let big = bytes(qualified).is_some_and(|b| b > above);
     if big {
         Spi::run(&format!("ANALYZE {qualified}")).or_fail("analyzing a staging table");
     }
