@@ -177,6 +177,25 @@ CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end
     EXECUTE FUNCTION _rserv_guard_alter_();
 CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rserv_guard_rewrite_();
 
+-- The guards above, SECURITY DEFINER, call rserv's functions by the name its schema had at CREATE
+-- EXTENSION (@extschema@): renamed, its owner could create another schema of that name whose
+-- functions they would run as their owner. The schema keeps its name.
+CREATE FUNCTION _rserv_guard_schema_() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.to_regnamespace('@extschema@') IS DISTINCT FROM
+       (SELECT e.extnamespace FROM pg_catalog.pg_extension e WHERE e.extname = 'rserv') THEN
+        RAISE EXCEPTION 'rserv: the schema of extension rserv cannot be renamed'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'rserv calls its own functions by their schema''s name';
+    END IF;
+END
+$$;
+CREATE EVENT TRIGGER _rserv_schema_guard_ ON ddl_command_end
+    WHEN TAG IN ('ALTER SCHEMA') EXECUTE FUNCTION _rserv_guard_schema_();
+-- (also in replica mode, which a role granted SET on session_replication_role may choose)
+ALTER EVENT TRIGGER _rserv_schema_guard_ ENABLE ALWAYS;
+
 -- rserv's trigger functions are attached by rserv's registration functions only: a table owner
 -- attaching them by hand would write to (and bloat) the log without registering anything.
 REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;

@@ -58,9 +58,6 @@ pub const PROTECT_TRIGGER: &str = "_rserv_protect_t_";
 
 /// The extension's schema, quoted, for building statements on its catalog tables.
 pub fn ext_schema() -> String {
-    if let Some(s) = SCHEMA.with(|c| c.borrow().clone()) {
-        return s;
-    }
     let nsp = crate::sql::kept_first::<String>(
         "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'rserv'",
@@ -68,28 +65,13 @@ pub fn ext_schema() -> String {
         "looking up the extension schema",
     );
     match nsp {
-        Some(n) => {
-            let quoted = quote_ident(&n);
-            SCHEMA.with(|c| *c.borrow_mut() = Some(quoted.clone()));
-            quoted
-        }
+        Some(n) => quote_ident(&n),
         None => fail(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             "rserv: extension rserv is not installed in this database",
             "run CREATE EXTENSION rserv",
         ),
     }
-}
-
-thread_local! {
-    /// [`ext_schema`] for the rest of the transaction: a cycle asks a dozen times, and the
-    /// extension is not relocatable (only DROP and CREATE EXTENSION move it).
-    static SCHEMA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// At the end of every transaction (see `ddl::register_callbacks`).
-pub fn forget_transaction_caches() {
-    SCHEMA.with(|c| c.borrow_mut().take());
 }
 
 /// Version of the installed extension (pg_extension.extversion).

@@ -16,23 +16,12 @@ use pgrx::prelude::*;
 pub use record::remember_definition;
 
 /// Transaction callback: a change set whose DDL left steps for `rserv_apply_end()` must not
-/// commit without them (the slave would lack a constraint or an index the master has); and
-/// what rserv remembers for one transaction is forgotten at its end.
+/// commit without them (the slave would lack a constraint or an index the master has).
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_event(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
-    if matches!(
-        event,
-        pg_sys::XactEvent::XACT_EVENT_COMMIT
-            | pg_sys::XactEvent::XACT_EVENT_ABORT
-            | pg_sys::XactEvent::XACT_EVENT_PREPARE
-            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
-            | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
-    ) {
-        crate::catalog::forget_transaction_caches();
-    }
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE
             if apply::pending() =>
