@@ -512,10 +512,6 @@ fn rserv_apply_stage(
 ) -> Option<String> {
     let _definer = apply_definer();
     require_apply_begun();
-    if section == "DDL" {
-        // schema changes run in the session's own mode (see replica_window.rs)
-        crate::replica_window::close();
-    }
     if section == "SEQUENCE" {
         let stage = sequences_stage();
         staging::empty(&stage, false);
@@ -525,6 +521,8 @@ fn rserv_apply_stage(
         ));
     }
     if section == "DDL" {
+        // schema changes run in the session's own mode (see replica_window.rs)
+        crate::replica_window::close();
         let stage = ddl_stage();
         staging::empty(&stage, false);
         return Some(format!(

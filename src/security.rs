@@ -13,7 +13,7 @@
 
 use crate::catalog::ext_schema;
 use crate::error::fail;
-use crate::sql::{c_string, first, quote_ident, quote_literal};
+use crate::sql::{first, quote_ident, quote_literal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -23,7 +23,7 @@ use std::ffi::CStr;
 /// operators, casts overloading the built-in ones) can run with rserv's privileges. The previous
 /// search_path comes back when the function returns (on error the transaction is aborted anyway).
 pub struct Definer {
-    previous: Option<String>,
+    previous: String,
 }
 
 pub fn definer() -> Definer {
@@ -43,7 +43,7 @@ pub fn apply_definer() -> Definer {
 /// [`definer()`] for rserv's internal functions, which only its own event triggers may call
 /// (EXECUTE is revoked from PUBLIC), also while a table owner's code runs DDL.
 pub fn internal_definer() -> Definer {
-    let previous = Some(crate::sql::current_setting("search_path"));
+    let previous = crate::sql::current_setting("search_path");
     crate::sql::set_local("search_path", "pg_catalog, pg_temp");
     Definer { previous }
 }
@@ -53,9 +53,7 @@ impl Drop for Definer {
         if std::thread::panicking() {
             return;
         }
-        if let Some(p) = self.previous.take() {
-            crate::sql::set_local("search_path", &p);
-        }
+        crate::sql::set_local("search_path", &self.previous);
     }
 }
 
@@ -263,20 +261,7 @@ pub(crate) fn set_option(name: &str, value: &str) {
 /// session (`GUC_ACTION_SET`, undone by a rollback), the transaction (`GUC_ACTION_LOCAL`) or the
 /// current GUC nest level (`GUC_ACTION_SAVE`). The caller decides who may have it set.
 pub(crate) fn set_with_authority(name: &str, value: &str, action: pg_sys::GucAction::Type) {
-    let (n, v) = (c_string(name), c_string(value));
-    // SAFETY: both strings live across the call; ERROR on a bad value
-    unsafe {
-        pg_sys::set_config_option(
-            n.as_ptr(),
-            v.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            action,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-    }
+    crate::sql::set_config_option(name, value, pg_sys::GucContext::PGC_SUSET, action);
 }
 
 /// Run `f` (statements on a user's table) as `owner`, under SECURITY_RESTRICTED_OPERATION,

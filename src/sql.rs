@@ -226,24 +226,36 @@ pub fn run(sql: &str, args: &[pgrx::datum::DatumWithOid], context: &str) {
     .or_fail(context)
 }
 
-/// `SET LOCAL name = value` through set_config(), so nothing is pasted into SQL.
+/// `SET LOCAL name = value`, as `set_config(name, value, true)` does: with the current user's
+/// authority, for the transaction.
 pub fn set_local(name: &str, value: &str) {
+    // SAFETY: plain read of the backend's user state
+    let context = if unsafe { pg_sys::superuser() } {
+        pg_sys::GucContext::PGC_SUSET
+    } else {
+        pg_sys::GucContext::PGC_USERSET
+    };
+    set_config_option(name, value, context, pg_sys::GucAction::GUC_ACTION_LOCAL);
+}
+
+/// PostgreSQL's `set_config_option` for a session-level source: `context` is the authority it
+/// is set with, `action` its scope (session, transaction or GUC nest level). Names and values
+/// are passed as C strings, never pasted into SQL.
+pub fn set_config_option(
+    name: &str,
+    value: &str,
+    context: pg_sys::GucContext::Type,
+    action: pg_sys::GucAction::Type,
+) {
     let (n, v) = (c_string(name), c_string(value));
-    // As `set_config(name, value, true)` does, without a statement: with the current user's
-    // authority, for the transaction. SAFETY: both strings live across the call; ERROR on a
-    // bad name or value
+    // SAFETY: both strings live across the call; ERROR on a bad name or value
     unsafe {
-        let context = if pg_sys::superuser() {
-            pg_sys::GucContext::PGC_SUSET
-        } else {
-            pg_sys::GucContext::PGC_USERSET
-        };
         pg_sys::set_config_option(
             n.as_ptr(),
             v.as_ptr(),
             context,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            action,
             true,
             pg_sys::PGERROR as i32,
             false,
