@@ -476,6 +476,7 @@ fn sequences_stage() -> String {
 fn rserv_apply_end() -> i64 {
     let _definer = apply_definer();
     require_apply_begun();
+    crate::apply_keys::restore(None);
     if crate::ddl::pending() {
         crate::replica_window::close(); // schema steps run in the session's own mode
     }
@@ -512,6 +513,9 @@ fn rserv_apply_stage(
 ) -> Option<String> {
     let _definer = apply_definer();
     require_apply_begun();
+    if section == "SEQUENCE" || section == "DDL" {
+        crate::apply_keys::restore(None);
+    }
     if section == "SEQUENCE" {
         let stage = sequences_stage();
         staging::empty(&stage, false);
@@ -537,6 +541,9 @@ fn rserv_apply_stage(
         &key_columns,
         column_types.as_deref(),
     );
+    // only the COPY of an initial copy loads a table without its keys (apply_keys.rs)
+    let loading = (section == "INSERT" && !replaces_rows(t.reloid)).then_some(t.reloid);
+    crate::apply_keys::restore(loading);
     crate::replica_window::open();
     match section {
         "TRUNCATE" => {
@@ -546,6 +553,9 @@ fn rserv_apply_stage(
             run_as_owner(t.owner, &apply_settings(), || {
                 Spi::run(&sql).or_fail("emptying the table")
             });
+            if crate::slave_registry::needs_copy(t.reloid) {
+                crate::apply_keys::drop_for_load(t.reloid, t.owner, &t.table);
+            }
             // The table now holds exactly the master's rows once this change set is applied.
             mark_copied(t.reloid);
             STATE.with(|s| s.borrow_mut().emptied.push(t.reloid));
@@ -725,6 +735,7 @@ fn rserv_apply_merge(
         }
         "INSERT" => {
             STATE.with(|s| s.borrow_mut().copy = None);
+            crate::apply_keys::restore(None);
             -1
         }
         "DELETE" => {

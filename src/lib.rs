@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 
 mod apply;
 mod apply_copy;
+mod apply_keys;
 mod apply_rows;
 mod apply_target;
 mod canonical;
@@ -68,6 +69,7 @@ pub extern "C-unwind" fn _PG_init() {
     capture::register_callbacks();
     wakeup::register_callbacks();
     ddl::register_callbacks();
+    apply_keys::register_callbacks();
     apply_copy::install();
 }
 

@@ -86,6 +86,7 @@ pub fn table(kind: &str, columns: &str, access: Access) -> String {
         "pg_temp.{}",
         quote_ident(&format!("_rserv_{kind}_{suffix}"))
     );
+    let _staging = crate::security::staging_ddl();
     Spi::run(&format!("CREATE TEMP TABLE {qualified} ({columns})"))
         .or_fail("creating a staging table");
     let oid = first::<pg_sys::Oid>(

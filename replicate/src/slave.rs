@@ -12,6 +12,9 @@ use postgres::Client;
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 
+/// Bytes of COPY data per message sent to the slave.
+const COPY_MESSAGE: usize = 256 * 1024;
+
 pub fn add_table(
     client: &mut Client,
     rs: &Rserv,
@@ -329,7 +332,10 @@ fn apply_in_transaction(
                 "slave: loading {table}{}",
                 majors::hint(reader.header.postgres, rs.server_version)
             );
-            let mut w = tx.copy_in(&copy).ctx(&loading)?;
+            // The client sends a CopyData message whenever its buffer passes 4 kB, each one a
+            // round through its runtime: a large buffer in front sends 256 kB messages instead.
+            let mut w =
+                std::io::BufWriter::with_capacity(COPY_MESSAGE, tx.copy_in(&copy).ctx(&loading)?);
             match &buffered {
                 // a DDL section read ahead: rserv's own definitions, no values to screen
                 Some(rows) => w.write_all(rows).io_ctx(&loading)?,
@@ -342,6 +348,10 @@ fn apply_in_transaction(
                     copied?;
                 }
             }
+            let mut w = w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .io_ctx(&loading)?;
             w.flush().io_ctx(&loading)?;
             loaded = w.finish().ctx(&loading)? as i64;
         }

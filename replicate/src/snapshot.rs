@@ -251,6 +251,9 @@ impl<W: Write> SnapshotWriter<W> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut n_rows = 0u64;
         let mut last = b'\n';
+        // A COPY source returns one row per read: progress is told once per REPORT bytes.
+        const REPORT: u64 = 1024 * 1024;
+        let (mut unreported_rows, mut unreported_bytes) = (0u64, 0u64);
         loop {
             let n = rows.read(&mut buf)?;
             if n == 0 {
@@ -261,7 +264,15 @@ impl<W: Write> SnapshotWriter<W> {
             n_rows += in_chunk;
             last = chunk[n - 1];
             self.put(chunk)?;
-            progress(in_chunk, n as u64);
+            unreported_rows += in_chunk;
+            unreported_bytes += n as u64;
+            if unreported_bytes >= REPORT {
+                progress(unreported_rows, unreported_bytes);
+                (unreported_rows, unreported_bytes) = (0, 0);
+            }
+        }
+        if unreported_bytes > 0 {
+            progress(unreported_rows, unreported_bytes);
         }
         if last != b'\n' {
             return Err(std::io::Error::new(
