@@ -7,7 +7,8 @@
 //! transaction commits without them. They are dropped by the initial copy's TRUNCATE section
 //! (the table is empty then) and made again, from this server's own text of them, when the
 //! INSERT section is merged, before any other section is staged, at `rserv_apply_end()`;
-//! a transaction that would commit with one missing is refused (and rolls back). Only for a
+//! a transaction that would commit with one missing (the catalog is asked, so a savepoint
+//! rolled back cannot hide one) is refused, and rolls back. Only for a
 //! plain table rserv created whose post-data is still pending, and only constraints that
 //! `pg_get_constraintdef()` re-creates whole and that nothing else depends on: one with index
 //! storage parameters, a tablespace or a comment, or that a foreign key, a view's GROUP BY, a
@@ -24,7 +25,8 @@ use pgrx::pg_sys::NodeTag as Tag;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
-/// Constraints of one table to make again after its load.
+/// Constraints of one table to make again after its load (kept until the transaction ends).
+#[derive(Clone)]
 struct Dropped {
     reloid: pg_sys::Oid,
     owner: pg_sys::Oid,
@@ -57,7 +59,7 @@ pub fn drop_for_load(reloid: pg_sys::Oid, owner: pg_sys::Oid, table: &str) {
                         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = $1) \
                         AND EXISTS (SELECT 1 FROM {s}._rserv_slave_pending_ p WHERE p.reloid = $1) \
                         AND i.indisvalid AND NOT i.indisreplident AND NOT i.indisclustered \
-                        AND ic.reloptions IS NULL AND ic.reltablespace = 0 \
+                        AND ic.reloptions IS NULL AND ic.reltablespace = 0 AND ic.relname = con.conname \
                         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_description ds \
                              WHERE (ds.classoid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND ds.objoid = con.oid) \
                                 OR (ds.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND ds.objoid = con.conindid)) \
@@ -105,27 +107,50 @@ pub fn drop_for_load(reloid: pg_sys::Oid, owner: pg_sys::Oid, table: &str) {
     });
 }
 
+/// The constraints of `t` that are missing from its table now (none when the table is gone).
+/// Read through the catalog caches, not SPI: the pre-commit check runs without a snapshot.
+/// Each constraint's index bears its name (`drop_for_load` takes no other).
+fn missing(t: &Dropped) -> Vec<&(String, String)> {
+    // SAFETY: catalog cache look-ups by OID and name, inside a transaction
+    let namespace = unsafe { pg_sys::get_rel_namespace(t.reloid) };
+    if namespace == pg_sys::InvalidOid {
+        return Vec::new();
+    }
+    t.constraints
+        .iter()
+        .filter(|(name, _)| {
+            let c = crate::sql::c_string(name);
+            // SAFETY: as above; `c` outlives the call
+            unsafe {
+                let index = pg_sys::get_relname_relid(c.as_ptr(), namespace);
+                index == pg_sys::InvalidOid || pg_sys::IndexGetRelation(index, true) != t.reloid
+            }
+        })
+        .collect()
+}
+
 /// Make again what [`drop_for_load`] dropped, for every table but `loading` (whose COPY is
-/// about to run).
+/// about to run). Only what is missing: a savepoint rolled back may have brought some back.
 pub fn restore(loading: Option<pg_sys::Oid>) {
     let due: Vec<Dropped> = DROPPED.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.is_empty() {
-            return Vec::new();
-        }
-        let (keep, due) = std::mem::take(&mut *d)
-            .into_iter()
-            .partition(|x| Some(x.reloid) == loading);
-        *d = keep;
-        due
+        d.borrow()
+            .iter()
+            .filter(|x| Some(x.reloid) != loading)
+            .cloned()
+            .collect()
     });
-    if due.is_empty() {
+    let work: Vec<(&Dropped, Vec<&(String, String)>)> = due
+        .iter()
+        .map(|t| (t, missing(t)))
+        .filter(|(_, m)| !m.is_empty())
+        .collect();
+    if work.is_empty() {
         return; // (internal_ddl() would end the apply's replica window for nothing)
     }
     let _internal = internal_ddl();
-    for t in due {
+    for (t, constraints) in work {
         run_as_owner(t.owner, &[], || {
-            for (name, definition) in &t.constraints {
+            for (name, definition) in constraints {
                 run(
                     &t.table,
                     &format!(
@@ -146,6 +171,9 @@ fn forget() {
     DROPPED.with(|d| d.borrow_mut().clear());
 }
 
+/// Before COMMIT (or PREPARE TRANSACTION): every constraint dropped for a load is in the
+/// catalog again. Read from the catalog, not from what `restore` did: a savepoint rolled back
+/// after it would have taken them away again.
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_event(
     event: pg_sys::XactEvent::Type,
@@ -155,21 +183,23 @@ unsafe extern "C-unwind" fn at_transaction_event(
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE
             if DROPPED.with(|d| !d.borrow().is_empty()) =>
         {
-            let tables = DROPPED.with(|d| {
-                d.borrow()
-                    .iter()
-                    .map(|x| x.table.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            });
+            let dropped = DROPPED.with(|d| d.borrow().clone());
+            let unfinished: Vec<String> = dropped
+                .iter()
+                .filter(|t| !missing(t).is_empty())
+                .map(|t| t.table.clone())
+                .collect();
             forget();
-            fail(
-                PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
-                format!(
-                    "rserv: the initial copy of {tables} is not finished: its keys are not built yet"
-                ),
-                "call rserv_apply_merge() for the table's INSERT section, or rserv_apply_end(), before COMMIT (replicate does)",
-            );
+            if !unfinished.is_empty() {
+                fail(
+                    PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+                    format!(
+                        "rserv: the initial copy of {} is not finished: its keys are not built yet",
+                        unfinished.join(", ")
+                    ),
+                    "call rserv_apply_merge() for the table's INSERT section, or rserv_apply_end(), before COMMIT (replicate does)",
+                );
+            }
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT
         | pg_sys::XactEvent::XACT_EVENT_ABORT

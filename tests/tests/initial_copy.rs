@@ -351,6 +351,40 @@ fn no_initial_copy_commits_without_its_keys() {
 }
 
 #[test]
+fn a_savepoint_rolled_back_neither_hides_nor_doubles_a_key() {
+    let p = Pair::start("initcopy-savepoint");
+    pending_table(&p);
+    // the keys made again inside a savepoint that is rolled back: they are missing once more,
+    // and the commit must see that
+    let mut c = truncated(&p);
+    c.batch_execute("SAVEPOINT s; SELECT rserv_apply_end(); ROLLBACK TO SAVEPOINT s")
+        .expect("keys made, then rolled back");
+    let err = c
+        .batch_execute("COMMIT")
+        .expect_err("a commit without the keys must fail");
+    assert!(
+        err.as_db_error().is_some_and(|e| e
+            .message()
+            .contains("initial copy of public.p is not finished")),
+        "{err}"
+    );
+    drop(c);
+    assert_eq!(key_constraints(&p.slave, "p"), 2);
+    // the drop rolled back to a savepoint: the keys are there again, and making them again
+    // must not fail on them
+    let mut c = p.slave.connect(DB);
+    c.batch_execute(
+        "BEGIN; SELECT rserv_apply_begin(1, '11111111-2222-3333-4444-555555555555', rserv_version());
+         SAVEPOINT s;
+         SELECT rserv_apply_stage('TRUNCATE', 'public', 'p', ARRAY[]::text[], ARRAY['id']);
+         ROLLBACK TO SAVEPOINT s;
+         SELECT rserv_apply_end(); COMMIT",
+    )
+    .expect("a rolled-back drop leaves nothing to make again");
+    assert_eq!(key_constraints(&p.slave, "p"), 2);
+}
+
+#[test]
 fn rows_that_break_a_key_leave_the_slave_as_it_was() {
     let p = Pair::start("initcopy-dup");
     pending_table(&p);
