@@ -125,7 +125,18 @@ fn schema_changes_follow_the_stream_under_writes() {
             i
         });
         for (what, sql) in steps {
-            p.master.execute(DB, sql);
+            // either side of a deadlock may be the one PostgreSQL cancels: a step is one
+            // transaction, so it is simply run again
+            for attempt in 1.. {
+                match p.master.connect(DB).batch_execute(sql) {
+                    Ok(()) => break,
+                    Err(e)
+                        if attempt < 5
+                            && e.code()
+                                == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {}
+                    Err(e) => panic!("{what}: {e:?}"),
+                }
+            }
             let checked = oracle::assert_cycle(&mut s, &opts, what);
             assert!(
                 matches!(checked.outcome, Outcome::Applied { .. }),
