@@ -550,10 +550,12 @@ fn rserv_apply_stage(
             // DELETE, not TRUNCATE: in replica mode it leaves referencing slave tables alone,
             // and the change set's own sections bring those to the master's state.
             let sql = format!("DELETE FROM {}{}", t.only, t.table);
-            run_as_owner(t.owner, &apply_settings(), || {
-                Spi::run(&sql).or_fail("emptying the table")
+            let first_copy = crate::slave_registry::needs_copy(t.reloid);
+            let removed = run_as_owner(t.owner, &apply_settings(), || {
+                crate::sql::count_rows(&sql, &[], "emptying the table")
             });
-            if crate::slave_registry::needs_copy(t.reloid) {
+            // a table that held rows stays readable (as it was) until this commits
+            if first_copy && removed == 0 {
                 crate::apply_keys::drop_for_load(t.reloid, t.owner, &t.table);
             }
             // The table now holds exactly the master's rows once this change set is applied.

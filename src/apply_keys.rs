@@ -3,6 +3,10 @@
 //! constraints and builds them after the rows are in, as `pg_dump | psql` does (one sorted
 //! index build instead of a million index insertions).
 //!
+//! Only a table that was empty when its copy began: the constraints' DROP locks the table
+//! (ACCESS EXCLUSIVE) until the copy commits, so readers wait for it (a table that held rows,
+//! a resync, keeps its constraints and stays readable as it was).
+//!
 //! Invariant: no statement but the section's own COPY ever sees the table without them, and no
 //! transaction commits without them. They are dropped by the initial copy's TRUNCATE section
 //! (the table is empty then) and made again, from this server's own text of them, when the
@@ -11,8 +15,9 @@
 //! rolled back cannot hide one) is refused, and rolls back. Only for a
 //! plain table rserv created whose post-data is still pending, and only constraints that
 //! `pg_get_constraintdef()` re-creates whole and that nothing else depends on: one with index
-//! storage parameters, a tablespace or a comment, or that a foreign key, a view's GROUP BY, a
-//! replica identity or CLUSTER ON relies on, stays, and the load maintains it.
+//! storage parameters, a tablespace, a statistics target, an extension dependency, a comment
+//! or a security label, or that a foreign key, a view's GROUP BY, a replica identity or
+//! CLUSTER ON relies on, stays, and the load maintains it.
 
 use crate::catalog::ext_schema;
 use crate::error::{fail, SpiOrFail};
@@ -60,6 +65,14 @@ pub fn drop_for_load(reloid: pg_sys::Oid, owner: pg_sys::Oid, table: &str) {
                         AND EXISTS (SELECT 1 FROM {s}._rserv_slave_pending_ p WHERE p.reloid = $1) \
                         AND i.indisvalid AND NOT i.indisreplident AND NOT i.indisclustered \
                         AND ic.reloptions IS NULL AND ic.reltablespace = 0 AND ic.relname = con.conname \
+                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute ia \
+                             WHERE ia.attrelid = con.conindid AND ia.attstattarget >= 0) \
+                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_seclabel sl \
+                             WHERE (sl.classoid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND sl.objoid = con.oid) \
+                                OR (sl.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND sl.objoid = con.conindid)) \
+                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend x \
+                             WHERE x.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                               AND x.objid = con.conindid AND x.deptype NOT IN ('a', 'i', 'n')) \
                         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_description ds \
                              WHERE (ds.classoid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND ds.objoid = con.oid) \
                                 OR (ds.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND ds.objoid = con.conindid)) \

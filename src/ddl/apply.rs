@@ -39,6 +39,10 @@ struct Deferred {
     /// the master's definition before the first DDL of this change set (what REPLICA
     /// IDENTITY and CLUSTER ON changed from)
     from: TableDef,
+    /// a table `--create-tables` made whose post-data (indexes, foreign keys, triggers,
+    /// policies) `rserv_slave_finish_tables` makes later: only its NOT NULLs and its other
+    /// constraints are made now
+    post_data_pending: bool,
 }
 
 thread_local! {
@@ -261,9 +265,6 @@ pub fn apply_section(payload: &str, schema: &str, table: &str) {
         "looking for pending post-data",
     )
     .unwrap_or(false);
-    if post_data_pending {
-        return; // rserv_slave_finish_tables makes it, from the definition just updated
-    }
     // what checks rows is made to match the table's last definition in this change set
     let mut row_security_changed = old.row_security != new.row_security;
     let mut domains = steps.domains_after;
@@ -285,6 +286,7 @@ pub fn apply_section(payload: &str, schema: &str, table: &str) {
             row_security_changed,
             domains,
             from,
+            post_data_pending,
         })
     });
 }
@@ -575,9 +577,6 @@ fn objects(def: &TableDef, row_security_changed: bool) {
     let Some(reloid) = relation(&def.schema, &def.table) else {
         return;
     };
-    let partition = def.partition_of.is_some();
-    let s = ext_schema();
-    let receives = |r: &Rel| crate::schema::receives(&s, r);
     for i in &def.indexes {
         let here = first::<String>(
             "SELECT pg_catalog.pg_get_indexdef(i.indexrelid) FROM pg_catalog.pg_index i \
@@ -605,36 +604,7 @@ fn objects(def: &TableDef, row_security_changed: bool) {
         }
         make_index(def, reloid, i);
     }
-    for o in def
-        .constraints
-        .iter()
-        .filter(|o| !(partition && o.inherited))
-    {
-        let here = first::<String>(
-            "SELECT pg_catalog.pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint \
-             WHERE conrelid = $1 AND conname = $2",
-            &[reloid.into(), o.name.clone().into()],
-            "reading a constraint",
-        );
-        match here {
-            Some(d) if d == o.definition => continue,
-            Some(_) => run(
-                &name,
-                &format!(
-                    "ALTER TABLE {name} DROP CONSTRAINT {}",
-                    quote_ident(&o.name)
-                ),
-                Tag::T_AlterTableStmt,
-                Some(At::AT_DropConstraint),
-            ),
-            None => {}
-        }
-        if o.kind == "f" {
-            make_foreign_key(def, reloid, o, &receives);
-        } else {
-            add_constraint(def, o);
-        }
-    }
+    constraints(def, reloid, true);
     for t in &def.triggers {
         let here = first::<String>(
             "SELECT pg_catalog.pg_get_triggerdef(oid) || ' ' || tgenabled::pg_catalog.text FROM pg_catalog.pg_trigger \
@@ -675,6 +645,45 @@ fn objects(def: &TableDef, row_security_changed: bool) {
         set_row_security(def);
     }
     build::check_calls(&name, reloid, &[]);
+}
+
+/// The constraints of `def` (of table `reloid`) made to match the definition: one that differs
+/// is made again; foreign keys only when `foreign` (they are post-data).
+fn constraints(def: &TableDef, reloid: pg_sys::Oid, foreign: bool) {
+    let name = qualified(&def.schema, &def.table);
+    let partition = def.partition_of.is_some();
+    let s = ext_schema();
+    let receives = |r: &Rel| crate::schema::receives(&s, r);
+    for o in def
+        .constraints
+        .iter()
+        .filter(|o| !(partition && o.inherited) && (foreign || o.kind != "f"))
+    {
+        let here = first::<String>(
+            "SELECT pg_catalog.pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint \
+             WHERE conrelid = $1 AND conname = $2",
+            &[reloid.into(), o.name.clone().into()],
+            "reading a constraint",
+        );
+        match here {
+            Some(d) if d == o.definition => continue,
+            Some(_) => run(
+                &name,
+                &format!(
+                    "ALTER TABLE {name} DROP CONSTRAINT {}",
+                    quote_ident(&o.name)
+                ),
+                Tag::T_AlterTableStmt,
+                Some(At::AT_DropConstraint),
+            ),
+            None => {}
+        }
+        if o.kind == "f" {
+            make_foreign_key(def, reloid, o, &receives);
+        } else {
+            add_constraint(def, o);
+        }
+    }
 }
 
 /// The partition of `def` named like `p` (a partition made since has its settings already).
@@ -738,6 +747,15 @@ pub fn finish_deferred() -> i64 {
         }
         run_as_owner(d.owner, &[], || {
             set_not_null(&d.def);
+            if d.post_data_pending {
+                // rserv_slave_finish_tables makes the rest, from the definition just recorded
+                for def in std::iter::once(&d.def).chain(&d.def.partitions) {
+                    if let Some(reloid) = relation(&def.schema, &def.table) {
+                        constraints(def, reloid, false);
+                    }
+                }
+                return;
+            }
             objects(&d.def, d.row_security_changed);
             settings::indexes(Some(&d.from), &d.def);
             for p in &d.def.partitions {

@@ -141,6 +141,39 @@ impl Pair {
             .collect()
     }
 
+    /// Table `table` made on the slave from the master's definition and registered, waiting
+    /// for its initial copy (as --create-tables leaves it before the first change set).
+    pub fn create_on_slave(&self, table: &str) {
+        let definition = self.master.query_strings(
+            DB,
+            &format!(
+                "SELECT definition::text FROM rserv_table_list() WHERE table_name = '{table}'"
+            ),
+        )[0][0]
+            .clone()
+            .expect("the master describes the table");
+        self.slave
+            .connect(DB)
+            .execute(
+                "SELECT rserv_slave_create_table($1::text::jsonb)",
+                &[&definition],
+            )
+            .expect("create the table on the slave");
+        self.slave
+            .execute(DB, &format!("SELECT rserv_slave_add_table('{table}')"));
+    }
+
+    /// Table `p (id int PRIMARY KEY, v text, u int UNIQUE)` on both sides, empty, waiting on
+    /// the slave for its initial copy.
+    pub fn pending_table_p(&self) {
+        self.master.execute(
+            DB,
+            "CREATE TABLE p (id int PRIMARY KEY, v text, u int UNIQUE);
+             SELECT rserv_add_table('p');",
+        );
+        self.create_on_slave("p");
+    }
+
     /// Master and slave hold exactly the same rows in `table`.
     pub fn assert_equal(&self, table: &str) {
         let m = Pair::rows(&self.master, table);

@@ -216,7 +216,7 @@ fn a_key_something_depends_on_stays_in_place() {
     // its keys before the first copy: a view that groups by the primary key (it depends on
     // the constraint), a local table whose foreign key references a unique column, an index
     // storage parameter and a comment (pg_get_constraintdef() would not make them again)
-    create_on_slave(&p, "p");
+    p.create_on_slave("p");
     p.slave.execute(
         DB,
         "CREATE VIEW pv AS SELECT id, v FROM p GROUP BY id;
@@ -260,36 +260,6 @@ fn a_key_something_depends_on_stays_in_place() {
     p.assert_equal("p");
 }
 
-/// Table `table` made on the slave from the master's definition and registered, waiting for
-/// its initial copy (as --create-tables leaves it before the first change set).
-fn create_on_slave(p: &Pair, table: &str) {
-    let definition = p.master.query_strings(
-        DB,
-        &format!("SELECT definition::text FROM rserv_table_list() WHERE table_name = '{table}'"),
-    )[0][0]
-        .clone()
-        .expect("the master describes the table");
-    let mut slave = p.slave.connect(DB);
-    slave
-        .execute(
-            "SELECT rserv_slave_create_table($1::text::jsonb)",
-            &[&definition],
-        )
-        .expect("create the table on the slave");
-    p.slave
-        .execute(DB, &format!("SELECT rserv_slave_add_table('{table}')"));
-}
-
-/// Table `p` on both sides, waiting on the slave for its initial copy.
-fn pending_table(p: &Pair) {
-    p.master.execute(
-        DB,
-        "CREATE TABLE p (id int PRIMARY KEY, v text, u int UNIQUE);
-         SELECT rserv_add_table('p');",
-    );
-    create_on_slave(p, "p");
-}
-
 /// A slave session inside an apply transaction whose initial copy of `p` has just emptied it
 /// (the TRUNCATE section).
 fn truncated(p: &Pair) -> postgres::Client {
@@ -309,7 +279,7 @@ fn truncated(p: &Pair) -> postgres::Client {
 #[test]
 fn no_initial_copy_commits_without_its_keys() {
     let p = Pair::start("initcopy-commit");
-    pending_table(&p);
+    p.pending_table_p();
     assert_eq!(key_constraints(&p.slave, "p"), 2);
     // a client that stops after the TRUNCATE section and commits
     let mut c = truncated(&p);
@@ -353,7 +323,7 @@ fn no_initial_copy_commits_without_its_keys() {
 #[test]
 fn a_savepoint_rolled_back_neither_hides_nor_doubles_a_key() {
     let p = Pair::start("initcopy-savepoint");
-    pending_table(&p);
+    p.pending_table_p();
     // the keys made again inside a savepoint that is rolled back: they are missing once more,
     // and the commit must see that
     let mut c = truncated(&p);
@@ -387,7 +357,7 @@ fn a_savepoint_rolled_back_neither_hides_nor_doubles_a_key() {
 #[test]
 fn rows_that_break_a_key_leave_the_slave_as_it_was() {
     let p = Pair::start("initcopy-dup");
-    pending_table(&p);
+    p.pending_table_p();
     let mut c = truncated(&p);
     let copy: String = c
         .query_one(
