@@ -143,6 +143,32 @@ unsafe extern "C-unwind" fn rserv_process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
+    // counted for internal_ddl.rs: DDL nested in rserv's own is not rserv's
+    crate::internal_ddl::utility(|| {
+        pass_on(
+            pstmt,
+            query,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn pass_on(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
     let owner = allowed_owner(pstmt, query);
     if owner != pg_sys::InvalidOid {
         let call = UtilityCall {

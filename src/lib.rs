@@ -34,6 +34,7 @@ mod failover;
 mod fence;
 mod guc;
 mod identity;
+mod internal_ddl;
 mod legacy;
 mod negotiate;
 mod node;
@@ -70,6 +71,7 @@ pub extern "C-unwind" fn _PG_init() {
     wakeup::register_callbacks();
     ddl::register_callbacks();
     apply_keys::register_callbacks();
+    internal_ddl::register_callbacks();
     apply_copy::install();
 }
 

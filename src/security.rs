@@ -316,45 +316,7 @@ pub fn as_definer<R>(f: impl FnOnce() -> R) -> R {
     out
 }
 
-thread_local! {
-    /// Depth of rserv's own DDL on replicated tables (its triggers): the DDL guards let it pass.
-    static INTERNAL_DDL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// While alive, rserv is changing its own triggers: the DDL guards do not refuse it.
-pub struct InternalDdl;
-
-pub fn internal_ddl() -> InternalDdl {
-    // rserv's DDL guards are event triggers, which replica mode silences
-    crate::replica_window::close();
-    INTERNAL_DDL.with(|d| d.set(d.get() + 1));
-    InternalDdl
-}
-
-/// rserv's session-private staging tables (`staging.rs`): nothing for the DDL guards to
-/// check or the partition reconciler to do (which otherwise reads the catalog at each
-/// CREATE TEMP TABLE: ~60 ms on a session's first). The replica window, if open, stays.
-pub fn staging_ddl() -> InternalDdl {
-    INTERNAL_DDL.with(|d| d.set(d.get() + 1));
-    InternalDdl
-}
-
-impl Drop for InternalDdl {
-    fn drop(&mut self) {
-        INTERNAL_DDL.with(|d| d.set(d.get().saturating_sub(1)));
-    }
-}
-
-/// Is rserv running DDL of its own (see [`internal_ddl`])?
-pub fn in_internal_ddl() -> bool {
-    INTERNAL_DDL.with(|d| d.get() > 0)
-}
-
-/// For the DDL guards (event triggers): is this DDL rserv's own?
-#[pg_extern(volatile, parallel_unsafe)]
-fn _rserv_internal_ddl_() -> bool {
-    INTERNAL_DDL.with(|d| d.get() > 0)
-}
+pub use crate::internal_ddl::{in_internal_ddl, internal_ddl, staging_ddl, InternalDdl};
 
 thread_local! {
     static OWN_TRIGGERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };

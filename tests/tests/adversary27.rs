@@ -20,11 +20,11 @@
 //! - LOW l1 (new in 53f03d1): readers of a table waited for its whole copy (ACCESS EXCLUSIVE
 //!   from the DROP CONSTRAINT). Now only for the first copy of an empty table (README); a table
 //!   that holds rows keeps its constraints and stays readable. Test l1_*.
-//! - MEDIUM p1 (older than 53f03d1, not fixed; its two tests are on branch adv27): a table
-//!   owner's code that rserv runs while building a table (an index or exclusion expression:
-//!   an IMMUTABLE function calling a VOLATILE one can run DDL) runs under the "internal DDL"
-//!   flag, so DDL of the owner's that rserv's guards refuse (renaming a received slave table)
-//!   passes. The owner can only do this to tables they own.
+//! - MEDIUM p1 (older than 53f03d1): a table owner's code that rserv runs while building a
+//!   table (an index or exclusion expression: an IMMUTABLE function calling a VOLATILE one can
+//!   run DDL) ran under the "internal DDL" flag, so DDL of the owner's that rserv's guards
+//!   refuse (renaming a received slave table) passed. Fixed: the mark holds only at the
+//!   utility depth of rserv's own statements (src/internal_ddl.rs). Tests p1_*.
 //! - guards (held): guard_constraint_definitions_come_back_exactly (INCLUDE, DEFERRABLE
 //!   INITIALLY DEFERRED, NULLS NOT DISTINCT, gist exclusion with WHERE and a quoted literal,
 //!   opclass, COLLATE, DESC NULLS LAST, a user-schema function re-parsed under the owner's
@@ -800,4 +800,152 @@ fn l1_readers_of_a_table_holding_rows_are_not_blocked_by_its_copy() {
         "the first copy of an empty table locks it: {read:?}"
     );
     let _ = try_sql(&mut c, "ROLLBACK");
+}
+
+#[test]
+fn p1_owner_code_in_a_rebuilt_exclusion_constraint_cannot_pass_rserv_ddl_guards() {
+    let p = Pair::start("adv27-flag");
+    for c in [&p.master, &p.slave] {
+        c.execute("postgres", "CREATE ROLE alice LOGIN");
+        c.execute(
+            DB,
+            "GRANT CREATE ON SCHEMA public TO alice; CREATE SCHEMA f;
+             CREATE FUNCTION f.k(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END';",
+        );
+    }
+    p.master.execute(
+        DB,
+        "CREATE TABLE q (id int PRIMARY KEY, v text); INSERT INTO q VALUES (1, 'q');
+         SELECT rserv_add_table('q');",
+    );
+    // q: received and copied
+    rserv_tests::pair::assert_ok(&p.replicate(&["--create-tables", DB, DB]), "copy q");
+    // x: made and registered on the slave, waiting for its copy
+    p.master.execute(
+        DB,
+        "CREATE TABLE x (id int PRIMARY KEY, CONSTRAINT x_ex EXCLUDE USING btree ((f.k(id)) WITH =));
+         INSERT INTO x SELECT generate_series(1, 5); SELECT rserv_add_table('x');",
+    );
+    p.create_on_slave("x");
+    // the slave's tables belong to alice, and so does the function
+    p.slave.execute(
+        DB,
+        "ALTER TABLE q OWNER TO alice; ALTER TABLE x OWNER TO alice;
+         ALTER SCHEMA f OWNER TO alice; ALTER FUNCTION f.k(int) OWNER TO alice;",
+    );
+    // alice cannot rename her received table herself
+    let mut a = connect_as(&p.slave, "alice");
+    let direct = try_sql(&mut a, "ALTER TABLE q RENAME TO q_renamed");
+    assert!(direct.is_err(), "the guard refuses alice: {direct:?}");
+    try_sql(
+        &mut a,
+        "CREATE FUNCTION f.ddl() RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+           IF to_regclass('public.q') IS NOT NULL THEN
+             EXECUTE 'ALTER TABLE public.q RENAME TO q_renamed';
+           END IF;
+         END $$;
+         CREATE OR REPLACE FUNCTION f.k(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+         BEGIN
+           PERFORM f.ddl();
+           RETURN $1;
+         END $$",
+    )
+    .expect("alice's function");
+    drop(a);
+    let out = p.replicate(&[DB, DB]);
+    eprintln!(
+        "replicate: {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let renamed = number(
+        &p.slave,
+        "SELECT count(*) FROM pg_class WHERE relname = 'q_renamed'",
+    );
+    if renamed > 0 {
+        // what the rename does to q's replication
+        p.master.execute(
+            DB,
+            "INSERT INTO q VALUES (2, 'two'); UPDATE q SET v = 'changed' WHERE id = 1",
+        );
+        let out = p.replicate(&[DB, DB]);
+        eprintln!(
+            "next change set: {:?}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "slave q_renamed rows: {:?}",
+            p.slave
+                .query_strings(DB, "SELECT id::text, v FROM q_renamed ORDER BY id")
+        );
+    }
+    assert_eq!(
+        renamed, 0,
+        "alice's code renamed received table q during rserv's rebuild of x's constraint, past the guard"
+    );
+}
+
+/// The same owner code in a plain index of the table's post-data (built by
+/// rserv_slave_finish_tables under the same flag): whether the guard bypass predates 53f03d1.
+#[test]
+fn p1_owner_code_in_post_data_cannot_pass_rserv_ddl_guards() {
+    let p = Pair::start("adv27-flagpd");
+    for c in [&p.master, &p.slave] {
+        c.execute("postgres", "CREATE ROLE alice LOGIN");
+        c.execute(
+            DB,
+            "GRANT CREATE ON SCHEMA public TO alice; CREATE SCHEMA f;
+             CREATE FUNCTION f.k(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1; END';",
+        );
+    }
+    p.master.execute(
+        DB,
+        "CREATE TABLE q (id int PRIMARY KEY, v text); INSERT INTO q VALUES (1, 'q');
+         SELECT rserv_add_table('q');",
+    );
+    rserv_tests::pair::assert_ok(&p.replicate(&["--create-tables", DB, DB]), "copy q");
+    p.master.execute(
+        DB,
+        "CREATE TABLE x (id int PRIMARY KEY); CREATE INDEX x_k ON x ((f.k(id)));
+         INSERT INTO x SELECT generate_series(1, 5); SELECT rserv_add_table('x');",
+    );
+    p.create_on_slave("x");
+    p.slave.execute(
+        DB,
+        "ALTER TABLE q OWNER TO alice; ALTER TABLE x OWNER TO alice;
+         ALTER SCHEMA f OWNER TO alice; ALTER FUNCTION f.k(int) OWNER TO alice;",
+    );
+    let mut a = connect_as(&p.slave, "alice");
+    try_sql(
+        &mut a,
+        "CREATE FUNCTION f.ddl() RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+           IF to_regclass('public.q') IS NOT NULL THEN
+             EXECUTE 'ALTER TABLE public.q RENAME TO q_renamed';
+           END IF;
+         END $$;
+         CREATE OR REPLACE FUNCTION f.k(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+         BEGIN
+           PERFORM f.ddl();
+           RETURN $1;
+         END $$",
+    )
+    .expect("alice's function");
+    drop(a);
+    let out = p.replicate(&["--create-tables", DB, DB]);
+    eprintln!(
+        "replicate: {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let renamed = number(
+        &p.slave,
+        "SELECT count(*) FROM pg_class WHERE relname = 'q_renamed'",
+    );
+    assert_eq!(
+        renamed, 0,
+        "alice's post-data index code renamed q past the guard"
+    );
 }
