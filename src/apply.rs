@@ -550,12 +550,18 @@ fn rserv_apply_stage(
             // DELETE, not TRUNCATE: in replica mode it leaves referencing slave tables alone,
             // and the change set's own sections bring those to the master's state.
             let sql = format!("DELETE FROM {}{}", t.only, t.table);
-            let first_copy = crate::slave_registry::needs_copy(t.reloid);
-            let removed = run_as_owner(t.owner, &apply_settings(), || {
-                crate::sql::count_rows(&sql, &[], "emptying the table")
+            // a table that holds rows keeps its keys, and stays readable as it was until this
+            // commits (apply_keys.rs)
+            let empty = format!("SELECT NOT EXISTS (SELECT 1 FROM {}{})", t.only, t.table);
+            let load_without_keys = crate::slave_registry::needs_copy(t.reloid)
+                && run_as_owner(t.owner, &apply_settings(), || {
+                    crate::sql::first::<bool>(&empty, &[], "looking into the table")
+                        .unwrap_or(false)
+                });
+            run_as_owner(t.owner, &apply_settings(), || {
+                Spi::run(&sql).or_fail("emptying the table")
             });
-            // a table that held rows stays readable (as it was) until this commits
-            if first_copy && removed == 0 {
+            if load_without_keys {
                 crate::apply_keys::drop_for_load(t.reloid, t.owner, &t.table);
             }
             // The table now holds exactly the master's rows once this change set is applied.
