@@ -15,8 +15,11 @@ DECLARE
     names text;
     schemas text[];
 BEGIN
-    IF tg_tag = 'DROP EXTENSION' THEN
-        RETURN;  -- DROP EXTENSION rserv removes the catalog itself
+    IF tg_tag = 'DROP EXTENSION' AND EXISTS (
+        SELECT 1 FROM pg_event_trigger_dropped_objects() AS d
+         WHERE d.object_type = 'extension' AND d.object_identity = 'rserv') THEN
+        RETURN;  -- DROP EXTENSION rserv removes the catalog itself (another extension's drop
+                 -- may take a replicated table with it: checked below)
     END IF;
     IF @extschema@._rserv_own_triggers_ddl_() THEN
         RETURN;  -- rserv changing only its own triggers, keeping its books itself (a takeover)
@@ -176,6 +179,11 @@ CREATE EVENT TRIGGER _rserv_alter_guard_ ON ddl_command_end
                  'ALTER TYPE', 'ALTER DOMAIN', 'CREATE FOREIGN TABLE')
     EXECUTE FUNCTION _rserv_guard_alter_();
 CREATE EVENT TRIGGER _rserv_rewrite_guard_ ON table_rewrite EXECUTE FUNCTION _rserv_guard_rewrite_();
+-- Also in replica mode: the apply runs a table owner's statements in it, and an owner's trigger
+-- that fires there (ENABLE ALWAYS) may run DDL that must meet the guards like any other.
+ALTER EVENT TRIGGER _rserv_drop_guard_ ENABLE ALWAYS;
+ALTER EVENT TRIGGER _rserv_alter_guard_ ENABLE ALWAYS;
+ALTER EVENT TRIGGER _rserv_rewrite_guard_ ENABLE ALWAYS;
 
 -- The guards above, SECURITY DEFINER, call rserv's functions by the name its schema had at CREATE
 -- EXTENSION (@extschema@): renamed, its owner could create another schema of that name whose

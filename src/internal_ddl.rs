@@ -8,6 +8,11 @@
 //! depth rserv's statements run at (one below the caller's), counted by rserv's
 //! ProcessUtility hook (`apply_copy.rs`); a statement nested deeper is not rserv's. Errors
 //! leave the count through the (sub)transaction's abort, where it is restored.
+//!
+//! The hook counts utility statements only: while it holds a mark, rserv runs nothing else on
+//! a user's table (a DELETE there would fire the owner's statement triggers one level below
+//! the mark, and their DDL would land exactly on it: adversary27b f1). Reads of the catalog
+//! and of rserv's own tables are fine.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

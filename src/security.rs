@@ -343,7 +343,7 @@ impl Drop for OwnTriggers {
 /// For the DDL guards (event triggers): is this DDL only rserv's own triggers?
 #[pg_extern(volatile, parallel_unsafe)]
 fn _rserv_own_triggers_ddl_() -> bool {
-    OWN_TRIGGERS.with(|d| d.get() > 0)
+    OWN_TRIGGERS.with(|d| d.get() > 0) && in_internal_ddl()
 }
 
 /// Allow `role` to run replication (replicate's prepare/apply/confirm/status) in this database

@@ -169,14 +169,15 @@ pub fn apply_section(payload: &str, schema: &str, table: &str) {
         bad_section(steps.unsupported.join("; "));
     }
     let s = ext_schema();
-    let _internal = internal_ddl();
     if recopy {
         // the change set carries the table whole: its old rows need not (and may not) be
-        // converted by the steps below
+        // converted by the steps below. Before the mark: the owner's triggers it may fire must
+        // not run at the depth of rserv's own DDL (internal_ddl.rs)
         run_as_owner(owner, &crate::apply::apply_settings(), || {
             Spi::run(&format!("DELETE FROM {old_name}")).or_fail("emptying the table")
         });
     }
+    let _internal = internal_ddl();
     let fresh = recopy || crate::slave_registry::needs_copy(reloid);
     // the types first (each as its owner): the table's steps may use them renamed
     let scope = super::types::Scope {
