@@ -257,17 +257,17 @@ fn a_dead_slave_does_not_block_a_live_one() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Under a sustained write load the log stays small: clean-up and vacuum keep pace.
-#[test]
-fn the_log_stays_bounded() {
-    let c = start_clusters(&["b-m", "b-s"]);
-    let (m, s) = (&c[0], &c[1]);
+/// Table `t (id, n)` of `rows` counters on the master, followed by `replicate run` (every
+/// 0.2 s) into `s`.
+fn counters_followed(m: &Cluster, s: &Cluster, rows: u32) -> Daemon {
     m.execute(
         DB,
-        "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL); SELECT rserv_add_table('t');
-                   INSERT INTO t SELECT g, 0 FROM generate_series(1, 2000) g;",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL); SELECT rserv_add_table('t');
+             INSERT INTO t SELECT g, 0 FROM generate_series(1, {rows}) g;"
+        ),
     );
-    let d = Daemon::start(&[
+    Daemon::start(&[
         "run".into(),
         "--create-tables".into(),
         "--interval=0.2".into(),
@@ -277,7 +277,15 @@ fn the_log_stays_bounded() {
         conninfo(s),
         DB.into(),
         DB.into(),
-    ]);
+    ])
+}
+
+/// Under a sustained write load the log stays small: clean-up and vacuum keep pace.
+#[test]
+fn the_log_stays_bounded() {
+    let c = start_clusters(&["b-m", "b-s"]);
+    let (m, s) = (&c[0], &c[1]);
+    let d = counters_followed(m, s, 2000);
     let mut w = m.connect(DB);
     let started = Instant::now();
     let mut logged = 0u64;
@@ -312,5 +320,70 @@ fn the_log_stays_bounded() {
         "peak {} vs ~{unbounded} without clean-up",
         peaks[2]
     );
+    assert!(d.stop().success());
+}
+
+/// The log's VACUUM runs on a session of its own: one waiting for a lock on the log (or just
+/// slow under load) holds up no cycle.
+#[test]
+fn a_waiting_vacuum_of_the_log_does_not_hold_up_replication() {
+    let c = start_clusters(&["v-m", "v-s"]);
+    let (m, s) = (&c[0], &c[1]);
+    let d = counters_followed(m, s, 100);
+    eventually(60, "initial copy on the slave", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    // VACUUM waits for this lock; writers (ROW EXCLUSIVE) and clean-up's DELETE do not
+    let mut holder = m.connect(DB);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE _rserv_log_ IN SHARE UPDATE EXCLUSIVE MODE")
+        .unwrap();
+    m.execute(DB, "UPDATE t SET n = n + 1");
+    eventually(60, "the update on the slave", || {
+        digest(s, "t") == digest(m, "t")
+    });
+    // the clean-up deleted the update's log rows: a VACUUM of the log comes, and waits
+    eventually(
+        60,
+        "the daemon's VACUUM of the log waiting for the lock",
+        || {
+            try_one(
+                m,
+                "SELECT count(*)::text FROM pg_stat_activity \
+             WHERE query LIKE 'VACUUM %_rserv_log_' AND wait_event_type = 'Lock'",
+            )
+            .as_deref()
+                == Some("1")
+        },
+    );
+    for round in 0..3 {
+        m.execute(
+            DB,
+            &format!("UPDATE t SET n = n + 1 WHERE id <= {}", 10 * (round + 1)),
+        );
+        eventually(60, "replication going on while the VACUUM waits", || {
+            digest(s, "t") == digest(m, "t")
+        });
+    }
+    assert_eq!(
+        try_one(
+            m,
+            "SELECT count(*)::text FROM pg_stat_activity \
+             WHERE query LIKE 'VACUUM %_rserv_log_' AND wait_event_type = 'Lock'",
+        )
+        .as_deref(),
+        Some("1"),
+        "the VACUUM was still waiting all along"
+    );
+    holder.batch_execute("COMMIT").unwrap();
+    eventually(60, "the VACUUM done", || {
+        try_one(
+            m,
+            "SELECT count(*)::text FROM pg_stat_activity WHERE query LIKE 'VACUUM %_rserv_log_' \
+             AND state = 'active'",
+        )
+        .as_deref()
+            == Some("0")
+    });
     assert!(d.stop().success());
 }

@@ -3,7 +3,8 @@
 //! One worker thread per slave ([`worker`]), each with its own connections, so a slow or dead
 //! slave never holds up another. A worker runs cycles back to back while they find work, then
 //! waits for the master's `NOTIFY rserv` (sent by the capture trigger at commit) or the polling
-//! interval, whichever comes first. A failure drops the connection it broke and retries with
+//! interval, whichever comes first; the log they clean is vacuumed on a thread of its own
+//! ([`vacuum`]), so that a slow VACUUM never holds up a cycle. A failure drops the connection it broke and retries with
 //! backoff; a cycle resumes from the slave's confirmed sync id, so nothing is lost or applied
 //! twice. Master and slave are connected independently: while the slave is unreachable (or its
 //! apply fails) the worker keeps the master's lag figures fresh ([`lag`]), and the metrics say
@@ -15,6 +16,7 @@
 
 mod config;
 mod lag;
+mod vacuum;
 mod worker;
 
 pub use config::{Config, NodeConfig, RunConfig, SlaveConfig};
@@ -148,12 +150,15 @@ impl Daemon {
             info!(%addr, "serving Prometheus metrics");
         }
         let cancels = Cancels::default();
-        let running = AtomicUsize::new(self.workers.len());
+        let vacuums = vacuum::Requests::default();
+        // the workers and the log's vacuum
+        let running = AtomicUsize::new(self.workers.len() + 1);
         let shared = Shared {
             stop: &stop,
             interval: self.interval,
             clean_log: self.clean_log,
             cancels: &cancels,
+            vacuums: &vacuums,
         };
         std::thread::scope(|s| {
             for (slot, (w, m)) in self.workers.iter().zip(&metrics).enumerate() {
@@ -163,7 +168,13 @@ impl Daemon {
                     running.fetch_sub(1, Ordering::Relaxed);
                 });
             }
-            s.spawn(|| stopper(&stop, &running, &cancels));
+            let (vacuums, stop, cancels, running) = (&vacuums, &stop, &cancels, &running);
+            let slot = self.workers.len();
+            s.spawn(move || {
+                vacuum::run(vacuums, stop, cancels, slot);
+                running.fetch_sub(1, Ordering::Relaxed);
+            });
+            s.spawn(move || stopper(stop, running, cancels));
         });
         info!("stopped");
         Ok(())

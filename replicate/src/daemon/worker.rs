@@ -1,5 +1,6 @@
 //! One slave's worker: its connections to the master and to the slave, each (re)connected on
-//! its own, the cycles, log clean-up and vacuum pacing, and what a failure does.
+//! its own, the cycles, log clean-up (its VACUUM is [`super::vacuum`]'s), and what a failure
+//! does.
 //!
 //! After a failure the side that failed is marked down in the metrics (`rserv_connected`);
 //! its session is dropped when it is broken (closed, or not answering a ping) and kept when the
@@ -43,6 +44,7 @@ pub(super) struct Shared<'a> {
     pub(super) interval: Duration,
     pub(super) clean_log: bool,
     pub(super) cancels: &'a Cancels,
+    pub(super) vacuums: &'a super::vacuum::Requests,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -55,10 +57,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 struct MasterLink {
     client: Client,
     rs: Rserv,
-    /// the log table, for VACUUM
-    log_table: String,
-    /// VACUUM needs the log's owner (or a superuser); without that, autovacuum does the job
-    can_vacuum: bool,
 }
 
 struct SlaveLink {
@@ -100,8 +98,6 @@ struct Run<'a> {
     last_create: Instant,
     last_clean: Instant,
     unclean: bool,
-    last_vacuum: Instant,
-    cleaned_since_vacuum: bool,
     /// The roles of the configured pair have flipped: replicate from `w.slave` to `w.master`.
     flipped: bool,
 }
@@ -133,8 +129,6 @@ impl<'a> Run<'a> {
             last_create: Instant::now(),
             last_clean: Instant::now(),
             unclean: false,
-            last_vacuum: Instant::now(),
-            cleaned_since_vacuum: false,
             flipped: false,
         }
     }
@@ -370,29 +364,20 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Log clean-up (at most once a second while busy, and whenever the slave has caught up)
-    /// and, now and then, a VACUUM of the log, whose deleted rows are dead tuples.
+    /// Log clean-up (at most once a second while busy, and whenever the slave has caught up);
+    /// the deleted rows are dead tuples, which the daemon's vacuum thread is asked to remove.
     fn clean_up(&mut self, busy: bool) -> Result<(), Error> {
-        let name = &self.w.name;
-        let link = linked(&mut self.master)?;
-        let (client, rs) = (&mut link.client, &link.rs);
-        let (can_vacuum, log_table) = (link.can_vacuum, link.log_table.clone());
-        if self.unclean && (!busy || self.last_clean.elapsed() >= Duration::from_secs(1)) {
-            let n = master::clean_log(client, rs)?;
-            debug!(slave = %name, rows = n, "log cleaned");
-            self.last_clean = Instant::now();
-            self.unclean = false;
-            self.cleaned_since_vacuum |= n > 0;
+        if !(self.unclean && (!busy || self.last_clean.elapsed() >= Duration::from_secs(1))) {
+            return Ok(());
         }
-        if can_vacuum
-            && self.cleaned_since_vacuum
-            && self.last_vacuum.elapsed() >= Duration::from_secs(5)
-        {
-            client
-                .batch_execute(&format!("VACUUM {log_table}"))
-                .ctx("master: vacuuming the log")?;
-            self.last_vacuum = Instant::now();
-            self.cleaned_since_vacuum = false;
+        let master_ep = self.master_ep();
+        let link = linked(&mut self.master)?;
+        let n = master::clean_log(&mut link.client, &link.rs)?;
+        debug!(slave = %self.w.name, rows = n, "log cleaned");
+        self.last_clean = Instant::now();
+        self.unclean = false;
+        if n > 0 {
+            self.shared.vacuums.ask(master_ep);
         }
         Ok(())
     }
@@ -464,28 +449,14 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The master's session: listening for `NOTIFY rserv`, and whether it may vacuum the log.
+/// The master's session, listening for `NOTIFY rserv`.
 fn open_master(ep: &Endpoint) -> Result<MasterLink, Error> {
     let mut client = connect(ep, "master")?;
     let rs = Rserv::locate(&mut client, "master", ep.dbname())?;
     client
         .batch_execute("LISTEN rserv")
         .ctx("master: LISTEN rserv")?;
-    let log_table = rs.func("_rserv_log_");
-    let can_vacuum: bool = client
-        .query_one(
-            "SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') \
-             FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
-            &[&log_table],
-        )
-        .ctx("master: checking who may vacuum the log")?
-        .get(0);
-    Ok(MasterLink {
-        client,
-        rs,
-        log_table,
-        can_vacuum,
-    })
+    Ok(MasterLink { client, rs })
 }
 
 /// The slave's session, holding the applier lock: one `replicate` applies to a slave at a
