@@ -110,6 +110,33 @@ struct UtilityCall {
     qc: *mut pg_sys::QueryCompletion,
 }
 
+type ProcessUtility = unsafe extern "C-unwind" fn(
+    *mut pg_sys::PlannedStmt,
+    *const std::ffi::c_char,
+    bool,
+    pg_sys::ProcessUtilityContext::Type,
+    pg_sys::ParamListInfo,
+    *mut pg_sys::QueryEnvironment,
+    *mut pg_sys::DestReceiver,
+    *mut pg_sys::QueryCompletion,
+);
+
+impl UtilityCall {
+    /// Hand the call on to `f`: the previous hook, or the server's own ProcessUtility.
+    unsafe fn pass_to(self, f: ProcessUtility) {
+        f(
+            self.pstmt,
+            self.query,
+            self.read_only_tree,
+            self.context,
+            self.params,
+            self.query_env,
+            self.dest,
+            self.qc,
+        )
+    }
+}
+
 /// Run the allowed COPY as the table's owner.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn run_allowed_copy(owner: pg_sys::Oid, call: &UtilityCall) {
@@ -143,49 +170,7 @@ unsafe extern "C-unwind" fn rserv_process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    // counted for internal_ddl.rs: DDL nested in rserv's own is not rserv's
-    crate::internal_ddl::utility(|| {
-        pass_on(
-            pstmt,
-            query,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        )
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn pass_on(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    let owner = allowed_owner(pstmt, query);
-    if owner != pg_sys::InvalidOid {
-        let call = UtilityCall {
-            pstmt,
-            query,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        };
-        run_allowed_copy(owner, &call);
-        return;
-    }
-    let next = PREVIOUS.unwrap_or(standard_process_utility);
-    next(
+    let call = UtilityCall {
         pstmt,
         query,
         read_only_tree,
@@ -194,5 +179,14 @@ unsafe fn pass_on(
         query_env,
         dest,
         qc,
-    );
+    };
+    // counted for internal_ddl.rs: DDL nested in rserv's own is not rserv's
+    crate::internal_ddl::utility(|| {
+        let owner = allowed_owner(pstmt, query);
+        if owner != pg_sys::InvalidOid {
+            run_allowed_copy(owner, &call);
+        } else {
+            call.pass_to(PREVIOUS.unwrap_or(standard_process_utility));
+        }
+    })
 }

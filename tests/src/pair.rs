@@ -174,6 +174,25 @@ impl Pair {
         self.create_on_slave("p");
     }
 
+    /// `table`'s constraints and indexes as one side's server describes them, by name (what
+    /// an initial copy that rebuilds keys must give back exactly).
+    pub fn shape(c: &Cluster, table: &str) -> Vec<Vec<Option<String>>> {
+        c.query_strings(
+            DB,
+            &format!(
+                "SELECT conname, contype::text, pg_get_constraintdef(oid), condeferrable::text, \
+                        condeferred::text \
+                   FROM pg_constraint WHERE conrelid = '{table}'::regclass \
+                 UNION ALL \
+                 SELECT c.relname, 'index', pg_get_indexdef(i.indexrelid), i.indisunique::text, \
+                        i.indisprimary::text || i.indimmediate::text \
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                  WHERE i.indrelid = '{table}'::regclass \
+                 ORDER BY 1, 2"
+            ),
+        )
+    }
+
     /// Master and slave hold exactly the same rows in `table`.
     pub fn assert_equal(&self, table: &str) {
         let m = Pair::rows(&self.master, table);

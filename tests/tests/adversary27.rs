@@ -320,24 +320,6 @@ fn f1_later_change_sets_do_not_build_on_a_table_without_keys() {
     );
 }
 
-/// A table's constraints and indexes as its server describes them, by name.
-fn shape(c: &rserv_tests::Cluster, table: &str) -> Vec<Vec<Option<String>>> {
-    c.query_strings(
-        DB,
-        &format!(
-            "SELECT conname, contype::text, pg_get_constraintdef(oid), condeferrable::text, \
-                    condeferred::text \
-               FROM pg_constraint WHERE conrelid = '{table}'::regclass \
-             UNION ALL \
-             SELECT c.relname, 'index', pg_get_indexdef(i.indexrelid), i.indisunique::text, \
-                    i.indisprimary::text || i.indnullsnotdistinct::text || i.indimmediate::text \
-               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-              WHERE i.indrelid = '{table}'::regclass \
-             ORDER BY 1, 2"
-        ),
-    )
-}
-
 /// Constraints that pg_get_constraintdef() must give back whole: INCLUDE, DEFERRABLE INITIALLY
 /// DEFERRED, NULLS NOT DISTINCT, exclusion with WHERE, gist with an extension's opclass,
 /// opclasses, collations, DESC NULLS LAST, an expression calling a function of a user schema
@@ -376,8 +358,8 @@ fn guard_constraint_definitions_come_back_exactly() {
     rserv_tests::pair::assert_ok(&p.replicate(&["--create-tables", DB, DB]), "initial copy");
     p.assert_equal("x");
     assert_eq!(
-        shape(&p.master, "x"),
-        shape(&p.slave, "x"),
+        Pair::shape(&p.master, "x"),
+        Pair::shape(&p.slave, "x"),
         "constraints differ"
     );
     // (and they were really rebuilt)
@@ -425,8 +407,8 @@ fn guard_pg18_temporal_keys_and_not_null_come_back_exactly() {
     for t in ["t", "n", "r"] {
         p.assert_equal(t);
         assert_eq!(
-            shape(&p.master, t),
-            shape(&p.slave, t),
+            Pair::shape(&p.master, t),
+            Pair::shape(&p.slave, t),
             "table {t}: constraints differ"
         );
     }
@@ -560,8 +542,8 @@ fn guard_a_cascading_slave_rebuilding_keys_passes_on_the_same_table() {
     let rows = |x: &rserv_tests::Cluster| rserv_tests::pair::Pair::rows(x, "p");
     assert_eq!(rows(a), rows(b));
     assert_eq!(rows(a), rows(c));
-    assert_eq!(shape(a, "p"), shape(b, "p"), "b's constraints");
-    assert_eq!(shape(a, "p"), shape(c, "p"), "c's constraints");
+    assert_eq!(Pair::shape(a, "p"), Pair::shape(b, "p"), "b's constraints");
+    assert_eq!(Pair::shape(a, "p"), Pair::shape(c, "p"), "c's constraints");
     a.execute(
         DB,
         "DELETE FROM p WHERE id > 90; UPDATE p SET u = u + 1000 WHERE id = 5",
@@ -619,8 +601,8 @@ fn guard_resync_of_tables_with_pending_post_data() {
     for t in ["parent", "child"] {
         p.assert_equal(t);
         assert_eq!(
-            shape(&p.master, t),
-            shape(&p.slave, t),
+            Pair::shape(&p.master, t),
+            Pair::shape(&p.slave, t),
             "{t}: constraints differ"
         );
     }
@@ -666,8 +648,8 @@ fn x1_keys_changed_and_renamed_on_the_master_before_the_copy_reach_the_slave() {
     p.master.execute(DB, "UPDATE p2 SET v = v WHERE id = 1");
     rserv_tests::pair::assert_ok(&p.replicate(&["--create-tables", DB, DB]), "finish");
     assert_eq!(
-        shape(&p.master, "p2"),
-        shape(&p.slave, "p2"),
+        Pair::shape(&p.master, "p2"),
+        Pair::shape(&p.slave, "p2"),
         "constraints differ"
     );
     p.master.execute(
@@ -677,8 +659,8 @@ fn x1_keys_changed_and_renamed_on_the_master_before_the_copy_reach_the_slave() {
     rserv_tests::pair::assert_ok(&p.replicate(&["--create-tables", DB, DB]), "next");
     p.assert_equal("p2");
     assert_eq!(
-        shape(&p.master, "p2"),
-        shape(&p.slave, "p2"),
+        Pair::shape(&p.master, "p2"),
+        Pair::shape(&p.slave, "p2"),
         "constraints differ after"
     );
 }
@@ -719,8 +701,8 @@ fn x1_constraints_added_on_the_master_before_the_copy_reach_the_slave() {
         )
     );
     assert_eq!(
-        shape(&p.master, "p"),
-        shape(&p.slave, "p"),
+        Pair::shape(&p.master, "p"),
+        Pair::shape(&p.slave, "p"),
         "constraints differ"
     );
     assert_eq!(
@@ -747,7 +729,7 @@ fn guard_quoted_names_round_trip() {
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     rserv_tests::pair::assert_ok(&out, "initial copy");
     let t = r#""My Schema"."T able""#;
-    assert_eq!(shape(&p.master, t), shape(&p.slave, t));
+    assert_eq!(Pair::shape(&p.master, t), Pair::shape(&p.slave, t));
     let rebuilt = number(
         &p.slave,
         r#"SELECT count(*) FROM pg_constraint con WHERE con.conrelid = '"My Schema"."T able"'::regclass

@@ -8,24 +8,6 @@
 use rserv_tests::pair::{assert_ok, number, Pair, DB};
 use rserv_tests::rng::Rng;
 
-/// A table's constraints and indexes as its server describes them, by name.
-fn shape(c: &rserv_tests::Cluster, table: &str) -> Vec<Vec<Option<String>>> {
-    c.query_strings(
-        DB,
-        &format!(
-            "SELECT conname, contype::text, pg_get_constraintdef(oid), condeferrable::text, \
-                    condeferred::text \
-               FROM pg_constraint WHERE conrelid = '{table}'::regclass \
-             UNION ALL \
-             SELECT c.relname, 'index', pg_get_indexdef(i.indexrelid), i.indisunique::text, \
-                    i.indisprimary::text \
-               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-              WHERE i.indrelid = '{table}'::regclass \
-             ORDER BY 1, 2"
-        ),
-    )
-}
-
 /// Constraints of `table` (of kinds p, u, x) made after rserv registered it on the slave:
 /// OIDs come from one counter, so a constraint with a higher OID than the protection trigger
 /// registration made was built again after the load.
@@ -166,8 +148,8 @@ fn keys_are_built_after_the_load_exactly_as_on_the_master() {
     for t in &all {
         p.assert_equal(t);
         assert_eq!(
-            shape(&p.master, t),
-            shape(&p.slave, t),
+            Pair::shape(&p.master, t),
+            Pair::shape(&p.slave, t),
             "table {t}: constraints and indexes differ"
         );
     }
