@@ -206,7 +206,10 @@ ALTER EVENT TRIGGER _rserv_schema_guard_ ENABLE ALWAYS;
 
 -- rserv's trigger functions are attached by rserv's registration functions only: a table owner
 -- attaching them by hand would write to (and bloat) the log without registering anything.
-REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
+-- _rserv_log_() stays executable by PUBLIC: PostgreSQL clones a partitioned table's row
+-- triggers onto a new or attached partition only for a role that may execute their function,
+-- so the table's owner needs it; the function itself refuses any trigger rserv did not make
+-- (capture_check.rs).
 REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_own_triggers_ddl_() FROM PUBLIC;

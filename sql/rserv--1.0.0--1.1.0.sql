@@ -694,7 +694,7 @@ SELECT NULL, NULL, NULL, s.synctime, NULL, 0, 0::float8,
   LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_fence_ LIMIT 1) f ON true
   LEFT JOIN LATERAL (SELECT * FROM @extschema@._rserv_takeover_ LIMIT 1) t ON true;
 
-REVOKE EXECUTE ON FUNCTION _rserv_log_() FROM PUBLIC;
+-- (_rserv_log_() stays executable by PUBLIC: see finalize.sql)
 REVOKE EXECUTE ON FUNCTION _rserv_protect_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_internal_ddl_() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION _rserv_own_triggers_ddl_() FROM PUBLIC;

@@ -12,6 +12,7 @@
 //! instead (`<number>`, key names, watched names); they are still understood.
 
 use crate::canonical::CanonicalOutput;
+use crate::capture_check::{ensure_rserv_trigger, Claim};
 use crate::error::fail;
 use crate::sql::{call_hint, qualified};
 use pgrx::pg_sys;
@@ -148,7 +149,7 @@ fn unique_index_columns(reloid: pg_sys::Oid) -> Vec<i32> {
 }
 
 /// The table whose trigger `tgoid` was cloned from (through every level of partitioning).
-fn registered_root(tgoid: pg_sys::Oid) -> pg_sys::Oid {
+pub(crate) fn registered_root(tgoid: pg_sys::Oid) -> pg_sys::Oid {
     crate::sql::first::<pg_sys::Oid>(
         "WITH RECURSIVE up(oid, relid, parent) AS ( \
            SELECT g.oid, g.tgrelid, g.tgparentid FROM pg_catalog.pg_trigger g \
@@ -187,6 +188,8 @@ unsafe fn read_config(
     tupdesc: pg_sys::TupleDesc,
     table: &TableName,
 ) -> Config {
+    // (once per table and backend: the result is cached by the caller)
+    ensure_rserv_trigger(trigger, reloid, table.get(), Claim::Row);
     let mut args = trigger.extra_args().unwrap_or_default();
     let mut log_reloid = reloid;
     if trigger.trigger().tgisclone {
@@ -293,7 +296,7 @@ thread_local! {
         const { Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
 }
 
-unsafe fn log_relation(tgfoid: pg_sys::Oid) -> pg_sys::Oid {
+pub(crate) unsafe fn log_relation(tgfoid: pg_sys::Oid) -> pg_sys::Oid {
     let (f, log) = LOG_REL.with(|c| c.get());
     if f == tgfoid && log != pg_sys::InvalidOid {
         return log;
@@ -516,6 +519,13 @@ fn command() -> (u64, u32) {
 /// only its rows leave the partitioned table, so each of their identities is logged as deleted).
 unsafe fn truncated(trigger: &PgTrigger, table: &TableName, reloid: pg_sys::Oid) {
     let args = trigger.extra_args().unwrap_or_default();
+    let claim = match args.first().map(String::as_str) {
+        Some("@part") if args.len() > 2 => Claim::PartTruncate {
+            root: pg_sys::Oid::from(args[1].parse::<u32>().unwrap_or(0)),
+        },
+        _ => Claim::Truncate,
+    };
+    ensure_rserv_trigger(trigger, reloid, table.get(), claim);
     match args.first().map(String::as_str) {
         Some("@root") => {
             let (x, c) = command();

@@ -25,6 +25,7 @@ mod apply_rows;
 mod apply_target;
 mod canonical;
 mod capture;
+mod capture_check;
 mod catalog;
 mod changeset;
 mod cleanup;

@@ -6,7 +6,7 @@
 
 use crate::catalog::{ext_schema, table_columns, table_info, TableInfo, PART_TRUNCATE_TRIGGER};
 use crate::error::{fail, SpiOrFail};
-use crate::registry::{attnums, drop_trigger, enable_always, registration, trigger_oid};
+use crate::registry::{attnums, drop_trigger, enable_always, registration};
 use crate::security::{internal_ddl, internal_definer};
 use crate::sql::{first, quote_ident, quote_literal};
 use pgrx::pg_sys;
@@ -78,16 +78,17 @@ pub(crate) fn reconcile_partitions(s: &str, root: pg_sys::Oid, key: &[i16], log_
                 format!("stop replicating it on its own first: SELECT rserv_remove_table('{}')", name.replace('\'', "''")),
             );
         }
-        if trigger_oid(*part, PART_TRUNCATE_TRIGGER).is_none() {
-            Spi::run(&format!(
-                "CREATE TRIGGER {} BEFORE TRUNCATE ON {name} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION {schema}._rserv_log_({})",
-                quote_ident(PART_TRUNCATE_TRIGGER),
-                args.join(", ")
-            ))
-            .or_fail("creating a partition's truncate trigger");
-            enable_always(*part, name, PART_TRUNCATE_TRIGGER);
-        }
+        // A new partition's trigger of that name is replaced: its owner may have made it
+        // (rserv's capture function is executable by everyone, see capture_check.rs).
+        drop_trigger(*part, name, PART_TRUNCATE_TRIGGER);
+        Spi::run(&format!(
+            "CREATE TRIGGER {} BEFORE TRUNCATE ON {name} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {schema}._rserv_log_({})",
+            quote_ident(PART_TRUNCATE_TRIGGER),
+            args.join(", ")
+        ))
+        .or_fail("creating a partition's truncate trigger");
+        enable_always(*part, name, PART_TRUNCATE_TRIGGER);
         Spi::run_with_args(
             &format!("INSERT INTO {s}._rserv_partitions_ (part, root) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
             &[(*part).into(), root.into()],

@@ -184,16 +184,14 @@ pub const SAFE_SETTINGS: &[(&str, &str)] = &[
 /// Undoes [`run_as_owner`]'s user switch even when the statement fails (the transaction's
 /// abort resets the settings' nest level).
 struct UserContext {
-    user: pg_sys::Oid,
-    sec: i32,
+    _switched: SwitchBack,
 }
 
 impl Drop for UserContext {
     fn drop(&mut self) {
-        // SAFETY: restores the backend's user state saved in run_as_owner
-        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec) };
         OWNER_CODE.with(|d| d.set(d.get().saturating_sub(1)));
         CALLERS.with(|c| c.borrow_mut().pop());
+        // (then `_switched` restores the user)
     }
 }
 
@@ -205,9 +203,22 @@ struct SwitchBack {
 
 impl Drop for SwitchBack {
     fn drop(&mut self) {
-        // SAFETY: restores the backend's user state saved in as_definer
+        // SAFETY: restores the backend's user state saved when switching
         unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.sec) };
     }
+}
+
+/// Become `role` under SECURITY_RESTRICTED_OPERATION until the guard is dropped.
+fn restricted_as(role: pg_sys::Oid) -> SwitchBack {
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
+    // SAFETY: reads the backend's user state
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
+    let restricted = sec
+        | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+        | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+    // SAFETY: switches the current user; the guard switches back (an error's abort does too)
+    unsafe { pg_sys::SetUserIdAndSecContext(role, restricted) };
+    SwitchBack { user, sec }
 }
 
 /// A table owner's code must not find what another role of this session put in its temporary
@@ -270,22 +281,16 @@ pub(crate) fn set_with_authority(name: &str, value: &str, action: pg_sys::GucAct
 /// can do it anyway; they cannot create temp objects, change role or leave settings behind.
 pub fn run_as_owner<R>(owner: pg_sys::Oid, settings: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
     require_clean_temp_schema(owner);
-    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
-    // SAFETY: reads the backend's user state
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
     // SAFETY: opens a GUC nest level closed below (or by the transaction's abort)
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     for (name, value) in SAFE_SETTINGS.iter().chain(settings) {
         set_option(name, value);
     }
     OWNER_CODE.with(|d| d.set(d.get() + 1));
-    CALLERS.with(|c| c.borrow_mut().push(user));
-    let restore = UserContext { user, sec };
-    let restricted = sec
-        | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-        | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
-    // SAFETY: switches the current user; `restore` switches back
-    unsafe { pg_sys::SetUserIdAndSecContext(owner, restricted) };
+    CALLERS.with(|c| c.borrow_mut().push(acting_role()));
+    let restore = UserContext {
+        _switched: restricted_as(owner),
+    };
     let out = f();
     // SAFETY: closes the nest level opened above, discarding every setting made inside it
     unsafe { pg_sys::AtEOXact_GUC(false, nest) };
@@ -311,6 +316,17 @@ pub fn as_definer<R>(f: impl FnOnce() -> R) -> R {
     let restore = SwitchBack { user, sec };
     // SAFETY: switches the current user; `restore` switches back
     unsafe { pg_sys::SetUserIdAndSecContext(definer, sec) };
+    let out = f();
+    drop(restore);
+    out
+}
+
+/// Run `f` as `role` (the owner of rserv's catalog) under SECURITY_RESTRICTED_OPERATION: for
+/// the fixed, schema-qualified catalog reads of code any writer runs (the capture trigger's
+/// check, `capture_check.rs`), which must work whatever the writer's rights on the extension's
+/// schema. Nothing of a user's may run inside.
+pub fn as_catalog_owner<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let restore = restricted_as(role);
     let out = f();
     drop(restore);
     out

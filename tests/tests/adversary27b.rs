@@ -17,9 +17,11 @@
 //! - LOW g1 (older, not fixed; test on branch adv27b): DROP DOMAIN ... CASCADE drops a
 //!   replicated table's key column (the drop guard does not look at columns); loud afterwards:
 //!   every write to the table is refused.
-//! - LOW g3 (older, not fixed; test on branch adv27b): a non-superuser owner of a replicated
-//!   partitioned table cannot add or attach a partition ("permission denied for function "):
-//!   the cloned capture trigger needs EXECUTE on _rserv_log_(), revoked from PUBLIC.
+//! - LOW g3 (older): a non-superuser owner of a replicated partitioned table could not add or
+//!   attach a partition ("permission denied for function "): the cloned capture trigger needs
+//!   EXECUTE on _rserv_log_(), which was revoked from PUBLIC. Fixed later: the function is
+//!   executable by everyone and refuses triggers rserv did not make (src/capture_check.rs,
+//!   tests/tests/partition_owners.rs).
 //! - held: guard_caught_errors_at_nested_levels_do_not_lower_the_depth;
 //!   guard_owner_row_security_policy_read_by_partition_reconcile_cannot_pass_rserv_ddl_guards.
 
