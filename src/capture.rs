@@ -125,7 +125,7 @@ fn bad_arguments(table: &TableName) -> ! {
 /// their expressions and predicates use (PostgreSQL records each as a dependency of the index,
 /// or of the constraint an index belongs to).
 fn unique_index_columns(reloid: pg_sys::Oid) -> Vec<i32> {
-    crate::sql::column::<i32>(
+    crate::sql::column_latest::<i32>(
         "SELECT DISTINCT a FROM ( \
            SELECT pg_catalog.unnest(i.indkey::pg_catalog.int2[])::pg_catalog.int4 AS a \
              FROM pg_catalog.pg_index i \
@@ -150,7 +150,7 @@ fn unique_index_columns(reloid: pg_sys::Oid) -> Vec<i32> {
 
 /// The table whose trigger `tgoid` was cloned from (through every level of partitioning).
 pub(crate) fn registered_root(tgoid: pg_sys::Oid) -> pg_sys::Oid {
-    crate::sql::first::<pg_sys::Oid>(
+    crate::sql::first_latest::<pg_sys::Oid>(
         "WITH RECURSIVE up(oid, relid, parent) AS ( \
            SELECT g.oid, g.tgrelid, g.tgparentid FROM pg_catalog.pg_trigger g \
             WHERE g.oid OPERATOR(pg_catalog.=) $1 \
@@ -168,7 +168,7 @@ pub(crate) fn registered_root(tgoid: pg_sys::Oid) -> pg_sys::Oid {
 fn root_attnums_here(root: pg_sys::Oid, here: pg_sys::Oid, args: &[String]) -> Vec<String> {
     args.iter()
         .map(|a| {
-            crate::sql::first::<i16>(
+            crate::sql::first_latest::<i16>(
                 "SELECT p.attnum FROM pg_catalog.pg_attribute r JOIN pg_catalog.pg_attribute p \
                    ON p.attname OPERATOR(pg_catalog.=) r.attname AND p.attrelid OPERATOR(pg_catalog.=) $2 \
                   WHERE r.attrelid OPERATOR(pg_catalog.=) $1 \
@@ -188,6 +188,10 @@ unsafe fn read_config(
     tupdesc: pg_sys::TupleDesc,
     table: &TableName,
 ) -> Config {
+    // Everything below reads catalogs with SQL, inside the writer's statement: no operator or
+    // function of the writer's search_path may resolve there (another role's `=` would run as
+    // the writer). Restored when this returns.
+    let _path = crate::security::internal_definer();
     // (once per table and backend: the result is cached by the caller)
     ensure_rserv_trigger(trigger, reloid, table.get(), Claim::Row);
     let mut args = trigger.extra_args().unwrap_or_default();
@@ -519,27 +523,34 @@ fn command() -> (u64, u32) {
 /// only its rows leave the partitioned table, so each of their identities is logged as deleted).
 unsafe fn truncated(trigger: &PgTrigger, table: &TableName, reloid: pg_sys::Oid) {
     let args = trigger.extra_args().unwrap_or_default();
-    let claim = match args.first().map(String::as_str) {
-        Some("@part") if args.len() > 2 => Claim::PartTruncate {
-            root: pg_sys::Oid::from(args[1].parse::<u32>().unwrap_or(0)),
-        },
-        _ => Claim::Truncate,
+    // (this command, before anything below can advance its id)
+    let (x, c) = command();
+    let part_of = match args.first().map(String::as_str) {
+        Some("@part") if args.len() > 2 => {
+            Some(pg_sys::Oid::from(args[1].parse::<u32>().unwrap_or(0)))
+        }
+        _ => None,
+    };
+    if let Some(root) = part_of {
+        // the whole tree is being emptied: its root's trigger logged that, once (and logging
+        // nothing is all a look-alike could get here)
+        if ROOT_TRUNCATED.with(|r| r.get()) == (x, c, root) {
+            return;
+        }
+    }
+    // as in read_config: nothing of the writer's search_path may resolve in rserv's SQL
+    let _path = crate::security::internal_definer();
+    let claim = match part_of {
+        Some(root) => Claim::PartTruncate { root },
+        None => Claim::Truncate,
     };
     ensure_rserv_trigger(trigger, reloid, table.get(), claim);
-    match args.first().map(String::as_str) {
-        Some("@root") => {
-            let (x, c) = command();
+    match (args.first().map(String::as_str), part_of) {
+        (Some("@root"), _) => {
             ROOT_TRUNCATED.with(|r| r.set((x, c, reloid)));
             append_log(trigger, table, reloid, Logged::Gone, None);
         }
-        Some("@part") if args.len() > 2 => {
-            let root = pg_sys::Oid::from(args[1].parse::<u32>().unwrap_or(0));
-            let (x, c) = command();
-            if ROOT_TRUNCATED.with(|r| r.get()) == (x, c, root) {
-                return;
-            }
-            log_every_identity(trigger, table, reloid, root, &args[2..]);
-        }
+        (_, Some(root)) => log_every_identity(trigger, table, reloid, root, &args[2..]),
         _ => append_log(trigger, table, reloid, Logged::Gone, None),
     }
 }
@@ -577,7 +588,7 @@ pub unsafe fn log_rows_of(
     let names: Vec<String> = here
         .iter()
         .map(|a| {
-            crate::sql::first::<String>(
+            crate::sql::first_latest::<String>(
                 "SELECT pg_catalog.quote_ident(attname) FROM pg_catalog.pg_attribute \
                   WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.=) $2::pg_catalog.int2",
                 &[part.into(), a.parse::<i16>().unwrap_or(0).into()],

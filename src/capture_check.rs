@@ -13,7 +13,7 @@
 use crate::catalog::{CAPTURE_TRIGGER, PART_TRUNCATE_TRIGGER, TRUNCATE_TRIGGER};
 use crate::error::fail;
 use crate::security::{as_catalog_owner, internal_definer};
-use crate::sql::{first, quote_ident};
+use crate::sql::{first_latest, quote_ident};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -79,7 +79,7 @@ pub(crate) fn ensure_rserv_trigger(
 /// `reloid` is in `_rserv_tables_`, read as the owner of rserv's log (the writer running the
 /// trigger may have no USAGE on the extension's schema).
 fn registered(log: pg_sys::Oid, reloid: pg_sys::Oid) -> bool {
-    let Some(owner) = first::<pg_sys::Oid>(
+    let Some(owner) = first_latest::<pg_sys::Oid>(
         "SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
         &[log.into()],
         "finding the owner of rserv's log",
@@ -96,7 +96,7 @@ fn registered(log: pg_sys::Oid, reloid: pg_sys::Oid) -> bool {
         quote_ident(&std::ffi::CStr::from_ptr(nsp).to_string_lossy())
     };
     as_catalog_owner(owner, || {
-        first::<bool>(
+        first_latest::<bool>(
             &format!(
                 "SELECT EXISTS (SELECT 1 FROM {s}._rserv_tables_ t \
                  WHERE t.reloid OPERATOR(pg_catalog.=) $1)"
@@ -109,7 +109,7 @@ fn registered(log: pg_sys::Oid, reloid: pg_sys::Oid) -> bool {
 }
 
 fn partition_of(part: pg_sys::Oid, root: pg_sys::Oid) -> bool {
-    first::<bool>(
+    first_latest::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_partition_ancestors($1) a \
          WHERE a.relid OPERATOR(pg_catalog.=) $2)",
         &[part.into(), root.into()],

@@ -143,6 +143,76 @@ pub fn first<T: FromDatum + IntoDatum>(
     .or_fail(context)
 }
 
+/// The first column of every row of the read-only query `sql`, read at the latest snapshot
+/// (every transaction committed by now, and this one's own changes so far), not this
+/// transaction's: for the capture trigger, whose relcache and catalog look-ups already see
+/// what committed after a REPEATABLE READ transaction's snapshot (a table registered, a
+/// partition or a unique index created since), so that its SQL reads agree with them.
+/// (pgrx's SPI client runs a query read-write once the transaction has an xid, and a
+/// read-write query takes the transaction's snapshot.)
+pub fn column_latest<T: FromDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    context: &str,
+) -> Vec<T> {
+    let query = c_string(sql);
+    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let (mut values, nulls): (Vec<pg_sys::Datum>, Vec<std::ffi::c_char>) = args
+        .iter()
+        .map(|a| match a.datum() {
+            Some(d) => (d.sans_lifetime(), b' ' as std::ffi::c_char),
+            None => (pg_sys::Datum::from(0usize), b'n' as std::ffi::c_char),
+        })
+        .unzip();
+    let mut out = Vec::new();
+    // SAFETY: a read-only query (it runs with the active snapshot, pushed and popped here; an
+    // error's abort pops it and closes SPI); every value is converted to an owned Rust value
+    // before SPI_finish frees the result
+    unsafe {
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        pg_sys::SPI_connect();
+        let rc = pg_sys::SPI_execute_with_args(
+            query.as_ptr(),
+            types.len() as i32,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            true,
+            0,
+        );
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            fail(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("rserv: {context}: SPI error {rc}"),
+                "",
+            );
+        }
+        let tuptable = pg_sys::SPI_tuptable;
+        if !tuptable.is_null() {
+            for i in 0..pg_sys::SPI_processed as usize {
+                let tuple = *(*tuptable).vals.add(i);
+                let mut is_null = false;
+                let datum = pg_sys::SPI_getbinval(tuple, (*tuptable).tupdesc, 1, &mut is_null);
+                if let Some(v) = T::from_datum(datum, is_null) {
+                    out.push(v);
+                }
+            }
+        }
+        pg_sys::SPI_finish();
+        pg_sys::PopActiveSnapshot();
+    }
+    out
+}
+
+/// [`column_latest`]'s first value.
+pub fn first_latest<T: FromDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    context: &str,
+) -> Option<T> {
+    column_latest(sql, args, context).into_iter().next()
+}
+
 /// [`first`] with its plan kept for the session: for the catalog look-ups rserv repeats on
 /// every call (a daemon's cycle runs the same few dozen), never for a statement whose best plan
 /// depends on how many rows a stage or the log holds, or on planner settings changed around

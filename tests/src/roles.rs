@@ -59,6 +59,21 @@ pub fn setup(c: &Cluster) {
     );
 }
 
+/// A cluster whose database `app` has rserv in a schema of its own, `rs` (created by the
+/// superuser), and roles `alice` (may create tables in public) and `clerk`, neither with USAGE
+/// on `rs`.
+pub fn start_with_rserv_in_its_own_schema(name: &str) -> Cluster {
+    let c = Cluster::start(name);
+    c.execute("postgres", &format!("CREATE DATABASE {DB}"));
+    c.execute(
+        DB,
+        "CREATE ROLE alice LOGIN; CREATE ROLE clerk LOGIN;
+         CREATE SCHEMA rs; CREATE EXTENSION rserv SCHEMA rs;
+         GRANT CREATE ON SCHEMA public TO alice;",
+    );
+    c
+}
+
 /// Plain LOGIN roles (table owners, attackers); each may create objects in schema public
 /// of `app` (granted by the database owner).
 pub fn create_roles(c: &Cluster, names: &[&str]) {
