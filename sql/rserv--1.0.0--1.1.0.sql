@@ -342,6 +342,22 @@ BEGIN
                 USING ERRCODE = 'dependent_objects_still_exist',
                       HINT = 'detach it first (ALTER TABLE ... DETACH PARTITION ...: its rows then leave the slaves too), then drop it';
         END IF;
+        -- a key column dropped by another command than ALTER TABLE (whose drops the ALTER guard
+        -- checks): DROP DOMAIN or DROP TYPE ... CASCADE, ALTER TYPE ... DROP ATTRIBUTE CASCADE
+        IF tg_tag <> 'ALTER TABLE' THEN
+            SELECT string_agg(format('column %I of table %I.%I', d.address_names[3],
+                                     d.address_names[1], d.address_names[2]), ', ') INTO names
+              FROM pg_event_trigger_dropped_objects() AS d
+              JOIN (SELECT reloid, key FROM @extschema@._rserv_tables_
+                    UNION ALL SELECT reloid, key FROM @extschema@._rserv_slave_tables_) AS t
+                ON t.reloid = d.objid
+             WHERE d.object_type = 'table column' AND d.address_names[3]::name = ANY (t.key);
+            IF names IS NOT NULL THEN
+                RAISE EXCEPTION 'rserv: this % drops key %, of a replicated table', tg_tag, names
+                    USING ERRCODE = 'dependent_objects_still_exist',
+                          HINT = 'keep what the key column needs, or remove the table from replication first: SELECT rserv_remove_table(...) on the master, rserv_slave_remove_table(...) on a slave';
+            END IF;
+        END IF;
     END IF;
     -- an index, constraint, trigger or policy of a replicated table: the slaves follow
     SELECT array_agg(DISTINCT d.schema_name) INTO schemas

@@ -14,9 +14,10 @@
 //!   rserv's: an owner with CREATE on the database added her replicated table to a trusted
 //!   extension of hers and dropped the extension. Fixed: only a drop that takes rserv itself
 //!   passes (finalize.sql and the 1.0.0 -> 1.1.0 script). Test g2_*.
-//! - LOW g1 (older, not fixed; test on branch adv27b): DROP DOMAIN ... CASCADE drops a
-//!   replicated table's key column (the drop guard does not look at columns); loud afterwards:
-//!   every write to the table is refused.
+//! - LOW g1 (older): DROP DOMAIN ... CASCADE dropped a replicated table's key column (the drop
+//!   guard did not look at columns); loud afterwards: every write to the table was refused.
+//!   Fixed later: the drop guard refuses a key column dropped by any command but ALTER TABLE
+//!   (whose drops the ALTER guard checks). Test g1_*.
 //! - LOW g3 (older): a non-superuser owner of a replicated partitioned table could not add or
 //!   attach a partition ("permission denied for function "): the cloned capture trigger needs
 //!   EXECUTE on _rserv_log_(), which was revoked from PUBLIC. Fixed later: the function is
@@ -349,4 +350,45 @@ fn guard_caught_errors_at_nested_levels_do_not_lower_the_depth() {
         ),
         1
     );
+}
+
+/// g1: a command other than ALTER TABLE that would drop a replicated table's key column (DROP
+/// DOMAIN … CASCADE, on the master and on a slave) is refused, naming the column; a non-key
+/// column may go that way.
+#[test]
+fn g1_drop_domain_cascade_cannot_drop_a_replicated_key_column() {
+    let p = Pair::start("adv27b-g1");
+    p.both(
+        "CREATE DOMAIN kd AS int; CREATE DOMAIN vd AS text;
+         CREATE TABLE k (id kd PRIMARY KEY, v text, w vd);",
+    );
+    p.master.execute(
+        DB,
+        "INSERT INTO k VALUES (1, 'a', 'x'); SELECT rserv_add_table('k');",
+    );
+    p.slave.execute(DB, "SELECT rserv_slave_add_table('k')");
+    rserv_tests::pair::assert_ok(&p.replicate(&[DB, DB]), "copy k");
+    for c in [&p.master, &p.slave] {
+        let refused = try_sql(&mut c.connect(DB), "DROP DOMAIN kd CASCADE");
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("drops key column id of table public.k")),
+            "{}: {refused:?}",
+            c.name()
+        );
+        assert_eq!(
+            number(c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'k'::regclass AND attname = 'id' AND NOT attisdropped"),
+            1,
+            "{}: the key column is still there",
+            c.name()
+        );
+        try_sql(&mut c.connect(DB), "DROP DOMAIN vd CASCADE").expect("a non-key column may go");
+    }
+    p.master.execute(
+        DB,
+        "INSERT INTO k VALUES (2, 'b'); UPDATE k SET v = 'A' WHERE id = 1;",
+    );
+    rserv_tests::pair::assert_ok(&p.replicate(&[DB, DB]), "k still replicates");
+    p.assert_equal("k");
 }
