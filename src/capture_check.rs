@@ -12,7 +12,7 @@
 
 use crate::catalog::{CAPTURE_TRIGGER, PART_TRUNCATE_TRIGGER, TRUNCATE_TRIGGER};
 use crate::error::fail;
-use crate::security::{as_catalog_owner, internal_definer};
+use crate::security::as_catalog_owner;
 use crate::sql::{first_latest, quote_ident};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -27,7 +27,9 @@ pub(crate) enum Claim {
     PartTruncate { root: pg_sys::Oid },
 }
 
-/// Refuse (an error, nothing logged) unless `trigger` on `reloid` is one rserv made.
+/// Refuse (an error, nothing logged) unless `trigger` on `reloid` is one rserv made. The caller
+/// has pinned the search_path (`internal_definer`): a planted `=` must not run as the writer, or
+/// as rserv's catalog owner in `registered`.
 pub(crate) fn ensure_rserv_trigger(
     trigger: &PgTrigger,
     reloid: pg_sys::Oid,
@@ -35,9 +37,6 @@ pub(crate) fn ensure_rserv_trigger(
     claim: Claim,
 ) {
     let name = trigger.name().unwrap_or_default();
-    // the writer's search_path must not resolve anything below (a planted `=` would run as the
-    // writer, and as rserv's catalog owner in `registered`)
-    let _path = internal_definer();
     // SAFETY: looks up the log of the trigger function's extension
     let log = unsafe { crate::capture::log_relation(trigger.trigger().tgfoid) };
     let registered = |reloid| registered(log, reloid);
@@ -86,7 +85,7 @@ fn registered(log: pg_sys::Oid, reloid: pg_sys::Oid) -> bool {
     ) else {
         return false;
     };
-    // (the log's schema, from the syscache: ext_schema()'s query is for pinned search_paths)
+    // (the log's schema, from the syscache)
     // SAFETY: syscache look-ups of an existing relation and namespace
     let s = unsafe {
         let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(log));
